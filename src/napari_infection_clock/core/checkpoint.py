@@ -1,0 +1,246 @@
+"""Checkpoints: our own format, and the research pipeline's files (SPEC 8), loaded safely.
+
+Every file is untrusted input: ``torch.load(weights_only=True)`` only, so a checkpoint can
+hold tensors and plain data but never code. Writes are atomic, so the previous checkpoint
+stays whole until the new one is.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from .atomic import write_atomic
+from .model import ARCHITECTURES, FEATURE_WIDTH, ModelConfig, MultitaskResNet
+from .preprocess import Preprocessing
+from .targets import CLASS_NAMES, TimePolicy
+
+FORMAT = "napari-infection-clock/1"
+CHANNEL_HANDLING = "per-frame min-max to uint8; grayscale replicated to 3 channels; RGB kept"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint for this model."""
+
+
+@dataclass
+class CheckpointMeta:
+    """Everything besides the weights that predictions depend on, as plain data."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    time: TimePolicy = field(default_factory=TimePolicy)
+    channel_handling: str = CHANNEL_HANDLING
+    class_names: tuple[str, ...] = CLASS_NAMES
+    tile_size: int | None = None
+    history: list[dict] = field(default_factory=list)
+    val_metrics: dict = field(default_factory=dict)
+    epoch: int | None = None
+    source: str = "napari-infection-clock"
+    package_version: str = __version__
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["model"] = self.model.to_dict()
+        out["preprocessing"] = {
+            "image_size": self.preprocessing.image_size,
+            "mean": list(self.preprocessing.mean),
+            "std": list(self.preprocessing.std),
+        }
+        out["time"] = {
+            "frame_interval_h": self.time.frame_interval_h,
+            "onset_h": self.time.onset_h,
+            "clamp": list(self.time.clamp),
+            "start_offset_h": self.time.start_offset_h,
+        }
+        out["class_names"] = list(self.class_names)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CheckpointMeta:
+        d = dict(d)
+        prep = d.pop("preprocessing", {})
+        time = d.pop("time", {})
+        known = {f.name for f in fields(cls)}
+        return cls(
+            model=ModelConfig(**d.pop("model", {})),
+            preprocessing=Preprocessing(
+                image_size=int(prep.get("image_size", 512)),
+                mean=tuple(prep.get("mean", Preprocessing.mean)),
+                std=tuple(prep.get("std", Preprocessing.std)),
+            ),
+            time=TimePolicy(
+                frame_interval_h=float(time.get("frame_interval_h", TimePolicy.frame_interval_h)),
+                onset_h=float(time.get("onset_h", TimePolicy.onset_h)),
+                clamp=tuple(float(v) for v in time.get("clamp", TimePolicy.clamp)),
+                start_offset_h=float(time.get("start_offset_h", 0.0)),
+            ),
+            **{k: (tuple(v) if k == "class_names" else v) for k, v in d.items() if k in known},
+        )
+
+
+def save_checkpoint(path, model: MultitaskResNet, meta: CheckpointMeta) -> Path:
+    """Write weights and metadata atomically; the file at ``path`` is replaced only when whole."""
+    payload = {
+        "format": FORMAT,
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta.to_dict(),
+    }
+    return write_atomic(path, lambda tmp: torch.save(payload, tmp), suffix=".pt")
+
+
+def read_checkpoint_file(path) -> dict:
+    """``torch.load`` with ``weights_only=True``, turning every failure into a clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist or is not a file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"'{path}' holds Python objects other than tensors and plain data, so it is not "
+            f"loaded (only weights_only=True loading is allowed). Details: {exc}"
+        ) from exc
+    except Exception as exc:  # truncated zips fail in many ways (KeyError, EOFError, ...)
+        raise CheckpointError(
+            f"'{path}' is not a readable PyTorch checkpoint (truncated, corrupt, or another "
+            f"kind of file): {exc}"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def load_checkpoint(path, device="cpu", expected_arch: str | None = None):
+    """Load our checkpoints and the research pipeline's; return ``(model, meta)`` in eval mode."""
+    raw = read_checkpoint_file(path)
+    if raw.get("format") == FORMAT:
+        state = raw["model_state"]
+        meta = CheckpointMeta.from_dict(raw["meta"])
+    elif "model_state" in raw or "model_state_dict" in raw:
+        state = raw.get("model_state", raw.get("model_state_dict"))
+        meta = _research_meta(raw, state)
+    else:
+        raise CheckpointError(
+            f"'{path}' has no model weights: expected a 'model_state' or 'model_state_dict' "
+            f"entry, found keys {sorted(map(str, raw))[:8]}"
+        )
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"'{path}': the model weights entry is empty or not a state dict")
+    state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
+    inferred = infer_model_config(state, path)
+    if inferred.arch != meta.model.arch:
+        raise CheckpointError(
+            f"'{path}': its config names {meta.model.arch} but its weights are {inferred.arch}-"
+            "shaped; the file is inconsistent"
+        )
+    if expected_arch and inferred.arch != expected_arch:
+        raise CheckpointError(
+            f"'{path}' holds a {inferred.arch} model, not the {expected_arch} that was asked for"
+        )
+    if inferred.dropout > 0 and meta.model.dropout > 0:
+        inferred = replace(inferred, dropout=meta.model.dropout)
+    meta.model = inferred
+    model = MultitaskResNet(inferred)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"'{path}' does not fit a {inferred.arch} multitask model: missing "
+            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    return model.to(device).eval(), meta
+
+
+def infer_model_config(state: dict, path="checkpoint") -> ModelConfig:
+    """Read architecture, head width, dropout layout and class conditioning off the weights."""
+    if "backbone.conv1.weight" not in state:
+        raise CheckpointError(f"'{path}' has no ResNet backbone weights (backbone.conv1.weight)")
+    bottleneck = "backbone.layer1.0.conv3.weight" in state
+    depth = tuple(
+        1 + max(int(m.group(1)) for k in state if (m := re.match(rf"backbone\.layer{i}\.(\d+)\.", k)))
+        for i in range(1, 5)
+    )
+    blocks = {
+        (False, (2, 2, 2, 2)): "resnet18",
+        (False, (3, 4, 6, 3)): "resnet34",
+        (True, (3, 4, 6, 3)): "resnet50",
+        (True, (3, 4, 23, 3)): "resnet101",
+        (True, (3, 8, 36, 3)): "resnet152",
+    }
+    arch = blocks.get((bottleneck, depth))
+    if arch is None:
+        raise CheckpointError(
+            f"'{path}': backbone with blocks {depth} is not one of {', '.join(ARCHITECTURES)}"
+        )
+    cls_linear = _linear_indices(state, "classifier")
+    reg_linear = _linear_indices(state, "regressor")
+    if not cls_linear or not reg_linear:
+        raise CheckpointError(f"'{path}' lacks classifier or regressor head weights")
+    hidden = int(state[f"classifier.{cls_linear[0]}.weight"].shape[0]) if len(cls_linear) == 2 else 0
+    reg_in = int(state[f"regressor.{reg_linear[0]}.weight"].shape[1])
+    return ModelConfig(
+        arch=arch,
+        hidden_dim=hidden,
+        # Dropout has no weights; what matters is whether its slots shift the Linear indices.
+        dropout=0.2 if cls_linear[0] == 1 else 0.0,
+        cls_conditioning=reg_in == FEATURE_WIDTH[arch] + 2,
+    )
+
+
+def _linear_indices(state: dict, head: str) -> list[int]:
+    return sorted(
+        int(m.group(1)) for k in state if (m := re.fullmatch(rf"{head}\.(\d+)\.weight", k))
+    )
+
+
+def _research_meta(raw: dict, state: dict) -> CheckpointMeta:
+    """SPEC 8 config -> our metadata: frame interval, onset, clamp and preprocessing."""
+    config = raw.get("config") or {}
+    model_cfg = config.get("model", {})
+    transforms = config.get("data", {}).get("transforms", {})
+    frames = config.get("data", {}).get("frames", {})
+    multitask = config.get("multitask", {})
+    fph = float(frames.get("frames_per_hour", 2.0))
+    arch = model_cfg.get("name") or infer_model_config(state).arch
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"the checkpoint's config names backbone {arch!r}, which is not one of {', '.join(ARCHITECTURES)}")
+    return CheckpointMeta(
+        model=ModelConfig(
+            arch=arch,
+            hidden_dim=int(model_cfg.get("hidden_dim", 256)),
+            dropout=float(model_cfg.get("dropout", 0.2)),
+            cls_conditioning=bool(model_cfg.get("use_cls_conditioning", False)),
+        ),
+        preprocessing=Preprocessing(
+            image_size=int(transforms.get("image_size", 512)),
+            mean=tuple(float(v) for v in transforms.get("mean", Preprocessing.mean)),
+            std=tuple(float(v) for v in transforms.get("std", Preprocessing.std)),
+        ),
+        time=TimePolicy(
+            frame_interval_h=1.0 / fph,
+            onset_h=float(multitask.get("infection_onset_hour", 1.0)),
+            clamp=tuple(float(v) for v in multitask.get("clamp_range", (0.0, 48.0))),
+        ),
+        val_metrics=_plain_floats(raw.get("val_metrics") or raw.get("best_metrics") or {}),
+        epoch=raw.get("epoch"),
+        source="research:" + ("model_state" if "model_state" in raw else "model_state_dict"),
+        package_version="research pipeline",
+        created="",
+    )
+
+
+def _plain_floats(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out

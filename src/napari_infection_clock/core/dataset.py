@@ -1,0 +1,62 @@
+"""Items -> model-ready tensors and targets, reading each frame lazily from its stack."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .items import Item
+from .preprocess import Preprocessing, preprocess, training_augmentation
+from .stack import TimelapseStack, open_stack
+from .tiles import crop
+
+
+class ItemDataset(Dataset):
+    """One preprocessed crop per item, with its class and time target.
+
+    Stacks are opened on first use and kept open; the last frame read is kept so the tiles
+    of one frame cost one read.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        prep: Preprocessing,
+        augment: bool = False,
+        stacks: dict[str, TimelapseStack] | None = None,
+    ):
+        self.items = list(items)
+        self.prep = prep
+        self.augment = training_augmentation() if augment else None
+        self._stacks: dict[str, TimelapseStack] = dict(stacks or {})
+        self._last: tuple[str, int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def stack(self, path: str) -> TimelapseStack:
+        if path not in self._stacks:
+            self._stacks[path] = open_stack(path)
+        return self._stacks[path]
+
+    def raw_crop(self, index: int) -> np.ndarray:
+        """The item's pixels as stored: (h, w) or (h, w, 3)."""
+        item = self.items[index]
+        if self._last is None or self._last[:2] != (item.stack, item.frame):
+            self._last = (item.stack, item.frame, self.stack(item.stack).frame(item.frame))
+        frame = self._last[2]
+        return frame if item.box is None else crop(frame, item.box)
+
+    def __getitem__(self, index: int):
+        item = self.items[index]
+        x = preprocess(torch.from_numpy(self.raw_crop(index))[None], self.prep, self.augment)[0]
+        return x, torch.tensor(item.label, dtype=torch.long), torch.tensor(item.time_target, dtype=torch.float32)
+
+    def targets(self) -> tuple[np.ndarray, np.ndarray]:
+        """All classes and time targets, without reading pixels."""
+        labels = np.array([it.label for it in self.items], dtype=np.int64)
+        times = np.array([it.time_target for it in self.items], dtype=np.float64)
+        return labels, times

@@ -1,0 +1,91 @@
+"""SPEC 5 preprocessing as tensor operations, shared by training, prediction and the CLI.
+
+It must match the research pipeline for its checkpoints to work: per-frame min-max to
+[0, 1], quantised to uint8, grayscale replicated to 3 channels, bilinear resize, then
+normalisation with the checkpoint's mean and std.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+RESEARCH_MEAN = (0.5, 0.5, 0.5)
+RESEARCH_STD = (0.25, 0.25, 0.25)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model expects of its input; stored in every checkpoint."""
+
+    image_size: int = 512
+    mean: tuple[float, float, float] = RESEARCH_MEAN
+    std: tuple[float, float, float] = RESEARCH_STD
+
+    def __post_init__(self):
+        if int(self.image_size) < 16:
+            raise ValueError(f"image_size must be at least 16 pixels, got {self.image_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need three values each, std positive")
+
+
+def to_uint8_rgb(frames: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) or (B, H, W, 3) of any dtype -> (B, 3, H, W) uint8, min-max per frame.
+
+    NaN and inf count as the frame minimum; a constant frame becomes all zeros.
+    """
+    if frames.ndim == 3:
+        frames = frames.unsqueeze(-1)
+    if frames.ndim != 4 or frames.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"expected frames shaped (B, H, W) or (B, H, W, 3), got {tuple(frames.shape)}"
+        )
+    x = frames.to(torch.float32)
+    finite = torch.isfinite(x)
+    flat = x.flatten(1)
+    big = torch.finfo(torch.float32).max
+    lo = torch.where(finite.flatten(1), flat, big).amin(dim=1)
+    hi = torch.where(finite.flatten(1), flat, -big).amax(dim=1)
+    lo = torch.where(lo > hi, torch.zeros_like(lo), lo)  # frame with no finite value
+    span = (hi - lo).clamp_min(0)
+    scale = torch.where(span > 0, 1.0 / span.clamp_min(1e-30), torch.zeros_like(span))
+    x = torch.where(finite, x, lo.view(-1, 1, 1, 1))
+    x = (x - lo.view(-1, 1, 1, 1)) * scale.view(-1, 1, 1, 1)
+    # Truncation, as numpy's astype(uint8) does in the research pipeline.
+    u8 = (x.clamp(0, 1) * 255).to(torch.uint8)
+    u8 = u8.permute(0, 3, 1, 2)
+    if u8.shape[1] == 1:
+        u8 = u8.expand(-1, 3, -1, -1)
+    return u8.contiguous()
+
+
+def preprocess(frames: torch.Tensor, prep: Preprocessing, augment=None) -> torch.Tensor:
+    """Raw frames or crops -> normalised (B, 3, S, S) float32 model input, on their device.
+
+    ``augment`` (a torchvision transform) acts on the resized uint8 image, before
+    normalisation, as in the research pipeline, so rotation corners fill with black.
+    """
+    u8 = to_uint8_rgb(frames)
+    size = int(prep.image_size)
+    if u8.shape[-2:] != (size, size):
+        u8 = TF.resize(
+            u8, [size, size], interpolation=v2.InterpolationMode.BILINEAR, antialias=True
+        )
+    if augment is not None:
+        u8 = augment(u8)
+    x = u8.to(torch.float32).div_(255.0)
+    return TF.normalize(x, list(prep.mean), list(prep.std))
+
+
+def training_augmentation() -> v2.Compose:
+    """SPEC 5 augmentation: random flips and a random rotation of up to 15 degrees."""
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR),
+        ]
+    )

@@ -1,0 +1,66 @@
+"""The one tidy prediction table: its columns, and how rows are made from model outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .targets import CLASS_NAMES, INFECTED, TIME_MEANING, onset_estimate
+
+#: Columns of every prediction table, in order. Boxes are pixel coordinates in the frame,
+#: half-open: rows y0:y1, columns x0:x1; whole-frame items span the frame.
+RESULT_COLUMNS = (
+    "stack",
+    "frame",
+    "hours",
+    "tile_row",
+    "tile_col",
+    "y0",
+    "x0",
+    "y1",
+    "x1",
+    "p_infected",
+    "pred_class",
+    "pred_label",
+    "pred_time_h",
+    "time_meaning",
+    "est_onset_h",
+)
+
+#: Extra columns when the truth is known (evaluation).
+TRUTH_COLUMNS = ("true_class", "true_time_h")
+
+
+def result_rows(stack, frame, hours, boxes, grid_rc, p_infected, pred_time_h, threshold=0.5):
+    """Rows for one frame's items: ``boxes`` (N, 4) as y0, x0, y1, x1; ``grid_rc`` (N, 2)."""
+    p = np.asarray(p_infected, dtype=np.float64)
+    t = np.asarray(pred_time_h, dtype=np.float64)
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    grid_rc = np.asarray(grid_rc, dtype=np.int64).reshape(-1, 2)
+    cls = (p >= threshold).astype(np.int64)
+    hours_arr = np.full(len(p), float(hours))
+    onset = np.where(cls == INFECTED, onset_estimate(hours_arr, t), np.nan)
+    return pd.DataFrame(
+        {
+            "stack": stack,
+            "frame": int(frame),
+            "hours": hours_arr,
+            "tile_row": grid_rc[:, 0],
+            "tile_col": grid_rc[:, 1],
+            "y0": boxes[:, 0],
+            "x0": boxes[:, 1],
+            "y1": boxes[:, 2],
+            "x1": boxes[:, 3],
+            "p_infected": p,
+            "pred_class": cls,
+            "pred_label": [CLASS_NAMES[c] for c in cls],
+            "pred_time_h": t,
+            "time_meaning": [TIME_MEANING[c] for c in cls],
+            "est_onset_h": onset,
+        },
+        columns=list(RESULT_COLUMNS),
+    )
+
+
+def empty_results() -> pd.DataFrame:
+    return pd.DataFrame(columns=list(RESULT_COLUMNS))

@@ -1,0 +1,457 @@
+"""Lazy access to time-lapse stacks: one 2D frame at a time, whatever the file's layout.
+
+Stacks can be larger than memory, so nothing here reads a whole stack: uncompressed TIFFs
+are memory-mapped, other TIFFs are read page by page through an open ``TiffFile``, and
+in-memory arrays (numpy, dask, zarr from napari layers) are indexed one frame at a time.
+Every source is reduced to frames of shape (H, W) or (H, W, 3) along one time axis.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import threading
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from .targets import DEFAULT_FRAME_INTERVAL_H
+
+
+class StackError(ValueError):
+    """A stack that cannot be read or interpreted as a time-lapse; the message says why."""
+
+
+class FrameIndexError(StackError, IndexError):
+    """A frame index outside the stack (an IndexError too, so loops over frames can stop)."""
+
+
+#: Position of a well in the research file names, e.g. ``..._s5_b2_p7_t0-94_ec.tiff``.
+POSITION_RE = re.compile(r"_p(\d+)_")
+
+AXES_LETTERS = "TZCYXS"
+_SPATIAL = "YXS"
+#: Hours per unit, for ImageJ ``tunit`` and OME ``TimeIncrementUnit`` / ``DeltaTUnit``.
+_HOURS_PER_UNIT = {
+    "ns": 1e-9 / 3600,
+    "µs": 1e-6 / 3600,
+    "us": 1e-6 / 3600,
+    "ms": 1e-3 / 3600,
+    "s": 1 / 3600,
+    "sec": 1 / 3600,
+    "second": 1 / 3600,
+    "seconds": 1 / 3600,
+    "min": 1 / 60,
+    "minute": 1 / 60,
+    "minutes": 1 / 60,
+    "h": 1.0,
+    "hr": 1.0,
+    "hour": 1.0,
+    "hours": 1.0,
+    "d": 24.0,
+    "day": 24.0,
+    "days": 24.0,
+}
+_IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
+
+
+def parse_position(name: str | os.PathLike) -> int | None:
+    """The well position ``_p<digits>_`` in a research file name, or None if absent."""
+    match = POSITION_RE.search(Path(name).name)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(eq=False)
+class TimelapseStack:
+    """A time-lapse as frames along one time axis; reads a frame only when asked for it."""
+
+    name: str
+    path: Path | None
+    axes: str
+    n_frames: int
+    frame_shape: tuple[int, int]
+    dtype: np.dtype
+    frame_interval_h: float
+    frame_interval_source: str
+    start_offset_h: float = 0.0
+    #: The channel index selected from a multichannel source, None for single-channel.
+    channel: int | None = None
+    n_channels: int = 1
+    _source: Any = field(default=None, repr=False)
+    _source_axes: str = field(default="", repr=False)
+    _time_axis: int | None = field(default=None, repr=False)
+    _channel_axis: int | None = field(default=None, repr=False)
+    _tiff: tifffile.TiffFile | None = field(default=None, repr=False)
+
+    @property
+    def is_rgb(self) -> bool:
+        return self.axes == "TYXS"
+
+    def frame(self, index: int) -> np.ndarray:
+        """Frame ``index`` as (H, W) or (H, W, 3), in the stored dtype (native byte order)."""
+        if self._source is None:
+            raise StackError(f"stack {self.name!r} is closed; open it again to read frames")
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise StackError(f"frame index must be an integer, got {index!r}")
+        if not 0 <= index < self.n_frames:
+            raise FrameIndexError(
+                f"frame {index} is out of range for stack {self.name!r} "
+                f"with {self.n_frames} frames (valid: 0..{self.n_frames - 1})"
+            )
+        key = self._frame_key(int(index))
+        kept = [a for a, k in zip(self._source_axes, key) if isinstance(k, slice)]
+        data = np.array(self._source[key], dtype=self.dtype)
+        order = [kept.index(a) for a in _SPATIAL if a in kept]
+        return np.ascontiguousarray(data.transpose(order))
+
+    def frames(self, indices) -> np.ndarray:
+        """Frames at ``indices`` stacked as (N, H, W[, 3])."""
+        indices = np.ravel(indices).tolist()
+        if not indices:
+            tail = (3,) if self.is_rgb else ()
+            return np.empty((0, *self.frame_shape, *tail), dtype=self.dtype)
+        return np.stack([self.frame(i) for i in indices])
+
+    def hours(self, index):
+        """Hours since experiment start of frame ``index`` (scalar or array)."""
+        hours = np.asarray(index, dtype=np.float64) * self.frame_interval_h + self.start_offset_h
+        return float(hours) if hours.ndim == 0 else hours
+
+    def close(self) -> None:
+        """Release the file (and its memory map); later reads raise StackError."""
+        self._source = None
+        if self._tiff is not None:
+            self._tiff.close()
+            self._tiff = None
+
+    def __enter__(self) -> TimelapseStack:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _frame_key(self, index: int) -> tuple:
+        key = []
+        for axis, (letter, size) in enumerate(zip(self._source_axes, self._source.shape)):
+            if axis == self._time_axis:
+                key.append(index)
+            elif axis == self._channel_axis:
+                key.append(self.channel)
+            elif letter == "S" and size == 4:
+                key.append(slice(0, 3))  # RGBA: the model sees RGB
+            elif letter in _SPATIAL and not (letter == "S" and size == 1):
+                key.append(slice(None))
+            else:
+                key.append(0)  # singleton axis
+        return tuple(key)
+
+
+class _TiffPages:
+    """Array-like over a TIFF series that reads only the page a key points to.
+
+    Used when the data are not memory-mappable (e.g. compressed). Each page holds the
+    trailing axes of the series (Y, X and maybe S); the leading axes enumerate pages.
+    """
+
+    def __init__(self, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries):
+        page_shape = tuple(series.keyframe.shape)
+        n_lead = len(series.shape) - len(page_shape)
+        lead_shape = tuple(series.shape[:n_lead])
+        if n_lead < 0 or tuple(series.shape[n_lead:]) != page_shape or (
+            math.prod(lead_shape) != len(series.pages)
+        ):
+            raise StackError(
+                f"{tif.filename}: unusual TIFF layout (series shape {series.shape}, page shape "
+                f"{page_shape}); save the stack as a plain or ImageJ TIFF (e.g. in Fiji)"
+            )
+        self._tif = tif
+        self._lead_shape = lead_shape
+        self._lock = threading.Lock()
+        self.shape = tuple(series.shape)
+        self.dtype = series.dtype
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        n_lead = len(self._lead_shape)
+        page = int(np.ravel_multi_index(key[:n_lead], self._lead_shape)) if n_lead else 0
+        with self._lock:
+            data = self._tif.asarray(key=page, series=0)
+        return data[key[n_lead:]]
+
+
+def open_stack(
+    path: str | os.PathLike,
+    axes: str | None = None,
+    channel: int | None = None,
+    frame_interval_h: float | None = None,
+    start_offset_h: float = 0.0,
+) -> TimelapseStack:
+    """Open a TIFF time-lapse lazily; ``axes`` overrides the file's own axes metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise StackError(f"stack file not found (or not a file): {path}; check the path")
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as err:  # tifffile raises many types for non-TIFF / corrupt files
+        raise StackError(
+            f"cannot read {path} as a TIFF ({err}); time-lapse stacks must be TIFF files "
+            "(.tif/.tiff), e.g. saved from Fiji as an ImageJ hyperstack"
+        ) from err
+    try:
+        if not tif.series:
+            raise StackError(f"{path} contains no image data; check the file")
+        series = tif.series[0]
+        source_axes = _validated_axes(axes, len(series.shape)) if axes else series.axes
+        interval, interval_source = _frame_interval(tif, frame_interval_h)
+        source, keep_tiff = _tiff_source(tif, series, path)
+        stack = _build_stack(
+            source, source_axes, path.stem, path, channel, interval, interval_source,
+            start_offset_h,
+        )
+    except BaseException:
+        tif.close()
+        raise
+    if keep_tiff:
+        stack._tiff = tif
+    else:
+        tif.close()
+    return stack
+
+
+def stack_from_array(
+    array,
+    axes: str = "TYX",
+    name: str = "array",
+    frame_interval_h: float = DEFAULT_FRAME_INTERVAL_H,
+    channel: int | None = None,
+    start_offset_h: float = 0.0,
+) -> TimelapseStack:
+    """Wrap an in-memory (numpy, dask or zarr) array without copying or computing it."""
+    if not (hasattr(array, "shape") and hasattr(array, "dtype") and hasattr(array, "__getitem__")):
+        array = np.asarray(array)
+    source_axes = _validated_axes(axes, len(array.shape))
+    interval = _positive_interval(frame_interval_h, "frame_interval_h")
+    return _build_stack(
+        array, source_axes, name, None, channel, interval, "user", start_offset_h
+    )
+
+
+def write_stack(
+    path: str | os.PathLike,
+    array,
+    axes: str = "TYX",
+    frame_interval_h: float = DEFAULT_FRAME_INTERVAL_H,
+    compression: str | None = None,
+) -> Path:
+    """Write ``array`` atomically as a TIFF that records its frame interval.
+
+    uint8, uint16 and float32 data become an ImageJ hyperstack (``finterval`` in seconds);
+    other dtypes, which ImageJ cannot hold, an OME-TIFF (``TimeIncrement`` in seconds).
+    """
+    path = Path(path)
+    array = np.asarray(array)
+    axes = _validated_axes(axes, array.ndim)
+    interval = _positive_interval(frame_interval_h, "frame_interval_h")
+    _check_dtype(array.dtype, str(path))
+    order = [axes.index(a) for a in AXES_LETTERS if a in axes]
+    array = array.transpose(order)
+    axes = "".join(axes[i] for i in order)
+    rgb = "S" in axes and array.shape[axes.index("S")] in (3, 4)
+    options: dict[str, Any] = {
+        "compression": compression,
+        "photometric": "rgb" if rgb else "minisblack",
+    }
+    if array.dtype in _IMAGEJ_DTYPES:
+        options.update(imagej=True, metadata={"axes": axes, "finterval": interval * 3600})
+    else:
+        options.update(
+            ome=True,
+            metadata={"axes": axes, "TimeIncrement": interval * 3600, "TimeIncrementUnit": "s"},
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.tif")
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, array, **options)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _build_stack(
+    source, source_axes, name, path, channel, interval, interval_source, start_offset_h
+) -> TimelapseStack:
+    where = str(path) if path else f"array {name!r}"
+    dtype = np.dtype(source.dtype)
+    _check_dtype(dtype, where)
+    shape = tuple(int(n) for n in source.shape)
+    for letter in "YX":
+        if source_axes.count(letter) != 1:
+            raise StackError(
+                f"{where}: axes {source_axes!r} (shape {shape}) need exactly one Y and one X; "
+                "pass axes explicitly, e.g. axes='TYX'"
+            )
+    if "S" in source_axes and shape[source_axes.index("S")] not in (1, 3, 4):
+        raise StackError(
+            f"{where}: S (samples) axis of size {shape[source_axes.index('S')]}; expected 3 (RGB) "
+            "or 4 (RGBA). To treat the samples as channels, pass axes with C in place of S"
+        )
+    channel_axis = source_axes.index("C") if "C" in source_axes else None
+    n_channels = shape[channel_axis] if channel_axis is not None else 1
+    if n_channels == 1:
+        channel_axis = None
+    if channel is not None and not 0 <= channel < n_channels:
+        raise StackError(
+            f"{where}: channel {channel} does not exist; the stack has {n_channels} channel(s), "
+            f"choose 0..{n_channels - 1}"
+        )
+    if channel_axis is None:
+        channel = None
+    elif channel is None:
+        channel = 0
+    time_axis = _time_axis(source_axes, shape, where)
+    rgb = "S" in source_axes and shape[source_axes.index("S")] in (3, 4)
+    return TimelapseStack(
+        name=name,
+        path=path,
+        axes="TYXS" if rgb else "TYX",
+        n_frames=shape[time_axis] if time_axis is not None else 1,
+        frame_shape=(shape[source_axes.index("Y")], shape[source_axes.index("X")]),
+        dtype=dtype.newbyteorder("="),
+        frame_interval_h=interval,
+        frame_interval_source=interval_source,
+        start_offset_h=float(start_offset_h),
+        channel=channel,
+        n_channels=n_channels,
+        _source=source,
+        _source_axes=source_axes,
+        _time_axis=time_axis,
+        _channel_axis=channel_axis,
+    )
+
+
+def _time_axis(source_axes: str, shape: tuple, where: str) -> int | None:
+    """The one non-spatial, non-channel axis longer than 1 (T, or I/Q/Z when T is absent)."""
+    candidates = [
+        i for i, (a, n) in enumerate(zip(source_axes, shape)) if a not in _SPATIAL + "C" and n > 1
+    ]
+    if len(candidates) > 1:
+        found = ", ".join(f"{source_axes[i]}={shape[i]}" for i in candidates)
+        raise StackError(
+            f"{where}: more than one axis could be time ({found}; axes {source_axes!r}, shape "
+            f"{shape}); pass axes with exactly one T and C for channels, e.g. axes='TCYX', "
+            "or save one time series per file"
+        )
+    return candidates[0] if candidates else None
+
+
+def _validated_axes(axes: str, ndim: int) -> str:
+    if not isinstance(axes, str):
+        raise StackError(f"axes must be a string such as 'TYX', got {axes!r}")
+    axes = axes.upper()
+    bad = sorted(set(axes) - set(AXES_LETTERS))
+    if bad or len(axes) != ndim or len(set(axes)) != len(axes) or not {"Y", "X"} <= set(axes):
+        raise StackError(
+            f"invalid axes {axes!r} for data with {ndim} dimensions: expected {ndim} distinct "
+            f"letters from {AXES_LETTERS!r}, one per dimension in order, including Y and X "
+            "(e.g. 'TYX', 'TCYX', 'TYXS' for RGB)"
+        )
+    return axes
+
+
+def _check_dtype(dtype: np.dtype, where: str) -> None:
+    if dtype.kind not in "uif":
+        raise StackError(
+            f"{where}: unsupported pixel type {dtype}; expected integer or float images "
+            "(e.g. uint8, uint16, float32); convert the stack first"
+        )
+
+
+def _positive_interval(value, what: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise StackError(f"{what} must be a number of hours, got {value!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise StackError(f"{what} must be a positive number of hours, got {value!r}")
+    return value
+
+
+def _tiff_source(tif: tifffile.TiffFile, series, path: Path):
+    """A memory map when the data are contiguous and uncompressed, else a page reader.
+
+    Returns the source and whether it needs the TiffFile kept open.
+    """
+    try:
+        mapped = tifffile.memmap(path, series=0, mode="r")
+    except ValueError:  # compressed, tiled or scattered data cannot be mapped
+        return _TiffPages(tif, series), True
+    if tuple(mapped.shape) != tuple(series.shape):
+        mapped = mapped.reshape(series.shape)
+    return mapped, False
+
+
+def _frame_interval(tif: tifffile.TiffFile, user_h: float | None) -> tuple[float, str]:
+    """User value, else OME or ImageJ metadata, else the default, with where it came from."""
+    if user_h is not None:
+        return _positive_interval(user_h, "frame_interval_h"), "user"
+    found = _ome_interval_h(tif) or _imagej_interval_h(tif)
+    if found:
+        return found, "metadata"
+    return DEFAULT_FRAME_INTERVAL_H, "default"
+
+
+def _hours(value, unit: str | None, default_unit: str, where: str) -> float | None:
+    unit = (unit or default_unit).strip()
+    factor = _HOURS_PER_UNIT.get(unit, _HOURS_PER_UNIT.get(unit.lower()))
+    if factor is None:
+        raise StackError(
+            f"{where}: unknown time unit {unit!r} in the file's metadata; pass "
+            "frame_interval_h (hours) explicitly"
+        )
+    try:
+        hours = float(value) * factor
+    except (TypeError, ValueError):
+        return None
+    return hours if math.isfinite(hours) and hours > 0 else None
+
+
+def _imagej_interval_h(tif: tifffile.TiffFile) -> float | None:
+    meta = tif.imagej_metadata or {}
+    if "finterval" not in meta:
+        return None
+    return _hours(meta["finterval"], meta.get("tunit"), "sec", tif.filename)
+
+
+def _ome_interval_h(tif: tifffile.TiffFile) -> float | None:
+    """``Pixels TimeIncrement`` of the first image, else the median step of Plane ``DeltaT``."""
+    if not tif.is_ome or not tif.ome_metadata:
+        return None
+    try:
+        root = ElementTree.fromstring(tif.ome_metadata)
+    except ElementTree.ParseError:
+        return None
+    pixels = root.find("{*}Image/{*}Pixels")
+    if pixels is None:
+        return None
+    if pixels.get("TimeIncrement") is not None:
+        return _hours(
+            pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit"), "s", tif.filename
+        )
+    planes = [
+        p for p in pixels.findall("{*}Plane")
+        if p.get("DeltaT") is not None and p.get("TheZ", "0") == "0" and p.get("TheC", "0") == "0"
+    ]
+    if len(planes) < 2:
+        return None
+    planes.sort(key=lambda p: int(p.get("TheT", "0")))
+    times = [_hours(p.get("DeltaT"), p.get("DeltaTUnit"), "s", tif.filename) or 0.0 for p in planes]
+    steps = np.diff(times)
+    return float(np.median(steps)) if np.all(steps > 0) else None

@@ -1,0 +1,153 @@
+"""Tiling a frame into pixel boxes, so a model can answer per region as well as per frame.
+
+Boxes are ``y0, x0, y1, x1`` half-open pixel coordinates (rows ``y0:y1``, columns
+``x0:x1``), the same convention as the prediction table in :mod:`.results`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BORDERS = ("pad", "drop", "shift")
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """How to cut a frame into tiles.
+
+    ``tile_size=None`` means the whole frame is one item. ``stride`` defaults to the tile
+    size (no overlap). ``border`` decides what happens where the tiles do not fit exactly:
+    ``"pad"`` keeps a last row/column of tiles that extends past the frame (cropping pads
+    it by reflection), ``"drop"`` keeps only full tiles inside the frame, ``"shift"`` moves
+    the last tile back inside so every tile is full and the whole frame is covered.
+    """
+
+    tile_size: int | None = None
+    stride: int | None = None
+    border: str = "pad"
+
+    def __post_init__(self):
+        if self.tile_size is not None and not _positive_int(self.tile_size):
+            raise ValueError(
+                f"tile size must be a positive whole number of pixels, got {self.tile_size!r}"
+            )
+        if self.stride is not None:
+            if self.tile_size is None:
+                raise ValueError(
+                    "a stride needs a tile size; set tile_size, or leave stride empty "
+                    "for whole-frame items"
+                )
+            if not _positive_int(self.stride):
+                raise ValueError(
+                    f"stride must be a positive whole number of pixels, got {self.stride!r}"
+                )
+        if self.border not in BORDERS:
+            raise ValueError(f"border must be one of {BORDERS}, got {self.border!r}")
+
+    @property
+    def whole_frame(self) -> bool:
+        return self.tile_size is None
+
+    @property
+    def step(self) -> int | None:
+        """The effective stride: the given one, else the tile size."""
+        return self.stride if self.stride is not None else self.tile_size
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+
+
+def _starts(length: int, tile: int, step: int, border: str) -> np.ndarray:
+    """Tile start offsets along one axis of ``length`` pixels."""
+    starts = list(range(0, length - tile + 1, step))
+    tail_uncovered = starts[-1] + tile < length
+    if tail_uncovered and border == "shift":
+        starts.append(length - tile)
+    elif tail_uncovered and border == "pad" and starts[-1] + step < length:
+        starts.append(starts[-1] + step)
+    return np.asarray(starts, dtype=np.int64)
+
+
+def _axis_starts(height: int, width: int, spec: TileSpec) -> tuple[np.ndarray, np.ndarray]:
+    if not (_positive_int(height) and _positive_int(width)):
+        raise ValueError(f"frame size must be positive pixels, got {height!r} x {width!r}")
+    if spec.whole_frame:
+        return np.zeros(1, np.int64), np.zeros(1, np.int64)
+    if spec.tile_size > height or spec.tile_size > width:
+        raise ValueError(
+            f"tile size {spec.tile_size} px is larger than the frame ({height} x {width} px); "
+            f"use whole-frame mode (no tile size) or a tile of at most {min(height, width)} px"
+        )
+    return (
+        _starts(height, spec.tile_size, spec.step, spec.border),
+        _starts(width, spec.tile_size, spec.step, spec.border),
+    )
+
+
+def tile_grid_shape(height: int, width: int, spec: TileSpec) -> tuple[int, int]:
+    """Number of tile rows and columns for a ``height`` x ``width`` frame."""
+    ys, xs = _axis_starts(height, width, spec)
+    return len(ys), len(xs)
+
+
+def tile_boxes(height: int, width: int, spec: TileSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (N, 4) as y0, x0, y1, x1 and grid positions (N, 2) as row, col; row-major.
+
+    Whole-frame mode gives the single box ``(0, 0, height, width)`` at grid ``(0, 0)``.
+    With ``border="pad"`` the last boxes may extend past the frame.
+    """
+    ys, xs = _axis_starts(height, width, spec)
+    rows, cols = np.meshgrid(np.arange(len(ys)), np.arange(len(xs)), indexing="ij")
+    rows, cols = rows.ravel(), cols.ravel()
+    y0, x0 = ys[rows], xs[cols]
+    if spec.whole_frame:
+        y1, x1 = np.array([height]), np.array([width])
+    else:
+        y1, x1 = y0 + spec.tile_size, x0 + spec.tile_size
+    boxes = np.stack([y0, x0, y1, x1], axis=1).astype(np.int64)
+    return boxes, np.stack([rows, cols], axis=1).astype(np.int64)
+
+
+def crop(frame: np.ndarray, box) -> np.ndarray:
+    """The ``box`` region of a (H, W) or (H, W, C) frame, padded by reflection outside it.
+
+    Reflection (numpy ``mode="reflect"``) avoids the hard edges a zero pad would show the
+    model; numpy mirrors repeatedly when the pad is wider than the frame and repeats the
+    edge of a one-pixel axis, so any frame size works.
+    """
+    frame = np.asarray(frame)
+    if frame.ndim not in (2, 3):
+        raise ValueError(
+            f"crop needs a (H, W) or (H, W, C) frame, got an array of shape {frame.shape}"
+        )
+    y0, x0, y1, x1 = (int(v) for v in box)
+    height, width = frame.shape[:2]
+    if not (y1 > y0 and x1 > x0):
+        raise ValueError(f"box {tuple(box)} is empty; it must satisfy y1 > y0 and x1 > x0")
+    if y0 >= height or x0 >= width or y1 <= 0 or x1 <= 0:
+        raise ValueError(f"box {tuple(box)} lies outside the {height} x {width} frame")
+    (ys0, ys1, top, bottom), (xs0, xs1, left, right) = (
+        _source_range(y0, y1, height),
+        _source_range(x0, x1, width),
+    )
+    region = frame[ys0:ys1, xs0:xs1]
+    if top or bottom or left or right:
+        pads = [(top, bottom), (left, right)] + [(0, 0)] * (frame.ndim - 2)
+        region = np.pad(region, pads, mode="reflect")
+    oy, ox = max(y0, 0) - ys0, max(x0, 0) - xs0
+    return region[oy : oy + y1 - y0, ox : ox + x1 - x0]
+
+
+def _source_range(lo: int, hi: int, n: int) -> tuple[int, int, int, int]:
+    """Frame rows (or columns) to read for the span lo:hi, and the pad before and after.
+
+    The range reaches as far into the frame as the pads reflect, so the mirrored pixels
+    are the frame's own and not those of a smaller crop.
+    """
+    before, after = max(-lo, 0), max(hi - n, 0)
+    start = min(max(lo, 0), max(n - 1 - after, 0))
+    stop = max(min(hi, n), min(before + 1, n))
+    return start, stop, before, after

@@ -1,0 +1,70 @@
+"""Shared test configuration: headless-safe, deterministic, no mocking of the core.
+
+* The Qt binding is pinned before anything can import qtpy (``QT_API=pyqt5`` unless
+  the caller set it), so a stray PyQt6/PySide install never changes what is tested.
+* The display comes from pytest-xvfb (part of the ``testing`` extra): it starts an
+  Xvfb server for the session whenever the package is installed, so napari gets a
+  real xcb window and a Mesa (llvmpipe) OpenGL context - no ``offscreen`` platform.
+  The X/GL system libraries come from ``tools/install-system-deps.sh``.
+* ``make_napari_viewer`` (napari's own pytest plugin, entry point ``napari`` ->
+  ``napari.utils._testsupport``) and ``qtbot`` (pytest-qt) are used as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# --- environment, set at import time (before any test module imports qtpy) -------
+os.environ.setdefault("QT_API", "pyqt5")  # qtpy, napari, magicgui, superqt
+# pytest-qt does not read QT_API; without this it would pick PyQt6/PySide6 first if
+# one of them happens to be installed too.  (Initial conftests load before
+# pytest-qt's pytest_configure, so this is in time.)
+os.environ.setdefault("PYTEST_QT_API", os.environ["QT_API"])
+# matplotlib must never try to open a GUI window from a test.
+os.environ.setdefault("MPLBACKEND", "Agg")
+# keep numerical libraries from oversubscribing small CI machines
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Modules that must never be pulled in by the Qt-free core.
+GUI_MODULES = (
+    "qtpy",
+    "PyQt5",
+    "PyQt6",
+    "PySide2",
+    "PySide6",
+    "superqt",
+    "napari",
+    "magicgui",
+    "vispy",
+)
+
+
+def pytest_report_header(config):
+    return [
+        f"QT_API={os.environ.get('QT_API')} DISPLAY={os.environ.get('DISPLAY')!r} "
+        f"CI={os.environ.get('CI')!r} python={sys.executable}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> str:
+    """Absolute path of the repository checkout (the directory holding pyproject.toml)."""
+    return REPO_ROOT
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A seeded random generator, so synthetic data is identical on every run."""
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def gui_modules() -> tuple[str, ...]:
+    """Top-level module names that Qt-free code must not import."""
+    return GUI_MODULES

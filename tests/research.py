@@ -1,0 +1,86 @@
+"""The research pipeline's model and checkpoint layout (SPEC 4 and 8), written for the tests
+independently of the package, so loading its files is checked against the real thing."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import models
+
+
+class ResearchMultitask(nn.Module):
+    def __init__(self, name="resnet18", hidden=256, dropout=0.2, cls_conditioning=False):
+        super().__init__()
+        self.backbone = getattr(models, name)(weights=None)
+        width = self.backbone.fc.in_features
+        self.backbone.fc = nn.Identity()
+        self.cls_conditioning = cls_conditioning
+
+        def head(n_in, n_out):
+            if hidden > 0:
+                return nn.Sequential(nn.Dropout(dropout), nn.Linear(n_in, hidden), nn.ReLU(),
+                                     nn.Dropout(dropout), nn.Linear(hidden, n_out))
+            return nn.Sequential(nn.Dropout(dropout), nn.Linear(n_in, n_out))
+
+        self.classifier = head(width, 2)
+        self.regressor = head(width + 2 if cls_conditioning else width, 1)
+
+    def forward(self, x):
+        f = self.backbone(x)
+        logits = self.classifier(f)
+        r_in = torch.cat([f, logits], 1) if self.cls_conditioning else f
+        return logits, self.regressor(r_in).squeeze(1)
+
+
+def research_config(name="resnet18", hidden=256, dropout=0.2, cls_conditioning=False,
+                    image_size=64, frames_per_hour=2.0, onset=2.0, clamp=(0.0, 48.0)):
+    return {
+        "model": {"name": name, "pretrained": True, "num_classes": 2, "dropout": dropout,
+                  "train_backbone": True, "hidden_dim": hidden,
+                  "use_cls_conditioning": cls_conditioning},
+        "data": {
+            "transforms": {"image_size": image_size, "mean": [0.5, 0.5, 0.5],
+                           "std": [0.25, 0.25, 0.25], "horizontal_flip": True,
+                           "vertical_flip": True, "rotation": 15},
+            "frames": {"frames_per_hour": frames_per_hour, "infected_window_hours": [1, 48],
+                       "uninfected_window_hours": [0, 48], "infected_stride": 1,
+                       "uninfected_stride": 1},
+        },
+        "multitask": {"infection_onset_hour": onset, "clamp_range": list(clamp),
+                      "classification_weight": 1.0, "regression_weight": 1.0},
+    }
+
+
+def save_research_checkpoint(path, model: ResearchMultitask, config: dict, variant="model_state"):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    payload = {
+        variant: model.state_dict(),
+        "config": config,
+        "optimizer_state": opt.state_dict(),
+        "scaler_state": {},
+        "epoch": 7,
+        "val_metrics": {"roc_auc": 0.99, "mae": 1.2},
+    }
+    if variant == "model_state_dict":
+        payload.update({"fold": 2, "best_metrics": {"auc": 0.98}, "infected_window": [1, 48]})
+    torch.save(payload, path)
+
+
+def research_preprocess(frame: np.ndarray, size: int) -> torch.Tensor:
+    f = frame.astype(np.float64)
+    lo, hi = f.min(), f.max()
+    f = (f - lo) / (hi - lo) if hi > lo else np.zeros_like(f)
+    u8 = (f * 255).astype(np.uint8)
+    rgb = np.repeat(u8[..., None], 3, axis=2) if u8.ndim == 2 else u8
+    img = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
+    x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    return torch.from_numpy((x - 0.5) / 0.25)
+
+
+def research_predict(model: ResearchMultitask, frame: np.ndarray, size: int, clamp=(0, 48)):
+    model.eval()
+    with torch.no_grad():
+        logits, t = model(research_preprocess(frame, size)[None])
+    return torch.softmax(logits, 1)[0, 1].item(), t.clamp(*clamp)[0].item()

@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_infection_clock.core.checkpoint import (
+    CheckpointError,
+    CheckpointMeta,
+    load_checkpoint,
+    save_checkpoint,
+)
+from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
+from napari_infection_clock.core.predictor import Predictor
+from napari_infection_clock.core.preprocess import Preprocessing
+from napari_infection_clock.core.stack import stack_from_array
+from napari_infection_clock.core.targets import TimePolicy
+
+from .research import (
+    ResearchMultitask,
+    research_config,
+    research_predict,
+    save_research_checkpoint,
+)
+
+
+@pytest.mark.parametrize(
+    "variant, hidden, cls_conditioning",
+    [("model_state", 256, False), ("model_state", 64, True), ("model_state_dict", 0, True)],
+)
+def test_research_checkpoint_gives_research_outputs(tmp_path, variant, hidden, cls_conditioning):
+    torch.manual_seed(3)
+    research = ResearchMultitask("resnet18", hidden=hidden, cls_conditioning=cls_conditioning)
+    # Non-trivial BatchNorm statistics, so eval-mode loading is really exercised.
+    research.train()
+    with torch.no_grad():
+        research(torch.randn(8, 3, 64, 64))
+    config = research_config("resnet18", hidden=hidden, cls_conditioning=cls_conditioning,
+                             image_size=64, frames_per_hour=4.0, onset=2.0, clamp=(0, 24))
+    path = tmp_path / "research.pth"
+    save_research_checkpoint(path, research, config, variant=variant)
+
+    model, meta = load_checkpoint(path)
+    assert meta.model.arch == "resnet18"
+    assert meta.model.hidden_dim == hidden and meta.model.cls_conditioning == cls_conditioning
+    assert meta.time == TimePolicy(frame_interval_h=0.25, onset_h=2.0, clamp=(0.0, 24.0))
+    assert meta.preprocessing.image_size == 64
+    assert meta.source == f"research:{variant}"
+
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 60000, size=(3, 80, 96), dtype=np.uint16)
+    predictor = Predictor(model, meta, device="cpu", precision="fp32")
+    table = predictor.predict_stack(stack_from_array(frames, frame_interval_h=0.25))
+    for frame in range(3):
+        p_ref, t_ref = research_predict(research, frames[frame], 64, clamp=(0, 24))
+        row = table[table.frame == frame].iloc[0]
+        assert row.p_infected == pytest.approx(p_ref, abs=2e-3)
+        assert row.pred_time_h == pytest.approx(t_ref, abs=2e-2)
+        assert row.hours == pytest.approx(frame * 0.25)
+
+
+def test_own_format_round_trip_keeps_metadata(tmp_path):
+    torch.manual_seed(0)
+    model = MultitaskResNet(ModelConfig(arch="resnet18", hidden_dim=32, cls_conditioning=True))
+    meta = CheckpointMeta(
+        model=model.config,
+        preprocessing=Preprocessing(image_size=48),
+        time=TimePolicy(frame_interval_h=0.5, onset_h=1.5, clamp=(0.0, 30.0)),
+        tile_size=128,
+        history=[{"epoch": 1, "train_loss": 0.5}],
+    )
+    path = save_checkpoint(tmp_path / "model.pt", model, meta)
+    loaded, meta2 = load_checkpoint(path)
+    assert meta2.to_dict() == meta.to_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_another_architecture_is_refused(tmp_path):
+    research = ResearchMultitask("resnet18")
+    path = tmp_path / "r18.pth"
+    save_research_checkpoint(path, research, research_config("resnet50"))
+    with pytest.raises(CheckpointError, match="resnet50.*resnet18"):
+        load_checkpoint(path)
+    save_research_checkpoint(path, research, research_config("resnet18"))
+    with pytest.raises(CheckpointError, match="not the resnet34"):
+        load_checkpoint(path, expected_arch="resnet34")
+
+
+def test_truncated_file_and_non_checkpoint(tmp_path):
+    model = MultitaskResNet(ModelConfig(arch="resnet18"))
+    good = save_checkpoint(tmp_path / "good.pt", model, CheckpointMeta(model=model.config))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(truncated)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_checkpoint(text)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(CheckpointError, match="no model weights"):
+        load_checkpoint(other)
+
+
+class _Arbitrary:
+    pass
+
+
+def test_arbitrary_objects_are_never_unpickled(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model_state": {}, "config": _Arbitrary()}, path)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_checkpoint(path)
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path):
+    model = MultitaskResNet(ModelConfig(arch="resnet18"))
+    path = save_checkpoint(tmp_path / "model.pt", model, CheckpointMeta(model=model.config))
+    before = path.read_bytes()
+    bad_meta = CheckpointMeta(model=model.config, history=[{"x": _Arbitrary()}])
+    with pytest.raises(Exception):
+        # weights_only files must hold plain data; an unpicklable meta fails mid-write.
+        save_checkpoint(path, model, bad_meta.__class__(**{**bad_meta.__dict__, "history": [lambda: 0]}))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

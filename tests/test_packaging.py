@@ -1,0 +1,151 @@
+"""Packaging checks: the wheel ships the npe2 manifest, npe2 finds and validates the
+plugin, and the Qt-free core really imports no GUI toolkit."""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+DIST_NAME = "napari-infection-clock"
+PKG = "napari_infection_clock"
+ENTRY_POINT = f"{PKG}:napari.yaml"
+
+
+def _build_wheel(repo_root: str, outdir: Path) -> Path:
+    """Build a wheel of the checkout into ``outdir``.
+
+    With hatchling installed in the test environment the build runs offline
+    (``--no-build-isolation``); otherwise ``python -m build`` builds it in an
+    isolated environment (fetches hatchling from the package index).
+    """
+    if importlib.util.find_spec("hatchling") is not None:
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+               "-q", "-w", str(outdir), repo_root]
+    else:
+        cmd = [sys.executable, "-m", "build", "--wheel", "--outdir", str(outdir), repo_root]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
+    wheels = sorted(outdir.glob("napari_infection_clock-*.whl"))
+    assert len(wheels) == 1, list(outdir.iterdir())
+    return wheels[0]
+
+
+@pytest.fixture(scope="module")
+def wheel(repo_root, tmp_path_factory) -> Path:
+    return _build_wheel(repo_root, tmp_path_factory.mktemp("wheel"))
+
+
+def test_wheel_ships_manifest(wheel, repo_root):
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        manifest_name = f"{PKG}/napari.yaml"
+        assert manifest_name in names, names
+        shipped = zf.read(manifest_name).decode()
+    top_level = Path(repo_root, "napari.yaml").read_text()
+    assert shipped == top_level, "wheel's napari.yaml differs from the top-level napari.yaml"
+
+
+def test_wheel_declares_entry_point(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        ep_files = [n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt")]
+        assert len(ep_files) == 1, zf.namelist()
+        text = zf.read(ep_files[0]).decode()
+    parser = configparser.ConfigParser()
+    parser.optionxform = str  # keep case
+    parser.read_string(text)
+    assert parser.has_section("napari.manifest"), text
+    assert parser["napari.manifest"].get(DIST_NAME) == ENTRY_POINT, text
+
+
+def test_npe2_discovers_installed_plugin():
+    from npe2 import PluginManager
+
+    pm = PluginManager()  # fresh instance: no global state shared with other tests
+    pm.discover()
+    manifest = pm.get_manifest(DIST_NAME)
+    assert manifest.name == DIST_NAME
+
+
+def test_npe2_manifest_from_distribution_and_validate():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution(DIST_NAME)
+    assert manifest.name == DIST_NAME
+    # the CLI also checks that every python_name in the manifest imports and exists
+    proc = subprocess.run(
+        [sys.executable, "-m", "npe2", "validate", DIST_NAME, "--imports"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "QT_API": os.environ.get("QT_API", "pyqt5")},
+    )
+    assert proc.returncode == 0, f"npe2 validate failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+# A fresh interpreter imports every module of a package and reports, per module,
+# which GUI modules appeared in sys.modules.
+_IMPORT_PROBE = textwrap.dedent(
+    """
+    import importlib, json, pkgutil, sys
+    pkg_name, banned = sys.argv[1], tuple(sys.argv[2].split(","))
+
+    def gui_loaded():
+        return {m.split(".")[0] for m in list(sys.modules)} & set(banned)
+
+    report = {"modules": [], "offenders": {}}
+    pkg = importlib.import_module(pkg_name)
+    names = [pkg_name]
+    if hasattr(pkg, "__path__"):
+        names += [m.name for m in pkgutil.walk_packages(pkg.__path__, pkg_name + ".")]
+    seen = gui_loaded()
+    if seen:
+        report["offenders"][pkg_name] = sorted(seen)
+    for name in names:
+        importlib.import_module(name)
+        now = gui_loaded()
+        if now - seen:
+            report["offenders"][name] = sorted(now - seen)
+        seen = now
+        report["modules"].append(name)
+    print(json.dumps(report))
+    """
+)
+
+
+def _probe_imports(pkg_name: str, banned: tuple[str, ...]) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "QT_API"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, pkg_name, ",".join(banned)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, f"importing {pkg_name} failed:\n{proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_core_imports_no_gui(gui_modules):
+    report = _probe_imports(f"{PKG}.core", gui_modules)
+    assert f"{PKG}.core" in report["modules"]
+    assert not report["offenders"], (
+        "Qt-free core pulled in GUI modules (module -> new GUI modules):\n"
+        + json.dumps(report["offenders"], indent=2)
+    )
+
+
+def test_cli_imports_no_gui(gui_modules):
+    if importlib.util.find_spec(f"{PKG}.cli") is None:
+        pytest.skip(f"{PKG}.cli does not exist yet")
+    report = _probe_imports(f"{PKG}.cli", gui_modules)
+    assert not report["offenders"], (
+        "the command line pulled in GUI modules (module -> new GUI modules):\n"
+        + json.dumps(report["offenders"], indent=2)
+    )
