@@ -26,8 +26,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # keep numerical libraries from oversubscribing small CI machines
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,8 +47,10 @@ GUI_MODULES = (
 
 def pytest_report_header(config):
     return [
-        f"QT_API={os.environ.get('QT_API')} DISPLAY={os.environ.get('DISPLAY')!r} "
-        f"CI={os.environ.get('CI')!r} python={sys.executable}",
+        (
+            f"QT_API={os.environ.get('QT_API')} DISPLAY={os.environ.get('DISPLAY')!r} "
+            f"CI={os.environ.get('CI')!r} python={sys.executable}"
+        ),
     ]
 
 

@@ -130,12 +130,13 @@ def test_label_table_items_default_interval_and_bad_frame(tmp_path):
     import tifffile
 
     plain = tmp_path / "plain.tif"
-    tifffile.imwrite(plain, np.zeros((3, 8, 8), np.uint8))  # no interval metadata
+    # no interval metadata
+    tifffile.imwrite(plain, np.zeros((4, 8, 8), np.uint8), photometric="minisblack")
     df = pd.DataFrame({"stack": [str(plain)], "frame": [2], "label": ["uninfected"]})
     (item,) = label_table_items(df, default_frame_interval_h=2.0)
     assert item.hours == 4.0 and item.time_target == 4.0
-    df.loc[0, "frame"] = 3
-    with pytest.raises(ValueError, match=r"row 1 .*frame 3 does not exist.*3 frames"):
+    df.loc[0, "frame"] = 4
+    with pytest.raises(ValueError, match=r"row 1 .*frame 4 does not exist.*4 frames"):
         label_table_items(df)
 
 

@@ -17,7 +17,14 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from .labels import BOX_COLUMNS, normalize_labels
 from .stack import open_stack, parse_position
-from .targets import CLASS_NAMES, DEFAULT_CLAMP, INFECTED, UNINFECTED, time_target
+from .targets import (
+    CLASS_NAMES,
+    DEFAULT_CLAMP,
+    DEFAULT_FRAME_INTERVAL_H,
+    INFECTED,
+    UNINFECTED,
+    time_target,
+)
 from .tiles import TileSpec, tile_boxes
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -108,14 +115,16 @@ def research_items(
             f"data folder {root} does not exist; choose the folder that holds infected/ "
             "and uninfected/"
         )
-    items: list[Item] = []
-    for label, sub in ((INFECTED, "infected"), (UNINFECTED, "uninfected")):
-        folder = root / sub
-        if not folder.is_dir():
+    classes = ((INFECTED, "infected"), (UNINFECTED, "uninfected"))
+    for _, sub in classes:
+        if not (root / sub).is_dir():
             raise ValueError(
                 f"{root} has no {sub}/ folder; the research layout is ROOT/infected/*.tif "
                 "and ROOT/uninfected/*.tif"
             )
+    items: list[Item] = []
+    for label, sub in classes:
+        folder = root / sub
         files = _tiff_files(folder)
         if not files:
             raise ValueError(f"{folder} holds no .tif/.tiff files; put the {sub} stacks there")
@@ -154,7 +163,7 @@ def research_items(
 def label_table_items(
     df: pd.DataFrame,
     tiles: TileSpec | None = None,
-    default_frame_interval_h: float = 0.5,
+    default_frame_interval_h: float = DEFAULT_FRAME_INTERVAL_H,
     clamp: tuple[float, float] = DEFAULT_CLAMP,
 ) -> list[Item]:
     """Items from a label table (see :mod:`.labels`).

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .checkpoint import CheckpointMeta
+from .dataset import ItemDataset
 from .device import select_device
 from .model import MultitaskResNet
 from .preprocess import preprocess
@@ -139,11 +141,12 @@ class Predictor:
                 return
             image = stack.frame(frame)
             crops = image[None] if whole else np.stack([crop(image, b) for b in boxes])
-            p, t = self._run_batched(crops)
+            p, t = self.predict_batched(crops)
             table = result_rows(stack.name, frame, float(time.hours(frame)), boxes, grid_rc, p, t)
             yield FramePrediction(frame=frame, table=table, done=done, total=len(order))
 
-    def _run_batched(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_batched(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`predict_crops`, for any number of same-sized crops."""
         ps, ts = [], []
         for start in range(0, len(crops), self.batch_size):
             p, t = self.predict_crops(crops[start : start + self.batch_size])
@@ -160,3 +163,35 @@ class Predictor:
         return table.sort_values(["frame", "tile_row", "tile_col"], kind="stable").reset_index(
             drop=True
         )
+
+
+def predict_items(
+    predictor: Predictor,
+    items,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[pd.DataFrame]:
+    """Predict labelled items frame by frame; rows carry the truth (``true_class``,
+    ``true_time_h``) so the table feeds :func:`.metrics.evaluate_table` directly."""
+    by_frame: dict[tuple[str, int], list[int]] = {}
+    for i, item in enumerate(items):
+        by_frame.setdefault((item.stack, item.frame), []).append(i)
+    reader = ItemDataset(items, predictor.meta.preprocessing)
+    for (stack_path, frame), members in by_frame.items():
+        if should_stop is not None and should_stop():
+            return
+        crops = [reader.raw_crop(i) for i in members]
+        shapes = {c.shape for c in crops}
+        if len(shapes) == 1:
+            p, t = predictor.predict_batched(np.stack(crops))
+        else:  # regions of different sizes cannot share a batch
+            pairs = [predictor.predict_crops(c[None]) for c in crops]
+            p, t = (np.concatenate(v) for v in zip(*pairs))
+        h, w = reader.stack(stack_path).frame_shape
+        boxes = np.array([items[i].box or (0, 0, h, w) for i in members])
+        sizes = np.maximum(boxes[:, 2:] - boxes[:, :2], 1)
+        table = result_rows(
+            Path(stack_path).stem, frame, items[members[0]].hours, boxes, boxes[:, :2] // sizes, p, t
+        )
+        table["true_class"] = [items[i].label for i in members]
+        table["true_time_h"] = [items[i].time_target for i in members]
+        yield table

@@ -114,7 +114,9 @@ def generate_stack(
     ).render()
 
 
-def sample_pair(n_frames: int = 48, size: int = 256, seed: int = 0) -> dict[str, tuple[np.ndarray, dict]]:
+def sample_pair(
+    n_frames: int = 48, size: int = 256, seed: int = 0
+) -> dict[str, tuple[np.ndarray, dict]]:
     """One infected and one mock stack of the same field, each with its truth, for a viewer."""
     pair = {}
     for name, infected in (("infected", True), ("mock", False)):
@@ -233,7 +235,8 @@ def _cell_states(well: SyntheticWell, layout_rng, infection_rng) -> dict[str, np
         {k: np.broadcast_to(traits[k], y.shape) for k in ("theta", "dark", "gain")}
     )
     if well.infected:
-        since = hours[:, None] - _infection_hours(infection_rng, n_cells, count, hours, well.onset_h)
+        infected_at = _infection_hours(infection_rng, n_cells, count, hours, well.onset_h)
+        since = hours[:, None] - infected_at
         detach_h = infection_rng.uniform(*_DETACH_AFTER_H, n_cells)
         states["rounding"] = rounding = np.clip(since / _ROUNDING_H, 0.0, 1.0)
         states["brightening"] = _smoothstep(since / _BRIGHTENING_H)

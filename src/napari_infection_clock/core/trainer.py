@@ -182,12 +182,13 @@ def iter_train(
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         key, larger = f"val_{config.best_metric}", BEST_METRICS[config.best_metric]
-        if key not in record:  # no validation items: the training loss decides
-            key, larger = "train_loss", False
-        value = record[key]
-        if np.isfinite(value) and (
-            best_value is None or (value > best_value if larger else value < best_value)
-        ):
+        if not np.isfinite(record.get(key, np.nan)):  # no validation, or one class in it
+            key = "val_loss" if np.isfinite(record.get("val_loss", np.nan)) else "train_loss"
+            larger = False
+        # Ties (a saturated AUC, say) go to the lower loss, so later, better epochs still win.
+        sign = 1.0 if larger else -1.0
+        value = (sign * record[key], -record.get("val_loss", record["train_loss"]))
+        if np.isfinite(value[0]) and (best_value is None or value > best_value):
             best_value, best_epoch = value, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             if checkpoint_path is not None:
