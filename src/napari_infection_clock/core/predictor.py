@@ -140,19 +140,22 @@ class Predictor:
             if should_stop is not None and should_stop():
                 return
             image = stack.frame(frame)
-            crops = image[None] if whole else np.stack([crop(image, b) for b in boxes])
-            p, t = self.predict_batched(crops)
+            p, t = self.predict_many([image] if whole else [crop(image, b) for b in boxes])
             table = result_rows(stack.name, frame, float(time.hours(frame)), boxes, grid_rc, p, t)
             yield FramePrediction(frame=frame, table=table, done=done, total=len(order))
 
-    def predict_batched(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Like :meth:`predict_crops`, for any number of same-sized crops."""
-        ps, ts = [], []
-        for start in range(0, len(crops), self.batch_size):
-            p, t = self.predict_crops(crops[start : start + self.batch_size])
-            ps.append(p)
-            ts.append(t)
-        return np.concatenate(ps), np.concatenate(ts)
+    def predict_many(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`predict_crops` for any number of crops; same-sized ones share batches."""
+        p = np.empty(len(crops), np.float32)
+        t = np.empty(len(crops), np.float32)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, c in enumerate(crops):
+            by_shape.setdefault(c.shape, []).append(i)
+        for members in by_shape.values():
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start : start + self.batch_size]
+                p[chunk], t[chunk] = self.predict_crops(np.stack([crops[i] for i in chunk]))
+        return p, t
 
     def predict_stack(self, stack: TimelapseStack, **kwargs) -> pd.DataFrame:
         """The whole prediction table of a stack, rows sorted by frame."""
@@ -179,13 +182,7 @@ def predict_items(
     for (stack_path, frame), members in by_frame.items():
         if should_stop is not None and should_stop():
             return
-        crops = [reader.raw_crop(i) for i in members]
-        shapes = {c.shape for c in crops}
-        if len(shapes) == 1:
-            p, t = predictor.predict_batched(np.stack(crops))
-        else:  # regions of different sizes cannot share a batch
-            pairs = [predictor.predict_crops(c[None]) for c in crops]
-            p, t = (np.concatenate(v) for v in zip(*pairs))
+        p, t = predictor.predict_many([reader.raw_crop(i) for i in members])
         h, w = reader.stack(stack_path).frame_shape
         boxes = np.array([items[i].box or (0, 0, h, w) for i in members])
         sizes = np.maximum(boxes[:, 2:] - boxes[:, :2], 1)

@@ -40,11 +40,11 @@ _START_FRACTION = (0.10, 0.25)
 _GROWTH_PER_H = 0.09
 _STALL_AFTER_ONSET_H = 6.0
 # Infection progression, per cell (hours after that cell is infected).
-_LATENCY_MIN_H = 0.5
-_LATENCY_GAMMA = (2.5, 1.6)
+_LATENCY_MIN_H = 0.25
+_LATENCY_GAMMA = (2.0, 0.6)
 _ROUNDING_H = 3.0
 _BRIGHTENING_H = 10.0
-_DETACH_AFTER_H = (16.0, 28.0)
+_DETACH_AFTER_H = (20.0, 32.0)
 _DETACH_DURATION_H = 2.0
 _DEBRIS_RADIUS = 1.5
 # Appearance, in units of the full scale.
