@@ -8,6 +8,7 @@ stays whole until the new one is.
 from __future__ import annotations
 
 import pickle
+import zipfile
 import re
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
@@ -104,6 +105,11 @@ def read_checkpoint_file(path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"'{path}' is not a readable PyTorch checkpoint (not a torch.save archive: "
+                f"truncated, corrupt, or another kind of file): {exc}"
+            ) from exc
         raise CheckpointError(
             f"'{path}' holds Python objects other than tensors and plain data, so it is not "
             f"loaded (only weights_only=True loading is allowed). Details: {exc}"
