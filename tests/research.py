@@ -20,8 +20,13 @@ class ResearchMultitask(nn.Module):
 
         def head(n_in, n_out):
             if hidden > 0:
-                return nn.Sequential(nn.Dropout(dropout), nn.Linear(n_in, hidden), nn.ReLU(),
-                                     nn.Dropout(dropout), nn.Linear(hidden, n_out))
+                return nn.Sequential(
+                    nn.Dropout(dropout),
+                    nn.Linear(n_in, hidden),
+                    nn.ReLU(),
+                    nn.Dropout(dropout),
+                    nn.Linear(hidden, n_out),
+                )
             return nn.Sequential(nn.Dropout(dropout), nn.Linear(n_in, n_out))
 
         self.classifier = head(width, 2)
@@ -34,22 +39,49 @@ class ResearchMultitask(nn.Module):
         return logits, self.regressor(r_in).squeeze(1)
 
 
-def research_config(name="resnet18", hidden=256, dropout=0.2, cls_conditioning=False,
-                    image_size=64, frames_per_hour=2.0, onset=2.0, clamp=(0.0, 48.0)):
+def research_config(
+    name="resnet18",
+    hidden=256,
+    dropout=0.2,
+    cls_conditioning=False,
+    image_size=64,
+    frames_per_hour=2.0,
+    onset=2.0,
+    clamp=(0.0, 48.0),
+):
     return {
-        "model": {"name": name, "pretrained": True, "num_classes": 2, "dropout": dropout,
-                  "train_backbone": True, "hidden_dim": hidden,
-                  "use_cls_conditioning": cls_conditioning},
-        "data": {
-            "transforms": {"image_size": image_size, "mean": [0.5, 0.5, 0.5],
-                           "std": [0.25, 0.25, 0.25], "horizontal_flip": True,
-                           "vertical_flip": True, "rotation": 15},
-            "frames": {"frames_per_hour": frames_per_hour, "infected_window_hours": [1, 48],
-                       "uninfected_window_hours": [0, 48], "infected_stride": 1,
-                       "uninfected_stride": 1},
+        "model": {
+            "name": name,
+            "pretrained": True,
+            "num_classes": 2,
+            "dropout": dropout,
+            "train_backbone": True,
+            "hidden_dim": hidden,
+            "use_cls_conditioning": cls_conditioning,
         },
-        "multitask": {"infection_onset_hour": onset, "clamp_range": list(clamp),
-                      "classification_weight": 1.0, "regression_weight": 1.0},
+        "data": {
+            "transforms": {
+                "image_size": image_size,
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.25, 0.25, 0.25],
+                "horizontal_flip": True,
+                "vertical_flip": True,
+                "rotation": 15,
+            },
+            "frames": {
+                "frames_per_hour": frames_per_hour,
+                "infected_window_hours": [1, 48],
+                "uninfected_window_hours": [0, 48],
+                "infected_stride": 1,
+                "uninfected_stride": 1,
+            },
+        },
+        "multitask": {
+            "infection_onset_hour": onset,
+            "clamp_range": list(clamp),
+            "classification_weight": 1.0,
+            "regression_weight": 1.0,
+        },
     }
 
 

@@ -15,17 +15,57 @@ from napari_infection_clock.core.results import RESULT_COLUMNS
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli") / "data"
-    assert main(["sample", str(root), "--n-infected", "3", "--n-mock", "3", "--frames", "12",
-                 "--size", "48", "--seed", "2"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(root),
+                "--n-infected",
+                "3",
+                "--n-mock",
+                "3",
+                "--frames",
+                "12",
+                "--size",
+                "48",
+                "--seed",
+                "2",
+            ]
+        )
+        == 0
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
-    code = main(["train", str(data), "--out", str(out), "--arch", "resnet18", "--init", "random",
-                 "--image-size", "32", "--epochs", "2", "--batch-size", "16", "--hidden-dim", "16",
-                 "--device", "cpu", "--val-fraction", "0.2", "--test-fraction", "0.3"])
+    code = main(
+        [
+            "train",
+            str(data),
+            "--out",
+            str(out),
+            "--arch",
+            "resnet18",
+            "--init",
+            "random",
+            "--image-size",
+            "32",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--hidden-dim",
+            "16",
+            "--device",
+            "cpu",
+            "--val-fraction",
+            "0.2",
+            "--test-fraction",
+            "0.3",
+        ]
+    )
     assert code == 0
     return out
 
@@ -53,8 +93,23 @@ def test_predict_tiles_and_maps(trained, data, tmp_path):
     stack = next((data / "infected").glob("*.tif"))
     out = tmp_path / "pred.csv"
     maps = tmp_path / "maps"
-    code = main(["predict", str(trained / "model.pt"), str(stack), "--out", str(out),
-                 "--tile-size", "24", "--maps", str(maps), "--frames", "2:6", "--device", "cpu"])
+    code = main(
+        [
+            "predict",
+            str(trained / "model.pt"),
+            str(stack),
+            "--out",
+            str(out),
+            "--tile-size",
+            "24",
+            "--maps",
+            str(maps),
+            "--frames",
+            "2:6",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     table = pd.read_csv(out)
     assert list(table.columns) == list(RESULT_COLUMNS)
@@ -66,8 +121,19 @@ def test_predict_tiles_and_maps(trained, data, tmp_path):
 
 
 def test_evaluate_writes_report(trained, data, tmp_path):
-    code = main(["evaluate", str(trained / "model.pt"), str(data), "--out", str(tmp_path),
-                 "--bin-hours", "2", "--device", "cpu"])
+    code = main(
+        [
+            "evaluate",
+            str(trained / "model.pt"),
+            str(data),
+            "--out",
+            str(tmp_path),
+            "--bin-hours",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     bins = pd.read_csv(tmp_path / "per_bin.csv")
     assert bins.bin_start_h.tolist()[:3] == [0.0, 2.0, 4.0]
@@ -80,7 +146,10 @@ def test_evaluate_writes_report(trained, data, tmp_path):
     [
         (["predict", "{ckpt}", "{missing}", "--out", "{out}"], "stack file not found"),
         (["predict", "{bad}", "{stack}", "--out", "{out}"], "not a readable PyTorch checkpoint"),
-        (["predict", "{ckpt}", "{stack}", "--out", "{out}", "--tile-size", "999"], "larger than the frame"),
+        (
+            ["predict", "{ckpt}", "{stack}", "--out", "{out}", "--tile-size", "999"],
+            "larger than the frame",
+        ),
         (["train", "{empty}", "--out", "{out}"], "no infected/ folder"),
         (["predict", "{ckpt}", "{stack}", "--out", "{out}", "--frames", "x:y"], "START:STOP"),
     ],
@@ -89,8 +158,14 @@ def test_user_mistakes_exit_2_without_traceback(trained, data, tmp_path, capsys,
     bad = tmp_path / "bad.pt"
     bad.write_text("not a checkpoint")
     (tmp_path / "empty").mkdir()
-    values = {"ckpt": trained / "model.pt", "missing": tmp_path / "nope.tif", "out": tmp_path / "o.csv",
-              "bad": bad, "stack": next((data / "infected").glob("*.tif")), "empty": tmp_path / "empty"}
+    values = {
+        "ckpt": trained / "model.pt",
+        "missing": tmp_path / "nope.tif",
+        "out": tmp_path / "o.csv",
+        "bad": bad,
+        "stack": next((data / "infected").glob("*.tif")),
+        "empty": tmp_path / "empty",
+    }
     assert main([a.format(**values) for a in args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

@@ -30,7 +30,12 @@ def test_resnet50_forward_gives_logits_and_time():
 def test_head_layouts_follow_spec():
     m = MultitaskResNet(ModelConfig(arch="resnet18", hidden_dim=256, dropout=0.2))
     keys = {k for k in m.state_dict() if not k.startswith("backbone")}
-    assert keys == {f"{h}.{i}.{p}" for h in ("classifier", "regressor") for i in (1, 4) for p in ("weight", "bias")}
+    assert keys == {
+        f"{h}.{i}.{p}"
+        for h in ("classifier", "regressor")
+        for i in (1, 4)
+        for p in ("weight", "bias")
+    }
     single = MultitaskResNet(ModelConfig(arch="resnet18", hidden_dim=0, dropout=0.2))
     assert single.classifier[1].out_features == 2 and len(single.classifier) == 2
     no_drop = MultitaskResNet(ModelConfig(arch="resnet18", hidden_dim=64, dropout=0.0))

@@ -18,8 +18,11 @@ from napari_infection_clock.core.tiles import TileSpec
 def predictor():
     torch.manual_seed(0)
     model = MultitaskResNet(ModelConfig(arch="resnet18", hidden_dim=16))
-    meta = CheckpointMeta(model=model.config, preprocessing=Preprocessing(image_size=32),
-                          time=TimePolicy(frame_interval_h=0.25, onset_h=2.0, clamp=(0.0, 10.0)))
+    meta = CheckpointMeta(
+        model=model.config,
+        preprocessing=Preprocessing(image_size=32),
+        time=TimePolicy(frame_interval_h=0.25, onset_h=2.0, clamp=(0.0, 10.0)),
+    )
     return Predictor(model, meta, device="cpu", batch_size=4, precision="fp32")
 
 
@@ -50,7 +53,9 @@ def test_class_time_meaning_and_onset_are_consistent(predictor, frames):
     assert (table.pred_label[infected] == "infected").all()
     assert (table.time_meaning[infected] == "infection_duration").all()
     assert (table.time_meaning[~infected] == "experiment_time").all()
-    np.testing.assert_allclose(table.est_onset_h[infected], (table.hours - table.pred_time_h)[infected])
+    np.testing.assert_allclose(
+        table.est_onset_h[infected], (table.hours - table.pred_time_h)[infected]
+    )
     assert table.est_onset_h[~infected].isna().all()
     assert ((table.p_infected >= 0.5) == infected).all()
 

@@ -36,8 +36,16 @@ def test_short_training_learns_held_out_wells(dataset, tmp_path):
     assert not {i.group for i in train} & {i.group for i in test}
     model, meta = _new()
     config = TrainConfig(epochs=8, batch_size=32, lr=1e-3, seed=0, device="cpu")
-    events = list(iter_train(model, ItemDataset(train, PREP, augment=True), ItemDataset(val, PREP),
-                             config, meta, checkpoint_path=tmp_path / "m.pt"))
+    events = list(
+        iter_train(
+            model,
+            ItemDataset(train, PREP, augment=True),
+            ItemDataset(val, PREP),
+            config,
+            meta,
+            checkpoint_path=tmp_path / "m.pt",
+        )
+    )
     stages = [e.stage for e in events]
     assert stages[-1] == "done" and stages.count("epoch") == 8
     assert all(e.eta_s is not None for e in events if e.stage == "batch")
@@ -61,9 +69,17 @@ def test_stop_keeps_previous_checkpoint_intact(dataset, tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", model, meta)
     before = path.read_bytes()
     batches = []
-    events = list(iter_train(model, ItemDataset(train, PREP), ItemDataset(val, PREP),
-                             TrainConfig(epochs=2, batch_size=16, device="cpu"), meta,
-                             checkpoint_path=path, should_stop=lambda: len(batches) >= 3 or batches.append(1)))
+    events = list(
+        iter_train(
+            model,
+            ItemDataset(train, PREP),
+            ItemDataset(val, PREP),
+            TrainConfig(epochs=2, batch_size=16, device="cpu"),
+            meta,
+            checkpoint_path=path,
+            should_stop=lambda: len(batches) >= 3 or batches.append(1),
+        )
+    )
     assert events[-1].stage == "stopped" and events[-1].epoch == 1
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
@@ -74,8 +90,13 @@ def test_heads_only_leaves_backbone_untouched(dataset):
     model, meta = _new()
     backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     head_before = model.classifier[1].weight.clone()
-    run_training(model, ItemDataset(train[::4], PREP), None,
-                 TrainConfig(epochs=1, batch_size=16, mode="heads", device="cpu"), meta)
+    run_training(
+        model,
+        ItemDataset(train[::4], PREP),
+        None,
+        TrainConfig(epochs=1, batch_size=16, mode="heads", device="cpu"),
+        meta,
+    )
     for k, v in model.backbone.state_dict().items():
         assert torch.equal(v, backbone_before[k]), k
     assert not torch.equal(model.classifier[1].weight, head_before)
@@ -86,8 +107,13 @@ def test_seed_makes_training_reproducible(dataset):
     weights = []
     for _ in range(2):
         model, meta = _new()
-        run_training(model, ItemDataset(train[::8], PREP, augment=True), None,
-                     TrainConfig(epochs=1, batch_size=16, seed=5, device="cpu"), meta)
+        run_training(
+            model,
+            ItemDataset(train[::8], PREP, augment=True),
+            None,
+            TrainConfig(epochs=1, batch_size=16, seed=5, device="cpu"),
+            meta,
+        )
         weights.append(model.regressor[4].weight.detach().clone())
     assert torch.equal(weights[0], weights[1])
 

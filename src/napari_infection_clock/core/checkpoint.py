@@ -8,8 +8,8 @@ stays whole until the new one is.
 from __future__ import annotations
 
 import pickle
-import zipfile
 import re
+import zipfile
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -170,7 +170,8 @@ def infer_model_config(state: dict, path="checkpoint") -> ModelConfig:
         raise CheckpointError(f"'{path}' has no ResNet backbone weights (backbone.conv1.weight)")
     bottleneck = "backbone.layer1.0.conv3.weight" in state
     depth = tuple(
-        1 + max(int(m.group(1)) for k in state if (m := re.match(rf"backbone\.layer{i}\.(\d+)\.", k)))
+        1
+        + max(int(m.group(1)) for k in state if (m := re.match(rf"backbone\.layer{i}\.(\d+)\.", k)))
         for i in range(1, 5)
     )
     blocks = {
@@ -189,7 +190,9 @@ def infer_model_config(state: dict, path="checkpoint") -> ModelConfig:
     reg_linear = _linear_indices(state, "regressor")
     if not cls_linear or not reg_linear:
         raise CheckpointError(f"'{path}' lacks classifier or regressor head weights")
-    hidden = int(state[f"classifier.{cls_linear[0]}.weight"].shape[0]) if len(cls_linear) == 2 else 0
+    hidden = (
+        int(state[f"classifier.{cls_linear[0]}.weight"].shape[0]) if len(cls_linear) == 2 else 0
+    )
     reg_in = int(state[f"regressor.{reg_linear[0]}.weight"].shape[1])
     return ModelConfig(
         arch=arch,
@@ -216,7 +219,9 @@ def _research_meta(raw: dict, state: dict) -> CheckpointMeta:
     fph = float(frames.get("frames_per_hour", 2.0))
     arch = model_cfg.get("name") or infer_model_config(state).arch
     if arch not in ARCHITECTURES:
-        raise CheckpointError(f"the checkpoint's config names backbone {arch!r}, which is not one of {', '.join(ARCHITECTURES)}")
+        raise CheckpointError(
+            f"the checkpoint's config names backbone {arch!r}, which is not one of {', '.join(ARCHITECTURES)}"
+        )
     return CheckpointMeta(
         model=ModelConfig(
             arch=arch,

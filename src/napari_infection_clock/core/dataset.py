@@ -53,7 +53,11 @@ class ItemDataset(Dataset):
     def __getitem__(self, index: int):
         item = self.items[index]
         x = preprocess(torch.from_numpy(self.raw_crop(index))[None], self.prep, self.augment)[0]
-        return x, torch.tensor(item.label, dtype=torch.long), torch.tensor(item.time_target, dtype=torch.float32)
+        return (
+            x,
+            torch.tensor(item.label, dtype=torch.long),
+            torch.tensor(item.time_target, dtype=torch.float32),
+        )
 
     def targets(self) -> tuple[np.ndarray, np.ndarray]:
         """All classes and time targets, without reading pixels."""

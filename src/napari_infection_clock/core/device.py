@@ -30,7 +30,9 @@ def select_device(preference: str | torch.device | None = "auto") -> torch.devic
     choice = (preference or "auto").lower()
     kind = choice.split(":")[0]
     if kind not in DEVICE_CHOICES:
-        raise ValueError(f"unknown device {preference!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+        raise ValueError(
+            f"unknown device {preference!r}; choose one of {', '.join(DEVICE_CHOICES)}"
+        )
     available = available_devices()
     if kind == "auto":
         return torch.device(available[0])

@@ -14,7 +14,13 @@ from torch import nn
 from torchvision import models
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-FEATURE_WIDTH = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
+FEATURE_WIDTH = {
+    "resnet18": 512,
+    "resnet34": 512,
+    "resnet50": 2048,
+    "resnet101": 2048,
+    "resnet152": 2048,
+}
 INIT_CHOICES = ("imagenet", "random")
 
 
@@ -32,7 +38,9 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown backbone {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+            raise ValueError(
+                f"unknown backbone {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}"
+            )
         if self.hidden_dim < 0 or not 0 <= self.dropout < 1:
             raise ValueError("hidden_dim must be >= 0 and dropout in [0, 1)")
         if self.num_classes != 2:
@@ -126,10 +134,14 @@ def _missing_weights_message(arch: str, target: Path, exc: Exception | None) -> 
     )
 
 
-def build_model(config: ModelConfig = ModelConfig(), init: str = "random", allow_download: bool = True) -> MultitaskResNet:
+def build_model(
+    config: ModelConfig = ModelConfig(), init: str = "random", allow_download: bool = True
+) -> MultitaskResNet:
     """A new model with its backbone initialised from ImageNet or at random."""
     if init not in INIT_CHOICES:
-        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INIT_CHOICES)} or load a checkpoint")
+        raise ValueError(
+            f"unknown init {init!r}; choose one of {', '.join(INIT_CHOICES)} or load a checkpoint"
+        )
     model = MultitaskResNet(config)
     if init == "imagenet":
         load_imagenet_backbone(model, allow_download=allow_download)

@@ -1,7 +1,17 @@
-"""Batched prediction of a stack, frame by frame, so callers can show partial results."""
+"""Batched prediction of a stack, frame by frame, so callers can show partial results.
+
+The hot path is built for throughput: tiles are cut with one numpy gather per frame, a
+background thread reads and prepares the next batch while the model computes the current
+one, batches run across frame boundaries, and the model runs under ``inference_mode`` in
+channels-last layout with bf16 autocast on CPUs that have bf16 kernels (fp16/bf16 on
+CUDA, fed from pinned memory with non-blocking copies). ``precision="fp32"`` forces exact
+fp32. Only a few frames are ever held in memory, however long the stack.
+"""
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -10,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .checkpoint import CheckpointMeta
 from .dataset import ItemDataset
@@ -22,6 +33,8 @@ from .targets import TimePolicy
 from .tiles import TileSpec, crop, tile_boxes
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Batches prepared ahead of the one computing; each holds ``batch_size`` raw crops.
+PREFETCH_BATCHES = 2
 
 
 @dataclass
@@ -72,8 +85,49 @@ def frame_time_policy(stack: TimelapseStack, meta: CheckpointMeta) -> TimePolicy
     )
 
 
+def check_boxes(boxes: np.ndarray, height: int, width: int) -> None:
+    """Refuse empty boxes and boxes wholly outside the frame, as :func:`.tiles.crop` does."""
+    y0, x0, y1, x1 = boxes.T
+    if np.any((y1 <= y0) | (x1 <= x0)):
+        raise ValueError("a box is empty; every box must satisfy y1 > y0 and x1 > x0")
+    if np.any((y0 >= height) | (x0 >= width) | (y1 <= 0) | (x1 <= 0)):
+        raise ValueError(f"a box lies outside the {height} x {width} frame")
+
+
+def cut_tiles(frame: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Equal-sized ``boxes`` of ``frame`` as one (N, h, w[, C]) array, in one gather.
+
+    Same pixels as :func:`.tiles.crop` per box: boxes reaching past the frame read from
+    the frame padded once by reflection, which mirrors the same pixels crop() mirrors.
+    """
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    h, w = (int(v) for v in boxes[0, 2:] - boxes[0, :2])
+    height, width = frame.shape[:2]
+    top, left = max(0, -int(boxes[:, 0].min())), max(0, -int(boxes[:, 1].min()))
+    bottom = max(0, int(boxes[:, 2].max()) - height)
+    right = max(0, int(boxes[:, 3].max()) - width)
+    if top or bottom or left or right:
+        pads = [(top, bottom), (left, right)] + [(0, 0)] * (frame.ndim - 2)
+        frame = np.pad(frame, pads, mode="reflect")
+    windows = sliding_window_view(frame, (h, w), axis=(0, 1))  # (Y, X, [C,] h, w), a view
+    tiles = windows[boxes[:, 0] + top, boxes[:, 1] + left]  # the one copy
+    return np.moveaxis(tiles, 1, -1) if frame.ndim == 3 else tiles
+
+
+@dataclass
+class _Batch:
+    """Raw (or, on CPU, already preprocessed) crops, and which frames they belong to."""
+
+    x: torch.Tensor
+    frames: list[tuple[int, int]]  # (position in the frame order, number of items)
+
+
 class Predictor:
-    """A loaded model bound to a device, precision and batch size."""
+    """A loaded model bound to a device, precision and batch size.
+
+    ``compile=True`` wraps the model in ``torch.compile`` (first batches are slow while
+    it compiles; see docs/benchmarks.md for whether it pays on a machine).
+    """
 
     def __init__(
         self,
@@ -82,67 +136,49 @@ class Predictor:
         device: str | torch.device = "auto",
         batch_size: int = 16,
         precision: str = "auto",
+        compile: bool = False,
+        prefetch: int = PREFETCH_BATCHES,
     ):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.device = select_device(device)
         self.meta = meta
         self.batch_size = int(batch_size)
+        self.prefetch = max(int(prefetch), 0)
         self.amp_dtype = autocast_dtype(self.device, precision)
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.model) if compile else self.model
 
-    def predict_crops(self, crops: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw crops (N, h, w[, 3]) -> (p_infected, predicted time clamped), one batch."""
-        x = torch.as_tensor(np.ascontiguousarray(crops) if isinstance(crops, np.ndarray) else crops)
-        x = preprocess(x.to(self.device, non_blocking=True), self.meta.preprocessing)
-        x = x.contiguous(memory_format=torch.channels_last)
+    @property
+    def _cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def _model_input(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw crops on any device -> preprocessed channels-last input on the target device."""
+        if raw.device != self.device:
+            raw = _to_device(raw, self.device)
+        x = preprocess(raw, self.meta.preprocessing)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model input -> (p_infected, clamped time) as CPU float tensors."""
         amp = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None
             else nullcontext()
         )
         with torch.inference_mode(), amp:
-            logits, time = self.model(x)
-        p = torch.softmax(logits.float(), dim=1)[:, 1]
-        lo, hi = self.meta.time.clamp
-        return p.cpu().numpy(), time.float().clamp(lo, hi).cpu().numpy()
+            logits, time = self._forward(x)
+            p = torch.softmax(logits.float(), dim=1)[:, 1]
+            lo, hi = self.meta.time.clamp
+            time = time.float().clamp(lo, hi)
+        return p.cpu(), time.cpu()
 
-    def iter_stack(
-        self,
-        stack: TimelapseStack,
-        tiles: TileSpec = TileSpec(),
-        frames: Iterable[int] | None = None,
-        boxes: np.ndarray | None = None,
-        first_frame: int | None = None,
-        time: TimePolicy | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> Iterator[FramePrediction]:
-        """Yield each frame's rows as soon as they are computed.
-
-        ``boxes`` (N, 4) replaces the tile grid with given regions; ``first_frame`` is
-        predicted before the rest (the frame on screen); ``should_stop`` is polled between
-        batches for a cooperative cancel.
-        """
-        order = list(range(stack.n_frames)) if frames is None else [int(f) for f in frames]
-        if first_frame is not None and first_frame in order:
-            order.remove(first_frame)
-            order.insert(0, first_frame)
-        height, width = stack.frame_shape
-        if boxes is None:
-            boxes, grid_rc = tile_boxes(height, width, tiles)
-        else:
-            boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-            grid_rc = np.stack([np.arange(len(boxes)), np.zeros(len(boxes), np.int64)], axis=1)
-        time = time or frame_time_policy(stack, self.meta)
-        whole = len(boxes) == 1 and tuple(boxes[0]) == (0, 0, height, width)
-
-        for done, frame in enumerate(order, start=1):
-            if should_stop is not None and should_stop():
-                return
-            image = stack.frame(frame)
-            p, t = self.predict_many([image] if whole else [crop(image, b) for b in boxes])
-            table = result_rows(stack.name, frame, float(time.hours(frame)), boxes, grid_rc, p, t)
-            yield FramePrediction(frame=frame, table=table, done=done, total=len(order))
+    def predict_crops(self, crops: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw crops (N, h, w[, 3]) -> (p_infected, predicted time clamped), one batch."""
+        x = torch.as_tensor(np.ascontiguousarray(crops) if isinstance(crops, np.ndarray) else crops)
+        p, t = self._run(self._model_input(x))
+        return p.numpy(), t.numpy()
 
     def predict_many(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`predict_crops` for any number of crops; same-sized ones share batches."""
@@ -157,6 +193,165 @@ class Predictor:
                 p[chunk], t[chunk] = self.predict_crops(np.stack([crops[i] for i in chunk]))
         return p, t
 
+    def iter_stack(
+        self,
+        stack: TimelapseStack,
+        tiles: TileSpec = TileSpec(),
+        frames: Iterable[int] | None = None,
+        boxes: np.ndarray | None = None,
+        first_frame: int | None = None,
+        time: TimePolicy | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[FramePrediction]:
+        """Yield each frame's rows as soon as they are computed, in frame order.
+
+        ``boxes`` (N, 4) replaces the tile grid with given regions; ``first_frame`` is
+        predicted before the rest (the frame on screen) and on its own, so it shows at
+        once; ``should_stop`` is polled between batches for a cooperative cancel.
+        """
+        order = list(range(stack.n_frames)) if frames is None else [int(f) for f in frames]
+        if first_frame is not None and first_frame in order:
+            order.remove(first_frame)
+            order.insert(0, first_frame)
+        height, width = stack.frame_shape
+        if boxes is None:
+            boxes, grid_rc = tile_boxes(height, width, tiles)
+        else:
+            boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+            check_boxes(boxes, height, width)
+            grid_rc = np.stack([np.arange(len(boxes)), np.zeros(len(boxes), np.int64)], axis=1)
+        time = time or frame_time_policy(stack, self.meta)
+        if not order or not len(boxes):
+            return
+        stopped = threading.Event()
+        batches = self._prefetched(self._batches(stack, order, boxes, stopped), stopped)
+        results: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in order]
+        counts = [0] * len(order)
+        next_out = 0
+        try:
+            for batch in batches:
+                if should_stop is not None and should_stop():
+                    return
+                p, t = self._run(self._model_input(batch.x))
+                start = 0
+                for pos, n in batch.frames:
+                    results[pos].append((p[start : start + n], t[start : start + n]))
+                    counts[pos] += n
+                    start += n
+                while next_out < len(order) and counts[next_out] == len(boxes):
+                    if should_stop is not None and should_stop():
+                        return
+                    parts = results[next_out]
+                    results[next_out] = []
+                    frame = order[next_out]
+                    table = result_rows(
+                        stack.name, frame, float(time.hours(frame)), boxes, grid_rc,
+                        torch.cat([a for a, _ in parts]).numpy(),
+                        torch.cat([b for _, b in parts]).numpy(),
+                    )
+                    next_out += 1
+                    yield FramePrediction(frame=frame, table=table, done=next_out, total=len(order))
+        finally:
+            stopped.set()
+            batches.close()
+
+    def _batches(
+        self, stack: TimelapseStack, order: list[int], boxes: np.ndarray, stopped: threading.Event
+    ) -> Iterator[_Batch]:
+        """Read frames, cut their tiles and pack them into batches (run in a thread).
+
+        Equal-sized items fill batches across frame boundaries; the first frame is sent
+        on its own so it shows at once. Regions of mixed sizes are batched per frame.
+        """
+        height, width = stack.frame_shape
+        whole = len(boxes) == 1 and tuple(boxes[0]) == (0, 0, height, width)
+        sizes = boxes[:, 2:] - boxes[:, :2]
+        uniform = bool((sizes == sizes[0]).all())
+        pending: list[tuple[int, np.ndarray]] = []
+        filled = 0
+        for pos, frame in enumerate(order):
+            if stopped.is_set():
+                return
+            image = stack.frame(frame)
+            if not uniform:
+                crops = [crop(image, b) for b in boxes]
+                for shape in dict.fromkeys(c.shape for c in crops):
+                    members = [c for c in crops if c.shape == shape]
+                    for start in range(0, len(members), self.batch_size):
+                        chunk = members[start : start + self.batch_size]
+                        yield self._pack([(pos, np.stack(chunk))])
+                continue
+            crops = image[None] if whole else cut_tiles(image, boxes)
+            del image
+            while len(crops):
+                take = min(self.batch_size - filled, len(crops))
+                pending.append((pos, crops[:take]))
+                filled += take
+                crops = crops[take:]
+                if filled == self.batch_size or (pos == 0 and not len(crops)):
+                    yield self._pack(pending)
+                    pending, filled = [], 0
+        if pending:
+            yield self._pack(pending)
+
+    def _pack(self, parts: list[tuple[int, np.ndarray]]) -> _Batch:
+        """One batch tensor: pinned for an asynchronous copy on CUDA, preprocessed on CPU."""
+        n = sum(len(a) for _, a in parts)
+        first = parts[0][1]
+        frames = [(pos, len(a)) for pos, a in parts]
+        if len(parts) == 1:
+            raw = torch.from_numpy(np.ascontiguousarray(first))
+        else:
+            raw = torch.from_numpy(np.empty((n, *first.shape[1:]), dtype=first.dtype))
+            np.concatenate([a for _, a in parts], out=raw.numpy())
+        if self._cuda:
+            return _Batch(raw.pin_memory(), frames)
+        if self.device.type == "cpu":  # preprocessing overlaps with the model here too
+            return _Batch(self._model_input(raw), frames)
+        return _Batch(raw, frames)
+
+    def _prefetched(self, batches: Iterator[_Batch], stopped: threading.Event) -> Iterator[_Batch]:
+        """Run ``batches`` in a background thread, ``prefetch`` batches ahead."""
+        if self.prefetch == 0:
+            yield from batches
+            return
+        box: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        done = object()
+
+        def produce():
+            try:
+                for batch in batches:
+                    while not stopped.is_set():
+                        try:
+                            box.put(batch, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stopped.is_set():
+                        return
+                box.put(done)
+            except BaseException as err:  # handed to the consumer, raised there
+                box.put(err)
+
+        worker = threading.Thread(target=produce, name="infection-clock-reader", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = box.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stopped.set()
+            while worker.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    box.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            worker.join()
+
     def predict_stack(self, stack: TimelapseStack, **kwargs) -> pd.DataFrame:
         """The whole prediction table of a stack, rows sorted by frame."""
         tables = [fp.table for fp in self.iter_stack(stack, **kwargs)]
@@ -166,6 +361,18 @@ class Predictor:
         return table.sort_values(["frame", "tile_row", "tile_col"], kind="stable").reset_index(
             drop=True
         )
+
+
+def _to_device(raw: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy raw pixels to ``device`` without blocking (from pinned memory on CUDA).
+
+    uint16, the usual camera type, travels as int16 bits and is widened on the device,
+    so the copy stays half the size of an int32 one and needs no unsigned kernels there.
+    """
+    if raw.dtype == torch.uint16:
+        bits = raw.view(torch.int16).to(device, non_blocking=True)
+        return bits.to(torch.int32).bitwise_and_(0xFFFF)
+    return raw.to(device, non_blocking=True)
 
 
 def predict_items(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import threading
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from .atomic import write_atomic
 from .targets import DEFAULT_FRAME_INTERVAL_H
 
 
@@ -273,16 +273,7 @@ def write_stack(
             ome=True,
             metadata={"axes": axes, "TimeIncrement": interval * 3600, "TimeIncrementUnit": "s"},
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.tif")
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, array, **options)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: tifffile.imwrite(tmp, array, **options), suffix=".tif")
 
 
 def _build_stack(

@@ -38,25 +38,47 @@ class Session:
 
     model_changed = Signal(object)  # SessionModel | None
     results_changed = Signal(str)  # name of the image layer whose prediction table changed
+    prediction_requested = Signal()  # "predict again with the session model" (after training)
+    labels_changed = Signal(str)  # stack path whose annotations changed (annotation widget)
 
     def __init__(self):
         self.model: SessionModel | None = None
         self.results: dict[str, pd.DataFrame] = {}
+        #: Per image: how its table was made (frame_interval_h, onset_h, start_offset_h, ...).
+        self.result_info: dict[str, dict] = {}
+        #: Per stack path: its AnnotationStore (core.annotations); training reads all of them.
+        self.annotations: dict[str, object] = {}
+        #: The validation items of the last training run, for the evaluation dock.
+        self.validation_items: list = []
 
     def set_model(self, model: SessionModel | None) -> None:
         self.model = model
         self.model_changed.emit(model)
 
-    def set_results(self, image_name: str, table: pd.DataFrame) -> None:
+    def set_results(self, image_name: str, table: pd.DataFrame, info: dict | None = None) -> None:
         self.results[image_name] = table
+        if info is not None:
+            self.result_info[image_name] = dict(info)
         self.results_changed.emit(image_name)
+
+    def request_prediction(self) -> bool:
+        """Ask the prediction widget to run again with :attr:`model`; False if none listens."""
+        if len(self.prediction_requested) == 0:
+            return False
+        self.prediction_requested.emit()
+        return True
 
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def session_for(viewer) -> Session:
-    """The one :class:`Session` of ``viewer`` (created on first use)."""
+    """The one :class:`Session` of ``viewer`` (created on first use).
+
+    napari hands dock widgets a proxy of the viewer, a new one per widget; the session is
+    keyed by the viewer behind it so that all widgets of one viewer share it.
+    """
+    viewer = getattr(viewer, "__wrapped__", viewer)
     if viewer not in _SESSIONS:
         _SESSIONS[viewer] = Session()
     return _SESSIONS[viewer]

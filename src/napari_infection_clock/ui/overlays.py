@@ -1,0 +1,263 @@
+"""Prediction tables -> napari layers over the image: probability, duration, class, tiles.
+
+The probability, duration and class layers hold one value per item per frame on a small
+raster (the tile grid); ``scale`` and ``translate`` put each value's cell centred on its
+tile, so the overlay lines up with the image without upsampling anything. Regions drawn
+by the user are painted onto a raster of the image's pixels (coarsened for big frames).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from napari.layers import Image, Labels, Shapes
+from napari.utils.colormaps import DirectLabelColormap
+
+from ..core.results import RESULT_COLUMNS
+from ..core.targets import INFECTED, UNINFECTED
+from ..core.tiles import TileSpec, tile_boxes
+
+#: Largest side of the raster regions are painted on; bigger frames are coarsened.
+REGION_RASTER_MAX = 512
+#: Predicted-class labels: 0 is "not predicted (yet)", so the class ids shift by one.
+CLASS_LABEL = {UNINFECTED: 1, INFECTED: 2}
+CLASS_COLORS = {None: "transparent", 0: "transparent", 1: "#4c9be8", 2: "#e8574c"}
+SUFFIXES = {
+    "probability": "infection probability",
+    "duration": "infection duration (h)",
+    "class": "predicted class",
+    "tiles": "tiles",
+}
+
+
+def layer_name(image_name: str, kind: str) -> str:
+    return f"{image_name} {SUFFIXES[kind]}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where prediction items sit: their boxes, and the raster their values are drawn on.
+
+    ``scale``/``translate`` are in image pixels: raster cell (i, j) is centred on pixel
+    ``(i * scale[0] + translate[0], j * scale[1] + translate[1])``.
+    """
+
+    boxes: np.ndarray  # (N, 4) y0, x0, y1, x1 (pixel boxes, half-open)
+    grid_rc: np.ndarray  # (N, 2) tile row, col (regions: index, 0)
+    shape: tuple[int, int]
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+    regions: bool = False
+
+    def cells(self, item: int) -> tuple[slice, slice]:
+        """The raster cells item ``item`` covers."""
+        if not self.regions:
+            r, c = self.grid_rc[item]
+            return slice(r, r + 1), slice(c, c + 1)
+        fy, fx = self.scale
+        y0, x0, y1, x1 = self.boxes[item]
+        return (
+            slice(int(y0 // fy), int(math.ceil(y1 / fy))),
+            slice(int(x0 // fx), int(math.ceil(x1 / fx))),
+        )
+
+
+def tile_grid(height: int, width: int, spec: TileSpec) -> Grid:
+    """The tile grid of a frame (whole frame: one cell the size of the frame)."""
+    boxes, grid_rc = tile_boxes(height, width, spec)
+    if spec.whole_frame:
+        size = step = (height, width)
+    else:
+        size, step = (spec.tile_size,) * 2, (spec.step,) * 2
+    shape = (int(grid_rc[:, 0].max()) + 1, int(grid_rc[:, 1].max()) + 1)
+    return Grid(
+        boxes=boxes,
+        grid_rc=grid_rc,
+        shape=shape,
+        scale=(float(step[0]), float(step[1])),
+        translate=((size[0] - 1) / 2, (size[1] - 1) / 2),
+    )
+
+
+def region_grid(height: int, width: int, boxes: np.ndarray) -> Grid:
+    """User regions, painted on the frame's pixels (every ``f``-th pixel on big frames)."""
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    f = max(1, math.ceil(max(height, width) / REGION_RASTER_MAX))
+    return Grid(
+        boxes=boxes,
+        grid_rc=np.stack([np.arange(len(boxes)), np.zeros(len(boxes), np.int64)], axis=1),
+        shape=(math.ceil(height / f), math.ceil(width / f)),
+        scale=(float(f), float(f)),
+        translate=((f - 1) / 2, (f - 1) / 2),
+        regions=True,
+    )
+
+
+def rectangles_to_boxes(shapes_layer, height: int, width: int) -> np.ndarray:
+    """Pixel boxes (y0, x0, y1, x1) of the rectangles of a Shapes layer, clipped to the frame.
+
+    Only the last two (y, x) coordinates count, so rectangles drawn on any frame apply to
+    all frames. Raises ValueError with a clear message when nothing usable is there.
+    """
+    boxes = []
+    for data, kind in zip(shapes_layer.data, shapes_layer.shape_type):
+        if kind != "rectangle":
+            continue
+        yx = np.asarray(data)[:, -2:]
+        y0, x0 = np.floor(yx.min(axis=0) + 0.5).astype(int)
+        y1, x1 = np.floor(yx.max(axis=0) + 0.5).astype(int)
+        y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, height), min(x1, width)
+        if y1 > y0 and x1 > x0:
+            boxes.append((y0, x0, y1, x1))
+    if not boxes:
+        raise ValueError(
+            f"Shapes layer '{shapes_layer.name}' has no rectangles inside the frame; draw "
+            "rectangles over the image (rectangle tool) or choose whole-frame or tile mode"
+        )
+    return np.asarray(boxes, dtype=np.int64)
+
+
+class PredictionLayers:
+    """The four output layers of one image, created once and reset for every run."""
+
+    def __init__(self, viewer, image, grid: Grid, n_frames: int, clamp_max: float):
+        self.viewer = viewer
+        self.image = image
+        self.grid = grid
+        self.n_frames = n_frames
+        self.table = pd.DataFrame(columns=list(RESULT_COLUMNS))
+        self._frames: list[pd.DataFrame] = []
+        raster = (n_frames, *grid.shape)
+        t_scale, t_translate = float(image.scale[0]), float(image.translate[0])
+        iy, ix = np.asarray(image.scale[-2:], float)
+        ty, tx = np.asarray(image.translate[-2:], float)
+        cell_scale = (t_scale, grid.scale[0] * iy, grid.scale[1] * ix)
+        cell_translate = (t_translate, ty + grid.translate[0] * iy, tx + grid.translate[1] * ix)
+        placed = {"scale": cell_scale, "translate": cell_translate}
+        self.probability = self._image(
+            "probability",
+            np.full(raster, np.nan, np.float32),
+            colormap="viridis",
+            contrast_limits=(0.0, 1.0),
+            opacity=0.5,
+            blending="translucent",
+            **placed,
+        )
+        self.duration = self._image(
+            "duration",
+            np.full(raster, np.nan, np.float32),
+            colormap="plasma",
+            contrast_limits=(0.0, float(clamp_max)),
+            opacity=0.6,
+            blending="translucent",
+            **placed,
+        )
+        self.classes = self._labels(np.zeros(raster, np.uint8), **placed)
+        self.tiles = self._tiles()
+        for layer in (self.probability, self.duration, self.classes):
+            layer.metadata["prediction_of"] = image.name
+        self.tiles.metadata["prediction_of"] = image.name
+
+    # -- layer creation / reuse ------------------------------------------------------
+    def _existing(self, kind: str):
+        name = layer_name(self.image.name, kind)
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _image(self, kind, data, **kwargs):
+        layer = self._existing(kind)
+        if not isinstance(layer, Image):
+            self._remove(layer)
+            return self.viewer.add_image(data, name=layer_name(self.image.name, kind), **kwargs)
+        layer.data = data
+        for key in ("scale", "translate", "contrast_limits"):
+            setattr(layer, key, kwargs[key])
+        return layer
+
+    def _labels(self, data, **placed):
+        layer = self._existing("class")
+        if not isinstance(layer, Labels):
+            self._remove(layer)
+            return self.viewer.add_labels(
+                data,
+                name=layer_name(self.image.name, "class"),
+                colormap=DirectLabelColormap(color_dict=CLASS_COLORS),
+                opacity=0.4,
+                visible=False,
+                **placed,
+            )
+        layer.data = data
+        layer.scale, layer.translate = placed["scale"], placed["translate"]
+        return layer
+
+    def _tiles(self):
+        layer = self._existing("tiles")
+        if isinstance(layer, Shapes):
+            layer.data = []
+            layer.features = pd.DataFrame(columns=list(RESULT_COLUMNS))
+            layer.scale, layer.translate = tuple(self.image.scale), tuple(self.image.translate)
+            return layer
+        self._remove(layer)
+        return self.viewer.add_shapes(
+            ndim=3,
+            name=layer_name(self.image.name, "tiles"),
+            scale=tuple(self.image.scale),
+            translate=tuple(self.image.translate),
+            face_color="transparent",
+            edge_color="white",
+            edge_width=0.5,
+            opacity=0.5,
+            features=pd.DataFrame(columns=list(RESULT_COLUMNS)),
+        )
+
+    def _remove(self, layer) -> None:
+        if layer is not None:
+            self.viewer.layers.remove(layer)
+
+    # -- filling in --------------------------------------------------------------------
+    def add_frame(self, table: pd.DataFrame) -> None:
+        """Show one finished frame: paint its values and add its tile rectangles."""
+        if table.empty:
+            return
+        frame = int(table["frame"].iloc[0])
+        items = self._items(table)
+        p = table["p_infected"].to_numpy(np.float32)
+        infected = table["pred_class"].to_numpy() == INFECTED
+        duration = np.where(infected, table["pred_time_h"].to_numpy(np.float32), np.nan)
+        labels = np.where(infected, CLASS_LABEL[INFECTED], CLASS_LABEL[UNINFECTED])
+        for layer, values in (
+            (self.probability, p),
+            (self.duration, duration),
+            (self.classes, labels),
+        ):
+            plane = layer.data[frame]
+            for item, value in zip(items, values):
+                plane[self.grid.cells(item)] = value
+        for layer in (self.probability, self.duration, self.classes):
+            layer.refresh()
+        self._add_rectangles(table)
+
+    def _items(self, table: pd.DataFrame) -> list[int]:
+        """Grid item index of each row (rows carry tile row/col, the grid knows its order)."""
+        lookup = {(int(r), int(c)): i for i, (r, c) in enumerate(self.grid.grid_rc)}
+        return [lookup[(int(r), int(c))] for r, c in zip(table["tile_row"], table["tile_col"])]
+
+    def _add_rectangles(self, table: pd.DataFrame) -> None:
+        frame = float(table["frame"].iloc[0])
+        y0, x0, y1, x1 = (table[k].to_numpy(float) - 0.5 for k in ("y0", "x0", "y1", "x1"))
+        t = np.full_like(y0, frame)
+        corners = np.stack(
+            [
+                np.stack([t, y0, x0], axis=1),
+                np.stack([t, y0, x1], axis=1),
+                np.stack([t, y1, x1], axis=1),
+                np.stack([t, y1, x0], axis=1),
+            ],
+            axis=1,
+        )
+        self.tiles.add_rectangles(list(corners))
+        self._frames.append(table)
+        self.table = pd.concat(self._frames, ignore_index=True)
+        self.tiles.features = self.table

@@ -1,0 +1,79 @@
+"""napari reader for TIFF time-lapses: a lazy (dask) array per channel, time axis first.
+
+Frames are read only when napari shows them (or a prediction asks for them), through
+:func:`..core.stack.open_stack`, which also finds the frame interval in ImageJ/OME metadata.
+Files that are not time-lapses (one 2D image, unreadable TIFFs) are left to other readers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+from dask import delayed
+
+from ..core.stack import StackError, TimelapseStack, open_stack
+
+SUFFIXES = (".tif", ".tiff")
+
+
+def get_reader(path):
+    """Return :func:`read_timelapse` when ``path`` is a TIFF time-lapse, else None."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    path = Path(path)
+    if path.suffix.lower() not in SUFFIXES or not path.is_file():
+        return None
+    try:
+        with open_stack(path) as stack:
+            if stack.n_frames < 2:
+                return None
+    except StackError:
+        return None
+    return read_timelapse
+
+
+def read_timelapse(path) -> list[tuple]:
+    """Layer data tuples: one image layer per channel, (T, Y, X[, 3]), frames read lazily."""
+    path = Path(path[0] if isinstance(path, list) else path)
+    with open_stack(path) as probe:
+        n_channels = probe.n_channels
+    layers = []
+    for channel in range(n_channels) if n_channels > 1 else [None]:
+        stack = open_stack(path, channel=channel)
+        name = path.stem if channel is None else f"{path.stem} [ch {channel}]"
+        first = stack.frame(0)
+        kwargs = {
+            "name": name,
+            "rgb": stack.is_rgb,
+            "axis_labels": ("t", "y", "x"),
+            "contrast_limits": _contrast(first),
+            "metadata": {
+                "frame_interval_h": stack.frame_interval_h,
+                "frame_interval_source": stack.frame_interval_source,
+                "start_offset_h": stack.start_offset_h,
+                "source_path": str(path),
+                "channel": stack.channel,
+                "n_frames": stack.n_frames,
+            },
+        }
+        layers.append((lazy_frames(stack), kwargs, "image"))
+    return layers
+
+
+def lazy_frames(stack: TimelapseStack) -> da.Array:
+    """A dask array over ``stack`` whose chunks are single frames."""
+    shape = stack.frame_shape + ((3,) if stack.is_rgb else ())
+    frames = [
+        da.from_delayed(delayed(stack.frame, pure=True)(i), shape=shape, dtype=stack.dtype)
+        for i in range(stack.n_frames)
+    ]
+    return da.stack(frames)
+
+
+def _contrast(frame: np.ndarray) -> tuple[float, float]:
+    lo, hi = float(np.min(frame)), float(np.max(frame))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)

@@ -1,0 +1,26 @@
+"""File > Open Sample: a synthetic infected and mock well with their truth in layer metadata."""
+
+from __future__ import annotations
+
+from ..core.synthetic import sample_pair
+
+N_FRAMES = 48
+SIZE = 256
+
+
+def _sample(kind: str) -> list[tuple]:
+    data, meta = sample_pair(n_frames=N_FRAMES, size=SIZE, seed=0)[kind]
+    kwargs = {
+        "name": f"{kind} (synthetic)",
+        "axis_labels": ("t", "y", "x"),
+        "metadata": {**meta, "frame_interval_source": "metadata"},
+    }
+    return [(data, kwargs, "image")]
+
+
+def infected_sample() -> list[tuple]:
+    return _sample("infected")
+
+
+def mock_sample() -> list[tuple]:
+    return _sample("mock")
