@@ -89,6 +89,17 @@ def test_train_writes_checkpoint_history_and_report(trained):
         assert (trained / "report" / name).stat().st_size > 0
 
 
+def test_kfold_holds_out_one_fold_of_wells(data, tmp_path):
+    code = main(["train", str(data), "--out", str(tmp_path), "--arch", "resnet18", "--init",
+                 "random", "--image-size", "32", "--epochs", "1", "--hidden-dim", "8",
+                 "--device", "cpu", "--folds", "3", "--fold", "1"])
+    assert code == 0
+    splits = pd.read_csv(tmp_path / "splits.csv")
+    held_out = set(splits[splits.split == "val"].group)
+    assert len(held_out) == 2 and not held_out & set(splits[splits.split == "train"].group)
+    assert set(splits[splits.split == "test"].group) == held_out
+
+
 def test_predict_tiles_and_maps(trained, data, tmp_path):
     stack = next((data / "infected").glob("*.tif"))
     out = tmp_path / "pred.csv"

@@ -18,7 +18,14 @@ from . import __version__
 from .core.atomic import OutputNotWritable, write_atomic
 from .core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
 from .core.dataset import ItemDataset
-from .core.items import FramePolicy, items_frame, label_table_items, research_items, split_by_group
+from .core.items import (
+    FramePolicy,
+    items_frame,
+    kfold_by_group,
+    label_table_items,
+    research_items,
+    split_by_group,
+)
 from .core.labels import LabelTableError, read_label_table
 from .core.model import (
     ARCHITECTURES,
@@ -205,6 +212,12 @@ def _train_args(p):
     g.add_argument("--no-augment", action="store_true")
     g.add_argument("--best-metric", choices=tuple(BEST_METRICS), default=d.best_metric)
     g.add_argument("--val-fraction", type=float, default=0.1)
+    g.add_argument(
+        "--folds",
+        type=int,
+        help="k-fold cross-validation by well: train on k-1 folds, validate and report on one",
+    )
+    g.add_argument("--fold", type=int, default=0, help="which fold to hold out (0-based)")
     g.add_argument("--test-fraction", type=float, default=0.2)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default="auto")
@@ -258,7 +271,14 @@ def cmd_train(args) -> int:
     policy = _policy(args)
     tiles = _tiles(args)
     items = _items(args.data, policy, tiles)
-    train, val, test = split_by_group(items, args.val_fraction, args.test_fraction, args.seed)
+    if args.folds:
+        folds = kfold_by_group(items, args.folds, args.seed)
+        if not 0 <= args.fold < len(folds):
+            raise ValueError(f"--fold must be between 0 and {len(folds) - 1}, got {args.fold}")
+        train, val = folds[args.fold]
+        test = val  # the held-out fold is what the report describes
+    else:
+        train, val, test = split_by_group(items, args.val_fraction, args.test_fraction, args.seed)
     if args.checkpoint:
         model, meta = load_checkpoint(args.checkpoint)
         meta.time = TimePolicy(policy.frame_interval_h, policy.onset_h, policy.clamp)
