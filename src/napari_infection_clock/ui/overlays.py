@@ -96,17 +96,19 @@ def region_grid(height: int, width: int, boxes: np.ndarray) -> Grid:
     )
 
 
-def rectangles_to_boxes(shapes_layer, height: int, width: int) -> np.ndarray:
+def rectangles_to_boxes(shapes_layer, height: int, width: int, indices=None) -> np.ndarray:
     """Pixel boxes (y0, x0, y1, x1) of the rectangles of a Shapes layer, clipped to the frame.
 
     Only the last two (y, x) coordinates count, so rectangles drawn on any frame apply to
-    all frames. Raises ValueError with a clear message when nothing usable is there.
+    all frames. ``indices`` picks shapes (e.g. the selected ones). Raises ValueError with a
+    clear message when nothing usable is there.
     """
+    indices = range(len(shapes_layer.data)) if indices is None else sorted(indices)
     boxes = []
-    for data, kind in zip(shapes_layer.data, shapes_layer.shape_type):
-        if kind != "rectangle":
+    for i in indices:
+        if shapes_layer.shape_type[i] != "rectangle":
             continue
-        yx = np.asarray(data)[:, -2:]
+        yx = np.asarray(shapes_layer.data[i])[:, -2:]
         y0, x0 = np.floor(yx.min(axis=0) + 0.5).astype(int)
         y1, x1 = np.floor(yx.max(axis=0) + 0.5).astype(int)
         y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, height), min(x1, width)

@@ -31,11 +31,11 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from psygnal import Signal
 
-from ..core.checkpoint import load_checkpoint
+from ..core.checkpoint import CheckpointError, load_checkpoint
 from ..core.device import available_devices
 from ..core.predictor import FramePrediction, Predictor
-from ..core.stack import stack_from_array
-from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
+from ..core.stack import StackError, stack_from_array
+from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
 from ..core.tiles import TileSpec
 from .overlays import Grid, PredictionLayers, rectangles_to_boxes, region_grid, tile_grid
 from .state import SessionModel, session_for
@@ -73,6 +73,13 @@ class Job:
     start_offset_h: float
 
 
+@dataclass
+class Failed:
+    """What a run that stopped on bad input (an unreadable checkpoint, a device) says."""
+
+    message: str
+
+
 def _device_choices() -> list[tuple[str, str]]:
     found = available_devices()
     return [(f"auto ({found[0]})", "auto")] + [(d, d) for d in found]
@@ -95,6 +102,7 @@ class PredictionWidget(Container):
         self._job: Job | None = None
         self._last_results = 0.0
         self._done = 0
+        self._failed = False
 
         self.image = create_widget(annotation=Image, label="image")
         self.source = ComboBox(label="model", choices=[SOURCE_FILE, SOURCE_SESSION])
@@ -107,7 +115,10 @@ class PredictionWidget(Container):
         )
         self.regions = create_widget(annotation=Shapes, label="regions")
         self.frame_interval_h = FloatSpinBox(
-            label="frame interval (h)", value=DEFAULT_FRAME_INTERVAL_H, min=0.001, max=1000,
+            label="frame interval (h)",
+            value=DEFAULT_FRAME_INTERVAL_H,
+            min=0.001,
+            max=1000,
             step=0.05,
         )
         self.onset_h = FloatSpinBox(
@@ -123,10 +134,24 @@ class PredictionWidget(Container):
         self.status = Label(label="", value="")
         self.extend(
             [
-                self.image, self.source, self.checkpoint, self.model_info, self.mode,
-                self.tile_size, self.stride, self.regions, self.frame_interval_h, self.onset_h,
-                self.device, self.batch_size, self.first, self.last, self.run_button,
-                self.cancel_button, self.progress_bar, self.status,
+                self.image,
+                self.source,
+                self.checkpoint,
+                self.model_info,
+                self.mode,
+                self.tile_size,
+                self.stride,
+                self.regions,
+                self.frame_interval_h,
+                self.onset_h,
+                self.device,
+                self.batch_size,
+                self.first,
+                self.last,
+                self.run_button,
+                self.cancel_button,
+                self.progress_bar,
+                self.status,
             ]
         )
 
@@ -141,10 +166,6 @@ class PredictionWidget(Container):
         self._on_mode_changed()
         self._on_source_changed()
         self._on_image_changed()
-
-    def reset_choices(self, *_):
-        """Refresh the layer choices (napari calls this when layers change)."""
-        super().reset_choices()
 
     # -- reacting to inputs ----------------------------------------------------------------
     def _on_image_changed(self, *_):
@@ -257,9 +278,7 @@ class PredictionWidget(Container):
             raise InputError(str(err)) from err
         first, last = self.first.value, self.last.value
         if first > last or last >= stack.n_frames:
-            raise InputError(
-                f"frame range {first}..{last} is not within 0..{stack.n_frames - 1}"
-            )
+            raise InputError(f"frame range {first}..{last} is not within 0..{stack.n_frames - 1}")
         checkpoint, session_model = None, None
         if self.source.value == SOURCE_SESSION:
             session_model = self.session.model
@@ -272,7 +291,11 @@ class PredictionWidget(Container):
             if checkpoint is None or not checkpoint.is_file():
                 raise InputError(f"choose a checkpoint file (.pt); '{checkpoint}' is not a file")
             current = self.session.model
-            if current is not None and current.path == checkpoint and current.origin == "checkpoint":
+            if (
+                current is not None
+                and current.path == checkpoint
+                and current.origin == "checkpoint"
+            ):
                 session_model = current  # already loaded
         return Job(
             image=image,
@@ -300,11 +323,16 @@ class PredictionWidget(Container):
         self._job = job
         self._stop.clear()
         self._done = 0
+        self._failed = False
         self.progress_bar.max = len(job.frames)
         self.progress_bar.value = 0
         self._progress = progress(total=len(job.frames), desc=f"Predicting {job.image.name}")
         self.run_button.enabled = False
         self.cancel_button.enabled = True
+        # layers are made (or reset) here, on the GUI thread, before any frame arrives
+        self.layers = PredictionLayers(
+            self.viewer, job.image, job.grid, job.stack.n_frames, DEFAULT_CLAMP[1]
+        )
         self._say("loading the model..." if job.session_model is None else "predicting...")
         worker = _predict(job, self._stop.is_set)
         worker.yielded.connect(self._on_yielded)
@@ -315,9 +343,11 @@ class PredictionWidget(Container):
 
     # -- results arriving (GUI thread) -------------------------------------------------------
     def _on_yielded(self, item) -> None:
-        if isinstance(item, SessionModel):
+        if isinstance(item, Failed):
+            self._on_error(item.message)
+        elif isinstance(item, SessionModel):
             self._on_model_ready(item)
-        elif isinstance(item, FramePrediction) and self.layers is not None:
+        elif isinstance(item, FramePrediction):
             self.layers.add_frame(item.table)
             self._done = item.done
             self.progress_bar.value = item.done
@@ -327,15 +357,10 @@ class PredictionWidget(Container):
                 self._publish()
 
     def _on_model_ready(self, model: SessionModel) -> None:
-        job = self._job
         if model is not self.session.model:
             self.session.set_model(model)
         self.model_info.value = model.description
-        self.layers = PredictionLayers(
-            self.viewer, job.image, job.grid, job.stack.n_frames, model.meta.time.clamp[1]
-        )
-        self._clamp = model.meta.time.clamp
-        self.viewer.layers.selection.active = job.image
+        self.layers.duration.contrast_limits = (0.0, float(model.meta.time.clamp[1]))
         self._say("predicting...")
 
     def _publish(self) -> None:
@@ -355,25 +380,27 @@ class PredictionWidget(Container):
         }
         self.session.set_results(job.image.name, layers.table, info)
 
-    def _on_error(self, err: Exception) -> None:
+    def _on_error(self, err: Exception | str) -> None:
+        self._failed = True
         self._say(f"prediction failed: {err}", error=True)
 
     def _on_finished(self) -> None:
         total = len(self._job.frames) if self._job else 0
         if self._stop.is_set():
             message = f"cancelled: {self._done} of {total} frames predicted"
-        elif self.status.value.startswith("prediction failed"):
+        elif self._failed:
             message = self.status.value
         else:
             message = f"done: {self._done} frames predicted"
-        self._publish()
+        if not self._failed:
+            self._publish()
         if self._progress is not None:
             self._progress.close()
             self._progress = None
         self.worker = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
-        if not message.startswith("prediction failed"):
+        if not self._failed:
             self._say(message)
         self.finished.emit(message)
 
@@ -387,20 +414,28 @@ class PredictionWidget(Container):
 
 @thread_worker(start_thread=False)
 def _predict(job: Job, should_stop):
-    """The worker: load the model if needed, then yield each finished frame."""
+    """The worker: load the model if needed, then yield each finished frame.
+
+    Bad input the user can fix (a file that is no checkpoint, a missing device, a frame
+    that cannot be read) ends the run with a :class:`Failed` message, not a traceback.
+    """
     model = job.session_model
-    if model is None:
-        net, meta = load_checkpoint(job.checkpoint)
-        model = SessionModel(net, meta, path=job.checkpoint, origin="checkpoint")
+    try:
+        if model is None:
+            net, meta = load_checkpoint(job.checkpoint)
+            model = SessionModel(net, meta, path=job.checkpoint, origin="checkpoint")
+        predictor = Predictor(model.model, model.meta, device=job.device, batch_size=job.batch_size)
+    except (CheckpointError, ValueError, OSError) as err:
+        yield Failed(str(err))
+        return
     yield model
-    predictor = Predictor(model.model, model.meta, device=job.device, batch_size=job.batch_size)
     policy = TimePolicy(
         frame_interval_h=job.frame_interval_h,
         onset_h=job.onset_h,
         clamp=model.meta.time.clamp,
         start_offset_h=job.start_offset_h,
     )
-    yield from predictor.iter_stack(
+    frames = predictor.iter_stack(
         job.stack,
         tiles=job.tiles,
         frames=job.frames,
@@ -409,3 +444,7 @@ def _predict(job: Job, should_stop):
         time=policy,
         should_stop=should_stop,
     )
+    try:
+        yield from frames
+    except (StackError, ValueError, OSError) as err:
+        yield Failed(str(err))

@@ -27,6 +27,4 @@ def write_table_csv(path, table: pd.DataFrame) -> Path:
     """Write ``table`` with the result columns first, atomically."""
     ordered = [c for c in RESULT_COLUMNS if c in table.columns]
     ordered += [c for c in table.columns if c not in ordered]
-    return write_atomic(
-        path, lambda tmp: table[ordered].to_csv(tmp, index=False), suffix=".csv"
-    )
+    return write_atomic(path, lambda tmp: table[ordered].to_csv(tmp, index=False), suffix=".csv")

@@ -1,0 +1,271 @@
+"""Dock widget: infection probability and duration over experiment time, linked to the slider.
+
+Curves are redrawn when a prediction table changes; the current-frame marker only moves
+(``set_xdata`` + ``draw_idle``) when the time slider does, and a click on the plot moves
+the slider. Selecting tiles or region rectangles adds one curve per selected item.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.layers import Shapes
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.atomic import OutputNotWritable, write_atomic
+from .overlays import layer_name, rectangles_to_boxes
+from .state import session_for
+from .timeseries import estimate_onset, frame_summary, item_series
+
+MAX_ITEM_CURVES = 8
+
+
+class TimeSeriesPlot(QWidget):
+    """Mean probability, fraction infected and median duration of one prediction vs time."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.summary = pd.DataFrame()
+        self.items: dict[str, pd.DataFrame] = {}
+        self.onset: tuple[float, int] | None = None
+        self._watched: list = []
+
+        self.choice = QComboBox()
+        self.choice.setToolTip("the image whose prediction is plotted")
+        self.figure = Figure(figsize=(5, 4), constrained_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(220)
+        self.ax_p, self.ax_t = self.figure.subplots(2, 1, sharex=True)
+        self.onset_label = QLabel("no prediction yet")
+        self.onset_label.setWordWrap(True)
+        png, csv = QPushButton("Export PNG..."), QPushButton("Export CSV...")
+        png.clicked.connect(lambda: self._ask_and_export("PNG image (*.png)", self.export_png))
+        csv.clicked.connect(lambda: self._ask_and_export("CSV table (*.csv)", self.export_csv))
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.choice)
+        layout.addWidget(self.onset_label)
+        layout.addWidget(self.canvas, stretch=1)
+        buttons = QHBoxLayout()
+        buttons.addWidget(png)
+        buttons.addWidget(csv)
+        layout.addLayout(buttons)
+
+        self.markers = [
+            ax.axvline(np.nan, color="0.3", lw=1, ls=":") for ax in (self.ax_p, self.ax_t)
+        ]
+        self.choice.currentTextChanged.connect(lambda _: self.redraw())
+        self.session.results_changed.connect(self._on_results)
+        self.viewer.dims.events.current_step.connect(self._move_marker)
+        self.viewer.layers.events.inserted.connect(self._watch_shapes)
+        self.viewer.layers.events.removed.connect(lambda _: self.redraw())
+        self.canvas.mpl_connect("button_press_event", self._on_click)
+        self._watch_shapes()
+        for name in self.session.results:
+            self.choice.addItem(name)
+        self.redraw()
+
+    # -- what is plotted -----------------------------------------------------------------
+    @property
+    def image_name(self) -> str | None:
+        return self.choice.currentText() or None
+
+    @property
+    def info(self) -> dict:
+        return self.session.result_info.get(self.image_name, {})
+
+    def _on_results(self, name: str) -> None:
+        if self.choice.findText(name) < 0:
+            self.choice.addItem(name)
+        if self.image_name is None or name == self.image_name:
+            self.choice.setCurrentText(name)
+            self.redraw()
+
+    def _watch_shapes(self, *_):
+        """Redraw when the selection of any Shapes layer changes (tiles or regions)."""
+        for layer in self.viewer.layers:
+            if isinstance(layer, Shapes) and layer not in self._watched:
+                layer.selected_data.events.items_changed.connect(self._on_selection)
+                self._watched.append(layer)
+
+    def _on_selection(self, *_):
+        if self.image_name is not None:
+            self.redraw()
+
+    def selected_items(self) -> list[tuple[int, int]]:
+        """(tile row, col) of selected tiles of this prediction, or of selected regions."""
+        table = self.session.results.get(self.image_name)
+        if table is None or table.empty:
+            return []
+        found: list[tuple[int, int]] = []
+        tiles_name = layer_name(self.image_name, "tiles")
+        for layer in self.viewer.layers:
+            if not isinstance(layer, Shapes) or not layer.selected_data:
+                continue
+            if layer.name == tiles_name:
+                rows = layer.features.iloc[sorted(layer.selected_data)]
+                found += list(zip(rows["tile_row"].astype(int), rows["tile_col"].astype(int)))
+            elif layer.name == self.info.get("regions_layer"):
+                found += self._regions_to_items(layer, table)
+        return list(dict.fromkeys(found))[:MAX_ITEM_CURVES]
+
+    def _regions_to_items(self, layer: Shapes, table: pd.DataFrame) -> list[tuple[int, int]]:
+        height, width = int(table["y1"].max()), int(table["x1"].max())
+        if self.image_name in self.viewer.layers:
+            height, width = self.viewer.layers[self.image_name].data.shape[1:3]
+        try:
+            boxes = rectangles_to_boxes(layer, height, width, layer.selected_data)
+        except ValueError:
+            return []
+        keys = table[["y0", "x0", "y1", "x1", "tile_row", "tile_col"]].drop_duplicates()
+        out = []
+        for box in boxes.tolist():
+            hit = keys[(keys[["y0", "x0", "y1", "x1"]].to_numpy() == box).all(axis=1)]
+            out += list(zip(hit["tile_row"].astype(int), hit["tile_col"].astype(int)))
+        return out
+
+    # -- drawing -------------------------------------------------------------------------
+    def redraw(self) -> None:
+        """Redraw the curves of the chosen prediction (the marker is kept and re-placed)."""
+        table = self.session.results.get(self.image_name) if self.image_name else None
+        for ax in (self.ax_p, self.ax_t):
+            for artist in list(ax.lines):
+                if artist not in self.markers:
+                    artist.remove()
+        if table is None or table.empty:
+            self.summary, self.items, self.onset = pd.DataFrame(), {}, None
+            self.onset_label.setText("no prediction yet: run 'Predict infection'")
+            self.canvas.draw_idle()
+            return
+        self.summary = frame_summary(table)
+        s = self.summary
+        self.ax_p.plot(
+            s["hours"], s["mean_p_infected"], "-o", ms=3, color="C1", label="mean P(infected)"
+        )
+        self.ax_p.plot(
+            s["hours"], s["fraction_infected"], "--", color="C0", label="fraction infected"
+        )
+        self.ax_p.set_ylim(-0.05, 1.05)
+        self.ax_p.set_ylabel("probability")
+        self.ax_t.plot(
+            s["hours"], s["median_duration_h"], "-o", ms=3, color="C3", label="median duration"
+        )
+        onset_h = self.info.get("onset_h")
+        if onset_h is not None:
+            ideal = np.maximum(s["hours"] - onset_h, 0)
+            self.ax_t.plot(s["hours"], ideal, color="0.5", lw=1, label=f"ideal t - {onset_h:g} h")
+        self.items = {}
+        for i, item in enumerate(self.selected_items()):
+            series = item_series(table, item)
+            label = self._item_label(item)
+            self.items[label] = series
+            color = f"C{(i + 4) % 10}"
+            self.ax_p.plot(series["hours"], series["p_infected"], lw=1, color=color, label=label)
+            self.ax_t.plot(series["hours"], series["duration_h"], lw=1, color=color, label=label)
+        self.onset = estimate_onset(s)
+        self._describe_onset(onset_h)
+        self.ax_t.set_xlabel("experiment time (h)")
+        self.ax_t.set_ylabel("duration (h)")
+        for ax in (self.ax_p, self.ax_t):
+            ax.relim()
+            ax.autoscale_view()
+            ax.legend(fontsize="x-small", loc="upper left")
+        self.ax_p.set_ylim(-0.05, 1.05)
+        self._move_marker()
+        self.canvas.draw_idle()
+
+    def _item_label(self, item: tuple[int, int]) -> str:
+        if self.info.get("mode", "").startswith("regions"):
+            return f"region {item[0]}"
+        return f"tile ({item[0]}, {item[1]})"
+
+    def _describe_onset(self, onset_h) -> None:
+        if self.onset is None:
+            self.onset_label.setText("estimated onset: no frame is classified infected")
+            return
+        value, n = self.onset
+        self.ax_t.axvline(value, color="C3", lw=1, ls="--", label=f"estimated onset {value:.2f} h")
+        text = f"estimated onset: {value:.2f} h (median of t - duration over {n} infected frames)"
+        if onset_h is not None:
+            text += f"; set onset {onset_h:g} h"
+        self.onset_label.setText(text)
+
+    # -- the time slider -----------------------------------------------------------------
+    def _time_axis(self) -> tuple[int, float, float]:
+        """World axis of the image's time dimension, and the image's time scale/translate."""
+        name = self.image_name
+        image = self.viewer.layers[name] if name and name in self.viewer.layers else None
+        if image is None:
+            return 0, 1.0, 0.0
+        return self.viewer.dims.ndim - image.ndim, float(image.scale[0]), float(image.translate[0])
+
+    def current_frame(self) -> int:
+        axis, scale, translate = self._time_axis()
+        return int(round((self.viewer.dims.point[axis] - translate) / scale))
+
+    def hours_of(self, frame) -> float:
+        info = self.info
+        return frame * info.get("frame_interval_h", 1.0) + info.get("start_offset_h", 0.0)
+
+    def frame_at(self, hours: float) -> int:
+        info = self.info
+        frame = (hours - info.get("start_offset_h", 0.0)) / info.get("frame_interval_h", 1.0)
+        return int(np.clip(round(frame), 0, max(info.get("n_frames", 1) - 1, 0)))
+
+    def _move_marker(self, *_):
+        x = self.hours_of(self.current_frame()) if self.info else np.nan
+        for marker in self.markers:
+            marker.set_xdata([x, x])
+        self.canvas.draw_idle()
+
+    def _on_click(self, event) -> None:
+        if event.inaxes not in (self.ax_p, self.ax_t) or event.xdata is None or not self.info:
+            return
+        axis, scale, translate = self._time_axis()
+        self.viewer.dims.set_point(axis, self.frame_at(event.xdata) * scale + translate)
+
+    # -- export --------------------------------------------------------------------------
+    def table(self) -> pd.DataFrame:
+        """What the plot shows, one row per frame (selected items as extra columns)."""
+        out = self.summary.copy()
+        onset_h = self.info.get("onset_h")
+        if onset_h is not None and not out.empty:
+            out["ideal_duration_h"] = np.maximum(out["hours"] - onset_h, 0)
+        for label, series in self.items.items():
+            cols = series.set_index("frame")[["p_infected", "duration_h"]]
+            cols.columns = [f"{c} {label}" for c in cols.columns]
+            out = out.join(cols, on="frame")
+        return out
+
+    def export_png(self, path) -> Path:
+        return write_atomic(
+            path, lambda tmp: self.figure.savefig(tmp, dpi=150, format="png"), ".png"
+        )
+
+    def export_csv(self, path) -> Path:
+        table = self.table()
+        return write_atomic(path, lambda tmp: table.to_csv(tmp, index=False), ".csv")
+
+    def _ask_and_export(self, kind: str, export) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export", "", kind)
+        if not path:
+            return
+        try:
+            export(path)
+        except (OutputNotWritable, OSError, ValueError) as err:
+            show_error(f"could not export to {path}: {err}")

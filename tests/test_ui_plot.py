@@ -1,0 +1,146 @@
+"""The time-series plot dock: curves, onset estimate, marker <-> time slider, regions, export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.backend_bases import MouseEvent
+
+from napari_infection_clock.core.results import result_rows
+from napari_infection_clock.core.tiles import TileSpec
+from napari_infection_clock.ui.overlays import PredictionLayers, layer_name, tile_grid
+from napari_infection_clock.ui.plot_widget import TimeSeriesPlot
+from napari_infection_clock.ui.state import session_for
+from napari_infection_clock.ui.timeseries import estimate_onset, frame_summary
+
+N_FRAMES, INTERVAL, ONSET = 12, 0.5, 2.0
+
+
+def _table(grid) -> pd.DataFrame:
+    """A clock that is right: tiles infected from the onset on, duration t - onset (+ tile)."""
+    frames = []
+    for frame in range(N_FRAMES):
+        hours = frame * INTERVAL
+        n = len(grid.boxes)
+        p = np.full(n, 0.9 if hours >= ONSET else 0.1)
+        p[0] = 0.2  # tile (0, 0) always looks uninfected
+        duration = np.where(p > 0.5, hours - ONSET + 0.1 * np.arange(n), hours)
+        frames.append(result_rows("well", frame, hours, grid.boxes, grid.grid_rc, p, duration))
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture
+def plotted(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((N_FRAMES, 64, 64), np.uint16), name="well")
+    grid = tile_grid(64, 64, TileSpec(32))
+    table = _table(grid)
+    layers = PredictionLayers(viewer, image, grid, N_FRAMES, 48.0)
+    for _, rows in table.groupby("frame"):
+        layers.add_frame(rows)
+    plot = TimeSeriesPlot(viewer)
+    viewer.window.add_dock_widget(plot)
+    info = {
+        "frame_interval_h": INTERVAL,
+        "onset_h": ONSET,
+        "n_frames": N_FRAMES,
+        "mode": "tile grid",
+    }
+    session_for(viewer).set_results("well", layers.table, info)
+    return viewer, plot, layers
+
+
+def test_summary_and_onset_numbers():
+    table = _table(tile_grid(64, 64, TileSpec(32)))
+    summary = frame_summary(table)
+    assert summary["frame"].tolist() == list(range(N_FRAMES))
+    row = summary.set_index("frame").loc[10]
+    assert row.mean_p_infected == pytest.approx((0.2 + 3 * 0.9) / 4)
+    assert row.fraction_infected == pytest.approx(0.75)
+    assert row.median_duration_h == pytest.approx(5.0 - ONSET + 0.2)  # tiles 1..3: +0.1..0.3
+    assert np.isnan(summary.set_index("frame").loc[0, "median_duration_h"])
+    onset, n = estimate_onset(summary)
+    assert onset == pytest.approx(ONSET - 0.2) and n == N_FRAMES - 4
+
+
+def test_curves_marker_and_click(plotted, qtbot):
+    viewer, plot, _ = plotted
+    assert plot.image_name == "well"
+    hours, mean_p = plot.ax_p.lines[1].get_data()  # lines[0] is the frame marker
+    np.testing.assert_allclose(hours, np.arange(N_FRAMES) * INTERVAL)
+    assert "estimated onset: 1.80 h" in plot.onset_label.text()
+    labels = [line.get_label() for line in plot.ax_t.lines]
+    assert "ideal t - 2 h" in labels and "estimated onset 1.80 h" in labels
+
+    # the marker follows the slider without a full redraw: same artists, new x
+    lines_before = list(plot.ax_p.lines)
+    viewer.dims.set_point(0, 7)
+    assert plot.markers[0].get_xdata()[0] == pytest.approx(7 * INTERVAL)
+    assert plot.markers[1].get_xdata()[0] == pytest.approx(7 * INTERVAL)
+    assert list(plot.ax_p.lines) == lines_before
+
+    # a click on the plot moves the slider to the nearest frame
+    plot.canvas.draw()
+    x, y = plot.ax_t.transData.transform((3.1, 1.0))
+    event = MouseEvent("button_press_event", plot.canvas, x, y, button=1)
+    plot.canvas.callbacks.process("button_press_event", event)
+    assert viewer.dims.current_step[0] == 6
+    assert plot.markers[0].get_xdata()[0] == pytest.approx(3.0)
+
+
+def test_selected_tiles_get_curves_and_export(plotted, tmp_path):
+    viewer, plot, layers = plotted
+    tiles = viewer.layers[layer_name("well", "tiles")]
+    features = tiles.features
+    pick = features.index[(features.tile_row == 1) & (features.tile_col == 0)][0]
+    tiles.selected_data = {int(pick)}
+    assert list(plot.items) == ["tile (1, 0)"]
+    assert "tile (1, 0)" in [line.get_label() for line in plot.ax_p.lines]
+
+    png = plot.export_png(tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    csv = pd.read_csv(plot.export_csv(tmp_path / "plot.csv"))
+    assert len(csv) == N_FRAMES
+    np.testing.assert_allclose(csv["mean_p_infected"], plot.summary["mean_p_infected"])
+    np.testing.assert_allclose(csv["ideal_duration_h"], np.maximum(csv["hours"] - ONSET, 0))
+    series = features[(features.tile_row == 1) & (features.tile_col == 0)].sort_values("frame")
+    np.testing.assert_allclose(csv["p_infected tile (1, 0)"], series["p_infected"])
+
+
+def test_regions_selected_in_their_layer(make_napari_viewer):
+    from napari_infection_clock.ui.overlays import region_grid
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((N_FRAMES, 64, 64), np.uint16), name="well")
+    regions = viewer.add_shapes(
+        [
+            np.array([[0, 0], [0, 20], [30, 20], [30, 0]]) - 0.5,
+            np.array([[40, 40], [40, 63], [63, 63], [63, 40]]) - 0.5,
+        ],
+        shape_type="rectangle",
+        name="cells",
+    )
+    grid = region_grid(64, 64, np.array([[0, 0, 30, 20], [40, 40, 63, 63]]))
+    layers = PredictionLayers(viewer, image, grid, N_FRAMES, 48.0)
+    for _, rows in _table(grid).groupby("frame"):
+        layers.add_frame(rows)
+    plot = TimeSeriesPlot(viewer)
+    info = {
+        "frame_interval_h": INTERVAL,
+        "onset_h": ONSET,
+        "n_frames": N_FRAMES,
+        "mode": "regions (Shapes rectangles)",
+        "regions_layer": "cells",
+    }
+    session_for(viewer).set_results("well", layers.table, info)
+    regions.selected_data = {1}
+    assert list(plot.items) == ["region 1"]
+
+
+def test_empty_plot_is_calm(make_napari_viewer):
+    viewer = make_napari_viewer()
+    plot = TimeSeriesPlot(viewer)
+    assert "no prediction yet" in plot.onset_label.text()
+    viewer.dims.set_point(0, 0)  # no crash without data
+    assert plot.table().empty

@@ -1,0 +1,276 @@
+"""The prediction widget in a real napari viewer, with a real (tiny) resnet18 checkpoint."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from napari import save_layers
+
+from napari_infection_clock.core.checkpoint import CheckpointMeta, save_checkpoint
+from napari_infection_clock.core.model import ModelConfig, build_model
+from napari_infection_clock.core.preprocess import Preprocessing
+from napari_infection_clock.core.results import RESULT_COLUMNS
+from napari_infection_clock.core.synthetic import sample_pair
+from napari_infection_clock.core.targets import TimePolicy
+from napari_infection_clock.ui.overlays import layer_name
+from napari_infection_clock.ui.prediction_widget import (
+    MODE_REGIONS,
+    MODE_TILES,
+    MODE_WHOLE,
+    SOURCE_SESSION,
+    PredictionWidget,
+)
+from napari_infection_clock.ui.state import SessionModel, session_for
+from napari_infection_clock.ui.writer import write_prediction_csv
+
+KINDS = ("probability", "duration", "class", "tiles")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    config = ModelConfig("resnet18", hidden_dim=16)
+    meta = CheckpointMeta(
+        model=config,
+        preprocessing=Preprocessing(32),
+        time=TimePolicy(frame_interval_h=0.5, onset_h=2.0, clamp=(0.0, 24.0)),
+    )
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    return save_checkpoint(path, build_model(config, init="random"), meta)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    data, meta = sample_pair(n_frames=8, size=64, seed=1)["infected"]
+    return data, meta
+
+
+def _setup(make_napari_viewer, sample, checkpoint, **values):
+    viewer = make_napari_viewer()
+    data, meta = sample
+    image = viewer.add_image(data, name="well", metadata=dict(meta))
+    widget = PredictionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.checkpoint.value = checkpoint
+    widget.device.value = "cpu"
+    for key, value in values.items():
+        getattr(widget, key).value = value
+    return viewer, image, widget
+
+
+def _run(qtbot, widget, timeout=30_000):
+    messages = []
+    widget.finished.connect(messages.append)
+    assert widget.run(), widget.status.value
+    qtbot.waitUntil(lambda: bool(messages), timeout=timeout)
+    return messages[0]
+
+
+def test_tile_grid_layers_sit_on_their_tiles(
+    make_napari_viewer, qtbot, sample, checkpoint, tmp_path
+):
+    viewer, image, widget = _setup(
+        make_napari_viewer, sample, checkpoint, mode=MODE_TILES, tile_size=32, stride=0
+    )
+    assert widget.frame_interval_h.value == 0.5  # from the layer metadata
+    assert widget.onset_h.value == 1.0  # the layer's onset wins over the checkpoint's
+    viewer.dims.set_point(0, 5)
+
+    message = _run(qtbot, widget)
+    assert message.startswith("done: 8 frames"), message
+    prob, dur, cls, tiles = (viewer.layers[layer_name("well", k)] for k in KINDS)
+    table = tiles.features
+    assert list(table.columns) == list(RESULT_COLUMNS)
+    assert len(table) == len(tiles.data) == 8 * 4
+    assert table["frame"].iloc[0] == 5  # the frame on screen came first
+    assert prob.data.shape == dur.data.shape == cls.data.shape == (8, 2, 2)
+    assert not np.isnan(prob.data).any()
+    assert tuple(prob.contrast_limits) == (0.0, 1.0)
+    assert tuple(dur.contrast_limits) == (0.0, 24.0)  # the checkpoint's clamp maximum
+
+    for row in table.itertuples():
+        cell = (row.frame, row.tile_row, row.tile_col)
+        assert prob.data[cell] == pytest.approx(row.p_infected)
+        assert cls.data[cell] == row.pred_class + 1
+        if row.pred_class == 1:
+            assert dur.data[cell] == pytest.approx(row.pred_time_h)
+        else:
+            assert np.isnan(dur.data[cell])
+        # the cell's centre and edges land on the tile's pixels in world coordinates
+        centre = prob.data_to_world(cell)
+        expected = image.data_to_world(
+            (row.frame, (row.y0 + row.y1 - 1) / 2, (row.x0 + row.x1 - 1) / 2)
+        )
+        np.testing.assert_allclose(centre, expected)
+        corner = prob.data_to_world((row.frame, row.tile_row - 0.5, row.tile_col - 0.5))
+        np.testing.assert_allclose(
+            corner[1:], image.data_to_world((0, row.y0 - 0.5, row.x0 - 0.5))[1:]
+        )
+        # the rectangle of this row covers the same pixels
+        rect = tiles.data[row.Index]
+        assert rect[:, 0].tolist() == [row.frame] * 4
+        assert rect[:, 1].min() == row.y0 - 0.5 and rect[:, 1].max() == row.y1 - 0.5
+        assert rect[:, 2].min() == row.x0 - 0.5 and rect[:, 2].max() == row.x1 - 0.5
+
+    # the tiles layer's table is the shared result and what the writer saves
+    pd.testing.assert_frame_equal(session_for(viewer).results["well"], table)
+    written = write_prediction_csv(str(tmp_path / "t.csv"), tiles.data, tiles._get_state())
+    again = pd.read_csv(written[0])
+    pd.testing.assert_frame_equal(again, table.reset_index(drop=True), check_dtype=False)
+    # and napari's own File > Save Selected Layers goes through the plugin's writer
+    saved = save_layers(str(tmp_path / "via_napari.csv"), [tiles], plugin="napari-infection-clock")
+    pd.testing.assert_frame_equal(pd.read_csv(saved[0]), again)
+
+    # a second run (whole frame now) reuses the same layers
+    before = {k: id(viewer.layers[layer_name("well", k)]) for k in KINDS}
+    n_layers = len(viewer.layers)
+    widget.mode.value = MODE_WHOLE
+    assert _run(qtbot, widget).startswith("done")
+    assert len(viewer.layers) == n_layers
+    assert {k: id(viewer.layers[layer_name("well", k)]) for k in KINDS} == before
+    assert prob.data.shape == (8, 1, 1)
+    np.testing.assert_allclose(prob.data_to_world((3, 0, 0)), (3, 31.5, 31.5))
+    assert len(tiles.data) == len(tiles.features) == 8
+
+
+def test_regions_mode_paints_the_rectangles(make_napari_viewer, qtbot, sample, checkpoint):
+    viewer, image, widget = _setup(make_napari_viewer, sample, checkpoint)
+    regions = viewer.add_shapes(
+        [
+            np.array([[0, 0], [0, 20], [30, 20], [30, 0]]) - 0.5,
+            np.array([[40, 40], [40, 63], [63, 63], [63, 40]]) - 0.5,
+        ],
+        shape_type="rectangle",
+        name="cells",
+    )
+    widget.mode.value = MODE_REGIONS
+    widget.regions.value = regions
+    widget.first.value, widget.last.value = 2, 4
+    assert _run(qtbot, widget).startswith("done: 3 frames")
+    prob = viewer.layers[layer_name("well", "probability")]
+    table = viewer.layers[layer_name("well", "tiles")].features
+    assert sorted(table["frame"].unique()) == [2, 3, 4]
+    assert table[["y0", "x0", "y1", "x1"]].drop_duplicates().values.tolist() == [
+        [0, 0, 30, 20],
+        [40, 40, 63, 63],
+    ]
+    first = table[(table.frame == 3) & (table.tile_row == 0)].p_infected.item()
+    assert np.all(prob.data[3, 0:30, 0:20] == np.float32(first))
+    assert np.isnan(prob.data[3, 30:40, :]).all()  # outside every region
+    assert np.isnan(prob.data[0]).all()  # outside the frame range
+
+
+def test_event_loop_turns_and_cancel_leaves_consistent_layers(
+    make_napari_viewer, qtbot, checkpoint
+):
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    data, meta = sample_pair(n_frames=40, size=64, seed=2)["mock"]
+    viewer.add_image(data, name="long", metadata=meta)
+    widget = PredictionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.checkpoint.value = checkpoint
+    widget.device.value = "cpu"
+    widget.mode.value = MODE_TILES
+    widget.tile_size.value = 16
+    widget.batch_size.value = 4
+
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    messages = []
+    widget.finished.connect(messages.append)
+    assert widget.run()  # makes the output layers on the GUI thread, then starts the worker
+    timer.start(20)
+    qtbot.waitUntil(lambda: widget._done >= 10, timeout=30_000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: bool(messages), timeout=30_000)
+    timer.stop()
+
+    assert messages[0].startswith("cancelled"), messages
+    assert len(ticks) > 10
+    assert np.diff(ticks).max() < 0.2, f"GUI thread blocked for {np.diff(ticks).max():.3f} s"
+
+    prob = viewer.layers[layer_name("long", "probability")]
+    tiles = viewer.layers[layer_name("long", "tiles")]
+    done = sorted(tiles.features["frame"].unique())
+    assert 10 <= len(done) < 40
+    assert len(tiles.data) == len(tiles.features) == 16 * len(done)
+    painted = [f for f in range(40) if not np.isnan(prob.data[f]).all()]
+    assert painted == done
+    assert all(not np.isnan(prob.data[f]).any() for f in done)
+    assert widget.run_button.enabled and not widget.running
+
+
+def test_session_model_refresh_and_rgb(make_napari_viewer, qtbot, checkpoint):
+    from napari_infection_clock.core.checkpoint import load_checkpoint
+
+    viewer = make_napari_viewer()
+    gray, meta = sample_pair(n_frames=4, size=64, seed=3)["infected"]
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    viewer.add_image(rgb, name="rgb", rgb=True, metadata=meta)
+    widget = PredictionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.device.value = "cpu"
+    session = session_for(viewer)
+
+    model, ckpt_meta = load_checkpoint(checkpoint)
+    session.set_model(SessionModel(model, ckpt_meta, origin="trained in this session"))
+    assert widget.source.value == SOURCE_SESSION
+    assert "trained in this session" in widget.model_info.value
+
+    messages = []
+    widget.finished.connect(messages.append)
+    assert session.request_prediction()
+    qtbot.waitUntil(lambda: bool(messages), timeout=30_000)
+    assert messages[0].startswith("done: 4 frames"), messages
+    assert len(session.results["rgb"]) == 4
+
+
+@pytest.mark.parametrize(
+    "case", ["no image", "2d", "rgb 2d", "bad checkpoint", "big tile", "no file"]
+)
+def test_bad_input_gives_a_clear_message(make_napari_viewer, qtbot, checkpoint, tmp_path, case):
+    viewer = make_napari_viewer()
+    widget = PredictionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.checkpoint.value = checkpoint
+    widget.device.value = "cpu"
+    stack = sample_pair(n_frames=2, size=64)["infected"][0]
+    if case == "2d":
+        viewer.add_image(stack[0], name="flat")
+    elif case == "rgb 2d":
+        viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="photo", rgb=True)
+    elif case != "no image":
+        viewer.add_image(stack, name="well")
+    if case == "bad checkpoint":
+        bad = tmp_path / "broken.pt"
+        bad.write_bytes(b"not a checkpoint")
+        widget.checkpoint.value = bad
+        messages = []
+        widget.finished.connect(messages.append)
+        assert widget.run()
+        qtbot.waitUntil(lambda: bool(messages), timeout=30_000)
+        assert "prediction failed" in messages[0] and "broken.pt" in messages[0]
+    else:
+        if case == "big tile":
+            widget.mode.value = MODE_TILES
+            widget.tile_size.value = 128
+        if case == "no file":
+            widget.checkpoint.value = tmp_path / "missing.pt"
+        assert not widget.run()
+        assert not widget.running
+    expected = {
+        "no image": "no image layer",
+        "2d": "single 2D image",
+        "rgb 2d": "single 2D image",
+        "bad checkpoint": "not a readable PyTorch checkpoint",
+        "big tile": "larger than the frame",
+        "no file": "choose a checkpoint file",
+    }[case]
+    assert expected in widget.status.value, widget.status.value
+    assert widget.run_button.enabled
+    viewer.add_points([[1, 1]])  # napari is still up and usable

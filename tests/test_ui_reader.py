@@ -1,0 +1,88 @@
+"""Reader, writer and sample data contributions, through npe2 and a real viewer."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from napari_infection_clock.core.results import RESULT_COLUMNS, result_rows
+from napari_infection_clock.core.stack import write_stack
+from napari_infection_clock.ui.reader import get_reader
+from napari_infection_clock.ui.writer import write_prediction_csv
+
+PLUGIN = "napari-infection-clock"
+
+
+@pytest.fixture
+def timelapse(tmp_path, rng):
+    data = rng.integers(0, 4000, size=(6, 40, 48), dtype=np.uint16)
+    return write_stack(tmp_path / "well_p3_.tif", data, axes="TYX", frame_interval_h=0.25), data
+
+
+def test_reader_is_lazy_and_reads_the_frame_interval(timelapse):
+    path, data = timelapse
+    reader = get_reader(str(path))
+    assert reader is not None
+    [(array, kwargs, kind)] = reader(str(path))
+    assert kind == "image" and isinstance(array, da.Array)
+    assert array.shape == data.shape and array.chunks[0] == (1,) * 6
+    np.testing.assert_array_equal(array[4].compute(), data[4])
+    assert kwargs["metadata"]["frame_interval_h"] == pytest.approx(0.25)
+    assert kwargs["metadata"]["frame_interval_source"] == "metadata"
+    assert kwargs["axis_labels"] == ("t", "y", "x")
+    assert kwargs["contrast_limits"] == (float(data[0].min()), float(data[0].max()))
+
+
+def test_reader_splits_channels_and_keeps_rgb(tmp_path, rng):
+    two = rng.integers(0, 255, size=(3, 2, 16, 16), dtype=np.uint8)
+    path = write_stack(tmp_path / "two.tif", two, axes="TCYX", frame_interval_h=1.0)
+    layers = get_reader(str(path))(str(path))
+    assert [kw["name"] for _, kw, _ in layers] == ["two [ch 0]", "two [ch 1]"]
+    np.testing.assert_array_equal(layers[1][0][2].compute(), two[2, 1])
+    rgb = rng.integers(0, 255, size=(3, 16, 16, 3), dtype=np.uint8)
+    path = write_stack(tmp_path / "rgb.tif", rgb, axes="TYXS")
+    [(array, kwargs, _)] = get_reader(str(path))(str(path))
+    assert kwargs["rgb"] and array.shape == (3, 16, 16, 3)
+
+
+def test_reader_leaves_other_files_alone(tmp_path):
+    single = tmp_path / "single.tif"
+    tifffile.imwrite(single, np.zeros((16, 16), np.uint8))
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a tiff")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for path in (single, broken, text, tmp_path):
+        assert get_reader(str(path)) is None, path
+    assert get_reader([str(single), str(broken)]) is None
+
+
+def test_viewer_opens_tiff_and_samples(make_napari_viewer, timelapse):
+    viewer = make_napari_viewer()
+    path, data = timelapse
+    [layer] = viewer.open(str(path), plugin=PLUGIN)
+    assert layer.data.shape == data.shape
+    assert layer.metadata["frame_interval_h"] == pytest.approx(0.25)
+    for key, infected in (("infected", True), ("mock", False)):
+        [sample] = viewer.open_sample(PLUGIN, key)
+        assert sample.data.ndim == 3 and sample.data.shape[0] > 10
+        assert sample.metadata["infected"] is infected
+        assert sample.metadata["frame_interval_h"] == 0.5 and sample.metadata["onset_h"] == 1.0
+
+
+def test_writer_saves_result_features_and_refuses_other_layers(tmp_path):
+    boxes = np.array([[0, 0, 32, 32], [0, 32, 32, 64]])
+    table = result_rows("well", 3, 1.5, boxes, [[0, 0], [0, 1]], [0.2, 0.9], [1.5, 0.4])
+    table["note"] = "extra"
+    [written] = write_prediction_csv(str(tmp_path / "p.csv"), None, {"features": table})
+    back = pd.read_csv(written)
+    assert list(back.columns) == list(RESULT_COLUMNS) + ["note"]
+    pd.testing.assert_frame_equal(back, table, check_dtype=False)
+    assert (
+        write_prediction_csv(str(tmp_path / "q.csv"), None, {"features": pd.DataFrame({"a": [1]})})
+        == []
+    )
+    assert not (tmp_path / "q.csv").exists()
