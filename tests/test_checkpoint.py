@@ -135,3 +135,41 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path):
         save_checkpoint(path, model, broken)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_research_dropout_zero_keeps_slots_and_p(tmp_path):
+    research = ResearchMultitask("resnet18", hidden=32, dropout=0.0)
+    path = tmp_path / "p0.pth"
+    save_research_checkpoint(path, research, research_config("resnet18", hidden=32, dropout=0.0))
+    model, meta = load_checkpoint(path)
+    assert meta.model.dropout == 0.0 and meta.model.dropout_slots
+    assert isinstance(model.classifier[0], torch.nn.Dropout) and model.classifier[0].p == 0.0
+
+
+def test_research_file_without_config_lists_what_was_assumed(tmp_path):
+    research = ResearchMultitask("resnet18", hidden=16)
+    path = tmp_path / "bare.pth"
+    torch.save({"model_state_dict": research.state_dict(), "fold": 1}, path)
+    _, meta = load_checkpoint(path)
+    assert meta.model.hidden_dim == 16
+    assert {"onset", "frame interval", "image size", "clamp"} <= set(meta.assumed)
+    save_research_checkpoint(path, research, research_config("resnet18", hidden=16))
+    assert load_checkpoint(path)[1].assumed == []
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c["data"]["frames"].update(frames_per_hour=0),
+        lambda c: c.update(data=None) or c.update(multitask={"clamp_range": [5]}),
+        lambda c: c["data"]["transforms"].update(image_size="big"),
+    ],
+)
+def test_unusable_research_config_is_a_checkpoint_error(tmp_path, edit):
+    research = ResearchMultitask("resnet18")
+    config = research_config("resnet18")
+    edit(config)
+    path = tmp_path / "odd.pth"
+    save_research_checkpoint(path, research, config)
+    with pytest.raises(CheckpointError, match="cannot be used"):
+        load_checkpoint(path)

@@ -43,6 +43,7 @@ def test_research_items_windows_strides_targets_groups(research_root):
         infected_stride=2,
         uninfected_stride=3,
         onset_h=1.5,
+        use_metadata_interval=False,
     )
     items = research_items(research_root, policy)
     table = items_frame(items)
@@ -54,7 +55,7 @@ def test_research_items_windows_strides_targets_groups(research_root):
         assert frames.tolist() == [2, 4, 6]  # hours 1, 2, 3 (window edges included)
     for _, frames in mock.groupby("group")["frame"]:
         assert frames.tolist() == [0, 3, 6, 9]
-    # the config's frames_per_hour wins over the file's 1 h interval by default
+    # with use_metadata_interval=False the config's frames_per_hour beats the file's 1 h
     np.testing.assert_allclose(table["hours"], table["frame"] * 0.5)
     expected = time_target(table["hours"], table["label"] == INFECTED, 1.5, (0.0, 48.0))
     np.testing.assert_allclose(table["time_target"], expected)
@@ -64,7 +65,7 @@ def test_research_items_windows_strides_targets_groups(research_root):
 
 
 def test_research_items_metadata_interval_and_tiles(research_root):
-    policy = FramePolicy(use_metadata_interval=True, uninfected_window_h=(0.0, 2.0))
+    policy = FramePolicy(uninfected_window_h=(0.0, 2.0))  # the file's interval by default
     items = research_items(research_root, policy, TileSpec(tile_size=8))
     nopos = [it for it in items if it.group == "nopos"]
     assert sorted({it.frame for it in nopos}) == [0, 1, 2]  # 1 h per frame from the file
@@ -176,6 +177,9 @@ def test_split_by_group_small_data_and_errors():
         split_by_group(_items(1, 1), 0.1, 0.2)
     with pytest.raises(ValueError, match="sum to less than 1"):
         split_by_group(_items(), 0.5, 0.5)
+    # One infected well: no split may take it from training.
+    with pytest.raises(ValueError, match="last training group of a class"):
+        split_by_group(_items(1, 2), 0.1, 0.2)
 
 
 def test_kfold_by_group():

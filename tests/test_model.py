@@ -38,7 +38,7 @@ def test_head_layouts_follow_spec():
     }
     single = MultitaskResNet(ModelConfig(arch="resnet18", hidden_dim=0, dropout=0.2))
     assert single.classifier[1].out_features == 2 and len(single.classifier) == 2
-    no_drop = MultitaskResNet(ModelConfig(arch="resnet18", hidden_dim=64, dropout=0.0))
+    no_drop = MultitaskResNet(ModelConfig(arch="resnet18", hidden_dim=64, dropout_slots=False))
     assert isinstance(no_drop.classifier[0], torch.nn.Linear)
 
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from . import __version__
-from .core.atomic import OutputNotWritable, write_atomic
-from .core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
+from .core.atomic import OutputNotWritable, check_writable, write_atomic
+from .core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, utc_now
 from .core.dataset import ItemDataset
 from .core.items import (
     FramePolicy,
@@ -37,9 +39,9 @@ from .core.model import (
 from .core.predictor import PRECISIONS, Predictor, predict_items
 from .core.preprocess import Preprocessing
 from .core.report import save_report
-from .core.stack import StackError, open_stack
+from .core.stack import StackError, open_stack, write_stack
 from .core.synthetic import write_research_dataset
-from .core.targets import TimePolicy
+from .core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
 from .core.tiles import BORDERS, TileSpec, tile_grid_shape
 from .core.trainer import BEST_METRICS, TRAIN_MODES, TrainConfig, TrainingError, iter_train
 
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="research folder or label table CSV")
     p.add_argument("--out", type=Path, required=True, help="output folder for the report")
     p.add_argument("--bin-hours", type=float, default=6.0, help="time bin width (default 6 h)")
-    _policy_args(p, defaults_from_checkpoint=True)
+    _policy_args(p)
     _tile_args(p)
     _run_args(p)
     p.set_defaults(func=cmd_evaluate)
@@ -159,25 +161,42 @@ def _run_args(p):
     )
 
 
-def _policy_args(p, defaults_from_checkpoint=False):
-    hint = " (default: the checkpoint's)" if defaults_from_checkpoint else ""
+def _policy_args(p):
+    hint = " (default: the checkpoint's, else {})"
     p.add_argument(
         "--onset",
         type=float,
-        default=None if defaults_from_checkpoint else 1.0,
-        help=f"infection onset in hours{hint}",
+        help="infection onset in hours" + hint.format(f"{DEFAULT_ONSET_H} h"),
     )
     p.add_argument(
         "--frames-per-hour",
         type=float,
-        default=None if defaults_from_checkpoint else 2.0,
-        help=f"frames per hour{hint}",
+        help="frames per hour for stacks without a frame interval in their metadata"
+        + hint.format(1 / DEFAULT_FRAME_INTERVAL_H),
     )
     p.add_argument(
-        "--infected-window", type=float, nargs=2, default=(1.0, 48.0), metavar=("FROM", "TO")
+        "--clamp",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="time targets and predictions are clamped to this range in hours"
+        + hint.format(f"{DEFAULT_CLAMP[0]:g} {DEFAULT_CLAMP[1]:g}"),
     )
     p.add_argument(
-        "--uninfected-window", type=float, nargs=2, default=(0.0, 48.0), metavar=("FROM", "TO")
+        "--infected-window",
+        type=float,
+        nargs=2,
+        default=FramePolicy.infected_window_h,
+        metavar=("FROM", "TO"),
+        help="hours of infected stacks to use",
+    )
+    p.add_argument(
+        "--uninfected-window",
+        type=float,
+        nargs=2,
+        default=FramePolicy.uninfected_window_h,
+        metavar=("FROM", "TO"),
+        help="hours of mock stacks to use",
     )
     p.add_argument("--stride-frames", type=int, default=1, help="take every Nth frame")
 
@@ -228,8 +247,9 @@ def _tiles(args) -> TileSpec:
 
 
 def _policy(args, base: TimePolicy | None = None) -> FramePolicy:
+    """The frame policy from the command line, unset values from ``base`` (a checkpoint's)."""
     base = base or TimePolicy()
-    fph = args.frames_per_hour or 1.0 / base.frame_interval_h
+    fph = 1.0 / base.frame_interval_h if args.frames_per_hour is None else args.frames_per_hour
     return FramePolicy(
         frames_per_hour=fph,
         infected_window_h=tuple(args.infected_window),
@@ -237,7 +257,7 @@ def _policy(args, base: TimePolicy | None = None) -> FramePolicy:
         infected_stride=args.stride_frames,
         uninfected_stride=args.stride_frames,
         onset_h=base.onset_h if args.onset is None else args.onset,
-        clamp=base.clamp,
+        clamp=base.clamp if args.clamp is None else tuple(args.clamp),
     )
 
 
@@ -268,30 +288,39 @@ def cmd_sample(args) -> int:
 
 
 def cmd_train(args) -> int:
-    policy = _policy(args)
+    check_writable(args.out / "model.pt")
+    base = None
+    if args.checkpoint:
+        model, meta = load_checkpoint(args.checkpoint)
+        _warn_assumed(meta)
+        _warn_ignored_model_options(args, meta)
+        base = meta.time
+    policy = _policy(args, base=base)
     tiles = _tiles(args)
     items = _items(args.data, policy, tiles)
     if args.folds:
         folds = kfold_by_group(items, args.folds, args.seed)
         if not 0 <= args.fold < len(folds):
             raise ValueError(f"--fold must be between 0 and {len(folds) - 1}, got {args.fold}")
-        train, val = folds[args.fold]
-        test = val  # the held-out fold is what the report describes
+        rest, test = folds[args.fold]
+        # Validation (which picks the best epoch) comes from the training folds, so the
+        # held-out fold's report is not biased by that choice.
+        train, val, _ = split_by_group(rest, args.val_fraction, 0.0, args.seed)
     else:
         train, val, test = split_by_group(items, args.val_fraction, args.test_fraction, args.seed)
-    if args.checkpoint:
-        model, meta = load_checkpoint(args.checkpoint)
-        meta.time = TimePolicy(policy.frame_interval_h, policy.onset_h, policy.clamp)
-    else:
+    if not args.checkpoint:  # built after the data checks: ImageNet weights may be missing
         config = ModelConfig(args.arch, args.hidden_dim, args.dropout, args.cls_conditioning)
         model = build_model(config, init=args.init)
-        meta = CheckpointMeta(
-            model=config,
-            preprocessing=Preprocessing(image_size=args.image_size),
-            time=TimePolicy(policy.frame_interval_h, policy.onset_h, policy.clamp),
-        )
-    meta.tile_size = tiles.tile_size
-    meta.source = "napari-infection-clock"
+        meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=args.image_size))
+    meta = replace(
+        meta,
+        time=policy.time_policy(),
+        tile_size=tiles.tile_size,
+        source="napari-infection-clock",
+        package_version=__version__,
+        created=utc_now(),
+        assumed=[],
+    )
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -306,6 +335,32 @@ def cmd_train(args) -> int:
         device=args.device,
     )
     return _train_and_report(model, meta, config, train, val, test, args.out)
+
+
+def _warn(message: str) -> None:
+    print(f"infection-clock: warning: {message}", file=sys.stderr)
+
+
+def _warn_assumed(meta: CheckpointMeta) -> None:
+    if meta.assumed:
+        _warn(
+            f"the checkpoint does not record its {', '.join(meta.assumed)}; defaults are used "
+            f"(frame interval {meta.time.frame_interval_h:g} h, onset {meta.time.onset_h:g} h, "
+            f"{meta.preprocessing.image_size} px): set --onset / --frames-per-hour if they differ"
+        )
+
+
+def _warn_ignored_model_options(args, meta: CheckpointMeta) -> None:
+    """With --checkpoint the architecture and input size are the checkpoint's."""
+    given = {
+        "--arch": (args.arch, meta.model.arch),
+        "--hidden-dim": (args.hidden_dim, meta.model.hidden_dim),
+        "--cls-conditioning": (args.cls_conditioning, meta.model.cls_conditioning),
+        "--image-size": (args.image_size, meta.preprocessing.image_size),
+    }
+    differing = [flag for flag, (ours, theirs) in given.items() if ours != theirs]
+    if differing:
+        _warn(f"{', '.join(differing)} ignored: the model comes from {args.checkpoint}")
 
 
 def _train_and_report(model, meta, config, train, val, test, out: Path) -> int:
@@ -373,80 +428,78 @@ def _print_headline(metrics_path: Path) -> None:
 
 
 def _frame_range(text: str | None, n_frames: int) -> list[int] | None:
+    """``--frames``: ``N`` (one frame) or ``START:STOP`` (Python style, STOP excluded)."""
     if not text:
         return None
     try:
-        start, _, stop = text.partition(":")
-        frames = list(range(n_frames))[
-            slice(int(start) if start else None, int(stop) if stop else None)
-        ]
+        if ":" in text:
+            start, _, stop = text.partition(":")
+            part = slice(int(start) if start else None, int(stop) if stop else None)
+            frames = list(range(n_frames))[part]
+        else:
+            frames = [int(text)] if 0 <= int(text) < n_frames else []
     except ValueError as exc:
-        raise ValueError(f"--frames must look like START:STOP, e.g. 0:10; got {text!r}") from exc
+        raise ValueError(f"--frames must be N or START:STOP, e.g. 5 or 0:10; got {text!r}") from exc
     if not frames:
         raise ValueError(f"--frames {text} selects no frame of a {n_frames}-frame stack")
     return frames
 
 
 def cmd_predict(args) -> int:
+    check_writable(args.out)
     model, meta = load_checkpoint(args.checkpoint)
+    _warn_assumed(meta)
     predictor = Predictor(
         model, meta, device=args.device, batch_size=args.batch_size, precision=args.precision
     )
     tiles = _tiles(args)
     tables = []
-    for path in args.stacks:
+    for index, path in enumerate(args.stacks):
         with open_stack(
             path, axes=args.axes, channel=args.channel, frame_interval_h=args.interval
         ) as stack:
             frames = _frame_range(args.frames, stack.n_frames)
-            n = len(frames) if frames else stack.n_frames
-            parts = []
-            for fp in tqdm(
-                predictor.iter_stack(stack, tiles, frames=frames),
-                total=n,
-                unit="frame",
-                desc=stack.name,
-            ):
-                parts.append(fp.table)
+            run = predictor.iter_stack(stack, tiles, frames=frames)
+            total = len(frames) if frames else stack.n_frames
+            parts = [fp.table for fp in tqdm(run, total=total, unit="frame", desc=stack.name)]
             table = pd.concat(parts, ignore_index=True).sort_values(
                 ["frame", "tile_row", "tile_col"]
             )
             tables.append(table)
             if args.maps:
-                _write_maps(table, stack, tiles, args.maps, meta)
+                # Two inputs with the same file name must not overwrite each other's maps.
+                names = [Path(p).stem for p in args.stacks]
+                prefix = stack.name if names.count(stack.name) == 1 else f"{index}_{stack.name}"
+                _write_maps(table, stack, tiles, args.maps / prefix)
     result = pd.concat(tables, ignore_index=True)
     write_atomic(args.out, lambda tmp: result.to_csv(tmp, index=False))
     print(f"wrote {len(result)} rows to {args.out} (device {predictor.device}, {meta.model.arch})")
     return 0
 
 
-def _write_maps(table, stack, tiles: TileSpec, folder: Path, meta) -> None:
-    """Per-tile probability and duration grids (T, rows, cols) as float32 TIFF stacks."""
-    import numpy as np
+def _write_maps(table: pd.DataFrame, stack, tiles: TileSpec, prefix: Path) -> None:
+    """Per-tile probability and duration grids (T, rows, cols) as float32 TIFF stacks.
 
-    from .core.stack import write_stack
-
+    They cover every frame of the stack, so map frame i is stack frame i; frames that were
+    not predicted, and duration where the class is uninfected, are NaN.
+    """
     rows, cols = tile_grid_shape(*stack.frame_shape, tiles)
-    frames = np.sort(table["frame"].unique())
-    index = {f: i for i, f in enumerate(frames)}
-    prob = np.full((len(frames), rows, cols), np.nan, np.float32)
+    prob = np.full((stack.n_frames, rows, cols), np.nan, np.float32)
     duration = np.full_like(prob, np.nan)
-    t = table["frame"].map(index).to_numpy()
-    r, c = table["tile_row"].to_numpy(), table["tile_col"].to_numpy()
+    t, r, c = (table[k].to_numpy() for k in ("frame", "tile_row", "tile_col"))
     prob[t, r, c] = table["p_infected"].to_numpy()
     infected = table["pred_class"].to_numpy() == 1
     duration[t[infected], r[infected], c[infected]] = table["pred_time_h"].to_numpy()[infected]
-    folder.mkdir(parents=True, exist_ok=True)
-    write_stack(
-        folder / f"{stack.name}_p_infected.tif", prob, frame_interval_h=stack.frame_interval_h
-    )
-    write_stack(
-        folder / f"{stack.name}_duration_h.tif", duration, frame_interval_h=stack.frame_interval_h
-    )
+    for suffix, grid in (("p_infected", prob), ("duration_h", duration)):
+        write_stack(f"{prefix}_{suffix}.tif", grid, frame_interval_h=stack.frame_interval_h)
 
 
 def cmd_evaluate(args) -> int:
+    check_writable(args.out / "metrics.json")
+    if not args.bin_hours > 0:
+        raise ValueError(f"--bin-hours must be positive, got {args.bin_hours}")
     model, meta = load_checkpoint(args.checkpoint)
+    _warn_assumed(meta)
     policy = _policy(args, base=meta.time)
     items = _items(args.data, policy, _tiles(args))
     predictor = Predictor(
@@ -479,7 +532,7 @@ def cmd_demo(args) -> int:
     meta = CheckpointMeta(
         model=config,
         preprocessing=Preprocessing(image_size=args.image_size),
-        time=TimePolicy(policy.frame_interval_h, policy.onset_h, policy.clamp),
+        time=policy.time_policy(),
     )
     print("2/4 training (random init: ImageNet weights are not needed for the demo)")
     # From scratch the classifier saturates early, so the combined loss picks the epoch.

@@ -5,51 +5,62 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 
 class OutputNotWritable(OSError):
-    """The folder a result should go to cannot be written."""
+    """A result cannot be written where the user asked; the message says what to do."""
 
 
-@contextmanager
-def atomic_path(path, suffix: str = ""):
-    """Yield a temporary path beside ``path``; move it over ``path`` only if the body succeeds."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=folder)
-    except OSError as exc:
-        raise OutputNotWritable(
-            f"cannot write '{path}': the folder '{folder}' is not writable ({exc.strerror}). "
-            "Choose another output folder."
-        ) from exc
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results should read like any file
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _umask() -> int:
+def _process_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+# Read once at import: changing the umask later, from a worker thread, would race.
+_FILE_MODE = 0o666 & ~_process_umask()
+
+
+def check_writable(path) -> Path:
+    """Fail early, before long work, if ``path`` cannot be written as a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputNotWritable(f"'{path}' is a folder; give a file name to write to")
+    folder = path.parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputNotWritable(
+            f"cannot write '{path}': '{existing}' is not a writable folder. "
+            "Choose another output folder."
+        )
+    return path
+
+
 def write_atomic(path, write: Callable[[Path], None], suffix: str = "") -> Path:
-    """Call ``write(tmp_path)`` and move the result over ``path`` atomically."""
-    with atomic_path(path, suffix=suffix) as tmp:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it over
+    ``path`` in one step; on any failure the temporary file goes and ``path`` is untouched."""
+    path = check_writable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputNotWritable(
+            f"cannot write '{path}': {exc.strerror}. Choose another output folder."
+        ) from exc
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; results should read like any file
         write(tmp)
-    return Path(path)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputNotWritable(f"cannot write '{path}': {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def write_text_atomic(path, text: str) -> Path:

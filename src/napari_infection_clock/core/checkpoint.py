@@ -26,6 +26,11 @@ FORMAT = "napari-infection-clock/1"
 CHANNEL_HANDLING = "per-frame min-max to uint8; grayscale replicated to 3 channels; RGB kept"
 
 
+def utc_now() -> str:
+    """The time stamp written into checkpoints."""
+    return datetime.now(timezone.utc).isoformat()
+
+
 class CheckpointError(ValueError):
     """A file that is not a usable checkpoint for this model."""
 
@@ -43,9 +48,11 @@ class CheckpointMeta:
     history: list[dict] = field(default_factory=list)
     val_metrics: dict = field(default_factory=dict)
     epoch: int | None = None
+    #: Settings the file did not give, filled with defaults (research files without config).
+    assumed: list[str] = field(default_factory=list)
     source: str = "napari-infection-clock"
     package_version: str = __version__
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    created: str = field(default_factory=utc_now)
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -66,25 +73,25 @@ class CheckpointMeta:
 
     @classmethod
     def from_dict(cls, d: dict) -> CheckpointMeta:
-        d = dict(d)
-        prep = d.pop("preprocessing", {})
-        time = d.pop("time", {})
-        known = {f.name for f in fields(cls)}
+        """Inverse of :meth:`to_dict`; keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)} - {"model", "preprocessing", "time"}
+        rest = {k: v for k, v in d.items() if k in known}
+        if "class_names" in rest:
+            rest["class_names"] = tuple(rest["class_names"])
         return cls(
-            model=ModelConfig(**d.pop("model", {})),
-            preprocessing=Preprocessing(
-                image_size=int(prep.get("image_size", 512)),
-                mean=tuple(prep.get("mean", Preprocessing.mean)),
-                std=tuple(prep.get("std", Preprocessing.std)),
-            ),
-            time=TimePolicy(
-                frame_interval_h=float(time.get("frame_interval_h", TimePolicy.frame_interval_h)),
-                onset_h=float(time.get("onset_h", TimePolicy.onset_h)),
-                clamp=tuple(float(v) for v in time.get("clamp", TimePolicy.clamp)),
-                start_offset_h=float(time.get("start_offset_h", 0.0)),
-            ),
-            **{k: (tuple(v) if k == "class_names" else v) for k, v in d.items() if k in known},
+            model=_dataclass_from(ModelConfig, d.get("model", {})),
+            preprocessing=_dataclass_from(Preprocessing, d.get("preprocessing", {})),
+            time=_dataclass_from(TimePolicy, d.get("time", {})),
+            **rest,
         )
+
+
+def _dataclass_from(cls, values: dict):
+    """``cls(**values)`` for the fields ``cls`` has, lists turned into tuples."""
+    names = {f.name for f in fields(cls)}
+    return cls(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+    )
 
 
 def save_checkpoint(path, model: MultitaskResNet, meta: CheckpointMeta) -> Path:
@@ -127,19 +134,22 @@ def read_checkpoint_file(path) -> dict:
 def load_checkpoint(path, device="cpu", expected_arch: str | None = None):
     """Load our checkpoints and the research pipeline's; return ``(model, meta)`` in eval mode."""
     raw = read_checkpoint_file(path)
-    if raw.get("format") == FORMAT:
-        state = raw["model_state"]
-        meta = CheckpointMeta.from_dict(raw["meta"])
-    elif "model_state" in raw or "model_state_dict" in raw:
+    if raw.get("format") == FORMAT or "model_state" in raw or "model_state_dict" in raw:
         state = raw.get("model_state", raw.get("model_state_dict"))
-        meta = _research_meta(raw, state)
+        if not isinstance(state, dict) or not state:
+            raise CheckpointError(f"'{path}': the model weights entry is empty or not a state dict")
+        try:
+            if raw.get("format") == FORMAT:
+                meta = CheckpointMeta.from_dict(raw["meta"])
+            else:
+                meta = _research_meta(raw, state)
+        except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError) as exc:
+            raise CheckpointError(f"'{path}': its metadata/config cannot be used: {exc!r}") from exc
     else:
         raise CheckpointError(
             f"'{path}' has no model weights: expected a 'model_state' or 'model_state_dict' "
             f"entry, found keys {sorted(map(str, raw))[:8]}"
         )
-    if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"'{path}': the model weights entry is empty or not a state dict")
     state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
     inferred = infer_model_config(state, path)
     if inferred.arch != meta.model.arch:
@@ -151,8 +161,8 @@ def load_checkpoint(path, device="cpu", expected_arch: str | None = None):
         raise CheckpointError(
             f"'{path}' holds a {inferred.arch} model, not the {expected_arch} that was asked for"
         )
-    if inferred.dropout > 0 and meta.model.dropout > 0:
-        inferred = replace(inferred, dropout=meta.model.dropout)
+    # The weights fix the layout; the dropout probability (no weights) comes from the config.
+    inferred = replace(inferred, dropout=meta.model.dropout)
     meta.model = inferred
     model = MultitaskResNet(inferred)
     result = model.load_state_dict(state, strict=False)
@@ -197,8 +207,7 @@ def infer_model_config(state: dict, path="checkpoint") -> ModelConfig:
     return ModelConfig(
         arch=arch,
         hidden_dim=hidden,
-        # Dropout has no weights; what matters is whether its slots shift the Linear indices.
-        dropout=0.2 if cls_linear[0] == 1 else 0.0,
+        dropout_slots=cls_linear[0] == 1,
         cls_conditioning=reg_in == FEATURE_WIDTH[arch] + 2,
     )
 
@@ -210,40 +219,59 @@ def _linear_indices(state: dict, head: str) -> list[int]:
 
 
 def _research_meta(raw: dict, state: dict) -> CheckpointMeta:
-    """SPEC 8 config -> our metadata: frame interval, onset, clamp and preprocessing."""
+    """SPEC 8 config -> our metadata: frame interval, onset, clamp and preprocessing.
+
+    Settings the file does not give are defaulted and listed in ``meta.assumed``, so the
+    CLI and the widgets can say that they are guesses.
+    """
     config = raw.get("config") or {}
-    model_cfg = config.get("model", {})
-    transforms = config.get("data", {}).get("transforms", {})
-    frames = config.get("data", {}).get("frames", {})
-    multitask = config.get("multitask", {})
-    fph = float(frames.get("frames_per_hour", 2.0))
+    data = config.get("data") or {}
+    assumed: list[str] = []
+
+    def pick(section: dict | None, key: str, default, label: str):
+        if section and section.get(key) is not None:
+            return section[key]
+        assumed.append(label)
+        return default
+
+    model_cfg = config.get("model") or {}
+    transforms, frames = data.get("transforms"), data.get("frames")
+    multitask = config.get("multitask")
     arch = model_cfg.get("name") or infer_model_config(state).arch
     if arch not in ARCHITECTURES:
         raise CheckpointError(
-            f"the checkpoint's config names backbone {arch!r}, which is not one of {', '.join(ARCHITECTURES)}"
+            f"the checkpoint's config names backbone {arch!r}, which is not one of "
+            f"{', '.join(ARCHITECTURES)}"
         )
+    defaults = ModelConfig()
+    fph = float(
+        pick(frames, "frames_per_hour", 1.0 / TimePolicy.frame_interval_h, "frame interval")
+    )
     return CheckpointMeta(
         model=ModelConfig(
             arch=arch,
-            hidden_dim=int(model_cfg.get("hidden_dim", 256)),
-            dropout=float(model_cfg.get("dropout", 0.2)),
+            hidden_dim=int(model_cfg.get("hidden_dim", defaults.hidden_dim)),
+            dropout=float(model_cfg.get("dropout", defaults.dropout)),
             cls_conditioning=bool(model_cfg.get("use_cls_conditioning", False)),
         ),
         preprocessing=Preprocessing(
-            image_size=int(transforms.get("image_size", 512)),
-            mean=tuple(float(v) for v in transforms.get("mean", Preprocessing.mean)),
-            std=tuple(float(v) for v in transforms.get("std", Preprocessing.std)),
+            image_size=int(pick(transforms, "image_size", Preprocessing.image_size, "image size")),
+            mean=tuple(float(v) for v in pick(transforms, "mean", Preprocessing.mean, "mean")),
+            std=tuple(float(v) for v in pick(transforms, "std", Preprocessing.std, "std")),
         ),
         time=TimePolicy(
             frame_interval_h=1.0 / fph,
-            onset_h=float(multitask.get("infection_onset_hour", 1.0)),
-            clamp=tuple(float(v) for v in multitask.get("clamp_range", (0.0, 48.0))),
+            onset_h=float(pick(multitask, "infection_onset_hour", TimePolicy.onset_h, "onset")),
+            clamp=tuple(
+                float(v) for v in pick(multitask, "clamp_range", TimePolicy.clamp, "clamp")
+            ),
         ),
         val_metrics=_plain_floats(raw.get("val_metrics") or raw.get("best_metrics") or {}),
         epoch=raw.get("epoch"),
         source="research:" + ("model_state" if "model_state" in raw else "model_state_dict"),
         package_version="research pipeline",
         created="",
+        assumed=assumed,
     )
 
 

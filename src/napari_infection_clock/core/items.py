@@ -21,8 +21,10 @@ from .targets import (
     CLASS_NAMES,
     DEFAULT_CLAMP,
     DEFAULT_FRAME_INTERVAL_H,
+    DEFAULT_ONSET_H,
     INFECTED,
     UNINFECTED,
+    TimePolicy,
     time_target,
 )
 from .tiles import TileSpec, tile_boxes
@@ -49,15 +51,17 @@ class Item:
 class FramePolicy:
     """SPEC 6 frame policy: which frames of research stacks become items, and their times."""
 
-    frames_per_hour: float = 2.0
-    infected_window_h: tuple[float, float] = (1.0, 48.0)
-    uninfected_window_h: tuple[float, float] = (0.0, 48.0)
+    frames_per_hour: float = 1.0 / DEFAULT_FRAME_INTERVAL_H
+    infected_window_h: tuple[float, float] = (DEFAULT_ONSET_H, DEFAULT_CLAMP[1])
+    uninfected_window_h: tuple[float, float] = DEFAULT_CLAMP
     infected_stride: int = 1
     uninfected_stride: int = 1
-    onset_h: float = 1.0
+    onset_h: float = DEFAULT_ONSET_H
     clamp: tuple[float, float] = DEFAULT_CLAMP
-    #: Research runs take frames_per_hour from their config, not from the files.
-    use_metadata_interval: bool = False
+    #: One rule everywhere (items, prediction): a stack's own frame interval (ImageJ/OME
+    #: metadata) wins; ``frames_per_hour`` is for stacks without one. Switch off to force
+    #: ``frames_per_hour`` as the research runs did.
+    use_metadata_interval: bool = True
 
     def __post_init__(self):
         if not self.frames_per_hour > 0:
@@ -74,6 +78,10 @@ class FramePolicy:
     @property
     def frame_interval_h(self) -> float:
         return 1.0 / self.frames_per_hour
+
+    def time_policy(self) -> TimePolicy:
+        """Frame interval, onset and clamp as the :class:`TimePolicy` checkpoints store."""
+        return TimePolicy(self.frame_interval_h, self.onset_h, self.clamp)
 
     def window(self, label: int) -> tuple[float, float]:
         return self.infected_window_h if label == INFECTED else self.uninfected_window_h
@@ -295,7 +303,15 @@ def split_by_group(
         alloc["train"][c] = groups[n_test + n_val :]
     for split, fraction in wanted.items():  # small data: give an empty split one group
         if fraction > 0 and not any(alloc[split].values()):
-            donor = max((INFECTED, UNINFECTED), key=lambda c: len(alloc["train"][c]))
+            # Only a class with a training group to spare may give one.
+            donors = [c for c in (INFECTED, UNINFECTED) if len(alloc["train"][c]) > 1]
+            if not donors:
+                raise ValueError(
+                    f"too few groups to split by well: {_describe(classes)}; the {split} split "
+                    "would take the last training group of a class. Add stacks from more "
+                    f"wells or set the {split} fraction to 0"
+                )
+            donor = max(donors, key=lambda c: len(alloc["train"][c]))
             alloc[split][donor].append(alloc["train"][donor].pop())
     split_of = {g: s for s, by_class in alloc.items() for gs in by_class.values() for g in gs}
     out = {"train": [], "val": [], "test": []}

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_atomic
+from .targets import CLASS_NAMES
 
 LABEL_COLUMNS = (
     "stack",
@@ -27,7 +28,7 @@ LABEL_COLUMNS = (
 )
 BOX_COLUMNS = ("y0", "x0", "y1", "x1")
 REQUIRED_COLUMNS = ("stack", "frame", "label")
-LABEL_VALUES = ("uninfected", "infected")
+LABEL_VALUES = CLASS_NAMES
 
 _LABEL_ALIASES = {
     "1": "infected",

@@ -35,6 +35,9 @@ class ModelConfig:
     dropout: float = 0.2
     cls_conditioning: bool = False
     num_classes: int = 2
+    #: Whether the heads have Dropout layers (even at p = 0). They shift the Linear layers
+    #: to indices 1 and 4, the research layout; without them the Linears sit at 0 and 2.
+    dropout_slots: bool = True
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -54,12 +57,13 @@ class ModelConfig:
         return asdict(self)
 
 
-def _head(in_features: int, hidden: int, dropout: float, out_features: int) -> nn.Sequential:
-    """SPEC 4 head; Dropout layers are left out when p == 0, as the research code does."""
+def _head(in_features: int, config: ModelConfig, out_features: int) -> nn.Sequential:
+    """SPEC 4 head: ``Dropout -> Linear -> ReLU -> Dropout -> Linear`` (one Linear if H = 0)."""
 
     def drop() -> list[nn.Module]:
-        return [nn.Dropout(dropout)] if dropout > 0 else []
+        return [nn.Dropout(config.dropout)] if config.dropout_slots else []
 
+    hidden = config.hidden_dim
     if hidden <= 0:
         return nn.Sequential(*drop(), nn.Linear(in_features, out_features))
     return nn.Sequential(
@@ -76,9 +80,9 @@ class MultitaskResNet(nn.Module):
         self.backbone = models.get_model(config.arch, weights=None)
         self.backbone.fc = nn.Identity()
         width = config.feature_width
-        self.classifier = _head(width, config.hidden_dim, config.dropout, config.num_classes)
+        self.classifier = _head(width, config, config.num_classes)
         reg_in = width + config.num_classes if config.cls_conditioning else width
-        self.regressor = _head(reg_in, config.hidden_dim, config.dropout, 1)
+        self.regressor = _head(reg_in, config, 1)
 
     def forward_heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Heads only: lets heads-only training reuse cached backbone features."""

@@ -32,17 +32,12 @@ class Preprocessing:
             raise ValueError("mean and std need three values each, std positive")
 
 
-def to_uint8_rgb(frames: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) or (B, H, W, 3) of any dtype -> (B, 3, H, W) uint8, min-max per frame.
+def to_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) or (B, H, W, 3) of any dtype -> (B, C, H, W) uint8, min-max per frame.
 
-    NaN and inf count as the frame minimum; a constant frame becomes all zeros.
+    C is 1 for grayscale (replicated later) and 3 for RGB. NaN and inf count as the frame
+    minimum; a constant frame becomes all zeros.
     """
-    u8 = _to_uint8(frames)
-    return u8.expand(-1, 3, -1, -1).contiguous() if u8.shape[1] == 1 else u8
-
-
-def _to_uint8(frames: torch.Tensor) -> torch.Tensor:
-    """Min-max per frame to uint8 as (B, C, H, W), C = 1 for grayscale (not yet replicated)."""
     if frames.ndim == 3:
         frames = frames.unsqueeze(-1)
     if frames.ndim != 4 or frames.shape[-1] not in (1, 3):
@@ -60,9 +55,10 @@ def _to_uint8(frames: torch.Tensor) -> torch.Tensor:
         x = torch.where(finite, x, lo.view(-1, 1, 1, 1))
     else:  # integers are always finite: skip the masks (the hot path for camera data)
         lo, hi = flat.aminmax(dim=1)
-    span = (hi - lo).clamp_min(0)
-    scale = torch.where(span > 0, 1.0 / span.clamp_min(1e-30), torch.zeros_like(span))
-    x = (x - lo.view(-1, 1, 1, 1)) * scale.view(-1, 1, 1, 1)
+    span = (hi - lo).view(-1, 1, 1, 1)
+    # A true division, not a multiplication by 1/span: the research pipeline divides, and
+    # the reciprocal rounds differently often enough to change some truncated uint8 values.
+    x = torch.where(span > 0, (x - lo.view(-1, 1, 1, 1)) / span.clamp_min(1e-30), 0.0)
     # Truncation, as numpy's astype(uint8) does in the research pipeline.
     return (x.clamp(0, 1) * 255).to(torch.uint8).permute(0, 3, 1, 2)
 
@@ -75,7 +71,7 @@ def preprocess(frames: torch.Tensor, prep: Preprocessing, augment=None) -> torch
     Grayscale is resized as one channel and replicated afterwards: the channels are
     identical, so this gives the same pixels for a third of the work.
     """
-    u8 = _to_uint8(frames)
+    u8 = to_uint8(frames)
     size = int(prep.image_size)
     if u8.shape[-2:] != (size, size):
         u8 = TF.resize(

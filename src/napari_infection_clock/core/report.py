@@ -15,11 +15,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, confusion_matrix
 
-from .atomic import write_atomic
+from .atomic import write_atomic, write_text_atomic
 from .metrics import (
+    PER_BIN_COLUMNS,
     evaluate_table,
     metrics_json,
-    per_bin_table,
     regression_metrics,
     roc_curve_points,
 )
@@ -152,14 +152,13 @@ def save_report(df: pd.DataFrame, out_dir, *, bin_hours: float = 6.0,
     """Evaluate a labelled prediction table and write metrics.json, per_bin.csv and the
     four figures into ``out_dir``; returns {name: path}."""
     metrics = evaluate_table(df, bin_hours=bin_hours, threshold=threshold)
-    bins = per_bin_table(df, bin_hours, threshold)
+    bins = pd.DataFrame(metrics["per_bin"], columns=list(PER_BIN_COLUMNS))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in (
         "metrics.json", "per_bin.csv", "roc.png", "confusion.png", "time_scatter.png",
         "per_bin.png")}
-    text = metrics_json(metrics)
-    write_atomic(paths["metrics.json"], lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text_atomic(paths["metrics.json"], metrics_json(metrics))
     write_atomic(paths["per_bin.csv"], lambda tmp: bins.to_csv(tmp, index=False))
 
     y_true = pd.to_numeric(df["true_class"], errors="coerce").to_numpy(dtype=np.float64)
