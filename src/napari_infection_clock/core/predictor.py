@@ -10,6 +10,7 @@ fp32. Only a few frames are ever held in memory, however long the stack.
 
 from __future__ import annotations
 
+import mmap
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -120,6 +121,7 @@ class _Batch:
 
     x: torch.Tensor
     frames: list[tuple[int, int]]  # (position in the frame order, number of items)
+    ready: bool = False  # already the model input
 
 
 class Predictor:
@@ -232,7 +234,7 @@ class Predictor:
             for batch in batches:
                 if should_stop is not None and should_stop():
                     return
-                p, t = self._run(self._model_input(batch.x))
+                p, t = self._run(batch.x if batch.ready else self._model_input(batch.x))
                 start = 0
                 for pos, n in batch.frames:
                     results[pos].append((p[start : start + n], t[start : start + n]))
@@ -261,7 +263,8 @@ class Predictor:
         """Read frames, cut their tiles and pack them into batches (run in a thread).
 
         Equal-sized items fill batches across frame boundaries; the first frame is sent
-        on its own so it shows at once. Regions of mixed sizes are batched per frame.
+        on its own so it shows at once. Regions of mixed sizes are batched per frame, in
+        runs of equal size.
         """
         height, width = stack.frame_shape
         whole = len(boxes) == 1 and tuple(boxes[0]) == (0, 0, height, width)
@@ -273,16 +276,19 @@ class Predictor:
             if stopped.is_set():
                 return
             image = stack.frame(frame)
-            if not uniform:
-                crops = [crop(image, b) for b in boxes]
-                for shape in dict.fromkeys(c.shape for c in crops):
-                    members = [c for c in crops if c.shape == shape]
-                    for start in range(0, len(members), self.batch_size):
-                        chunk = members[start : start + self.batch_size]
-                        yield self._pack([(pos, np.stack(chunk))])
+            if not uniform:  # runs of equal-sized regions, in box order
+                run: list[np.ndarray] = []
+                for box in boxes:
+                    c = crop(image, box)
+                    if run and (c.shape != run[0].shape or len(run) == self.batch_size):
+                        yield self._pack([(pos, np.stack(run))])
+                        run = []
+                    run.append(c)
+                yield self._pack([(pos, np.stack(run))])
                 continue
             crops = image[None] if whole else cut_tiles(image, boxes)
             del image
+            _drop_mapped_pages(stack)
             while len(crops):
                 take = min(self.batch_size - filled, len(crops))
                 pending.append((pos, crops[:take]))
@@ -307,7 +313,7 @@ class Predictor:
         if self._cuda:
             return _Batch(raw.pin_memory(), frames)
         if self.device.type == "cpu":  # preprocessing overlaps with the model here too
-            return _Batch(self._model_input(raw), frames)
+            return _Batch(self._model_input(raw), frames, ready=True)
         return _Batch(raw, frames)
 
     def _prefetched(self, batches: Iterator[_Batch], stopped: threading.Event) -> Iterator[_Batch]:
@@ -361,6 +367,22 @@ class Predictor:
         return table.sort_values(["frame", "tile_row", "tile_col"], kind="stable").reset_index(
             drop=True
         )
+
+
+def _drop_mapped_pages(stack: TimelapseStack) -> None:
+    """Unmap the pages of a memory-mapped stack read so far from this process.
+
+    They stay in the kernel's page cache; without this, resident memory would grow by
+    every frame read, up to the size of the file.
+    """
+    source = getattr(stack, "_source", None)
+    mapped = getattr(source, "_mmap", None)
+    read_only = getattr(source, "mode", None) == "r"  # never drop copy-on-write changes
+    if read_only and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapped.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # closed meanwhile, or refused: only memory is at stake
+            pass
 
 
 def _to_device(raw: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -1,6 +1,9 @@
 """The SPEC 6 training loop as a generator of progress events.
 
 Callers drive it: the CLI with a progress bar, the napari widget from a worker thread.
+Heads-only training (``mode="heads"``) runs the frozen backbone once per item through a
+:class:`.feature_cache.FeatureCache` and then trains the heads on the cached features, so
+retraining after a few new labels only computes the new items.
 Stopping is cooperative: ``should_stop`` is polled every batch, and closing the generator
 works too. The best checkpoint is written atomically only after a whole epoch is
 validated, so a stop never leaves a half-written or worse checkpoint behind.
@@ -24,8 +27,10 @@ from torch.utils.data import DataLoader
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .dataset import ItemDataset
 from .device import select_device
+from .feature_cache import FeatureCache
 from .metrics import classification_metrics, regression_metrics
 from .model import MultitaskResNet
+from .predictor import autocast_dtype
 
 TRAIN_MODES = ("full", "heads")
 #: Validation metric name -> whether larger is better.
@@ -65,7 +70,8 @@ class TrainConfig:
 class TrainProgress:
     """A small event: after each batch (``stage='batch'``), epoch, and at the end."""
 
-    stage: str  # "batch", "epoch", "done" or "stopped"
+    stage: str  # "features" (heads-only: backbone passes, batch/batches), "batch", "epoch",
+    # "done" or "stopped"
     epoch: int
     epochs: int
     batch: int
@@ -113,8 +119,14 @@ def iter_train(
     meta: CheckpointMeta,
     checkpoint_path: str | Path | None = None,
     should_stop: Callable[[], bool] | None = None,
+    feature_cache: FeatureCache | None = None,
 ) -> Iterator[TrainProgress]:
-    """Train ``model`` in place, yielding progress; ends with the best weights loaded."""
+    """Train ``model`` in place, yielding progress; ends with the best weights loaded.
+
+    ``feature_cache`` (heads-only mode) is reused across calls; without one a fresh cache
+    serves this run. Heads-only training sees un-augmented crops (their features are
+    cached), whatever the dataset's augmentation.
+    """
     check_trainable(train_ds)
     device = select_device(config.device)
     generator = seed_everything(config.seed)
@@ -126,14 +138,36 @@ def iter_train(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.eta_min)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loader = DataLoader(
-        train_ds, batch_size=config.batch_size, shuffle=True, generator=generator,
-        num_workers=config.num_workers, pin_memory=device.type == "cuda", drop_last=False,
-    )
+    start = time.perf_counter()
+    if heads_only:
+        cache = feature_cache if feature_cache is not None else FeatureCache()
+        amp_dtype = autocast_dtype(device, "auto" if config.amp else "fp32")
+        features: dict[str, torch.Tensor] = {}
+        for name, ds in (("train", train_ds), ("val", val_ds)):
+            if ds is None or not len(ds):
+                continue
+            for event in cache.iter_features(model.backbone, ds, device, amp_dtype,
+                                             config.batch_size, should_stop):
+                if isinstance(event, torch.Tensor):
+                    features[name] = event
+                else:
+                    yield TrainProgress("features", 0, config.epochs, event.done, event.total,
+                                        elapsed_s=time.perf_counter() - start)
+            if name not in features:
+                yield TrainProgress("stopped", 1, config.epochs, 0, 0,
+                                    elapsed_s=time.perf_counter() - start)
+                return
+        loader = _FeatureBatches(features["train"], train_ds, config.batch_size, generator)
+        forward = model.forward_heads
+    else:
+        loader = DataLoader(
+            train_ds, batch_size=config.batch_size, shuffle=True, generator=generator,
+            num_workers=config.num_workers, pin_memory=device.type == "cuda", drop_last=False,
+        )
+        forward = model
     ce, smooth_l1 = nn.CrossEntropyLoss(), nn.SmoothL1Loss()
     best_value, best_epoch, best_state = None, None, None
     history: list[dict] = []
-    start = time.perf_counter()
     batches = len(loader)
     total_batches = batches * config.epochs
 
@@ -155,7 +189,7 @@ def iter_train(
             y = y.to(device, non_blocking=True)
             t = t.to(device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
-                logits, t_pred = model(x)
+                logits, t_pred = forward(x)
                 cls_loss = ce(logits.float(), y)
                 reg_loss = smooth_l1(t_pred.float(), t)
                 loss = config.cls_weight * cls_loss + config.reg_weight * reg_loss
@@ -177,7 +211,9 @@ def iter_train(
         scheduler.step()
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         record.update(zip(("train_loss", "train_cls_loss", "train_reg_loss"), (sums / max(seen, 1)).tolist()))
-        if val_ds is not None and len(val_ds):
+        if heads_only and "val" in features:
+            record.update(_validate_features(model, features["val"], val_ds, config, device, meta))
+        elif val_ds is not None and len(val_ds):
             record.update(validate(model, val_ds, config, device, meta))
         record["seconds"] = time.perf_counter() - start
         history.append(record)
@@ -190,7 +226,10 @@ def iter_train(
         value = (sign * record[key], -record.get("val_loss", record["train_loss"]))
         if np.isfinite(value[0]) and (best_value is None or value > best_value):
             best_value, best_epoch = value, epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best_state = copy.deepcopy({  # a frozen backbone needs no copy
+                k: v.detach().cpu() for k, v in model.state_dict().items()
+                if not (heads_only and k.startswith("backbone."))
+            })
             if checkpoint_path is not None:
                 meta.history = list(history)
                 meta.epoch = epoch
@@ -226,6 +265,21 @@ def validate(model, val_ds: ItemDataset, config: TrainConfig, device, meta: Chec
             target_all.append(t)
     logits, t_pred = torch.cat(logits_all), torch.cat(t_all)
     y, t = torch.cat(y_all), torch.cat(target_all)
+    return _val_record(logits, t_pred, y, t, config, meta)
+
+
+def _validate_features(model, features, val_ds: ItemDataset, config: TrainConfig, device,
+                       meta: CheckpointMeta) -> dict:
+    """Like :func:`validate`, from cached backbone features through the heads only."""
+    model.eval()
+    with torch.inference_mode():
+        logits, t_pred = model.forward_heads(features.to(device))
+    labels, times = val_ds.targets()
+    y, t = torch.as_tensor(labels), torch.as_tensor(times, dtype=torch.float32)
+    return _val_record(logits.float().cpu(), t_pred.float().cpu(), y, t, config, meta)
+
+
+def _val_record(logits, t_pred, y, t, config: TrainConfig, meta: CheckpointMeta) -> dict:
     cls_loss = nn.functional.cross_entropy(logits, y).item()
     reg_loss = nn.functional.smooth_l1_loss(t_pred, t).item()
     p = torch.softmax(logits, 1)[:, 1].numpy()
@@ -252,9 +306,32 @@ def run_training(*args, **kwargs) -> TrainProgress:
     return last
 
 
+class _FeatureBatches:
+    """Shuffled batches of (features, class, time target), as the DataLoader gives images."""
+
+    def __init__(self, features: torch.Tensor, dataset: ItemDataset, batch_size: int,
+                 generator: torch.Generator):
+        labels, times = dataset.targets()
+        self.features = features
+        self.y = torch.as_tensor(labels)
+        self.t = torch.as_tensor(times, dtype=torch.float32)
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.y), generator=self.generator)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.features[idx], self.y[idx], self.t[idx]
+
+
 def _restore(model: nn.Module, state: dict | None) -> None:
+    """Load the best weights (heads-only runs keep the heads alone; the backbone is frozen)."""
     if state is not None:
-        model.load_state_dict(state)
+        model.load_state_dict(state, strict=state.keys() == model.state_dict().keys())
 
 
 def _str(path) -> str | None:

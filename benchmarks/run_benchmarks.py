@@ -1,0 +1,350 @@
+"""Speed benchmarks of prediction and retraining (issue 5); prints one markdown table.
+
+All numbers come from one run on one machine, so their ratios are meaningful. Sections:
+
+- ``baseline``: fp32 eager, batch 1, one item at a time, as a naive loop would do it;
+- ``predictor``: the plugin's :class:`Predictor` at its defaults (ResNet50, 512 x 512);
+- ``roof``: measured bf16 and fp32 matrix-multiply rates, the model's FLOPs (torch's flop
+  counter) and the predictor's share of the compute roof;
+- ``e2e``: a generated 96-frame 2048 x 2048 uint16 TIFF tiled at 512, predicted from a
+  memory map in a fresh process: wall time, ratio to pure model time, peak memory;
+- ``retrain``: heads-only retraining on 200 labelled tiles with a warm feature cache, and
+  one full fine-tune step;
+- ``compile``: the predictor with ``torch.compile`` (compile time and steady rate).
+
+Usage::
+
+    python benchmarks/run_benchmarks.py            # everything but compile
+    python benchmarks/run_benchmarks.py --quick    # small sizes, a smoke run
+    python benchmarks/run_benchmarks.py --sections predictor roof --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from napari_infection_clock.core.checkpoint import CheckpointMeta
+from napari_infection_clock.core.dataset import ItemDataset
+from napari_infection_clock.core.device import select_device
+from napari_infection_clock.core.feature_cache import FeatureCache
+from napari_infection_clock.core.items import Item
+from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
+from napari_infection_clock.core.predictor import Predictor, autocast_dtype
+from napari_infection_clock.core.preprocess import Preprocessing, preprocess
+from napari_infection_clock.core.stack import open_stack
+from napari_infection_clock.core.tiles import TileSpec, tile_boxes
+from napari_infection_clock.core.trainer import TrainConfig, iter_train
+
+SECTIONS = ("baseline", "predictor", "roof", "e2e", "retrain", "compile")
+DEFAULT_SECTIONS = ("baseline", "predictor", "roof", "e2e", "retrain")
+TILE = 512
+STACK = Path("/tmp/infection_clock_bench_{frames}x{size}.tif")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS))
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--frames", type=int, help="frames of the end-to-end stack (96)")
+    parser.add_argument("--frame-size", type=int, default=2048)
+    parser.add_argument("--tiles", type=int, help="labelled tiles for retraining (200)")
+    parser.add_argument("--e2e-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.e2e_worker:
+        print(json.dumps(_e2e_worker(args, Path(args.e2e_worker))))
+        return
+
+    device = select_device(args.device)
+    frames = args.frames or (8 if args.quick else 96)
+    n_tiles = args.tiles or (40 if args.quick else 200)
+    torch.manual_seed(0)
+    model, meta = _model(args.arch)
+    rows: list[tuple[str, str, str]] = []
+    results: dict[str, float] = {}
+    started = time.perf_counter()
+    print(_machine(device), flush=True)
+
+    if "baseline" in args.sections:
+        n = 2 if args.quick else 6
+        results["baseline"] = _baseline(model, meta, device, n)
+        rows.append(("baseline: fp32 eager, batch 1, item by item", f"{results['baseline']:.2f} img/s", ""))
+    predictor = Predictor(model, meta, device=device)
+    if "predictor" in args.sections or "roof" in args.sections:
+        reps = 1 if args.quick else 4
+        results["predictor"] = _predictor_rate(predictor, reps)
+        precision = str(predictor.amp_dtype).replace("torch.", "") if predictor.amp_dtype else "fp32"
+        rows.append((f"predictor defaults (batch {predictor.batch_size}, {precision}, channels-last)",
+                     f"{results['predictor']:.2f} img/s", ""))
+        if "baseline" in results:
+            ratio = results["predictor"] / results["baseline"]
+            rows.append(("predictor / baseline", f"{ratio:.1f}x", _target(ratio >= 6, ">= 6x")))
+    if "roof" in args.sections:
+        bf16, fp32 = _matmul_rate(device, torch.bfloat16), _matmul_rate(device, torch.float32)
+        flops = _model_flops(model, meta)
+        rate = bf16 if predictor.amp_dtype in (torch.bfloat16, torch.float16) else fp32
+        roof = rate / flops
+        share = results["predictor"] / roof
+        goal = 0.6 if device.type == "cpu" else 0.4
+        rows += [
+            ("matmul rate bf16 / fp32", f"{bf16 / 1e9:.0f} / {fp32 / 1e9:.0f} GFLOP/s", ""),
+            (f"model FLOPs per {meta.preprocessing.image_size} px image", f"{flops / 1e9:.1f} GFLOP", ""),
+            ("compute roof (matmul rate / FLOPs)", f"{roof:.1f} img/s", ""),
+            ("predictor share of the roof", f"{share:.0%}", _target(share >= goal, f">= {goal:.0%}")),
+        ]
+    if "e2e" in args.sections:
+        path = _write_stack(frames, args.frame_size)
+        e2e = _run_worker(args, path)
+        n = e2e["items"]
+        ratio = e2e["wall_s"] / e2e["model_s"]
+        rows += [
+            (f"end to end: {frames} x {args.frame_size}^2 uint16, {n} tiles of {TILE}",
+             f"{e2e['wall_s']:.1f} s ({n / e2e['wall_s']:.2f} img/s)", ""),
+            ("pure model time for the same tiles", f"{e2e['model_s']:.1f} s", ""),
+            ("end to end / pure model", f"{ratio:.2f}x", _target(ratio <= 1.2, "<= 1.2x")),
+            ("peak resident memory (VmHWM)", f"{e2e['peak_rss_mb']:.0f} MB",
+             _target(e2e["peak_rss_mb"] <= 1536, "<= 1.5 GB")),
+            ("  of which anonymous (peak, sampled) / file-mapped", f"{e2e['peak_anon_mb']:.0f} / "
+             f"{e2e['peak_file_mb']:.0f} MB", ""),
+        ]
+    if "retrain" in args.sections:
+        path = _write_stack(frames, args.frame_size)
+        cold, warm, hits, step = _retrain(model, meta, device, path, n_tiles, args.quick)
+        rows += [
+            (f"feature cache, cold: {n_tiles} tiles through the backbone", f"{cold:.1f} s", ""),
+            (f"heads-only retraining, warm cache ({n_tiles} tiles, 10 epochs)", f"{warm:.2f} s "
+             f"({hits} hits)", _target(warm <= 3, "<= 3 s")),
+            (f"one full fine-tune step (batch {step[1]}, fp32 autograd)", f"{step[0]:.1f} s", ""),
+        ]
+    if "compile" in args.sections:
+        first, rate = _compiled_rate(model, meta, device, 1 if args.quick else 3)
+        rows += [
+            ("torch.compile: first batch (compiling)", f"{first:.0f} s", ""),
+            ("torch.compile: steady rate", f"{rate:.2f} img/s", ""),
+        ]
+        if "predictor" in results:
+            rows.append(("compiled / eager predictor", f"{rate / results['predictor']:.2f}x", ""))
+
+    print("\n| measure | result | target |\n| --- | --- | --- |")
+    for name, value, target in rows:
+        print(f"| {name} | {value} | {target} |")
+    print(f"\ntotal benchmark time {time.perf_counter() - started:.0f} s; load average at the "
+          f"end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+def _model(arch: str):
+    config = ModelConfig(arch=arch)
+    model = MultitaskResNet(config).eval()
+    return model, CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=TILE))
+
+
+def _raw_tiles(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 4096, size=(n, TILE, TILE), dtype=np.uint16)
+
+
+def _baseline(model, meta, device, n: int) -> float:
+    """What a first attempt does: fp32, default layout, one crop per forward pass."""
+    model = model.to(device).to(memory_format=torch.contiguous_format).eval()
+    crops = _raw_tiles(n + 1)
+    with torch.no_grad():
+        model(preprocess(torch.from_numpy(crops[0])[None].to(device), meta.preprocessing))
+        _sync(device)
+        start = time.perf_counter()
+        for crop in crops[1:]:
+            x = preprocess(torch.from_numpy(crop)[None].to(device), meta.preprocessing)
+            logits, t = model(x)
+            float(torch.softmax(logits, 1)[0, 1]), float(t[0])
+        _sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def _predictor_rate(predictor: Predictor, reps: int) -> float:
+    crops = _raw_tiles(predictor.batch_size)
+    predictor.predict_crops(crops)  # warm-up (oneDNN picks its kernels)
+    start = time.perf_counter()
+    for _ in range(reps):
+        predictor.predict_crops(crops)
+    return reps * len(crops) / (time.perf_counter() - start)
+
+
+def _matmul_rate(device, dtype, n: int = 4096, reps: int = 5) -> float:
+    """Best FLOP/s of an n x n matrix product."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = 0.0
+    for _ in range(reps + 1):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def _model_flops(model, meta) -> float:
+    size = meta.preprocessing.image_size
+    x = torch.zeros(1, 3, size, size)
+    model = model.cpu()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def _write_stack(frames: int, size: int) -> Path:
+    """A memory-mappable uint16 TIFF with camera-like content, written frame by frame."""
+    path = Path(str(STACK).format(frames=frames, size=size))
+    if path.exists():
+        return path
+    import tifffile
+
+    tmp = path.with_suffix(".tmp.tif")
+    out = tifffile.memmap(tmp, shape=(frames, size, size), dtype=np.uint16,
+                          imagej=True, metadata={"axes": "TYX", "finterval": 1800.0})
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = 1500 + 400 * np.sin(7 * xx) * np.cos(5 * yy)
+    for t in range(frames):
+        noise = rng.integers(0, 300, size=(size, size), dtype=np.uint16)
+        out[t] = (base + 10 * t).astype(np.uint16) + noise
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    return path
+
+
+def _run_worker(args, path: Path) -> dict:
+    """The end-to-end run in a fresh process, so its peak memory is its own."""
+    cmd = [sys.executable, __file__, "--e2e-worker", str(path), "--device", args.device,
+           "--arch", args.arch]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _memory_mb() -> tuple[float, float]:
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value
+    kb = lambda key: float(fields.get(key, "0 kB").split()[0])  # noqa: E731
+    return kb("RssAnon") / 1024, kb("RssFile") / 1024
+
+
+def _e2e_worker(args, path: Path) -> dict:
+    device = select_device(args.device)
+    torch.manual_seed(0)
+    model, meta = _model(args.arch)
+    predictor = Predictor(model, meta, device=device)
+    anon, file = _memory_mb()
+    with open_stack(path) as stack:
+        boxes, _ = tile_boxes(*stack.frame_shape, TileSpec(tile_size=TILE))
+        items = stack.n_frames * len(boxes)
+        # Pure model time: the same batches, already preprocessed, model only.
+        x = preprocess(torch.from_numpy(_raw_tiles(predictor.batch_size)).to(device), meta.preprocessing)
+        x = x.contiguous(memory_format=torch.channels_last)
+        predictor._run(x)
+        start = time.perf_counter()
+        predictor._run(x)
+        predictor._run(x)
+        per_item = (time.perf_counter() - start) / (2 * predictor.batch_size)
+        start = time.perf_counter()
+        for _ in predictor.iter_stack(stack, tiles=TileSpec(tile_size=TILE)):
+            a, f = _memory_mb()
+            anon, file = max(anon, a), max(file, f)
+        wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"items": items, "wall_s": wall, "model_s": per_item * items, "peak_rss_mb": peak,
+            "peak_anon_mb": anon, "peak_file_mb": file}
+
+
+def _retrain(model, meta, device, path: Path, n_tiles: int, quick: bool):
+    """Cold cache fill, warm heads-only retraining, and one full fine-tune step."""
+    with open_stack(path) as stack:
+        boxes, _ = tile_boxes(*stack.frame_shape, TileSpec(tile_size=TILE))
+        n_frames = stack.n_frames
+    rng = np.random.default_rng(0)
+    items = []
+    for k in range(n_tiles):
+        frame, box = (k // len(boxes)) % n_frames, tuple(int(v) for v in boxes[k % len(boxes)])
+        label = int(rng.integers(0, 2))
+        items.append(Item(str(path), frame, box, label, frame * 0.5, float(rng.uniform(0, 48)), "g"))
+    prep = meta.preprocessing
+    cache = FeatureCache()
+    amp = autocast_dtype(device, "auto")
+    model = model.to(device)
+    start = time.perf_counter()
+    cache.features(model.backbone, ItemDataset(items, prep), device, amp, batch_size=16)
+    cold = time.perf_counter() - start
+    config = TrainConfig(epochs=10, batch_size=32, lr=1e-3, mode="heads", device=str(device))
+    start = time.perf_counter()
+    for _ in iter_train(model, ItemDataset(items, prep), None, config, meta, feature_cache=cache):
+        pass
+    warm = time.perf_counter() - start
+    hits = cache.hits
+    batch = 4 if quick else 8
+    full = TrainConfig(epochs=1, batch_size=batch, mode="full", augment=False, device=str(device))
+    run = iter_train(model, ItemDataset(items[:batch], prep), None, full, meta)
+    start = time.perf_counter()
+    for event in run:
+        if event.stage == "batch":
+            break
+    step = time.perf_counter() - start
+    run.close()
+    return cold, warm, hits, (step, batch)
+
+
+def _compiled_rate(model, meta, device, reps: int) -> tuple[float, float]:
+    predictor = Predictor(model, meta, device=device, compile=True)
+    crops = _raw_tiles(predictor.batch_size)
+    start = time.perf_counter()
+    predictor.predict_crops(crops)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(reps):
+        predictor.predict_crops(crops)
+    return first, reps * len(crops) / (time.perf_counter() - start)
+
+
+def _machine(device) -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    from napari_infection_clock.core.predictor import cpu_supports_bf16
+
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none used"
+    return (
+        f"date {dt.datetime.now().isoformat(timespec='minutes')}; device {device}; CPU {cpu}, "
+        f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, bf16 kernels "
+        f"{cpu_supports_bf16()}; GPU {gpu}; torch {torch.__version__}; python "
+        f"{platform.python_version()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+
+
+def _target(met: bool, text: str) -> str:
+    return f"{text}: {'met' if met else 'NOT met'}"
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+if __name__ == "__main__":
+    main()

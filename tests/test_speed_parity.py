@@ -1,0 +1,168 @@
+"""The fast prediction path gives the answers of the plain one (no timings here: see
+benchmarks/run_benchmarks.py), streams frames, and bf16 stays within the stated tolerance."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_infection_clock.core import predictor as predictor_module
+from napari_infection_clock.core.checkpoint import CheckpointMeta
+from napari_infection_clock.core.dataset import ItemDataset
+from napari_infection_clock.core.items import FramePolicy, research_items
+from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
+from napari_infection_clock.core.predictor import Predictor, cut_tiles
+from napari_infection_clock.core.preprocess import Preprocessing, preprocess
+from napari_infection_clock.core.stack import stack_from_array
+from napari_infection_clock.core.synthetic import generate_stack, write_research_dataset
+from napari_infection_clock.core.targets import TimePolicy
+from napari_infection_clock.core.tiles import TileSpec, crop, tile_boxes
+from napari_infection_clock.core.trainer import TrainConfig, run_training
+
+META = CheckpointMeta(model=ModelConfig(arch="resnet18", hidden_dim=16),
+                      preprocessing=Preprocessing(image_size=32),
+                      time=TimePolicy(frame_interval_h=0.5, onset_h=1.0, clamp=(0.0, 12.0)))
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    torch.manual_seed(0)
+    return MultitaskResNet(META.model).eval()
+
+
+class CountingFrames:
+    """An array-like (T, H, W) that records which frames were read, and can fail on one."""
+
+    def __init__(self, data, fail_at=None):
+        self.data, self.fail_at, self.read = data, fail_at, []
+        self.shape, self.dtype = data.shape, data.dtype
+
+    def __getitem__(self, key):
+        if key[0] == self.fail_at:
+            raise OSError(f"disk error at frame {key[0]}")
+        self.read.append(key[0])
+        return self.data[key]
+
+
+@pytest.mark.parametrize("spec", [TileSpec(16), TileSpec(16, border="drop"), TileSpec(16, border="shift"),
+                                  TileSpec(24, stride=10), TileSpec(30, stride=7, border="pad")])
+@pytest.mark.parametrize("rgb", [False, True])
+def test_gathered_tiles_equal_crop(spec, rgb):
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 60000, size=(37, 50, 3) if rgb else (37, 50), dtype=np.uint16)
+    boxes, _ = tile_boxes(37, 50, spec)
+    tiles = cut_tiles(frame, boxes)
+    assert tiles.shape == (len(boxes), *crop(frame, boxes[0]).shape)
+    for box, tile in zip(boxes, tiles):
+        np.testing.assert_array_equal(tile, crop(frame, box))
+
+
+def test_batches_across_frames_equal_tile_by_tile(random_model):
+    frames = np.random.default_rng(1).integers(0, 4000, size=(4, 40, 56), dtype=np.uint16)
+    stack = stack_from_array(frames)
+    spec = TileSpec(tile_size=20)  # 2 x 3 tiles per frame, the last column padded
+    fast = Predictor(random_model, META, device="cpu", batch_size=5, precision="fp32")
+    events = list(fast.iter_stack(stack, tiles=spec, first_frame=2))
+    assert [e.frame for e in events] == [2, 0, 1, 3]
+    assert [e.done for e in events] == [1, 2, 3, 4] and events[0].total == 4
+    boxes, _ = tile_boxes(40, 56, spec)
+    for event in events:
+        crops = np.stack([crop(frames[event.frame], b) for b in boxes])
+        p, t = fast.predict_crops(crops)
+        np.testing.assert_allclose(event.table.p_infected, p, atol=1e-5)
+        np.testing.assert_allclose(event.table.pred_time_h, t, atol=1e-4)
+    unthreaded = Predictor(random_model, META, device="cpu", batch_size=4, precision="fp32", prefetch=0)
+    a = fast.predict_stack(stack, tiles=spec)
+    b = unthreaded.predict_stack(stack, tiles=spec)
+    np.testing.assert_allclose(a.p_infected, b.p_infected, atol=1e-5)
+
+
+def test_mixed_size_regions_and_whole_frames(random_model):
+    frames = np.random.default_rng(2).normal(size=(3, 30, 40)).astype(np.float32)
+    fast = Predictor(random_model, META, device="cpu", batch_size=2, precision="fp32")
+    regions = np.array([[0, 0, 10, 10], [5, 20, 35, 50], [3, 3, 13, 13]])
+    table = fast.predict_stack(stack_from_array(frames), boxes=regions)
+    p, t = fast.predict_crops(crop(frames[1], regions[1])[None])
+    row = table[(table.frame == 1) & (table.tile_row == 1)].iloc[0]
+    assert row.p_infected == pytest.approx(p[0], abs=1e-5)
+    whole = fast.predict_stack(stack_from_array(frames))
+    p, _ = fast.predict_crops(frames)
+    np.testing.assert_allclose(whole.p_infected, p, atol=1e-5)
+    with pytest.raises(ValueError, match="outside"):
+        fast.predict_stack(stack_from_array(frames), boxes=[[40, 0, 50, 10]])
+
+
+def test_prediction_streams_frames(random_model):
+    frames = np.random.default_rng(3).integers(0, 255, size=(40, 32, 32), dtype=np.uint8)
+    source = CountingFrames(frames)
+    fast = Predictor(random_model, META, device="cpu", batch_size=2, precision="fp32")
+    ahead = []
+    for event in fast.iter_stack(stack_from_array(source)):
+        ahead.append(len(source.read) - event.done)
+    # Reading runs ahead by a few batches (the prefetch queue), never by the stack.
+    assert max(ahead) <= fast.batch_size * (fast.prefetch + 2)
+    assert sorted(source.read) == list(range(40))
+
+
+def test_read_errors_surface_and_the_reader_thread_ends(random_model):
+    frames = np.zeros((6, 32, 32), np.uint8)
+    fast = Predictor(random_model, META, device="cpu", batch_size=1, precision="fp32")
+    seen = []
+    with pytest.raises(OSError, match="frame 3"):
+        for event in fast.iter_stack(stack_from_array(CountingFrames(frames, fail_at=3))):
+            seen.append(event.frame)
+    assert seen == [0, 1, 2]
+    events = fast.iter_stack(stack_from_array(frames))
+    next(events)
+    events.close()  # a caller that stops listening
+    assert not [t for t in threading.enumerate() if t.name == "infection-clock-reader"]
+
+
+def test_uint16_travels_as_int16_bits():
+    raw = torch.from_numpy(np.array([0, 1, 32767, 32768, 65535], dtype=np.uint16))
+    widened = predictor_module._to_device(raw, torch.device("cpu"))
+    assert widened.tolist() == [0, 1, 32767, 32768, 65535]
+
+
+def test_fp32_switch_is_plain_fp32(random_model):
+    fast = Predictor(random_model, META, device="cpu", precision="fp32")
+    assert fast.amp_dtype is None
+    crops = np.random.default_rng(4).integers(0, 4000, size=(3, 40, 40), dtype=np.uint16)
+    p, t = fast.predict_crops(crops)
+    with torch.no_grad():
+        logits, time = random_model(preprocess(torch.from_numpy(crops), META.preprocessing))
+    np.testing.assert_allclose(p, torch.softmax(logits, 1)[:, 1].numpy(), atol=1e-5)
+    np.testing.assert_allclose(t, time.clamp(0, 12).numpy(), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A briefly trained model: random weights are unrealistically sensitive to rounding."""
+    root = tmp_path_factory.mktemp("parity")
+    write_research_dataset(root, n_infected=3, n_mock=3, n_frames=24, size=64, seed=4)
+    prep = Preprocessing(image_size=64)
+    torch.manual_seed(0)
+    config = ModelConfig(arch="resnet18", hidden_dim=32)
+    model = MultitaskResNet(config)
+    meta = CheckpointMeta(model=config, preprocessing=prep, time=TimePolicy())
+    items = research_items(root, FramePolicy())
+    run_training(model, ItemDataset(items, prep), None,
+                 TrainConfig(epochs=2, batch_size=16, lr=1e-3, augment=False, device="cpu"), meta)
+    return model, meta
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_fast_path_matches_fp32_on_sample_data(trained, precision):
+    model, meta = trained
+    exact = Predictor(model, meta, device="cpu", batch_size=8, precision="fp32")
+    fast = Predictor(model, meta, device="cpu", batch_size=8, precision=precision)
+    for infected, seed in ((True, 21), (False, 22)):
+        stack = stack_from_array(generate_stack(infected, seed=seed, n_frames=24, size=64))
+        a = exact.predict_stack(stack)
+        b = fast.predict_stack(stack)
+        assert np.abs(a.p_infected - b.p_infected).max() <= 0.02
+        assert np.abs(a.pred_time_h - b.pred_time_h).max() <= 0.25
+        # Unsaturated outputs, where rounding would show (saturated ones hide it).
+        assert a.p_infected.between(0.02, 0.98).any()
+        assert a.pred_time_h.between(0.5, 47.5).all()
