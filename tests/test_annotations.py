@@ -3,8 +3,6 @@ the frame-block validation split."""
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from napari_infection_clock.core.annotations import (
@@ -116,7 +114,7 @@ def test_unwritable_folder_keeps_labels_in_memory_and_old_file(stack_file, tmp_p
     store.label_frames(2, "uninfected")
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where a folder should be")  # unwritable even for root
-    with pytest.raises(OutputNotWritable, match="not writable"):
+    with pytest.raises(OutputNotWritable, match="cannot write"):
         store.save(sidecar_path(stack_file, blocker / "project"))
     assert path.read_bytes() == before and 2 in store.frames
 

@@ -1,0 +1,127 @@
+"""Retraining from viewer labels: label table -> items -> block-aware split -> training.
+
+The training widget runs :func:`iter_retrain` in a worker thread; tests drive the same
+function, so what is tested is what the widget does.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .blocks import BlockSplit, split_for_training
+from .checkpoint import CheckpointMeta
+from .dataset import ItemDataset
+from .items import Item, label_table_items
+from .model import ModelConfig, MultitaskResNet, build_model
+from .preprocess import Preprocessing
+from .targets import CLASS_NAMES, DEFAULT_CLAMP, TimePolicy
+from .trainer import TrainConfig, TrainingError, TrainProgress, iter_train
+
+STARTS = ("session model", "imagenet", "random")
+
+
+@dataclass
+class RetrainPlan:
+    """What will be trained on and validated with."""
+
+    train: list[Item]
+    val: list[Item]
+    guard: list[Item] = field(default_factory=list)
+    how: str = ""
+
+    def summary(self) -> str:
+        def count(items):
+            n_inf = sum(i.label == 1 for i in items)
+            return f"{len(items)} ({n_inf} infected, {len(items) - n_inf} uninfected)"
+
+        return f"train {count(self.train)}, validation {count(self.val)}; {self.how}"
+
+
+def plan_from_labels(table: pd.DataFrame, val_fraction: float = 0.2, split_mode: str = "auto",
+                     block_frames: int = 8, gap_frames: int = 1, seed: int = 0,
+                     clamp=DEFAULT_CLAMP) -> RetrainPlan:
+    """Items of a label table and their split; refuses what cannot be trained."""
+    if table is None or len(table) == 0:
+        raise TrainingError("no labels yet: label some frames or crops (both classes) first")
+    items = label_table_items(table, clamp=clamp)
+    classes = {i.label for i in items}
+    if len(classes) < 2:
+        only = CLASS_NAMES[classes.pop()]
+        raise TrainingError(f"all {len(items)} labelled items are {only}: label at least one "
+                            "infected and one uninfected frame or crop")
+    split: BlockSplit = split_for_training(items, val_fraction, split_mode, block_frames,
+                                           gap_frames, seed)
+    if len({i.label for i in split.train}) < 2:
+        raise TrainingError(f"after the validation split ({split.how}) the training items hold "
+                            "one class only; label more frames or lower the validation share")
+    return RetrainPlan(split.train, split.val, split.guard, split.how)
+
+
+def time_policy_of(table: pd.DataFrame) -> TimePolicy:
+    """A checkpoint's default time policy from the labels: first infected row's onset and
+    the most common frame interval."""
+    interval = table["frame_interval_h"].dropna()
+    onset = table.loc[table["label"] == "infected", "onset_h"].dropna()
+    kwargs = {}
+    if len(interval):
+        kwargs["frame_interval_h"] = float(interval.mode().iloc[0])
+    if len(onset):
+        kwargs["onset_h"] = float(onset.iloc[0])
+    return TimePolicy(**kwargs)
+
+
+def start_model(start: str, config: ModelConfig, image_size: int, time: TimePolicy,
+                current: tuple[MultitaskResNet, CheckpointMeta] | None = None,
+                ) -> tuple[MultitaskResNet, CheckpointMeta]:
+    """The model training starts from: a copy of the current one (never trained in place,
+    so predictions keep using it meanwhile), ImageNet weights, or random ones.
+
+    ImageNet weights that are unavailable raise :class:`.model.PretrainedWeightsUnavailable`;
+    there is no silent fallback to random.
+    """
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+    if start == "session model":
+        if current is None:
+            raise TrainingError("there is no loaded model to start from; load a checkpoint "
+                                "in the prediction widget, or start from ImageNet or random")
+        model, meta = current
+        meta = replace(copy.deepcopy(meta), history=[], val_metrics={}, epoch=None)
+        return copy.deepcopy(model).cpu(), meta
+    model = build_model(config, init=start)
+    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=image_size),
+                          time=time)
+    return model, meta
+
+
+def iter_retrain(model: MultitaskResNet, meta: CheckpointMeta, plan: RetrainPlan,
+                 config: TrainConfig, checkpoint_path: str | Path | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 feature_cache=None) -> Iterator[TrainProgress]:
+    """:func:`.trainer.iter_train` on the plan's items (augmented training set);
+    ``feature_cache`` (a :class:`.feature_cache.FeatureCache`) serves heads-only runs."""
+    prep = meta.preprocessing
+    train_ds = ItemDataset(plan.train, prep, augment=config.augment)
+    val_ds = ItemDataset(plan.val, prep) if plan.val else None
+    yield from iter_train(model, train_ds, val_ds, config, meta, checkpoint_path, should_stop,
+                          feature_cache=feature_cache)
+
+
+def labels_of(stores) -> pd.DataFrame:
+    """One label table of several annotation stores (those with a file and labels)."""
+    tables = [s.to_label_table() for s in stores if not s.empty and not s.stack.startswith("memory:")]
+    if not tables:
+        return pd.DataFrame()
+    return pd.concat(tables, ignore_index=True)
+
+
+def mean_baseline_mae(targets) -> float:
+    """MAE of always predicting the mean time: the bar the time head must beat."""
+    t = np.asarray(targets, dtype=np.float64)
+    return float(np.abs(t - t.mean()).mean())

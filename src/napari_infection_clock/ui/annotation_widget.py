@@ -1,0 +1,568 @@
+"""Dock widget: label frames and crops of a time-lapse, saved as you go.
+
+Per image: the stack's condition (infected with an onset, or mock) and frame interval,
+per-frame labels (buttons, or Shift+I / Shift+U / Shift+C on the viewer) and per-crop
+labels (rectangles in a Shapes layer with a ``label`` feature; the same keys label the
+selected rectangles when that layer is active). Every change is saved atomically to the
+image's sidecar file (:mod:`..core.annotations`) and reloads when the image opens again.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from napari.layers import Image, Shapes
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.annotations import (
+    CONDITIONS,
+    AnnotationError,
+    AnnotationStore,
+    open_annotations,
+    sidecar_path,
+)
+from ..core.atomic import OutputNotWritable
+from ..core.labels import LABEL_VALUES, LabelTableError, read_label_table, write_label_table
+from ..core.stack import write_stack
+from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
+from .state import session_for
+
+KEYS = {"Shift-I": "infected", "Shift-U": "uninfected", "Shift-C": None}
+COLOURS = {"infected": "red", "uninfected": "dodgerblue"}
+
+
+def layer_stack_path(layer) -> str | None:
+    """The TIFF an image layer shows (set by our reader, or by saving it to a project)."""
+    path = layer.metadata.get("source_path") or getattr(layer.source, "path", None)
+    return str(Path(path).resolve()) if path else None
+
+
+def _box_of(vertices: np.ndarray, frame_shape) -> tuple[int, tuple[int, int, int, int]]:
+    """Frame and pixel box (y0, x0, y1, x1) of a rectangle's (t, y, x) vertices."""
+    frame = int(round(float(vertices[0, 0])))
+    h, w = frame_shape
+    y0, x0 = np.floor(vertices[:, -2:].min(0)).astype(int)
+    y1, x1 = np.ceil(vertices[:, -2:].max(0)).astype(int)
+    return frame, (max(int(y0), 0), max(int(x0), 0), min(int(y1), h), min(int(x1), w))
+
+
+def _rectangle(frame: int, box) -> np.ndarray:
+    y0, x0, y1, x1 = box
+    return np.array([[frame, y0, x0], [frame, y0, x1], [frame, y1, x1], [frame, y1, x0]], float)
+
+
+def _label_features(labels) -> pd.DataFrame:
+    """The Shapes layer's ``label`` feature: categorical, so an empty layer has its type."""
+    return pd.DataFrame({"label": pd.Categorical(labels, categories=LABEL_VALUES)})
+
+
+class AnnotationWidget(QWidget):
+    """Labels of the chosen image layer; one store per image, shared through the session."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.layer: Image | None = None
+        self.store: AnnotationStore | None = None
+        self.sidecar: Path | None = None
+        self.crops_layer: Shapes | None = None
+        self._syncing = False
+        self._build()
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.dims.events.current_step.connect(self._show_frame)
+        for key, label in KEYS.items():
+            self.viewer.bind_key(key, self._key_handler(label), overwrite=True)
+        self._refresh_layers()
+
+    # --- layout ----------------------------------------------------------------------
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.image_combo = QComboBox()
+        self.image_combo.currentTextChanged.connect(self._choose_layer)
+        form.addRow("image", self.image_combo)
+        self.project_edit = QLineEdit()
+        self.project_edit.setPlaceholderText("next to each image (default)")
+        self.project_edit.editingFinished.connect(self._project_changed)
+        browse = QPushButton("…")
+        browse.clicked.connect(self._browse_project)
+        row = QHBoxLayout()
+        row.addWidget(self.project_edit)
+        row.addWidget(browse)
+        form.addRow("project folder", row)
+        layout.addLayout(form)
+
+        stack_box = QGroupBox("stack condition")
+        sform = QFormLayout(stack_box)
+        self.condition_combo = QComboBox()
+        self.condition_combo.addItems(CONDITIONS)
+        self.onset_spin = QDoubleSpinBox(decimals=2, maximum=10000.0, singleStep=0.5, suffix=" h")
+        self.onset_spin.setValue(DEFAULT_ONSET_H)
+        self.interval_spin = QDoubleSpinBox(decimals=3, minimum=0.001, maximum=1000.0,
+                                            singleStep=0.25, suffix=" h")
+        self.interval_spin.setValue(DEFAULT_FRAME_INTERVAL_H)
+        self.condition_combo.currentTextChanged.connect(self._condition_changed)
+        self.onset_spin.editingFinished.connect(self._condition_changed)
+        self.interval_spin.editingFinished.connect(self._condition_changed)
+        sform.addRow("condition", self.condition_combo)
+        sform.addRow("infection onset", self.onset_spin)
+        sform.addRow("frame interval", self.interval_spin)
+        layout.addWidget(stack_box)
+
+        frame_box = QGroupBox("frame labels (Shift+I / Shift+U / Shift+C)")
+        fl = QVBoxLayout(frame_box)
+        self.frame_info = QLabel("no image")
+        self.frame_info.setWordWrap(True)
+        fl.addWidget(self.frame_info)
+        rng = QHBoxLayout()
+        self.range_check = QCheckBox("frames")
+        self.range_from = QSpinBox()
+        self.range_to = QSpinBox()
+        rng.addWidget(self.range_check)
+        rng.addWidget(self.range_from)
+        rng.addWidget(QLabel("to"))
+        rng.addWidget(self.range_to)
+        fl.addLayout(rng)
+        buttons = QHBoxLayout()
+        self.buttons = {}
+        for text, label in (("Infected", "infected"), ("Uninfected", "uninfected"),
+                            ("Clear", None)):
+            b = QPushButton(text)
+            b.clicked.connect(lambda _=False, lab=label: self.label_current(lab))
+            buttons.addWidget(b)
+            self.buttons[label] = b
+        fl.addLayout(buttons)
+        layout.addWidget(frame_box)
+
+        crop_box = QGroupBox("crop labels (rectangles)")
+        cl = QHBoxLayout(crop_box)
+        self.crop_label_combo = QComboBox()
+        self.crop_label_combo.addItems(["infected", "uninfected"])
+        self.crop_label_combo.currentTextChanged.connect(self._crop_default_changed)
+        self.crops_button = QPushButton("Draw crops")
+        self.crops_button.clicked.connect(self.show_crops_layer)
+        self.apply_crops_button = QPushButton("Set selected")
+        self.apply_crops_button.clicked.connect(
+            lambda: self.label_selected_crops(self.crop_label_combo.currentText()))
+        cl.addWidget(QLabel("label:"))
+        cl.addWidget(self.crop_label_combo)
+        cl.addWidget(self.apply_crops_button)
+        cl.addWidget(self.crops_button)
+        layout.addWidget(crop_box)
+
+        self.counts_label = QLabel()
+        layout.addWidget(self.counts_label)
+        layout.addWidget(QLabel("consistency:"))
+        self.issues_list = QListWidget()
+        self.issues_list.setMaximumHeight(90)
+        layout.addWidget(self.issues_list)
+        io = QHBoxLayout()
+        self.import_button = QPushButton("Import CSV…")
+        self.import_button.clicked.connect(lambda: self.import_csv())
+        self.export_button = QPushButton("Export CSV…")
+        self.export_button.clicked.connect(lambda: self.export_csv())
+        io.addWidget(self.import_button)
+        io.addWidget(self.export_button)
+        layout.addLayout(io)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        layout.addStretch()
+
+    # --- image choice and loading ----------------------------------------------------
+    def _refresh_layers(self, event=None) -> None:
+        names = [ly.name for ly in self.viewer.layers if isinstance(ly, Image) and ly.ndim >= 3]
+        current = self.image_combo.currentText()
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        self.image_combo.blockSignals(False)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+        elif names:
+            self._choose_layer(names[-1] if event is not None else names[0])
+        else:
+            self._choose_layer("")
+
+    @property
+    def project_dir(self) -> Path | None:
+        text = self.project_edit.text().strip()
+        return Path(text) if text else None
+
+    def set_project_dir(self, folder) -> None:
+        self.project_edit.setText(str(folder) if folder else "")
+        self._project_changed()
+
+    def _browse_project(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Project folder for annotations")
+        if folder:
+            self.set_project_dir(folder)
+
+    def _project_changed(self) -> None:
+        if self.layer is not None:
+            self._choose_layer(self.layer.name, force=True)
+
+    def _choose_layer(self, name: str, force: bool = False) -> None:
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is self.layer and not force:
+            return
+        if self.image_combo.currentText() != name and name:
+            self.image_combo.blockSignals(True)
+            self.image_combo.setCurrentText(name)
+            self.image_combo.blockSignals(False)
+        self.layer, self.store, self.sidecar = layer, None, None
+        if layer is not None:
+            try:
+                self._open_store(layer)
+            except (AnnotationError, OSError) as exc:
+                self._error(str(exc))
+        self._load_crops_layer()
+        self._sync_controls()
+        self._changed(save=False)
+
+    def _open_store(self, layer) -> None:
+        n_frames = int(layer.data.shape[0])
+        frame_shape = tuple(int(v) for v in layer.data.shape[1:3])
+        path = layer_stack_path(layer)
+        meta = layer.metadata
+        problem = None
+        if path is None and self.project_dir is not None:
+            try:
+                path = self._save_image_copy(layer)
+            except OSError as exc:
+                problem = f"labels kept in memory only: {exc}"
+        if path is None:
+            # An image with no file (sample data): labels live in memory until a project
+            # folder is chosen, then the image is saved there with them.
+            self.store = self.session.annotations.get(f"memory:{layer.name}") or AnnotationStore(
+                stack=f"memory:{layer.name}", n_frames=n_frames, frame_shape=frame_shape)
+            self.status.setText(problem or "This image has no file: choose a project folder to "
+                                "save its labels (the image is saved there too).")
+            if problem:
+                show_error(problem)
+        else:
+            known = self.session.annotations.get(path)
+            if known is not None:  # labelled earlier in this session: keep it, save it here
+                self.store, self.sidecar = known, sidecar_path(path, self.project_dir)
+            else:
+                self.store, self.sidecar = open_annotations(
+                    path, n_frames, frame_shape, self.project_dir, meta.get("frame_interval_h"))
+            memory = self.session.annotations.pop(f"memory:{layer.name}", None)
+            if memory is not None and self.store.empty:
+                memory.stack = path
+                self.store = memory
+            self.status.setText(f"labels saved to {self.sidecar}")
+        if self.store.empty and self.store.condition == "unknown" and "infected" in meta:
+            infected = bool(meta["infected"])
+            try:
+                self.store.set_condition("infected" if infected else "mock",
+                                         meta.get("onset_h"), meta.get("frame_interval_h"))
+            except AnnotationError:
+                pass
+        self.session.annotations[self.store.stack] = self.store
+
+    def _save_image_copy(self, layer) -> str:
+        """Write an in-memory image to the project folder as a TIFF the trainer can read."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name).strip("_") or "image"
+        path = (self.project_dir / f"{safe}.tif").resolve()
+        if not path.exists():
+            interval = float(layer.metadata.get("frame_interval_h", DEFAULT_FRAME_INTERVAL_H))
+            axes = "TYXS" if layer.rgb else "TYX"
+            write_stack(path, np.asarray(layer.data), axes, interval)
+        layer.metadata["source_path"] = str(path)
+        return str(path)
+
+    # --- controls <-> store ----------------------------------------------------------
+    def _sync_controls(self) -> None:
+        store = self.store
+        enabled = store is not None
+        for w in (*self.buttons.values(), self.condition_combo, self.onset_spin,
+                  self.interval_spin, self.crops_button, self.apply_crops_button,
+                  self.export_button, self.import_button):
+            w.setEnabled(enabled)
+        if not enabled:
+            return
+        for w in (self.condition_combo, self.onset_spin, self.interval_spin):
+            w.blockSignals(True)
+        self.condition_combo.setCurrentText(store.condition)
+        self.onset_spin.setValue(store.onset_h)
+        self.interval_spin.setValue(store.frame_interval_h)
+        for w in (self.condition_combo, self.onset_spin, self.interval_spin):
+            w.blockSignals(False)
+        for spin in (self.range_from, self.range_to):
+            spin.setMaximum(store.n_frames - 1)
+
+    def _condition_changed(self, *_) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.set_condition(self.condition_combo.currentText(), self.onset_spin.value(),
+                                     self.interval_spin.value())
+        except AnnotationError as exc:
+            self._error(str(exc))
+            self._sync_controls()  # back to what the store holds
+            return
+        self._changed()
+
+    def current_frame(self) -> int:
+        return int(self.viewer.dims.current_step[0])
+
+    def label_current(self, label: str | None) -> None:
+        """Label (or clear) the current frame, or the frame range when it is ticked."""
+        if self.store is None:
+            self._error("choose an image layer to label first")
+            return
+        if self.range_check.isChecked():
+            lo, hi = sorted((self.range_from.value(), self.range_to.value()))
+            frames = range(lo, hi + 1)
+        else:
+            frames = [self.current_frame()]
+        self.store.label_frames(list(frames), label)
+        self._changed()
+
+    def _key_handler(self, label):
+        def handler(viewer):
+            if (self.crops_layer is not None and viewer.layers.selection.active is self.crops_layer
+                    and self.crops_layer.selected_data):
+                self.label_selected_crops(label)
+            else:
+                self.label_current(label)
+
+        handler.__doc__ = f"Infection clock: label {label or 'clear'}"
+        return handler
+
+    # --- crops -----------------------------------------------------------------------
+    def show_crops_layer(self) -> Shapes | None:
+        """The crops Shapes layer of this image, in rectangle mode."""
+        if self.layer is None:
+            return None
+        if self.crops_layer is None or self.crops_layer not in self.viewer.layers:
+            self._load_crops_layer(create=True)
+        self.viewer.layers.selection.active = self.crops_layer
+        self.crops_layer.mode = "add_rectangle"
+        return self.crops_layer
+
+    def _load_crops_layer(self, create: bool = False) -> None:
+        self._disconnect_crops()
+        self.crops_layer = None
+        if self.layer is None or self.store is None:
+            return
+        name = f"{self.layer.name} crops"
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+        elif self.store.crops or create:
+            layer = self.viewer.add_shapes(
+                ndim=3, name=name, edge_width=2, face_color="transparent",
+                features=_label_features([]),
+                scale=self.layer.scale, translate=self.layer.translate)
+            self.viewer.layers.selection.active = self.layer
+        else:
+            return
+        self.crops_layer = layer
+        self._write_crops_layer()
+        layer.events.data.connect(self._crops_edited)
+        self._crop_default_changed(self.crop_label_combo.currentText())
+
+    def _disconnect_crops(self) -> None:
+        if self.crops_layer is not None:
+            self.crops_layer.events.data.disconnect(self._crops_edited)
+
+    def _write_crops_layer(self) -> None:
+        """Store -> layer (on load and import)."""
+        items = sorted(self.store.crops.items())
+        self._syncing = True
+        try:
+            self.crops_layer.data = [_rectangle(f, b) for (f, b), _ in items]
+            if items:
+                self.crops_layer.shape_type = "rectangle"
+            self.crops_layer.features = _label_features([lab for _, lab in items])
+            self._colour_crops()
+        finally:
+            self._syncing = False
+
+    def _colour_crops(self) -> None:
+        labels = list(self.crops_layer.features.get("label", []))
+        if labels:
+            self.crops_layer.edge_color = [COLOURS.get(lab, "white") for lab in labels]
+
+    def _crop_default_changed(self, label: str) -> None:
+        if self.crops_layer is not None:
+            self.crops_layer.feature_defaults = {"label": label}
+            self.crops_layer.current_edge_color = COLOURS[label]
+
+    def _crops_edited(self, event=None) -> None:
+        if self._syncing or getattr(event, "action", "added") not in ("added", "removed", "changed"):
+            return
+        self._read_crops_layer()
+
+    def _read_crops_layer(self) -> None:
+        """Layer -> store: every rectangle with its label feature."""
+        layer, shape = self.crops_layer, self.store.frame_shape or self.layer.data.shape[1:3]
+        labels = list(layer.features["label"]) if "label" in layer.features else []
+        crops = {}
+        for vertices, label in zip(layer.data, labels):
+            label = label if label in COLOURS else self.crop_label_combo.currentText()
+            frame, box = _box_of(np.asarray(vertices), shape)
+            if box[2] > box[0] and box[3] > box[1] and 0 <= frame < self.store.n_frames:
+                crops[(frame, box)] = label
+        try:
+            self.store.set_all_crops(crops)
+        except AnnotationError as exc:
+            self._error(str(exc))
+            return
+        self._colour_crops()
+        self._changed()
+
+    def label_selected_crops(self, label: str | None) -> None:
+        """Set the label of the selected rectangles (None deletes them)."""
+        layer = self.crops_layer
+        if layer is None or not layer.selected_data:
+            self._error("select rectangles in the crops layer first")
+            return
+        chosen = sorted(layer.selected_data)
+        if label is None:
+            layer.remove_selected()
+            return
+        features = layer.features.copy()
+        features.loc[chosen, "label"] = label
+        layer.features = features
+        self._read_crops_layer()
+
+    # --- after every change ----------------------------------------------------------
+    def _changed(self, save: bool = True) -> None:
+        self._show_frame()
+        store = self.store
+        self.issues_list.clear()
+        if store is None:
+            self.counts_label.setText("")
+            return
+        c = store.counts()
+        self.counts_label.setText(
+            f"frames: {c['frames']['infected']} infected, {c['frames']['uninfected']} uninfected"
+            f" · crops: {c['crops']['infected']} infected, {c['crops']['uninfected']} uninfected")
+        issues = store.issues()
+        self.issues_list.addItems([str(i) for i in issues] or ["no contradictions"])
+        if save:
+            self._save()
+            self.session.labels_changed.emit(store.stack)
+
+    def _save(self) -> None:
+        if self.sidecar is None:
+            if self.project_dir is None:
+                self.status.setText("Not saved: this image has no file; choose a project folder "
+                                    "(labels are kept in memory until then).")
+                return
+            self._choose_layer(self.layer.name, force=True)
+            if self.sidecar is None:
+                return
+        try:
+            self.store.save(self.sidecar)
+        except OutputNotWritable as exc:
+            self._error(f"labels NOT saved (kept in memory): {exc}")
+            return
+        self.status.setText(f"labels saved to {self.sidecar}")
+
+    def _show_frame(self, event=None) -> None:
+        if self.store is None:
+            self.frame_info.setText("no image chosen")
+            return
+        frame = self.current_frame()
+        if not 0 <= frame < self.store.n_frames:
+            return
+        label = self.store.frames.get(frame)
+        text = f"frame {frame} ({self.store.hours(frame):g} h): "
+        if label:
+            meaning = "infected for" if label == "infected" else "experiment time"
+            text += f"<b>{label}</b>, target {meaning} {self.store.target(frame, label):g} h"
+        else:
+            text += "not labelled"
+        self.frame_info.setText(text)
+        if not self.range_check.isChecked():
+            self.range_from.setValue(frame)
+            self.range_to.setValue(frame)
+
+    def _error(self, message: str) -> None:
+        self.status.setText(message)
+        show_error(message)
+
+    # --- CSV -------------------------------------------------------------------------
+    def export_csv(self, path=None) -> Path | None:
+        """All labelled images of this viewer as one label table (the trainer's format)."""
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export labels", "labels.csv", "CSV (*.csv)")
+            if not path:
+                return None
+        stores = [s for s in self.session.annotations.values()
+                  if not s.empty and not s.stack.startswith("memory:")]
+        if not stores:
+            show_warning("no labels of saved images to export yet")
+            return None
+        table = pd.concat([s.to_label_table() for s in stores], ignore_index=True)
+        try:
+            out = write_label_table(table, path)
+        except (OutputNotWritable, LabelTableError) as exc:
+            self._error(str(exc))
+            return None
+        self.status.setText(f"exported {len(table)} labels to {out}")
+        return out
+
+    def import_csv(self, path=None) -> int:
+        """Take the rows of a label table that belong to the current image."""
+        if self.store is None:
+            self._error("choose an image layer to import labels into")
+            return 0
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "Import labels", "", "CSV (*.csv)")
+            if not path:
+                return 0
+        try:
+            n = self.store.merge_label_table(read_label_table(path))
+        except (LabelTableError, AnnotationError) as exc:
+            self._error(str(exc))
+            return 0
+        if n == 0:
+            show_warning(f"{path} has no rows for {self.store.stack}")
+        if self.store.crops:
+            if self.crops_layer is None:
+                self._load_crops_layer(create=True)
+            else:
+                self._write_crops_layer()
+        self._sync_controls()
+        self._changed()
+        return n
+
+    # --- teardown --------------------------------------------------------------------
+    def cleanup(self) -> None:
+        """Unbind the keys and stop listening to the viewer."""
+        for key in KEYS:
+            self.viewer.bind_key(key, None, overwrite=True)
+        self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
+        self.viewer.layers.events.removed.disconnect(self._refresh_layers)
+        self.viewer.dims.events.current_step.disconnect(self._show_frame)
+        self._disconnect_crops()
+
+    def closeEvent(self, event) -> None:
+        self.cleanup()
+        super().closeEvent(event)
+

@@ -1,0 +1,201 @@
+"""Dock widget: SPEC 7 evaluation of the session model on labelled items.
+
+Predicts the validation items of the last training run (or every labelled frame and crop)
+in a worker, then shows the metrics table, ROC curve, confusion matrix, predicted-vs-true
+time scatter with its least-squares line, and per-time-bin metrics, drawn by
+:mod:`..core.report` on this dock's canvases. Export writes the same report as the CLI.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.atomic import OutputNotWritable
+from ..core.items import label_table_items
+from ..core.metrics import evaluate_table, per_bin_table
+from ..core.predictor import Predictor, predict_items
+from ..core.report import (
+    confusion_figure,
+    per_bin_figure,
+    roc_figure,
+    save_report,
+    time_scatter_figure,
+)
+from ..core.retrain import labels_of
+from .state import session_for
+
+SOURCES = ("validation items of the last training", "all labelled frames and crops")
+
+
+def _run(model, meta, items, tables: list):
+    """Worker body: predict item by frame; the caller keeps the tables."""
+    predictor = Predictor(model, meta, device="auto", batch_size=32)
+    for table in predict_items(predictor, items):
+        tables.append(table)
+        yield sum(len(t) for t in tables)
+
+
+def metric_rows(metrics: dict) -> list[tuple[str, str]]:
+    """(name, value) rows of the overall and per-class metrics, for the table."""
+    rows = []
+    cls = metrics["overall"]["classification"]
+    for key in ("n", "accuracy", "precision", "recall", "f1", "roc_auc"):
+        if key in cls:
+            rows.append((key, cls[key]))
+    for scope, reg in [("all", metrics["overall"]["regression"])] + [
+        (name, m["regression"]) for name, m in metrics["per_class"].items()
+    ]:
+        for key in ("mae", "rmse", "r2", "pearson_r", "slope", "intercept"):
+            rows.append((f"{key} ({scope})", reg.get(key, np.nan)))
+    return [(k, f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)) for k, v in rows]
+
+
+class EvaluationWidget(QWidget):
+    """Metrics and figures of the session model on labelled items."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.worker = None
+        self.table: pd.DataFrame | None = None
+        self.metrics: dict | None = None
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.source_combo = QComboBox()
+        self.source_combo.addItems(SOURCES)
+        self.bin_spin = QDoubleSpinBox(decimals=1, minimum=0.5, maximum=48.0, value=6.0,
+                                       suffix=" h")
+        form.addRow("items", self.source_combo)
+        form.addRow("time bins", self.bin_spin)
+        layout.addLayout(form)
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Evaluate")
+        self.run_button.clicked.connect(self.evaluate)
+        self.export_button = QPushButton("Export PNG + JSON…")
+        self.export_button.clicked.connect(lambda: self.export())
+        self.export_button.setEnabled(False)
+        row.addWidget(self.run_button)
+        row.addWidget(self.export_button)
+        layout.addLayout(row)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        self.tabs = QTabWidget()
+        self.metrics_table = QTableWidget(0, 2)
+        self.metrics_table.setHorizontalHeaderLabels(["metric", "value"])
+        self.tabs.addTab(self.metrics_table, "metrics")
+        self.figures = {}
+        for name in ("ROC", "confusion", "time", "per bin"):
+            fig = Figure(figsize=(4.0, 4.0), layout="constrained")
+            canvas = FigureCanvasQTAgg(fig)
+            canvas.setMinimumHeight(280)
+            self.figures[name] = (fig, canvas)
+            self.tabs.addTab(canvas, name)
+        layout.addWidget(self.tabs)
+
+    def items(self) -> list:
+        if self.source_combo.currentIndex() == 0:
+            return list(self.session.validation_items)
+        table = labels_of(self.session.annotations.values())
+        return label_table_items(table) if len(table) else []
+
+    def evaluate(self) -> bool:
+        """Predict the chosen items in a worker; the figures follow when it is done."""
+        if self.worker is not None:
+            return False
+        model = self.session.model
+        if model is None:
+            return self._fail("no model: load a checkpoint or train one first")
+        try:
+            items = self.items()
+        except (ValueError, OSError) as exc:
+            return self._fail(str(exc))
+        if not items:
+            return self._fail("no labelled items to evaluate: train first (validation items) "
+                              "or label some frames")
+        tables: list[pd.DataFrame] = []
+        self.status.setText(f"predicting {len(items)} items…")
+        self.worker = thread_worker(_run)(model.model, model.meta, items, tables)
+        self.worker.yielded.connect(lambda n: self.status.setText(f"predicted {n}/{len(items)}"))
+        self.worker.errored.connect(lambda exc: self._fail(f"evaluation failed: {exc}"))
+        self.worker.finished.connect(lambda: self._done(tables))
+        self.run_button.setEnabled(False)
+        self.worker.start()
+        return True
+
+    def _done(self, tables) -> None:
+        self.worker = None
+        self.run_button.setEnabled(True)
+        if not tables:
+            return
+        self.show_table(pd.concat(tables, ignore_index=True))
+
+    def show_table(self, table: pd.DataFrame) -> None:
+        """Metrics and figures of a labelled prediction table."""
+        self.table = table
+        bins = self.bin_spin.value()
+        self.metrics = evaluate_table(table, bin_hours=bins)
+        rows = metric_rows(self.metrics)
+        self.metrics_table.setRowCount(len(rows))
+        for i, (k, v) in enumerate(rows):
+            self.metrics_table.setItem(i, 0, QTableWidgetItem(k))
+            self.metrics_table.setItem(i, 1, QTableWidgetItem(v))
+        y = table["true_class"].to_numpy(dtype=np.float64)
+        p = table["p_infected"].to_numpy(dtype=np.float64)
+        for name, (fig, canvas) in self.figures.items():
+            fig.clear()
+            if name == "ROC":
+                roc_figure(y, p, ax=fig.add_subplot())
+            elif name == "confusion":
+                confusion_figure(y, (p >= 0.5).astype(int), ax=fig.add_subplot())
+            elif name == "time":
+                time_scatter_figure(table["true_time_h"], table["pred_time_h"], y,
+                                    ax=fig.add_subplot())
+            else:
+                per_bin_figure(per_bin_table(table, bins), fig=fig)
+            canvas.draw_idle()
+        auc = self.metrics["overall"]["classification"].get("roc_auc", np.nan)
+        mae = self.metrics["overall"]["regression"].get("mae", np.nan)
+        self.status.setText(f"{len(table)} items · ROC AUC {auc:.3f} · MAE {mae:.2f} h")
+        self.export_button.setEnabled(True)
+
+    def export(self, folder=None):
+        """metrics.json, per_bin.csv and the four figures as PNG (written atomically)."""
+        if self.table is None:
+            return None
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Export the evaluation to")
+            if not folder:
+                return None
+        try:
+            paths = save_report(self.table, folder, bin_hours=self.bin_spin.value())
+        except (OutputNotWritable, OSError) as exc:
+            self._fail(f"export failed: {exc}")
+            return None
+        self.status.setText(f"exported {len(paths)} files to {folder}")
+        return paths
+
+    def _fail(self, message: str) -> bool:
+        self.status.setText(message)
+        show_error(message)
+        return False

@@ -1,0 +1,175 @@
+"""Dock widget: which frames or tiles to label next, most uncertain first.
+
+Scores every frame (or tile) of the chosen image with the session model in a worker
+(:func:`..core.uncertainty.iter_stack_uncertainty`), drops what is already labelled, and
+steps the viewer through the list; a tile is outlined in a "label next" Shapes layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from napari.layers import Image
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.predictor import Predictor
+from ..core.stack import stack_from_array
+from ..core.targets import DEFAULT_FRAME_INTERVAL_H
+from ..core.tiles import TileSpec
+from ..core.uncertainty import METHODS, iter_stack_uncertainty, rank_uncertain
+from .annotation_widget import layer_stack_path
+from .state import session_for
+
+MARKER_LAYER = "label next"
+SHOWN = 50
+
+
+def _score(model, meta, stack, tiles, method, passes, stop, tables: list):
+    predictor = Predictor(model, meta, device="auto", batch_size=32, precision="fp32")
+    for table in iter_stack_uncertainty(predictor, stack, tiles, method=method, passes=passes,
+                                        should_stop=stop):
+        tables.append(table)
+        yield len(tables), stack.n_frames
+
+
+class LabelNextWidget(QWidget):
+    """Rank the chosen image's unlabelled frames/tiles by uncertainty and visit them."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.worker = None
+        self.ranked = pd.DataFrame()
+        self._stop = False
+        self._position = -1
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.image_combo = QComboBox()
+        self.method_combo = QComboBox()
+        self.method_combo.addItems(METHODS)
+        self.passes_spin = QSpinBox(minimum=2, maximum=100, value=8)
+        self.tile_spin = QSpinBox(minimum=0, maximum=4096, singleStep=32, value=0)
+        self.tile_spin.setSpecialValueText("whole frame")
+        form.addRow("image", self.image_combo)
+        form.addRow("uncertainty", self.method_combo)
+        form.addRow("dropout passes", self.passes_spin)
+        form.addRow("tile size", self.tile_spin)
+        layout.addLayout(form)
+        row = QHBoxLayout()
+        self.rank_button = QPushButton("Rank")
+        self.rank_button.clicked.connect(self.rank)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.clicked.connect(lambda: setattr(self, "_stop", True))
+        self.next_button = QPushButton("Next ▶")
+        self.next_button.clicked.connect(self.go_next)
+        for b in (self.rank_button, self.stop_button, self.next_button):
+            row.addWidget(b)
+        layout.addLayout(row)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        self.list = QListWidget()
+        self.list.currentRowChanged.connect(self.go_to)
+        layout.addWidget(self.list)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self._refresh_layers()
+
+    def _refresh_layers(self, event=None) -> None:
+        current = self.image_combo.currentText()
+        names = [ly.name for ly in self.viewer.layers if isinstance(ly, Image) and ly.ndim >= 3]
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+
+    def rank(self) -> bool:
+        """Score the chosen image in a worker; the list fills when it is done."""
+        if self.worker is not None:
+            return False
+        name = self.image_combo.currentText()
+        if self.session.model is None:
+            return self._fail("no model: load a checkpoint or train one first")
+        if name not in self.viewer.layers:
+            return self._fail("choose an image layer")
+        layer = self.viewer.layers[name]
+        interval = float(layer.metadata.get("frame_interval_h", DEFAULT_FRAME_INTERVAL_H))
+        stack = stack_from_array(layer.data, "TYXS" if layer.rgb else "TYX", name, interval)
+        tiles = TileSpec(tile_size=self.tile_spin.value() or None)
+        tables: list[pd.DataFrame] = []
+        self._stop = False
+        model = self.session.model
+        self.worker = thread_worker(_score)(
+            model.model, model.meta, stack, tiles, self.method_combo.currentText(),
+            self.passes_spin.value(), lambda: self._stop, tables)
+        self.worker.yielded.connect(lambda d: self.status.setText(f"scored {d[0]}/{d[1]} frames"))
+        self.worker.errored.connect(lambda exc: self._fail(f"ranking failed: {exc}"))
+        self.worker.finished.connect(lambda: self._done(layer, tables))
+        self.rank_button.setEnabled(False)
+        self.worker.start()
+        return True
+
+    def _done(self, layer, tables) -> None:
+        self.worker = None
+        self.rank_button.setEnabled(True)
+        table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        store = self.session.annotations.get(layer_stack_path(layer) or f"memory:{layer.name}")
+        frames = store.frames if store is not None else {}
+        boxes = list(store.crops) if store is not None else []
+        self.ranked = rank_uncertain(table, frames, boxes)
+        self.list.blockSignals(True)
+        self.list.clear()
+        whole = self.tile_spin.value() == 0
+        for row in self.ranked.head(SHOWN).itertuples(index=False):
+            where = "" if whole else f" · box ({row.y0}, {row.x0}, {row.y1}, {row.x1})"
+            self.list.addItem(f"frame {row.frame}{where} · p(infected) {row.p_infected:.2f} · "
+                              f"entropy {row.entropy:.2f} · spread {row.p_std:.3f}")
+        self.list.blockSignals(False)
+        self._position = -1
+        self.status.setText(f"{len(self.ranked)} unlabelled items ranked; most uncertain first")
+
+    def go_next(self) -> None:
+        """Step to the next most uncertain item."""
+        if self.list.count():
+            self.list.setCurrentRow(min(self.list.currentRow() + 1, self.list.count() - 1))
+
+    def go_to(self, index: int) -> None:
+        if not 0 <= index < len(self.ranked):
+            return
+        row = self.ranked.iloc[index]
+        self._position = index
+        self.viewer.dims.set_current_step(0, int(row.frame))
+        if self.tile_spin.value():
+            box = [int(row[c]) for c in ("y0", "x0", "y1", "x1")]
+            f = int(row.frame)
+            rect = np.array([[f, box[0], box[1]], [f, box[0], box[3]], [f, box[2], box[3]],
+                             [f, box[2], box[1]]], float)
+            if MARKER_LAYER in self.viewer.layers:
+                self.viewer.layers[MARKER_LAYER].data = [rect]
+            else:
+                self.viewer.add_shapes([rect], ndim=3, name=MARKER_LAYER, edge_color="yellow",
+                                       face_color="transparent", edge_width=2)
+
+    def _fail(self, message: str) -> bool:
+        self.status.setText(message)
+        show_error(message)
+        return False
+
+    def closeEvent(self, event) -> None:
+        self._stop = True
+        self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
+        self.viewer.layers.events.removed.disconnect(self._refresh_layers)
+        super().closeEvent(event)

@@ -1,0 +1,356 @@
+"""Dock widget: retrain on the viewer's labels, with live curves, off the GUI thread.
+
+The worker runs :func:`..core.retrain.iter_retrain` (the core's training generator) and
+yields its progress events; curves update their line data in place and redraw lazily.
+Stop is cooperative: the core checks a flag every batch, and the checkpoint file is only
+ever replaced whole, after a validated epoch, so a stop leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.blocks import SPLIT_MODES
+from ..core.device import DEVICE_CHOICES, select_device
+from ..core.feature_cache import FeatureCache
+from ..core.model import ARCHITECTURES, ModelConfig, PretrainedWeightsUnavailable
+from ..core.retrain import (
+    STARTS,
+    iter_retrain,
+    labels_of,
+    plan_from_labels,
+    start_model,
+    time_policy_of,
+)
+from ..core.trainer import BEST_METRICS, TrainConfig, TrainingError
+from .state import SessionModel, session_for
+
+#: Curves: history key -> (axes index, label, style).
+CURVES = {
+    "train_loss": (0, "train total", "C0-"),
+    "val_loss": (0, "val total", "C0--"),
+    "train_cls_loss": (0, "train cls", "C1-"),
+    "val_cls_loss": (0, "val cls", "C1--"),
+    "train_reg_loss": (0, "train reg", "C2-"),
+    "val_reg_loss": (0, "val reg", "C2--"),
+    "val_roc_auc": (1, "val ROC AUC", "C3o-"),
+    "val_mae": (2, "val MAE (h)", "C4s-"),
+}
+
+
+@thread_worker
+def _train(stores_table, plan, start, model_config, image_size, current, config, path, stop,
+           cache):
+    """Worker body: build the start model (ImageNet may try a download), then train."""
+    try:
+        model, meta = start_model(start, model_config, image_size,
+                                  time_policy_of(stores_table), current)
+    except PretrainedWeightsUnavailable as exc:
+        # A RuntimeError subclass, which superqt's worker would swallow as "aborted thread".
+        yield ("failed", exc, None)
+        return
+    yield ("model", model, meta)
+    for event in iter_retrain(model, meta, plan, config, path, should_stop=stop,
+                              feature_cache=cache):
+        yield ("progress", event, None)
+
+
+def _format_eta(seconds) -> str:
+    if seconds is None or not np.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def check_writable(path: Path) -> str | None:
+    """None when a file can be written at ``path``, else why not."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        return (f"cannot write the checkpoint to '{folder}' ({exc.strerror or exc}); choose "
+                "another output file")
+    return None
+
+
+class TrainingWidget(QWidget):
+    """Train on all labelled images of this viewer; hand the result to the session."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.worker = None
+        self.trained: SessionModel | None = None
+        self.history: list[dict] = []
+        self.last_event = None
+        self.output_path: Path | None = None
+        self._stop = False
+        #: Backbone features of heads-only runs, kept so the next run on the same
+        #: labels and start model skips the backbone.
+        self.feature_cache = FeatureCache()
+        self._build()
+        self.session.model_changed.connect(self._model_changed)
+        self._model_changed(self.session.model)
+
+    # --- layout ----------------------------------------------------------------------
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.start_combo = QComboBox()
+        self.start_combo.addItems(STARTS)
+        self.arch_combo = QComboBox()
+        self.arch_combo.addItems(ARCHITECTURES)
+        self.arch_combo.setCurrentText("resnet50")
+        self.size_spin = QSpinBox(minimum=32, maximum=2048, singleStep=32, value=224)
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(["heads", "full"])
+        self.epochs_spin = QSpinBox(minimum=1, maximum=1000, value=10)
+        self.lr_spin = QDoubleSpinBox(decimals=6, minimum=1e-6, maximum=1.0, singleStep=1e-4,
+                                      value=1e-4)
+        self.batch_spin = QSpinBox(minimum=1, maximum=1024, value=32)
+        self.cls_spin = QDoubleSpinBox(decimals=2, maximum=100.0, value=1.0)
+        self.reg_spin = QDoubleSpinBox(decimals=2, maximum=100.0, value=1.0)
+        self.augment_check = QCheckBox("flips and rotation")
+        self.augment_check.setChecked(True)
+        self.val_spin = QDoubleSpinBox(decimals=2, maximum=0.9, singleStep=0.05, value=0.2)
+        self.split_combo = QComboBox()
+        self.split_combo.addItems(SPLIT_MODES)
+        self.block_spin = QSpinBox(minimum=1, maximum=10000, value=8)
+        self.best_combo = QComboBox()
+        self.best_combo.addItems(list(BEST_METRICS))
+        # Few hand-labelled wells make the validation AUC jumpy; the validation loss weighs
+        # both heads, so the time head is never left at an early, untrained epoch.
+        self.best_combo.setCurrentText("loss")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICE_CHOICES)
+        self.output_edit = QLineEdit(str(Path.home() / "infection-clock-model.pt"))
+        browse = QPushButton("…")
+        browse.clicked.connect(self._browse_output)
+        out_row = QHBoxLayout()
+        out_row.addWidget(self.output_edit)
+        out_row.addWidget(browse)
+        self.auto_check = QCheckBox("use the new model and refresh predictions when done")
+        for label, w in (("start from", self.start_combo), ("backbone", self.arch_combo),
+                         ("image size", self.size_spin), ("train", self.mode_combo),
+                         ("epochs", self.epochs_spin), ("learning rate", self.lr_spin),
+                         ("batch size", self.batch_spin), ("class loss weight", self.cls_spin),
+                         ("time loss weight", self.reg_spin), ("augmentation", self.augment_check),
+                         ("validation share", self.val_spin), ("split", self.split_combo),
+                         ("frames per block", self.block_spin),
+                         ("best epoch by val.", self.best_combo), ("device", self.device_combo),
+                         ("save best to", out_row)):
+            form.addRow(label, w)
+        layout.addLayout(form)
+        layout.addWidget(self.auto_check)
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Start")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.clicked.connect(self.stop)
+        self.stop_button.setEnabled(False)
+        self.use_button = QPushButton("Use new model")
+        self.use_button.clicked.connect(self.use_trained)
+        self.use_button.setEnabled(False)
+        for b in (self.start_button, self.stop_button, self.use_button):
+            buttons.addWidget(b)
+        layout.addLayout(buttons)
+        self.progress = QProgressBar()
+        layout.addWidget(self.progress)
+        self.eta_label = QLabel("")
+        self.device_label = QLabel("")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        for w in (self.eta_label, self.device_label, self.status):
+            layout.addWidget(w)
+
+        self.figure = Figure(figsize=(4.5, 5.0), layout="constrained")
+        axes = self.figure.subplots(3, 1, sharex=True)
+        self.axes = axes
+        axes[0].set_ylabel("loss")
+        axes[1].set_ylabel("val ROC AUC")
+        axes[2].set_ylabel("val MAE (h)")
+        axes[2].set_xlabel("epoch")
+        self.lines = {key: axes[i].plot([], [], style, label=label, markersize=3)[0]
+                      for key, (i, label, style) in CURVES.items()}
+        axes[0].legend(fontsize="x-small", ncol=2)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(300)
+        layout.addWidget(self.canvas)
+
+    def _browse_output(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the best checkpoint", self.output_edit.text(),
+                                              "Checkpoint (*.pt)")
+        if path:
+            self.output_edit.setText(path)
+
+    def _model_changed(self, model) -> None:
+        if model is not None and self.worker is None:
+            self.start_combo.setCurrentText("session model")
+            self.arch_combo.setCurrentText(model.meta.model.arch)
+            self.size_spin.setValue(model.meta.preprocessing.image_size)
+
+    # --- run -------------------------------------------------------------------------
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs_spin.value(), batch_size=self.batch_spin.value(),
+                           lr=self.lr_spin.value(), cls_weight=self.cls_spin.value(),
+                           reg_weight=self.reg_spin.value(), mode=self.mode_combo.currentText(),
+                           augment=self.augment_check.isChecked(),
+                           best_metric=self.best_combo.currentText(),
+                           device=self.device_combo.currentText())
+
+    def start(self) -> bool:
+        """Check everything cheap on the GUI thread, then train in a worker."""
+        if self.worker is not None:
+            return False
+        path = Path(self.output_edit.text().strip()).expanduser()
+        if not self.output_edit.text().strip():
+            return self._fail("choose a file to save the best checkpoint to")
+        if (problem := check_writable(path)) is not None:
+            return self._fail(problem)
+        table = labels_of(self.session.annotations.values())
+        try:
+            config = self.train_config()
+            plan = plan_from_labels(table, self.val_spin.value(), self.split_combo.currentText(),
+                                    self.block_spin.value(), 1, config.seed)
+            device = select_device(config.device)
+        except (TrainingError, ValueError, RuntimeError) as exc:
+            return self._fail(str(exc))
+        start = self.start_combo.currentText()
+        current = self.session.model
+        if start == "session model" and current is None:
+            return self._fail("there is no loaded model to start from; load a checkpoint, or "
+                              "start from ImageNet or random")
+        self.session.validation_items = list(plan.val)
+        self.history, self.last_event, self._stop = [], None, False
+        for line in self.lines.values():
+            line.set_data([], [])
+        self.canvas.draw_idle()
+        self.device_label.setText(f"device: {device}")
+        self.status.setText(f"training: {plan.summary()}")
+        self.progress.setRange(0, config.epochs * max(1, -(-len(plan.train) // config.batch_size)))
+        self.progress.setValue(0)
+        self.use_button.setEnabled(False)
+        self.output_path = path
+        self.worker = _train(table, plan, start, ModelConfig(arch=self.arch_combo.currentText()),
+                             self.size_spin.value(),
+                             (current.model, current.meta) if current else None, config, path,
+                             lambda: self._stop, self.feature_cache)
+        self.worker.yielded.connect(self._on_yield)
+        self.worker.errored.connect(self._on_error)
+        self.worker.finished.connect(self._on_finished)
+        self.start_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.worker.start()
+        return True
+
+    def stop(self) -> None:
+        """Ask the run to stop at the next batch."""
+        if self.worker is None or self._stop:
+            return
+        self._stop = True
+        self.status.setText("stopping at the next batch…")
+
+    def _on_yield(self, message) -> None:
+        kind, payload, meta = message
+        if kind == "failed":
+            self._on_error(payload)
+            return
+        if kind == "model":
+            self._model, self._meta = payload, meta
+            return
+        event = payload
+        self.last_event = event
+        if event.stage == "features":
+            self.eta_label.setText(f"backbone features: {event.batch}/{event.batches} items")
+            return
+        self.progress.setValue((event.epoch - 1) * event.batches + event.batch)
+        if event.stage in ("done", "stopped"):
+            self.eta_label.setText(f"{event.stage} after {_format_eta(event.elapsed_s)}")
+        else:
+            self.eta_label.setText(f"epoch {event.epoch}/{event.epochs}, batch {event.batch}/"
+                                   f"{event.batches} · ETA {_format_eta(event.eta_s)}")
+        if event.stage == "epoch":
+            self.history.append(event.record)
+            self._update_curves()
+        elif event.stage in ("done", "stopped"):
+            self._finish(event)
+
+    def _update_curves(self) -> None:
+        epochs = [r["epoch"] for r in self.history]
+        for key, line in self.lines.items():
+            line.set_data(epochs, [r.get(key, np.nan) for r in self.history])
+        for ax in self.axes:
+            ax.relim()
+            ax.autoscale_view()
+        self.canvas.draw_idle()
+
+    def _finish(self, event) -> None:
+        if event.best_epoch is None:
+            self.status.setText(f"{event.stage} before the first epoch ended: no new checkpoint; "
+                                f"'{self.output_path}' is unchanged")
+            return
+        self.trained = SessionModel(self._model.eval(), self._meta, Path(event.checkpoint),
+                                    origin="trained in this session")
+        word = "stopped" if event.stage == "stopped" else "done"
+        self.status.setText(f"{word}: best epoch {event.best_epoch} saved to {event.checkpoint}")
+        self.use_button.setEnabled(True)
+        if self.auto_check.isChecked():
+            self.use_trained()
+
+    def use_trained(self) -> None:
+        """Make the trained model the session's and ask for fresh predictions."""
+        if self.trained is None:
+            return
+        self.session.set_model(self.trained)
+        refreshed = self.session.request_prediction()
+        show_info("new model in use" + ("; predicting again" if refreshed else
+                                        " (open 'Predict infection' to see its overlays)"))
+
+    def _on_error(self, exc) -> None:
+        if isinstance(exc, PretrainedWeightsUnavailable):
+            message = f"{exc}\nPick 'random' under 'start from' to train without them."
+        elif isinstance(exc, (TrainingError, ValueError, OSError)):
+            message = str(exc)
+        else:
+            message = f"training failed: {type(exc).__name__}: {exc}"
+        self._fail(message)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+
+    def _fail(self, message: str) -> bool:
+        self.status.setText(message)
+        show_error(message)
+        return False
+
+    def closeEvent(self, event) -> None:
+        self._stop = True
+        self.session.model_changed.disconnect(self._model_changed)
+        super().closeEvent(event)

@@ -1,0 +1,150 @@
+"""The annotation dock in a real viewer: buttons, shortcuts, crops, autosave and reload."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_infection_clock.core.annotations import sidecar_path
+from napari_infection_clock.core.labels import read_label_table
+from napari_infection_clock.core.stack import write_stack
+from napari_infection_clock.core.synthetic import generate_stack
+from napari_infection_clock.ui.annotation_widget import KEYS, AnnotationWidget
+from napari_infection_clock.ui.state import session_for
+
+N_FRAMES = 20
+
+
+@pytest.fixture
+def stack_file(tmp_path):
+    path = tmp_path / "images" / "well_p2_t0-19.tif"
+    write_stack(path, generate_stack(True, seed=3, n_frames=N_FRAMES, size=48, dtype="uint8"),
+                "TYX", 0.5)
+    return path
+
+
+def _open(make_napari_viewer, path, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-infection-clock")
+    widget = AnnotationWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget
+
+
+def _press(viewer, qtbot, key):
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, key, Qt.ShiftModifier)
+
+
+def test_label_with_buttons_keys_and_crops_then_reopen(make_napari_viewer, qtbot, stack_file,
+                                                       tmp_path):
+    viewer, widget = _open(make_napari_viewer, stack_file, qtbot)
+    assert widget.store is not None and widget.store.stack == str(stack_file.resolve())
+    widget.condition_combo.setCurrentText("infected")
+    widget.onset_spin.setValue(2.0)
+    widget.onset_spin.editingFinished.emit()
+    assert (widget.store.condition, widget.store.onset_h) == ("infected", 2.0)
+
+    viewer.dims.set_current_step(0, 10)
+    qtbot.mouseClick(widget.buttons["infected"], Qt.LeftButton)
+    assert "infected" in widget.frame_info.text() and "infected for 3 h" in widget.frame_info.text()
+    viewer.dims.set_current_step(0, 1)
+    _press(viewer, qtbot, Qt.Key_U)  # Shift+U on the canvas
+    viewer.dims.set_current_step(0, 0)
+    _press(viewer, qtbot, Qt.Key_U)
+    widget.range_check.setChecked(True)
+    widget.range_from.setValue(12)
+    widget.range_to.setValue(15)
+    qtbot.mouseClick(widget.buttons["infected"], Qt.LeftButton)
+    widget.range_check.setChecked(False)
+    viewer.dims.set_current_step(0, 15)
+    _press(viewer, qtbot, Qt.Key_C)  # clear frame 15
+    assert widget.store.frames == {0: "uninfected", 1: "uninfected", 10: "infected",
+                                   12: "infected", 13: "infected", 14: "infected"}
+
+    # crops: draw two rectangles on frame 12, relabel one by shortcut
+    viewer.dims.set_current_step(0, 12)
+    crops = widget.show_crops_layer()
+    crops.add_rectangles([np.array([[12, 2, 3], [12, 2, 20], [12, 18, 20], [12, 18, 3]]),
+                          np.array([[12, 20, 20], [12, 20, 40], [12, 40, 40], [12, 40, 20]])])
+    assert set(widget.store.crops.values()) == {"infected"}
+    crops.selected_data = {1}
+    _press(viewer, qtbot, Qt.Key_U)
+    assert widget.store.crops == {(12, (2, 3, 18, 20)): "infected",
+                                  (12, (20, 20, 40, 40)): "uninfected"}
+    crops.selected_data = {0}
+    widget.crop_label_combo.setCurrentText("uninfected")
+    qtbot.mouseClick(widget.apply_crops_button, Qt.LeftButton)  # set from the widget
+    assert set(widget.store.crops.values()) == {"uninfected"}
+    _press(viewer, qtbot, Qt.Key_I)  # and back by shortcut
+    assert "frames: 4 infected, 2 uninfected" in widget.counts_label.text()
+    assert "crops: 1 infected, 1 uninfected" in widget.counts_label.text()
+
+    # a contradiction is flagged
+    viewer.dims.set_current_step(0, 16)
+    qtbot.mouseClick(widget.buttons["uninfected"], Qt.LeftButton)
+    flags = [widget.issues_list.item(i).text() for i in range(widget.issues_list.count())]
+    assert any("frame 16" in f and "uninfected after frame 10" in f for f in flags)
+
+    saved = sidecar_path(stack_file)
+    assert saved.is_file()
+    frames, crops_before = dict(widget.store.frames), dict(widget.store.crops)
+
+    widget.close()
+    assert not any(k in str(kb) for kb in viewer.keymap for k in ("Shift-I",))
+    viewer.close()
+    session_for(viewer).annotations.clear()
+
+    viewer2, widget2 = _open(make_napari_viewer, stack_file, qtbot)
+    assert widget2.store.frames == frames and widget2.store.crops == crops_before
+    assert widget2.condition_combo.currentText() == "infected"
+    assert widget2.crops_layer is not None and len(widget2.crops_layer.data) == 2
+    assert list(widget2.crops_layer.features["label"]) == ["infected", "uninfected"]
+
+
+def test_bad_onset_export_import_and_unsaved_image(make_napari_viewer, qtbot, stack_file,
+                                                   tmp_path):
+    viewer, widget = _open(make_napari_viewer, stack_file, qtbot)
+    widget.condition_combo.setCurrentText("infected")
+    widget.onset_spin.setValue(50.0)  # the stack spans 0-9.5 h
+    widget.onset_spin.editingFinished.emit()
+    assert "outside the stack" in widget.status.text()
+    assert widget.onset_spin.value() == widget.store.onset_h != 50.0
+
+    viewer.dims.set_current_step(0, 8)
+    widget.label_current("infected")
+    out = widget.export_csv(tmp_path / "labels.csv")
+    table = read_label_table(out)
+    assert table[["frame", "label"]].values.tolist() == [[8, "infected"]]
+
+    widget.label_current(None)
+    assert widget.import_csv(out) == 1 and widget.store.frames == {8: "infected"}
+
+    # an image with no file (sample data): kept in memory, then saved with a project folder
+    data = generate_stack(False, seed=1, n_frames=6, size=32, dtype="uint8")
+    viewer.add_image(data, name="mock (synthetic)",
+                     metadata={"infected": False, "frame_interval_h": 0.5, "onset_h": 1.0})
+    widget.image_combo.setCurrentText("mock (synthetic)")
+    assert widget.store.condition == "mock"
+    viewer.dims.set_current_step(0, 2)
+    widget.label_current("uninfected")
+    assert "choose a project folder" in widget.status.text()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    widget.set_project_dir(blocker / "project")  # cannot be created: message, labels kept
+    assert widget.store.frames == {2: "uninfected"}
+    widget.set_project_dir(tmp_path / "project")
+    widget.label_current("uninfected")
+    copy = tmp_path / "project" / "mock_synthetic.tif"
+    assert copy.is_file() and sidecar_path(copy, tmp_path / "project").is_file()
+    assert widget.store.frames == {2: "uninfected"} and widget.store.stack == str(copy.resolve())
+    widget.close()
+    assert all(viewer.keymap.get(k) is None for k in KEYS)
+
+
+@pytest.mark.parametrize("title", ["Annotate frames and crops", "Retrain on labels",
+                                   "Evaluate the model", "What to label next"])
+def test_docks_open_from_the_plugin_menu(make_napari_viewer, title):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-infection-clock", title)
+    assert widget is not None and dock.isVisible() is not None

@@ -1,0 +1,105 @@
+"""Evaluation and label-next docks in a real viewer, with a small model trained here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from napari_infection_clock.core.annotations import open_annotations
+from napari_infection_clock.core.checkpoint import CheckpointMeta
+from napari_infection_clock.core.dataset import ItemDataset
+from napari_infection_clock.core.items import FramePolicy, research_items
+from napari_infection_clock.core.model import ModelConfig, build_model
+from napari_infection_clock.core.preprocess import Preprocessing
+from napari_infection_clock.core.synthetic import write_research_dataset
+from napari_infection_clock.core.targets import TimePolicy
+from napari_infection_clock.core.trainer import TrainConfig, run_training
+from napari_infection_clock.ui.evaluation_widget import EvaluationWidget
+from napari_infection_clock.ui.label_next_widget import MARKER_LAYER, LabelNextWidget
+from napari_infection_clock.ui.state import SessionModel, session_for
+
+PREP = Preprocessing(image_size=32)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluation")
+    paths = write_research_dataset(root, n_infected=2, n_mock=2, n_frames=30, size=48, seed=4)
+    items = research_items(root, FramePolicy())
+    torch.manual_seed(0)
+    config = ModelConfig(arch="resnet18", hidden_dim=32, dropout=0.3)
+    model = build_model(config)
+    meta = CheckpointMeta(model=config, preprocessing=PREP, time=TimePolicy())
+    run_training(model, ItemDataset(items, PREP), None,
+                 TrainConfig(epochs=4, batch_size=32, lr=1e-3, device="cpu"), meta)
+    return SessionModel(model.eval(), meta, origin="trained in this session"), items, paths
+
+
+def test_evaluation_dock_shows_metrics_figures_and_exports(make_napari_viewer, qtbot, trained,
+                                                           tmp_path):
+    model, items, _ = trained
+    viewer = make_napari_viewer()
+    widget = EvaluationWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert not widget.evaluate() and "no model" in widget.status.text()
+    session = session_for(viewer)
+    session.set_model(model)
+    assert not widget.evaluate() and "no labelled items" in widget.status.text()
+
+    session.validation_items = items[::3]
+    assert widget.evaluate()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    rows = {widget.metrics_table.item(i, 0).text(): widget.metrics_table.item(i, 1).text()
+            for i in range(widget.metrics_table.rowCount())}
+    assert {"accuracy", "roc_auc", "mae (all)", "slope (infected)"} <= set(rows)
+    assert len(widget.table) == len(items[::3])
+    assert "ROC AUC" in widget.status.text()
+    roc_fig = widget.figures["ROC"][0]
+    assert roc_fig.axes and roc_fig.axes[0].get_title().startswith("ROC")
+    assert len(widget.figures["per bin"][0].axes) == 2
+    scatter = widget.figures["time"][0].axes[0]
+    assert any("least squares" in t.get_text() for t in scatter.get_legend().get_texts())
+
+    paths = widget.export(tmp_path / "report")
+    assert {"metrics.json", "roc.png", "confusion.png", "time_scatter.png", "per_bin.png"} <= {
+        p.name for p in paths.values()}
+    assert "overall" in json.loads((tmp_path / "report" / "metrics.json").read_text())
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert widget.export(blocker / "report") is None and "export failed" in widget.status.text()
+
+
+def test_label_next_ranks_ambiguous_first_and_steps_through(make_napari_viewer, qtbot, trained,
+                                                           tmp_path):
+    model, _, paths = trained
+    viewer = make_napari_viewer()
+    viewer.open(str(paths[0]), plugin="napari-infection-clock")  # an infected well
+    widget = LabelNextWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    session = session_for(viewer)
+    session.set_model(model)
+    store, _ = open_annotations(paths[0], 30)
+    store.label_frames([5], "infected")
+    session.annotations[store.stack] = store
+
+    assert widget.rank()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    order = widget.ranked["frame"].tolist()
+    assert 5 not in order and len(order) == 29
+    assert order.index(0) < order.index(29)  # frame 0 equals its mock twin: ambiguous
+    widget.next_button.click()
+    assert viewer.dims.current_step[0] == order[0]
+    widget.next_button.click()
+    assert viewer.dims.current_step[0] == order[1]
+
+    widget.tile_spin.setValue(24)
+    widget.method_combo.setCurrentText("mc_dropout")
+    widget.passes_spin.setValue(3)
+    assert widget.rank()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert len(widget.ranked) == 29 * 4
+    widget.next_button.click()
+    marker = viewer.layers[MARKER_LAYER]
+    assert len(marker.data) == 1 and marker.data[0][0, 0] == widget.ranked.frame.iloc[0]

@@ -1,0 +1,139 @@
+"""The training dock in a real viewer: a worker trains on annotation stores, curves
+update, Stop keeps the old checkpoint, bad input is refused with a message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from qtpy.QtCore import Qt
+
+from napari_infection_clock.core.annotations import open_annotations
+from napari_infection_clock.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from napari_infection_clock.core.model import ModelConfig, build_model
+from napari_infection_clock.core.preprocess import Preprocessing
+from napari_infection_clock.core.synthetic import write_research_dataset
+from napari_infection_clock.ui.state import SessionModel, session_for
+from napari_infection_clock.ui.training_widget import TrainingWidget
+
+
+@pytest.fixture(scope="module")
+def wells(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wells")
+    return write_research_dataset(root, n_infected=2, n_mock=2, n_frames=16, size=32, seed=2)
+
+
+def _label(session, paths, n_frames=16):
+    """What the annotation widget leaves in the session: one store per labelled image."""
+    for path in paths:
+        store, sidecar = open_annotations(path, n_frames)
+        infected = "infected" in path.parent.name and "uninfected" not in path.parent.name
+        store.set_condition("infected" if infected else "mock", onset_h=1.0)
+        store.label_frames(range(2 if infected else 0, n_frames), "infected" if infected else "uninfected")
+        store.save(sidecar)
+        session.annotations[store.stack] = store
+
+
+def _widget(make_napari_viewer, tmp_path, epochs=2):
+    viewer = make_napari_viewer()
+    widget = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.start_combo.setCurrentText("random")
+    widget.arch_combo.setCurrentText("resnet18")
+    widget.size_spin.setValue(32)
+    widget.epochs_spin.setValue(epochs)
+    widget.batch_spin.setValue(16)
+    widget.lr_spin.setValue(1e-3)
+    widget.device_combo.setCurrentText("cpu")
+    widget.output_edit.setText(str(tmp_path / "out" / "model.pt"))
+    return viewer, widget
+
+
+def test_train_in_worker_curves_update_and_model_is_used(make_napari_viewer, qtbot, wells,
+                                                         tmp_path):
+    viewer, widget = _widget(make_napari_viewer, tmp_path)
+    session = session_for(viewer)
+    _label(session, wells)
+    epochs_seen, requested = [], []
+    session.prediction_requested.connect(lambda: requested.append(True))
+    widget.auto_check.setChecked(True)  # use the new model and refresh predictions when done
+    assert widget.start()
+    widget.worker.yielded.connect(
+        lambda m: epochs_seen.append(len(widget.lines["train_loss"].get_xdata()))
+        if m[0] == "progress" and m[1].stage == "epoch" else None)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
+    assert epochs_seen == [1, 2]  # the curve grew after each epoch, in place
+    assert list(widget.lines["val_loss"].get_xdata()) == [1, 2]
+    assert len(widget.lines["val_mae"].get_ydata()) == 2
+    assert widget.device_label.text() == "device: cpu"
+    assert "best epoch" in widget.status.text() and widget.use_button.isEnabled()
+    _, meta = load_checkpoint(tmp_path / "out" / "model.pt")
+    assert len(meta.history) == 2 and meta.preprocessing.image_size == 32
+    assert session.validation_items  # for the evaluation dock
+    assert session.model is widget.trained and requested == [True]
+    assert session.model.origin == "trained in this session"
+    widget.use_button.click()  # the one-click way does the same
+    assert session.model is widget.trained and requested == [True, True]
+
+
+def test_stop_keeps_the_previous_checkpoint(make_napari_viewer, qtbot, wells, tmp_path):
+    viewer, widget = _widget(make_napari_viewer, tmp_path, epochs=3)
+    widget.mode_combo.setCurrentText("full")
+    session = session_for(viewer)
+    _label(session, wells)
+    torch.manual_seed(0)
+    config = ModelConfig(arch="resnet18", hidden_dim=32)
+    old = save_checkpoint(tmp_path / "out" / "model.pt", build_model(config),
+                          CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=32)))
+    before = old.read_bytes()
+    assert widget.start()
+    # Stop is a flag the core polls before each batch; set it from the worker thread right
+    # after the first batch (a direct connection), so the run is certainly mid-epoch.
+    widget.worker.yielded.connect(
+        lambda m: setattr(widget, "_stop", True) if m[0] == "progress" else None,
+        Qt.DirectConnection)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    event = widget.last_event
+    assert (event.stage, event.epoch, event.batch) == ("stopped", 1, 2)  # after one batch
+    assert old.read_bytes() == before
+    assert sorted(p.name for p in old.parent.iterdir()) == ["model.pt"]
+    assert "unchanged" in widget.status.text() and not widget.use_button.isEnabled()
+
+
+def test_bad_input_is_refused_with_a_message(make_napari_viewer, qtbot, wells, tmp_path):
+    viewer, widget = _widget(make_napari_viewer, tmp_path)
+    session = session_for(viewer)
+    assert not widget.start() and "no labels" in widget.status.text()
+
+    _label(session, [p for p in wells if p.parent.name == "uninfected"])
+    assert not widget.start() and "are uninfected" in widget.status.text()
+
+    _label(session, wells)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    widget.output_edit.setText(str(blocker / "model.pt"))
+    assert not widget.start() and "cannot write the checkpoint" in widget.status.text()
+    assert widget.worker is None
+
+    widget.output_edit.setText(str(tmp_path / "m.pt"))
+    widget.start_combo.setCurrentText("session model")
+    assert not widget.start() and "no loaded model" in widget.status.text()
+
+    # ImageNet weights offline: the message says so and offers random; nothing falls back
+    widget.start_combo.setCurrentText("imagenet")
+    from napari_infection_clock.core.model import imagenet_weights_file
+
+    if imagenet_weights_file("resnet18").exists():
+        pytest.skip("ImageNet weights are cached here")
+    assert widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert "not available" in widget.status.text() and "random" in widget.status.text()
+    assert not (tmp_path / "m.pt").exists() and widget.trained is None
+
+
+def test_session_model_is_the_default_start(make_napari_viewer, tmp_path):
+    viewer, widget = _widget(make_napari_viewer, tmp_path)
+    config = ModelConfig(arch="resnet34", hidden_dim=16)
+    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=96))
+    session_for(viewer).set_model(SessionModel(build_model(config), meta))
+    assert widget.start_combo.currentText() == "session model"
+    assert widget.arch_combo.currentText() == "resnet34" and widget.size_spin.value() == 96
