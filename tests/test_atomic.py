@@ -1,8 +1,14 @@
 import stat
+from pathlib import Path
 
 import pytest
 
-from napari_infection_clock.core.atomic import OutputNotWritable, write_atomic, write_text_atomic
+from napari_infection_clock.core.atomic import (
+    OutputNotWritable,
+    check_writable,
+    write_atomic,
+    write_text_atomic,
+)
 
 
 def test_replaces_whole_file_with_normal_permissions(tmp_path):
@@ -29,8 +35,10 @@ def test_folder_or_unwritable_target_is_a_clear_error(tmp_path):
     with pytest.raises(OutputNotWritable, match="is a folder"):
         write_text_atomic(tmp_path, "x")
     not_a_folder = write_text_atomic(tmp_path / "file.txt", "x")
-    with pytest.raises(OutputNotWritable, match="not a writable folder"):
-        write_text_atomic(not_a_folder / "a.txt", "x")
-    # /proc refuses new files even to root, so this fails for every user.
-    with pytest.raises(OutputNotWritable, match="cannot write"):
-        write_text_atomic("/proc/infection-clock-test.txt", "x")
+    for target in (not_a_folder / "a.txt", Path("/proc/infection-clock-test.txt")):
+        # /proc refuses new files even to root, so this holds for every user.
+        with pytest.raises(OutputNotWritable, match="is not a writable folder"):
+            check_writable(target)
+        with pytest.raises(OutputNotWritable, match="cannot write"):
+            write_text_atomic(target, "x")
+    assert check_writable(tmp_path / "new" / "a.txt").parent.is_dir()

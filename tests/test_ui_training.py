@@ -111,7 +111,7 @@ def test_bad_input_is_refused_with_a_message(make_napari_viewer, qtbot, wells, t
     blocker = tmp_path / "file"
     blocker.write_text("x")
     widget.output_edit.setText(str(blocker / "model.pt"))
-    assert not widget.start() and "cannot write the checkpoint" in widget.status.text()
+    assert not widget.start() and "is not a writable folder" in widget.status.text()
     assert widget.worker is None
 
     widget.output_edit.setText(str(tmp_path / "m.pt"))

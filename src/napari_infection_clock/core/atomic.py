@@ -23,24 +23,35 @@ _FILE_MODE = 0o666 & ~_process_umask()
 
 
 def check_writable(path) -> Path:
-    """Fail early, before long work, if ``path`` cannot be written as a file."""
+    """Fail early, before long work, if a file cannot be written at ``path``.
+
+    It really creates (and removes) a file there: permission bits say little when
+    running as root, and nothing about read-only mounts.
+    """
+    path = _not_a_folder(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise OutputNotWritable(
+            f"cannot write '{path}': '{path.parent}' is not a writable folder "
+            f"({exc.strerror or exc}). Choose another output folder."
+        ) from exc
+    return path
+
+
+def _not_a_folder(path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputNotWritable(f"'{path}' is a folder; give a file name to write to")
-    folder = path.parent
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputNotWritable(
-            f"cannot write '{path}': '{existing}' is not a writable folder. "
-            "Choose another output folder."
-        )
     return path
 
 
 def write_atomic(path, write: Callable[[Path], None], suffix: str = "") -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it over
     ``path`` in one step; on any failure the temporary file goes and ``path`` is untouched."""
-    path = check_writable(path)
+    path = _not_a_folder(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)

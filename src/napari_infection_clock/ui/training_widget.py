@@ -8,7 +8,6 @@ ever replaced whole, after a validated epoch, so a stop leaves the previous one 
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.atomic import OutputNotWritable, check_writable
 from ..core.blocks import SPLIT_MODES
 from ..core.device import DEVICE_CHOICES, select_device
 from ..core.feature_cache import FeatureCache
@@ -82,19 +82,6 @@ def _format_eta(seconds) -> str:
         return "?"
     seconds = int(round(seconds))
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
-
-
-def check_writable(path: Path) -> str | None:
-    """None when a file can be written at ``path``, else why not."""
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        return (f"cannot write the checkpoint to '{folder}' ({exc.strerror or exc}); choose "
-                "another output file")
-    return None
 
 
 class TrainingWidget(QWidget):
@@ -230,8 +217,10 @@ class TrainingWidget(QWidget):
         path = Path(self.output_edit.text().strip()).expanduser()
         if not self.output_edit.text().strip():
             return self._fail("choose a file to save the best checkpoint to")
-        if (problem := check_writable(path)) is not None:
-            return self._fail(problem)
+        try:
+            check_writable(path)
+        except OutputNotWritable as exc:
+            return self._fail(str(exc))
         table = labels_of(self.session.annotations.values())
         try:
             config = self.train_config()
