@@ -27,6 +27,13 @@ class BlockSplit:
     guard: list[Item] = field(default_factory=list)
     how: str = ""
 
+    def summary(self) -> str:
+        def count(items):
+            n_inf = sum(i.label == INFECTED for i in items)
+            return f"{len(items)} ({n_inf} infected, {len(items) - n_inf} uninfected)"
+
+        return f"train {count(self.train)}, validation {count(self.val)}; {self.how}"
+
 
 def _groups_per_class(items) -> dict[int, set[str]]:
     out = {INFECTED: set(), UNINFECTED: set()}

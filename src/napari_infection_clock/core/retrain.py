@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import pandas as pd
 from .blocks import BlockSplit, split_for_training
 from .checkpoint import CheckpointMeta
 from .dataset import ItemDataset
-from .items import Item, label_table_items
+from .items import label_table_items
 from .model import ModelConfig, MultitaskResNet, build_model
 from .preprocess import Preprocessing
 from .targets import CLASS_NAMES, DEFAULT_CLAMP, TimePolicy
@@ -26,26 +26,9 @@ from .trainer import TrainConfig, TrainingError, TrainProgress, iter_train
 STARTS = ("session model", "imagenet", "random")
 
 
-@dataclass
-class RetrainPlan:
-    """What will be trained on and validated with."""
-
-    train: list[Item]
-    val: list[Item]
-    guard: list[Item] = field(default_factory=list)
-    how: str = ""
-
-    def summary(self) -> str:
-        def count(items):
-            n_inf = sum(i.label == 1 for i in items)
-            return f"{len(items)} ({n_inf} infected, {len(items) - n_inf} uninfected)"
-
-        return f"train {count(self.train)}, validation {count(self.val)}; {self.how}"
-
-
 def plan_from_labels(table: pd.DataFrame, val_fraction: float = 0.2, split_mode: str = "auto",
                      block_frames: int = 8, gap_frames: int = 1, seed: int = 0,
-                     clamp=DEFAULT_CLAMP) -> RetrainPlan:
+                     clamp=DEFAULT_CLAMP) -> BlockSplit:
     """Items of a label table and their split; refuses what cannot be trained."""
     if table is None or len(table) == 0:
         raise TrainingError("no labels yet: label some frames or crops (both classes) first")
@@ -60,7 +43,7 @@ def plan_from_labels(table: pd.DataFrame, val_fraction: float = 0.2, split_mode:
     if len({i.label for i in split.train}) < 2:
         raise TrainingError(f"after the validation split ({split.how}) the training items hold "
                             "one class only; label more frames or lower the validation share")
-    return RetrainPlan(split.train, split.val, split.guard, split.how)
+    return split
 
 
 def time_policy_of(table: pd.DataFrame) -> TimePolicy:
@@ -100,7 +83,7 @@ def start_model(start: str, config: ModelConfig, image_size: int, time: TimePoli
     return model, meta
 
 
-def iter_retrain(model: MultitaskResNet, meta: CheckpointMeta, plan: RetrainPlan,
+def iter_retrain(model: MultitaskResNet, meta: CheckpointMeta, plan: BlockSplit,
                  config: TrainConfig, checkpoint_path: str | Path | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  feature_cache=None) -> Iterator[TrainProgress]:
