@@ -81,6 +81,33 @@ def test_changed_backbone_misses_heads_do_not_matter(root):
     assert torch.isfinite(feats).all()
 
 
+def test_remembered_digest_follows_every_kind_of_backbone_change():
+    """The digest is memoised per module; each way weights change must still change it."""
+    model = _model()
+    other = _model()
+    with torch.no_grad():
+        other.backbone.conv1.weight.mul_(2.0)
+    first = backbone_digest(model.backbone)
+    assert backbone_digest(model.backbone) == first  # unchanged: the remembered digest
+    model.backbone.load_state_dict(other.backbone.state_dict())  # weights of another model
+    loaded = backbone_digest(model.backbone)
+    assert loaded != first and loaded == backbone_digest(other.backbone)
+    params = [p for p in model.backbone.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    model.backbone.train()
+    model.backbone(torch.rand(2, 3, 32, 32)).sum().backward()  # also updates BN statistics
+    optimizer.step()
+    stepped = backbone_digest(model.backbone)
+    assert stepped != loaded
+    with torch.no_grad():
+        model.backbone.conv1.weight[0, 0, 0, 0] = 7.0  # in place, same storage
+    assert backbone_digest(model.backbone) != stepped
+    model.backbone.conv1.weight = torch.nn.Parameter(model.backbone.conv1.weight.clone())
+    assert backbone_digest(model.backbone) == backbone_digest(model.backbone)  # new storage
+    model.backbone.double()  # dtype change
+    assert backbone_digest(model.backbone) != stepped
+
+
 def test_rewritten_image_misses_only_its_items(tmp_path):
     model, cache = _model(), FeatureCache()
     root = tmp_path / "data"

@@ -1,6 +1,7 @@
 """The fast prediction path gives the answers of the plain one (no timings here: see
 benchmarks/run_benchmarks.py), streams frames, and bf16 stays within the stated tolerance."""
 
+import os
 import threading
 
 import numpy as np
@@ -62,7 +63,7 @@ def test_batches_across_frames_equal_tile_by_tile(random_model):
     frames = np.random.default_rng(1).integers(0, 4000, size=(4, 40, 56), dtype=np.uint16)
     stack = stack_from_array(frames)
     spec = TileSpec(tile_size=20)  # 2 x 3 tiles per frame, the last column padded
-    fast = Predictor(random_model, META, device="cpu", batch_size=5, precision="fp32")
+    fast = Predictor(random_model, META, device="cpu", batch_size=5, precision="fp32", prefetch=2)
     events = list(fast.iter_stack(stack, tiles=spec, first_frame=2))
     assert [e.frame for e in events] == [2, 0, 1, 3]
     assert [e.done for e in events] == [1, 2, 3, 4] and events[0].total == 4
@@ -96,7 +97,7 @@ def test_mixed_size_regions_and_whole_frames(random_model):
 def test_prediction_streams_frames(random_model):
     frames = np.random.default_rng(3).integers(0, 255, size=(40, 32, 32), dtype=np.uint8)
     source = CountingFrames(frames)
-    fast = Predictor(random_model, META, device="cpu", batch_size=2, precision="fp32")
+    fast = Predictor(random_model, META, device="cpu", batch_size=2, precision="fp32", prefetch=2)
     ahead = []
     for event in fast.iter_stack(stack_from_array(source)):
         ahead.append(len(source.read) - event.done)
@@ -107,7 +108,7 @@ def test_prediction_streams_frames(random_model):
 
 def test_read_errors_surface_and_the_reader_thread_ends(random_model):
     frames = np.zeros((6, 32, 32), np.uint8)
-    fast = Predictor(random_model, META, device="cpu", batch_size=1, precision="fp32")
+    fast = Predictor(random_model, META, device="cpu", batch_size=1, precision="fp32", prefetch=2)
     seen = []
     with pytest.raises(OSError, match="frame 3"):
         for event in fast.iter_stack(stack_from_array(CountingFrames(frames, fail_at=3))):
@@ -117,6 +118,29 @@ def test_read_errors_surface_and_the_reader_thread_ends(random_model):
     next(events)
     events.close()  # a caller that stops listening
     assert not [t for t in threading.enumerate() if t.name == "infection-clock-reader"]
+
+
+def test_fast_path_runs_a_folded_copy_and_leaves_the_model_alone(random_model):
+    before = {k: v.clone() for k, v in random_model.state_dict().items()}
+    fast = Predictor(random_model, META, device="cpu", precision="bf16")
+    layers = list(fast._forward.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in layers)  # folded
+    assert all(p.dtype == torch.bfloat16 for p in fast._forward.parameters())
+    fast.predict_crops(np.zeros((2, 32, 32), np.uint8))
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in random_model.modules())
+    after = random_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.dtype == torch.float32 for p in random_model.parameters())
+    exact = Predictor(random_model, META, device="cpu", precision="fp32")
+    assert exact._forward is random_model  # the switch runs the model itself
+
+
+def test_defaults_suit_the_device(random_model):
+    cpu = Predictor(random_model, META, device="cpu")
+    assert cpu.batch_size == predictor_module.DEFAULT_BATCH_SIZE["cpu"]
+    spare_core = (torch.get_num_threads() < (os.cpu_count() or 1))
+    assert cpu.prefetch == (predictor_module.PREFETCH_BATCHES if spare_core else 0)
+    assert Predictor(random_model, META, device="cpu", prefetch=3).prefetch == 3
 
 
 def test_uint16_travels_as_int16_bits():

@@ -155,7 +155,9 @@ def _tile_args(p):
 
 def _run_args(p):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--batch-size", type=int, help="items per forward pass (default: 4 on CPU, 16 on GPU)"
+    )
     p.add_argument(
         "--precision", choices=PRECISIONS, default="auto", help="fp32 forces exact float32"
     )
@@ -562,7 +564,7 @@ def cmd_demo(args) -> int:
             stride=None,
             border="pad",
             device=args.device,
-            batch_size=32,
+            batch_size=None,
             precision="auto",
             frames=None,
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -39,8 +40,35 @@ class FeatureProgress:
     total: int
 
 
+#: backbone -> (state stamp, digest), so a warm retrain does not re-hash 94 MB of weights.
+_DIGESTS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
+
+
+def _state_stamp(backbone: nn.Module) -> tuple:
+    """What changes whenever a parameter or buffer changes: each tensor's storage address,
+    layout and version counter (bumped by every in-place update: optimiser steps,
+    ``load_state_dict``, BatchNorm statistics, ``.data`` copies)."""
+    return tuple(
+        (name, t.data_ptr(), t._version, t.dtype, tuple(t.shape), t.stride(), str(t.device))
+        for name, t in backbone.state_dict(keep_vars=True).items()
+    )
+
+
 def backbone_digest(backbone: nn.Module) -> str:
-    """A hash of every parameter and buffer of ``backbone`` (names, dtypes, shapes, bytes)."""
+    """A hash of every parameter and buffer of ``backbone`` (names, dtypes, shapes, bytes).
+
+    Remembered per module while its state stamp (:func:`_state_stamp`) is unchanged.
+    """
+    stamp = _state_stamp(backbone)
+    known = _DIGESTS.get(backbone)
+    if known is not None and known[0] == stamp:
+        return known[1]
+    digest = _hash_state(backbone)
+    _DIGESTS[backbone] = (stamp, digest)
+    return digest
+
+
+def _hash_state(backbone: nn.Module) -> str:
     h = hashlib.blake2b(digest_size=16)
     for name, value in backbone.state_dict().items():
         v = value.detach().cpu().contiguous().reshape(-1)

@@ -2,15 +2,19 @@
 
 The hot path is built for throughput: tiles are cut with one numpy gather per frame, a
 background thread reads and prepares the next batch while the model computes the current
-one, batches run across frame boundaries, and the model runs under ``inference_mode`` in
-channels-last layout with bf16 autocast on CPUs that have bf16 kernels (fp16/bf16 on
-CUDA, fed from pinned memory with non-blocking copies). ``precision="fp32"`` forces exact
-fp32. Only a few frames are ever held in memory, however long the stack.
+one (where a core is free for it), batches run across frame boundaries, and a copy of the
+model with BatchNorm folded in runs under ``inference_mode`` in channels-last layout with
+bf16 autocast on CPUs that have bf16 kernels (fp16/bf16 on CUDA, fed from pinned memory
+with non-blocking copies). ``precision="fp32"`` forces exact fp32. Only a few frames are
+ever held in memory, however long the stack.
 """
 
 from __future__ import annotations
 
-import mmap
+import ctypes
+import ctypes.util
+import functools
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
+from torch import nn
+from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
 from .checkpoint import CheckpointMeta
 from .dataset import ItemDataset
@@ -34,8 +40,17 @@ from .targets import TimePolicy
 from .tiles import TileSpec, crop, tile_boxes
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-#: Batches prepared ahead of the one computing; each holds ``batch_size`` raw crops.
+#: Batches prepared ahead of the one computing, where a core is free to prepare them.
 PREFETCH_BATCHES = 2
+#: Default batch per device type. ResNet50 at 512 px on CPU runs as fast at 4 as at 8
+#: and faster than at 16, with a quarter of the activation memory (docs/benchmarks.md).
+DEFAULT_BATCH_SIZE = {"cpu": 4}
+GPU_BATCH_SIZE = 16
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Batch 4 is as fast as 8 on a CPU and smaller; accelerators want bigger batches."""
+    return DEFAULT_BATCH_SIZE.get(device.type, GPU_BATCH_SIZE)
 
 
 @dataclass
@@ -69,6 +84,17 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
             return torch.bfloat16 if cpu_supports_bf16() else None
         return None
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def default_prefetch(device: torch.device) -> int:
+    """Batches to read ahead in a thread: none on a CPU whose every core computes.
+
+    There the reader only takes time slices from the model's threads: on 2 cores, reading
+    in line was measured 4-5 % faster and 170 MB smaller (docs/benchmarks.md).
+    """
+    if device.type == "cpu" and (os.cpu_count() or 1) <= torch.get_num_threads():
+        return 0
+    return PREFETCH_BATCHES
 
 
 def frame_time_policy(stack: TimelapseStack, meta: CheckpointMeta) -> TimePolicy:
@@ -127,8 +153,11 @@ class _Batch:
 class Predictor:
     """A loaded model bound to a device, precision and batch size.
 
-    ``compile=True`` wraps the model in ``torch.compile`` (first batches are slow while
-    it compiles; see docs/benchmarks.md for whether it pays on a machine).
+    The fast precisions run an inference copy of the model with BatchNorm folded into
+    the convolutions (one pass over each activation less); ``precision="fp32"`` runs the
+    model itself, exactly. The copy is taken here: later changes to ``model`` need a new
+    Predictor. ``compile=True`` wraps it in ``torch.compile`` (first batches are slow
+    while it compiles; see docs/benchmarks.md for whether it pays on a machine).
     """
 
     def __init__(
@@ -136,20 +165,28 @@ class Predictor:
         model: MultitaskResNet,
         meta: CheckpointMeta,
         device: str | torch.device = "auto",
-        batch_size: int = 16,
+        batch_size: int | None = None,
         precision: str = "auto",
         compile: bool = False,
-        prefetch: int = PREFETCH_BATCHES,
+        prefetch: int | None = None,
     ):
+        self.device = select_device(device)
+        if batch_size is None:
+            batch_size = default_batch_size(self.device)
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
-        self.device = select_device(device)
         self.meta = meta
         self.batch_size = int(batch_size)
-        self.prefetch = max(int(prefetch), 0)
+        self.prefetch = default_prefetch(self.device) if prefetch is None else max(int(prefetch), 0)
         self.amp_dtype = autocast_dtype(self.device, precision)
+        if self.device.type == "cpu":
+            # Large activations on 2 MB-aligned transparent huge pages: a 512 px ResNet50
+            # batch otherwise page-faults on ~1.4 GB of fresh memory per pass (~4 % slower).
+            os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
-        self._forward = torch.compile(self.model) if compile else self.model
+        fast = self.model if self.amp_dtype is None else _inference_copy(self.model, self.amp_dtype)
+        self._forward = torch.compile(fast) if compile else fast
+        release_free_heap()  # the fp32 copy made while folding
 
     @property
     def _cuda(self) -> bool:
@@ -252,6 +289,7 @@ class Predictor:
                         torch.cat([b for _, b in parts]).numpy(),
                     )
                     next_out += 1
+                    release_free_heap()
                     yield FramePrediction(frame=frame, table=table, done=next_out, total=len(order))
         finally:
             stopped.set()
@@ -288,7 +326,7 @@ class Predictor:
                 continue
             crops = image[None] if whole else cut_tiles(image, boxes)
             del image
-            _drop_mapped_pages(stack)
+            stack.release_pages()
             while len(crops):
                 take = min(self.batch_size - filled, len(crops))
                 pending.append((pos, crops[:take]))
@@ -369,20 +407,42 @@ class Predictor:
         )
 
 
-def _drop_mapped_pages(stack: TimelapseStack) -> None:
-    """Unmap the pages of a memory-mapped stack read so far from this process.
+def _inference_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A channels-last copy of an eval-mode ``model`` with BatchNorm folded into its convs,
+    its weights stored in the autocast ``dtype``.
 
-    They stay in the kernel's page cache; without this, resident memory would grow by
-    every frame read, up to the size of the file.
+    Autocast would round the weights to ``dtype`` at every call anyway, so storing them
+    rounded gives the same numbers in half the memory. Folding changes rounding slightly,
+    so only the reduced precisions use the copy; a model that cannot be traced
+    symbolically is used as it is.
     """
-    source = getattr(stack, "_source", None)
-    mapped = getattr(source, "_mmap", None)
-    read_only = getattr(source, "mode", None) == "r"  # never drop copy-on-write changes
-    if read_only and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        try:
-            mapped.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):  # closed meanwhile, or refused: only memory is at stake
-            pass
+    try:
+        folded = fold_batchnorm(model)
+    except Exception:  # noqa: BLE001 - torch.fx raises many kinds; the plain model still works
+        return model
+    return folded.eval().to(dtype=dtype, memory_format=torch.channels_last)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None on other C libraries."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+def release_free_heap() -> None:
+    """Hand memory freed inside glibc's heaps back to the system.
+
+    glibc keeps freed blocks below its mmap threshold (which grows to 32 MB with the
+    batch tensors) in per-thread arenas; without this, resident memory of a streamed
+    stack grows well past what is in use (measured in docs/benchmarks.md).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _to_device(raw: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -9,6 +9,7 @@ Every source is reduced to frames of shape (H, W) or (H, W, 3) along one time ax
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import re
 import threading
@@ -122,6 +123,20 @@ class TimelapseStack:
         """Hours since experiment start of frame ``index`` (scalar or array)."""
         hours = np.asarray(index, dtype=np.float64) * self.frame_interval_h + self.start_offset_h
         return float(hours) if hours.ndim == 0 else hours
+
+    def release_pages(self) -> None:
+        """Unmap the pages of a read-only memory-mapped file read so far from this process.
+
+        They stay in the kernel's page cache; without this, streaming a stack would grow
+        resident memory by every frame read, up to the size of the file.
+        """
+        mapped = getattr(self._source, "_mmap", None)
+        read_only = getattr(self._source, "mode", None) == "r"  # keep copy-on-write changes
+        if read_only and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                mapped.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):  # closed meanwhile, or refused: only memory is at stake
+                pass
 
     def close(self) -> None:
         """Release the file (and its memory map); later reads raise StackError."""

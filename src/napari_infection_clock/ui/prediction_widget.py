@@ -32,8 +32,8 @@ from napari.utils.notifications import show_error, show_info
 from psygnal import Signal
 
 from ..core.checkpoint import CheckpointError, load_checkpoint
-from ..core.device import available_devices
-from ..core.predictor import FramePrediction, Predictor
+from ..core.device import available_devices, select_device
+from ..core.predictor import FramePrediction, Predictor, default_batch_size
 from ..core.stack import StackError, stack_from_array
 from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
 from ..core.tiles import TileSpec
@@ -125,7 +125,8 @@ class PredictionWidget(Container):
             label="onset (h)", value=DEFAULT_ONSET_H, min=0, max=10000, step=0.5
         )
         self.device = ComboBox(label="device", choices=_device_choices())
-        self.batch_size = SpinBox(label="batch size", value=16, min=1, max=4096)
+        best = default_batch_size(select_device("auto"))
+        self.batch_size = SpinBox(label="batch size", value=best, min=1, max=4096)
         self.first = SpinBox(label="first frame", value=0, min=0, max=0)
         self.last = SpinBox(label="last frame", value=0, min=0, max=0)
         self.run_button = PushButton(text="Predict")
