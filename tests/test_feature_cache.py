@@ -101,11 +101,16 @@ def test_remembered_digest_follows_every_kind_of_backbone_change():
     assert stepped != loaded
     with torch.no_grad():
         model.backbone.conv1.weight[0, 0, 0, 0] = 7.0  # in place, same storage
-    assert backbone_digest(model.backbone) != stepped
+    edited = backbone_digest(model.backbone)
+    assert edited != stepped
+    # New storage with the same values: recomputed, and the same content gives the same key.
     model.backbone.conv1.weight = torch.nn.Parameter(model.backbone.conv1.weight.clone())
-    assert backbone_digest(model.backbone) == backbone_digest(model.backbone)  # new storage
+    assert backbone_digest(model.backbone) == edited
+    model.backbone.conv1.weight = torch.nn.Parameter(model.backbone.conv1.weight + 1.0)
+    replaced = backbone_digest(model.backbone)
+    assert replaced != edited
     model.backbone.double()  # dtype change
-    assert backbone_digest(model.backbone) != stepped
+    assert backbone_digest(model.backbone) != replaced
 
 
 def test_rewritten_image_misses_only_its_items(tmp_path):

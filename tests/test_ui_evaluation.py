@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -103,3 +104,35 @@ def test_label_next_ranks_ambiguous_first_and_steps_through(make_napari_viewer, 
     widget.next_button.click()
     marker = viewer.layers[MARKER_LAYER]
     assert len(marker.data) == 1 and marker.data[0][0, 0] == widget.ranked.frame.iloc[0]
+    # MC dropout ran on a copy: the session's model is still in eval mode throughout
+    assert not any(m.training for m in session.model.model.modules())
+
+
+def test_torch_errors_end_with_a_message_not_results(make_napari_viewer, qtbot, trained):
+    """A model whose class head no longer fits its backbone: torch raises a RuntimeError
+    (shape mismatch) in the worker, which superqt would swallow; both docks say so and
+    show no partial table or ranking."""
+    from torch import nn
+
+    good, items, paths = trained
+    broken = copy.deepcopy(good.model)
+    broken.classifier = nn.Sequential(nn.Linear(7, 2))
+    viewer = make_napari_viewer()
+    viewer.open(str(paths[0]), plugin="napari-infection-clock")
+    evaluation, label_next = EvaluationWidget(viewer), LabelNextWidget(viewer)
+    viewer.window.add_dock_widget(evaluation)
+    viewer.window.add_dock_widget(label_next)
+    session = session_for(viewer)
+    session.set_model(SessionModel(broken, good.meta))
+    session.validation_items = items[:4]
+
+    assert evaluation.evaluate()
+    qtbot.waitUntil(lambda: evaluation.worker is None, timeout=60_000)
+    assert evaluation.status.text().startswith("evaluation failed: RuntimeError")
+    assert evaluation.table is None and evaluation.metrics_table.rowCount() == 0
+    assert not evaluation.export_button.isEnabled()
+
+    assert label_next.rank()
+    qtbot.waitUntil(lambda: label_next.worker is None, timeout=60_000)
+    assert label_next.status.text().startswith("ranking failed: RuntimeError")
+    assert label_next.ranked.empty and label_next.list.count() == 0

@@ -274,3 +274,42 @@ def test_bad_input_gives_a_clear_message(make_napari_viewer, qtbot, checkpoint, 
     assert expected in widget.status.value, widget.status.value
     assert widget.run_button.enabled
     viewer.add_points([[1, 1]])  # napari is still up and usable
+
+
+def _broken(model):
+    """A model whose class head no longer fits its backbone: its forward raises torch's
+    RuntimeError (shape mismatch), the kind superqt's worker would swallow."""
+    from torch import nn
+
+    model.classifier = nn.Sequential(nn.Linear(7, 2))
+    return model
+
+
+def test_a_torch_error_ends_the_run_with_its_message(make_napari_viewer, qtbot, checkpoint):
+    from napari_infection_clock.core.checkpoint import load_checkpoint
+
+    viewer = make_napari_viewer()
+    viewer.add_image(sample_pair(n_frames=2, size=64)["infected"][0], name="well")
+    widget = PredictionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.device.value = "cpu"
+    model, meta = load_checkpoint(checkpoint)
+    session_for(viewer).set_model(SessionModel(_broken(model), meta, origin="trained"))
+    message = _run(qtbot, widget)
+    assert message.startswith("prediction failed") and "RuntimeError" in message
+    assert widget.status.value == message and widget.run_button.enabled
+
+
+def test_closing_the_dock_leaves_the_session(make_napari_viewer, checkpoint):
+    from napari_infection_clock.core.checkpoint import load_checkpoint
+
+    viewer = make_napari_viewer()
+    widget = PredictionWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget)
+    session = session_for(viewer)
+    assert len(session.prediction_requested) == 1
+    viewer.window.remove_dock_widget(dock)  # what the dock's close button does
+    assert len(session.prediction_requested) == 0 and not session.request_prediction()
+    model, meta = load_checkpoint(checkpoint)
+    session.set_model(SessionModel(model, meta, origin="trained"))
+    assert widget.model_info.value == "no model loaded"  # the closed widget heard nothing

@@ -137,3 +137,25 @@ def test_session_model_is_the_default_start(make_napari_viewer, tmp_path):
     session_for(viewer).set_model(SessionModel(build_model(config), meta))
     assert widget.start_combo.currentText() == "session model"
     assert widget.arch_combo.currentText() == "resnet34" and widget.size_spin.value() == 96
+
+
+def test_a_torch_error_in_the_worker_ends_with_its_message(make_napari_viewer, qtbot, wells,
+                                                          tmp_path):
+    """A session model whose class head no longer fits its backbone: torch raises a
+    RuntimeError (shape mismatch) mid-run, which superqt's worker would swallow."""
+    from torch import nn
+
+    viewer, widget = _widget(make_napari_viewer, tmp_path)
+    session = session_for(viewer)
+    _label(session, wells)
+    config = ModelConfig(arch="resnet18", hidden_dim=16)
+    model = build_model(config)
+    model.classifier = nn.Sequential(nn.Linear(7, 2))
+    session.set_model(SessionModel(model, CheckpointMeta(
+        model=config, preprocessing=Preprocessing(image_size=32))))
+    assert widget.start_combo.currentText() == "session model"
+    assert widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert widget.status.text().startswith("training failed: RuntimeError")
+    assert widget.trained is None and not widget.use_button.isEnabled()
+    assert not (tmp_path / "out" / "model.pt").exists()

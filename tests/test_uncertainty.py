@@ -74,3 +74,14 @@ def test_mc_dropout_spread_and_tiles(trained):
     assert np.all(np.diff(rank_uncertain(rows)["score"]) <= 0)
     boxes = [(0, (0, 0, 24, 24))]
     assert len(rank_uncertain(rows, labelled_boxes=boxes)) == 7
+
+
+def test_mc_dropout_spreads_on_the_fast_bf16_path_too(trained):
+    """The fast path runs a folded copy of the model; dropout must act on that copy."""
+    predictor, paths = trained
+    fast = Predictor(predictor.model, predictor.meta, device="cpu", precision="bf16")
+    assert fast.network is not fast.model
+    with open_stack(paths[0]) as stack:
+        rows = pd.concat(iter_stack_uncertainty(fast, stack, frames=[29], method="mc_dropout",
+                                                passes=6))
+    assert (rows["p_std"] > 0).all()

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .dataset import ItemDataset
-from .preprocess import preprocess
+from .preprocess import preprocess, to_device
 
 #: Default bound on cached features: 50,000 ResNet50 features are about 400 MB.
 MAX_ITEMS = 50_000
@@ -212,7 +212,7 @@ def _backbone_features(backbone, raw, dataset, device, amp_dtype) -> torch.Tenso
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     try:
         with torch.inference_mode(), amp:
-            x = preprocess(raw.to(device, non_blocking=True), dataset.prep)
+            x = preprocess(to_device(raw, device), dataset.prep)
             feats = backbone(x.contiguous(memory_format=torch.channels_last)).float().cpu()
         return feats.clone()  # outside inference mode: a normal tensor autograd can use
     finally:

@@ -33,7 +33,7 @@ from .checkpoint import CheckpointMeta
 from .dataset import ItemDataset
 from .device import select_device
 from .model import MultitaskResNet
-from .preprocess import preprocess
+from .preprocess import preprocess, to_device
 from .results import empty_results, result_rows
 from .stack import TimelapseStack
 from .targets import TimePolicy
@@ -185,6 +185,8 @@ class Predictor:
             os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
         fast = self.model if self.amp_dtype is None else _inference_copy(self.model, self.amp_dtype)
+        #: The module that really runs: ``model`` itself in fp32, else its folded copy.
+        self.network = fast
         self._forward = torch.compile(fast) if compile else fast
         release_free_heap()  # the fp32 copy made while folding
 
@@ -195,7 +197,7 @@ class Predictor:
     def _model_input(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw crops on any device -> preprocessed channels-last input on the target device."""
         if raw.device != self.device:
-            raw = _to_device(raw, self.device)
+            raw = to_device(raw, self.device)
         x = preprocess(raw, self.meta.preprocessing)
         return x.contiguous(memory_format=torch.channels_last)
 
@@ -443,18 +445,6 @@ def release_free_heap() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-def _to_device(raw: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy raw pixels to ``device`` without blocking (from pinned memory on CUDA).
-
-    uint16, the usual camera type, travels as int16 bits and is widened on the device,
-    so the copy stays half the size of an int32 one and needs no unsigned kernels there.
-    """
-    if raw.dtype == torch.uint16:
-        bits = raw.view(torch.int16).to(device, non_blocking=True)
-        return bits.to(torch.int32).bitwise_and_(0xFFFF)
-    return raw.to(device, non_blocking=True)
 
 
 def predict_items(

@@ -96,3 +96,15 @@ def training_augmentation() -> v2.Compose:
             v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR),
         ]
     )
+
+
+def to_device(raw: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy raw pixels to ``device`` without blocking (from pinned memory on CUDA).
+
+    uint16, the usual camera type, travels as int16 bits and is widened on the device,
+    so the copy stays half the size of an int32 one and needs no unsigned kernels there.
+    """
+    if raw.dtype == torch.uint16:
+        bits = raw.view(torch.int16).to(device, non_blocking=True)
+        return bits.to(torch.int32).bitwise_and_(0xFFFF)
+    return raw.to(device, non_blocking=True)

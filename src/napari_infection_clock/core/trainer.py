@@ -179,11 +179,12 @@ def iter_train(
         seen = 0
         for batch, (x, y, t) in enumerate(loader, start=1):
             if should_stop is not None and should_stop():
+                # Best weights first: whoever reads "stopped" may use the model at once.
+                _restore(model, best_state)
                 yield TrainProgress("stopped", epoch, config.epochs, batch, batches,
                                     elapsed_s=time.perf_counter() - start, best_epoch=best_epoch,
                                     checkpoint=_str(checkpoint_path) if best_epoch else None,
                                     history=history)
-                _restore(model, best_state)
                 return
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)

@@ -60,7 +60,8 @@ def score_crops(predictor, crops: list[np.ndarray], method: str = "entropy",
         return {"p_infected": p, "p_std": std, "entropy": ent, "score": ent}
     if passes < 2:
         raise ValueError(f"MC dropout needs at least 2 passes, got {passes}")
-    with dropout_active(predictor.model):
+    # The network that runs (a folded bf16 copy on fast paths), not the caller's model.
+    with dropout_active(predictor.network):
         runs = np.stack([np.asarray(predictor.predict_many(crops)[0], dtype=np.float64)
                          for _ in range(passes)])
     p, std = runs.mean(0), runs.std(0)

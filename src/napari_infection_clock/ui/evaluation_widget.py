@@ -8,6 +8,9 @@ time scatter with its least-squares line, and per-time-bin metrics, drawn by
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -46,12 +49,26 @@ from .state import session_for
 SOURCES = ("validation items of the last training", "all labelled frames and crops")
 
 
+@dataclass
+class Failed:
+    """A failed run, yielded rather than raised: superqt's worker swallows a RuntimeError
+    (most torch errors) as a warning and never emits ``errored``."""
+
+    message: str
+
+
 def _run(model, meta, items, tables: list):
-    """Worker body: predict item by frame; the caller keeps the tables."""
-    predictor = Predictor(model, meta, device="auto", batch_size=32)
-    for table in predict_items(predictor, items):
-        tables.append(table)
-        yield sum(len(t) for t in tables)
+    """Worker body: predict item by frame on a copy of the model; the caller keeps the tables.
+
+    The copy leaves the session's model where it is: the predictor moves it to its device.
+    """
+    try:
+        predictor = Predictor(copy.deepcopy(model), meta, device="auto", batch_size=None)
+        for table in predict_items(predictor, items):
+            tables.append(table)
+            yield sum(len(t) for t in tables)
+    except Exception as exc:  # shown to the user, see Failed
+        yield Failed(f"{type(exc).__name__}: {exc}")
 
 
 def metric_rows(metrics: dict) -> list[tuple[str, str]]:
@@ -79,6 +96,7 @@ class EvaluationWidget(QWidget):
         self.worker = None
         self.table: pd.DataFrame | None = None
         self.metrics: dict | None = None
+        self._failed = False
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self.source_combo = QComboBox()
@@ -134,19 +152,30 @@ class EvaluationWidget(QWidget):
             return self._fail("no labelled items to evaluate: train first (validation items) "
                               "or label some frames")
         tables: list[pd.DataFrame] = []
+        self._failed = False
         self.status.setText(f"predicting {len(items)} items…")
         self.worker = thread_worker(_run)(model.model, model.meta, items, tables)
-        self.worker.yielded.connect(lambda n: self.status.setText(f"predicted {n}/{len(items)}"))
-        self.worker.errored.connect(lambda exc: self._fail(f"evaluation failed: {exc}"))
+        self.worker.yielded.connect(lambda n: self._progress(n, len(items)))
+        self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(lambda: self._done(tables))
         self.run_button.setEnabled(False)
         self.worker.start()
         return True
 
+    def _progress(self, done, total: int) -> None:
+        if isinstance(done, Failed):
+            self._on_error(done.message)
+        else:
+            self.status.setText(f"predicted {done}/{total}")
+
+    def _on_error(self, exc) -> None:
+        self._failed = True
+        self._fail(f"evaluation failed: {exc}")
+
     def _done(self, tables) -> None:
         self.worker = None
         self.run_button.setEnabled(True)
-        if not tables:
+        if self._failed or not tables:
             return
         self.show_table(pd.concat(tables, ignore_index=True))
 

@@ -7,6 +7,9 @@ steps the viewer through the list; a tile is outlined in a "label next" Shapes l
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from napari.layers import Image
@@ -36,12 +39,26 @@ MARKER_LAYER = "label next"
 SHOWN = 50
 
 
+@dataclass
+class Failed:
+    """A failed run, yielded rather than raised: superqt's worker swallows a RuntimeError
+    (most torch errors) as a warning and never emits ``errored``."""
+
+    message: str
+
+
 def _score(model, meta, stack, tiles, method, passes, stop, tables: list):
-    predictor = Predictor(model, meta, device="auto", batch_size=32, precision="fp32")
-    for table in iter_stack_uncertainty(predictor, stack, tiles, method=method, passes=passes,
-                                        should_stop=stop):
-        tables.append(table)
-        yield len(tables), stack.n_frames
+    """Worker body on a copy of the model: MC dropout switches dropout on in the model it
+    is given, and the predictor moves it to its device; the session's model stays as is."""
+    try:
+        predictor = Predictor(copy.deepcopy(model), meta, device="auto", batch_size=None,
+                              precision="fp32")
+        for table in iter_stack_uncertainty(predictor, stack, tiles, method=method,
+                                            passes=passes, should_stop=stop):
+            tables.append(table)
+            yield len(tables), stack.n_frames
+    except Exception as exc:  # shown to the user, see Failed
+        yield Failed(f"{type(exc).__name__}: {exc}")
 
 
 class LabelNextWidget(QWidget):
@@ -54,7 +71,7 @@ class LabelNextWidget(QWidget):
         self.worker = None
         self.ranked = pd.DataFrame()
         self._stop = False
-        self._position = -1
+        self._failed = False
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self.image_combo = QComboBox()
@@ -110,21 +127,33 @@ class LabelNextWidget(QWidget):
         stack = stack_from_array(layer.data, "TYXS" if layer.rgb else "TYX", name, interval)
         tiles = TileSpec(tile_size=self.tile_spin.value() or None)
         tables: list[pd.DataFrame] = []
-        self._stop = False
+        self._stop = self._failed = False
         model = self.session.model
         self.worker = thread_worker(_score)(
             model.model, model.meta, stack, tiles, self.method_combo.currentText(),
             self.passes_spin.value(), lambda: self._stop, tables)
-        self.worker.yielded.connect(lambda d: self.status.setText(f"scored {d[0]}/{d[1]} frames"))
-        self.worker.errored.connect(lambda exc: self._fail(f"ranking failed: {exc}"))
+        self.worker.yielded.connect(self._progress)
+        self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(lambda: self._done(layer, tables))
         self.rank_button.setEnabled(False)
         self.worker.start()
         return True
 
+    def _progress(self, done) -> None:
+        if isinstance(done, Failed):
+            self._on_error(done.message)
+        else:
+            self.status.setText(f"scored {done[0]}/{done[1]} frames")
+
+    def _on_error(self, exc) -> None:
+        self._failed = True
+        self._fail(f"ranking failed: {exc}")
+
     def _done(self, layer, tables) -> None:
         self.worker = None
         self.rank_button.setEnabled(True)
+        if self._failed:
+            return
         table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
         store = self.session.annotations.get(layer_stack_path(layer) or f"memory:{layer.name}")
         frames = store.frames if store is not None else {}
@@ -138,7 +167,6 @@ class LabelNextWidget(QWidget):
             self.list.addItem(f"frame {row.frame}{where} · p(infected) {row.p_infected:.2f} · "
                               f"entropy {row.entropy:.2f} · spread {row.p_std:.3f}")
         self.list.blockSignals(False)
-        self._position = -1
         self.status.setText(f"{len(self.ranked)} unlabelled items ranked; most uncertain first")
 
     def go_next(self) -> None:
@@ -150,7 +178,6 @@ class LabelNextWidget(QWidget):
         if not 0 <= index < len(self.ranked):
             return
         row = self.ranked.iloc[index]
-        self._position = index
         self.viewer.dims.set_current_step(0, int(row.frame))
         if self.tile_spin.value():
             box = [int(row[c]) for c in ("y0", "x0", "y1", "x1")]

@@ -30,13 +30,15 @@ from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from psygnal import Signal
+from qtpy.QtCore import QEvent, QObject
 
 from ..core.checkpoint import CheckpointError, load_checkpoint
-from ..core.device import available_devices, select_device
+from ..core.device import select_device
 from ..core.predictor import FramePrediction, Predictor, default_batch_size
 from ..core.stack import StackError, stack_from_array
 from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
 from ..core.tiles import TileSpec
+from .devices import device_choices
 from .overlays import Grid, PredictionLayers, rectangles_to_boxes, region_grid, tile_grid
 from .state import SessionModel, session_for
 
@@ -75,14 +77,27 @@ class Job:
 
 @dataclass
 class Failed:
-    """What a run that stopped on bad input (an unreadable checkpoint, a device) says."""
+    """What a failed run says: bad input (an unreadable checkpoint, a device) or a torch
+    error. Yielded, not raised: superqt's worker turns a raised RuntimeError into a warning
+    and never emits ``errored``."""
 
     message: str
 
 
-def _device_choices() -> list[tuple[str, str]]:
-    found = available_devices()
-    return [(f"auto ({found[0]})", "auto")] + [(d, d) for d in found]
+class _OnUnparented(QObject):
+    """Calls back when its widget loses its parent: napari's dock close button only
+    unparents the widget (no closeEvent), and a magicgui Container's Qt widget is made by
+    magicgui, so an event filter is the way to hear it."""
+
+    def __init__(self, widget, callback):
+        super().__init__(widget)
+        self._callback = callback
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
+            self._callback()
+        return False
 
 
 class PredictionWidget(Container):
@@ -124,7 +139,7 @@ class PredictionWidget(Container):
         self.onset_h = FloatSpinBox(
             label="onset (h)", value=DEFAULT_ONSET_H, min=0, max=10000, step=0.5
         )
-        self.device = ComboBox(label="device", choices=_device_choices())
+        self.device = ComboBox(label="device", choices=device_choices())
         best = default_batch_size(select_device("auto"))
         self.batch_size = SpinBox(label="batch size", value=best, min=1, max=4096)
         self.first = SpinBox(label="first frame", value=0, min=0, max=0)
@@ -163,6 +178,7 @@ class PredictionWidget(Container):
         self.cancel_button.clicked.connect(self.cancel)
         self.session.model_changed.connect(self._on_session_model)
         self.session.prediction_requested.connect(self.refresh)
+        self._unparent_filter = _OnUnparented(self.native, self.close_down)
         self.reset_choices()
         self._on_mode_changed()
         self._on_source_changed()
@@ -207,6 +223,12 @@ class PredictionWidget(Container):
         if meta.get("onset_h") is None:
             self.onset_h.value = model.meta.time.onset_h
         self.model_info.value = model.description
+
+    def close_down(self) -> None:
+        """Leave the session and stop a running prediction (the dock was closed)."""
+        self.session.model_changed.disconnect(self._on_session_model)
+        self.session.prediction_requested.disconnect(self.refresh)
+        self.cancel()
 
     # -- running ---------------------------------------------------------------------------
     @property
@@ -429,6 +451,9 @@ def _predict(job: Job, should_stop):
     except (CheckpointError, ValueError, OSError) as err:
         yield Failed(str(err))
         return
+    except Exception as err:  # a RuntimeError would be swallowed by superqt, see Failed
+        yield Failed(f"{type(err).__name__}: {err}")
+        return
     yield model
     policy = TimePolicy(
         frame_interval_h=job.frame_interval_h,
@@ -449,3 +474,5 @@ def _predict(job: Job, should_stop):
         yield from frames
     except (StackError, ValueError, OSError) as err:
         yield Failed(str(err))
+    except Exception as err:  # torch errors (out of memory, shapes) are RuntimeErrors
+        yield Failed(f"{type(err).__name__}: {err}")

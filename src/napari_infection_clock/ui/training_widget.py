@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 
 from ..core.atomic import OutputNotWritable, check_writable
 from ..core.blocks import SPLIT_MODES
-from ..core.device import DEVICE_CHOICES, select_device
+from ..core.device import select_device
 from ..core.feature_cache import FeatureCache
 from ..core.model import ARCHITECTURES, ModelConfig, PretrainedWeightsUnavailable
 from ..core.retrain import (
@@ -45,6 +45,7 @@ from ..core.retrain import (
     time_policy_of,
 )
 from ..core.trainer import BEST_METRICS, TrainConfig, TrainingError
+from .devices import device_choices
 from .state import SessionModel, session_for
 
 #: Curves: history key -> (axes index, label, style).
@@ -63,18 +64,21 @@ CURVES = {
 @thread_worker
 def _train(stores_table, plan, start, model_config, image_size, current, config, path, stop,
            cache):
-    """Worker body: build the start model (ImageNet may try a download), then train."""
+    """Worker body: build the start model (ImageNet may try a download), then train.
+
+    Any failure is yielded, not raised: superqt's worker turns a raised RuntimeError (most
+    torch errors: CUDA out of memory, shape or device mismatch) into a warning and never
+    emits ``errored``.
+    """
     try:
         model, meta = start_model(start, model_config, image_size,
                                   time_policy_of(stores_table), current)
-    except PretrainedWeightsUnavailable as exc:
-        # A RuntimeError subclass, which superqt's worker would swallow as "aborted thread".
+        yield ("model", model, meta)
+        for event in iter_retrain(model, meta, plan, config, path, should_stop=stop,
+                                  feature_cache=cache):
+            yield ("progress", event, None)
+    except Exception as exc:  # shown to the user, see above
         yield ("failed", exc, None)
-        return
-    yield ("model", model, meta)
-    for event in iter_retrain(model, meta, plan, config, path, should_stop=stop,
-                              feature_cache=cache):
-        yield ("progress", event, None)
 
 
 def _format_eta(seconds) -> str:
@@ -97,6 +101,7 @@ class TrainingWidget(QWidget):
         self.last_event = None
         self.output_path: Path | None = None
         self._stop = False
+        self._failed = False
         #: Backbone features of heads-only runs, kept so the next run on the same
         #: labels and start model skips the backbone.
         self.feature_cache = FeatureCache()
@@ -134,7 +139,8 @@ class TrainingWidget(QWidget):
         # both heads, so the time head is never left at an early, untrained epoch.
         self.best_combo.setCurrentText("loss")
         self.device_combo = QComboBox()
-        self.device_combo.addItems(DEVICE_CHOICES)
+        for label, value in device_choices():
+            self.device_combo.addItem(label, value)
         self.output_edit = QLineEdit(str(Path.home() / "infection-clock-model.pt"))
         browse = QPushButton("…")
         browse.clicked.connect(self._browse_output)
@@ -208,7 +214,7 @@ class TrainingWidget(QWidget):
                            reg_weight=self.reg_spin.value(), mode=self.mode_combo.currentText(),
                            augment=self.augment_check.isChecked(),
                            best_metric=self.best_combo.currentText(),
-                           device=self.device_combo.currentText())
+                           device=self.device_combo.currentData())
 
     def start(self) -> bool:
         """Check everything cheap on the GUI thread, then train in a worker."""
@@ -235,7 +241,7 @@ class TrainingWidget(QWidget):
             return self._fail("there is no loaded model to start from; load a checkpoint, or "
                               "start from ImageNet or random")
         self.session.validation_items = list(plan.val)
-        self.history, self.last_event, self._stop = [], None, False
+        self.history, self.last_event, self._stop, self._failed = [], None, False, False
         for line in self.lines.values():
             line.set_data([], [])
         self.canvas.draw_idle()
@@ -299,6 +305,8 @@ class TrainingWidget(QWidget):
         self.canvas.draw_idle()
 
     def _finish(self, event) -> None:
+        if self._failed:
+            return
         if event.best_epoch is None:
             self.status.setText(f"{event.stage} before the first epoch ended: no new checkpoint; "
                                 f"'{self.output_path}' is unchanged")
@@ -327,6 +335,7 @@ class TrainingWidget(QWidget):
             message = str(exc)
         else:
             message = f"training failed: {type(exc).__name__}: {exc}"
+        self._failed = True
         self._fail(message)
 
     def _on_finished(self) -> None:
