@@ -8,9 +8,9 @@ from qtpy.QtCore import Qt
 
 from napari_infection_clock.core.annotations import sidecar_path
 from napari_infection_clock.core.labels import read_label_table
-from napari_infection_clock.core.stack import write_stack
+from napari_infection_clock.core.stack import open_stack, write_stack
 from napari_infection_clock.core.synthetic import generate_stack
-from napari_infection_clock.ui.annotation_widget import KEYS, AnnotationWidget
+from napari_infection_clock.ui.annotation_widget import AnnotationWidget
 from napari_infection_clock.ui.state import session_for
 
 N_FRAMES = 20
@@ -34,6 +34,11 @@ def _open(make_napari_viewer, path, qtbot):
 
 def _press(viewer, qtbot, key):
     qtbot.keyClick(viewer.window._qt_viewer.canvas.native, key, Qt.ShiftModifier)
+
+
+def _bound(viewer) -> set[str]:
+    """The viewer's key bindings as napari prints them ("Shift+I")."""
+    return {str(k) for k in viewer.keymap}
 
 
 def test_label_with_buttons_keys_and_crops_then_reopen(make_napari_viewer, qtbot, stack_file,
@@ -90,8 +95,9 @@ def test_label_with_buttons_keys_and_crops_then_reopen(make_napari_viewer, qtbot
     assert saved.is_file()
     frames, crops_before = dict(widget.store.frames), dict(widget.store.crops)
 
+    assert {"Shift+I", "Shift+U", "Shift+C"} <= _bound(viewer)
     widget.close()
-    assert not any(k in str(kb) for kb in viewer.keymap for k in ("Shift-I",))
+    assert not {"Shift+I", "Shift+U", "Shift+C"} & _bound(viewer)
     viewer.close()
     session_for(viewer).annotations.clear()
 
@@ -138,8 +144,9 @@ def test_bad_onset_export_import_and_unsaved_image(make_napari_viewer, qtbot, st
     copy = tmp_path / "project" / "mock_synthetic.tif"
     assert copy.is_file() and sidecar_path(copy, tmp_path / "project").is_file()
     assert widget.store.frames == {2: "uninfected"} and widget.store.stack == str(copy.resolve())
+    assert "Shift+I" in _bound(viewer)
     widget.close()
-    assert all(viewer.keymap.get(k) is None for k in KEYS)
+    assert "Shift+I" not in _bound(viewer)
 
 
 @pytest.mark.parametrize("title", ["Annotate frames and crops", "Retrain on labels",
@@ -147,4 +154,51 @@ def test_bad_onset_export_import_and_unsaved_image(make_napari_viewer, qtbot, st
 def test_docks_open_from_the_plugin_menu(make_napari_viewer, title):
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget("napari-infection-clock", title)
-    assert widget is not None and dock.isVisible() is not None
+    assert widget is not None and dock.name.startswith(title)
+    assert dock.widget() in (widget, getattr(widget, "native", None))
+    viewer.window.remove_dock_widget(dock)  # the close button: each dock lets go without error
+    assert title not in " ".join(viewer.window.dock_widgets)
+
+
+def test_closing_the_dock_unbinds_the_keys(make_napari_viewer, qtbot, stack_file):
+    viewer, widget = _open(make_napari_viewer, stack_file, qtbot)
+    newer = AnnotationWidget(viewer)  # a second dock takes the keys over
+    viewer.window.add_dock_widget(newer)
+    viewer.window.remove_dock_widget(widget)  # what the dock's close button does
+    assert "Shift+I" in _bound(viewer)  # the older dock leaves the newer one's keys alone
+    viewer.window.remove_dock_widget(newer)
+    assert not {"Shift+I", "Shift+U", "Shift+C"} & _bound(viewer)
+
+    viewer.dims.set_current_step(0, 4)
+    _press(viewer, qtbot, Qt.Key_I)
+    assert widget.store.frames == {} and newer.store.frames == {}
+    assert not sidecar_path(stack_file).exists()  # nothing labelled, nothing autosaved
+    n_layers = len(viewer.layers)
+    viewer.add_image(np.zeros((3, 8, 8), np.uint8), name="late")  # no longer listening
+    assert len(viewer.layers) == n_layers + 1 and widget.image_combo.findText("late") < 0
+
+
+def test_project_copy_never_reuses_another_image(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    widget = AnnotationWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    project = tmp_path / "project"
+    widget.set_project_dir(project)
+    first = generate_stack(True, seed=1, n_frames=4, size=32, dtype="uint8")
+    second = generate_stack(False, seed=2, n_frames=4, size=32, dtype="uint8")
+    layer = viewer.add_image(first, name="sample")
+    assert widget.store.stack == str((project / "sample.tif").resolve())
+    viewer.layers.remove(layer)
+    viewer.add_image(second, name="sample")  # same name, other pixels: a name of its own
+    assert widget.store.stack == str((project / "sample_2.tif").resolve())
+    np.testing.assert_array_equal(read_stack_pixels(project / "sample.tif"), first)
+    np.testing.assert_array_equal(read_stack_pixels(project / "sample_2.tif"), second)
+    viewer.layers.remove("sample")
+    viewer.add_image(first, name="sample")  # the first image again: its file is reused
+    assert widget.store.stack == str((project / "sample.tif").resolve())
+    assert sorted(p.name for p in project.glob("*.tif")) == ["sample.tif", "sample_2.tif"]
+
+
+def read_stack_pixels(path):
+    with open_stack(path) as stack:
+        return stack.frames(range(stack.n_frames))

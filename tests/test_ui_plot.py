@@ -144,3 +144,16 @@ def test_empty_plot_is_calm(make_napari_viewer):
     assert "no prediction yet" in plot.onset_label.text()
     viewer.dims.set_point(0, 0)  # no crash without data
     assert plot.table().empty
+
+
+def test_closed_dock_stops_listening(plotted):
+    viewer, plot, layers = plotted
+    viewer.window.remove_dock_widget(plot)  # what the dock's close button does
+    lines, markers_x = list(plot.ax_p.lines), plot.markers[0].get_xdata()[0]
+    viewer.layers.remove(layer_name("well", "tiles"))  # no redraw, no error
+    viewer.dims.set_point(0, 9)
+    session_for(viewer).set_results("well", layers.table, {"n_frames": N_FRAMES})
+    assert list(plot.ax_p.lines) == lines
+    assert plot.markers[0].get_xdata()[0] == markers_x
+    assert "estimated onset: 1.80 h" in plot.onset_label.text()
+    plot.close()  # a second teardown is harmless

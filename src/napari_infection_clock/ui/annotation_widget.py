@@ -10,12 +10,15 @@ image's sidecar file (:mod:`..core.annotations`) and reloads when the image open
 from __future__ import annotations
 
 import re
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from napari.layers import Image, Shapes
+from napari.utils.key_bindings import coerce_keybinding
 from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -42,7 +45,7 @@ from ..core.annotations import (
 )
 from ..core.atomic import OutputNotWritable
 from ..core.labels import LABEL_VALUES, LabelTableError, read_label_table, write_label_table
-from ..core.stack import write_stack
+from ..core.stack import open_stack, write_stack
 from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
 from .state import session_for
 
@@ -87,12 +90,14 @@ class AnnotationWidget(QWidget):
         self.sidecar: Path | None = None
         self.crops_layer: Shapes | None = None
         self._syncing = False
+        self._closed = False
         self._build()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.dims.events.current_step.connect(self._show_frame)
-        for key, label in KEYS.items():
-            self.viewer.bind_key(key, self._key_handler(label), overwrite=True)
+        self._handlers = {key: self._key_handler(label) for key, label in KEYS.items()}
+        for key, handler in self._handlers.items():
+            self.viewer.bind_key(key, handler, overwrite=True)
         self._refresh_layers()
 
     # --- layout ----------------------------------------------------------------------
@@ -283,13 +288,22 @@ class AnnotationWidget(QWidget):
         self.session.annotations[self.store.stack] = self.store
 
     def _save_image_copy(self, layer) -> str:
-        """Write an in-memory image to the project folder as a TIFF the trainer can read."""
+        """Write an in-memory image to the project folder as a TIFF the trainer can read.
+
+        A file of that name is reused only when it holds the same pixels (this image,
+        saved earlier); otherwise the name gets a counter (``name_2.tif``...), so another
+        image of the same name is never taken for this one nor overwritten.
+        """
+        data = np.asarray(layer.data)
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name).strip("_") or "image"
-        path = (self.project_dir / f"{safe}.tif").resolve()
+        path, n = (self.project_dir / f"{safe}.tif").resolve(), 1
+        while path.exists() and not _same_pixels(path, data):
+            n += 1
+            path = path.with_name(f"{safe}_{n}.tif")
         if not path.exists():
             interval = float(layer.metadata.get("frame_interval_h", DEFAULT_FRAME_INTERVAL_H))
             axes = "TYXS" if layer.rgb else "TYX"
-            write_stack(path, np.asarray(layer.data), axes, interval)
+            write_stack(path, data, axes, interval)
         layer.metadata["source_path"] = str(path)
         return str(path)
 
@@ -342,7 +356,13 @@ class AnnotationWidget(QWidget):
         self._changed()
 
     def _key_handler(self, label):
+        """A viewer key binding that holds the widget weakly (the keymap must not keep it)."""
+        ref = weakref.ref(self)
+
         def handler(viewer):
+            self = ref()
+            if self is None or self._closed:
+                return
             if (self.crops_layer is not None and viewer.layers.selection.active is self.crops_layer
                     and self.crops_layer.selected_data):
                 self.label_selected_crops(label)
@@ -554,15 +574,36 @@ class AnnotationWidget(QWidget):
 
     # --- teardown --------------------------------------------------------------------
     def cleanup(self) -> None:
-        """Unbind the keys and stop listening to the viewer."""
-        for key in KEYS:
-            self.viewer.bind_key(key, None, overwrite=True)
+        """Unbind the keys and stop listening to the viewer (safe to call twice)."""
+        if self._closed:
+            return
+        self._closed = True
+        for key, handler in self._handlers.items():
+            if self.viewer.keymap.get(coerce_keybinding(key)) is handler:  # not a newer dock's
+                self.viewer.bind_key(key, None, overwrite=True)
         self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
         self.viewer.layers.events.removed.disconnect(self._refresh_layers)
         self.viewer.dims.events.current_step.disconnect(self._show_frame)
         self._disconnect_crops()
 
+    def event(self, event) -> bool:
+        # napari's dock close button only un-parents the widget (no closeEvent): tear down then
+        if event.type() == QEvent.ParentChange and self.parent() is None:
+            self.cleanup()
+        return super().event(event)
+
     def closeEvent(self, event) -> None:
         self.cleanup()
         super().closeEvent(event)
+
+
+def _same_pixels(path: Path, data: np.ndarray) -> bool:
+    """Whether the TIFF at ``path`` holds exactly ``data`` (unreadable counts as different)."""
+    try:
+        with open_stack(path) as stack:
+            if (stack.n_frames, *stack.frame_shape) != data.shape[:3]:
+                return False
+            return np.array_equal(stack.frames(range(stack.n_frames)), data)
+    except (OSError, ValueError):  # StackError is a ValueError
+        return False
 

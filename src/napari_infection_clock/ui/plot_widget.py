@@ -15,6 +15,7 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.layers import Shapes
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -44,6 +45,7 @@ class TimeSeriesPlot(QWidget):
         self.items: dict[str, pd.DataFrame] = {}
         self.onset: tuple[float, int] | None = None
         self._watched: list = []
+        self._closed = False
 
         self.choice = QComboBox()
         self.choice.setToolTip("the image whose prediction is plotted")
@@ -69,11 +71,11 @@ class TimeSeriesPlot(QWidget):
         self.markers = [
             ax.axvline(np.nan, color="0.3", lw=1, ls=":") for ax in (self.ax_p, self.ax_t)
         ]
-        self.choice.currentTextChanged.connect(lambda _: self.redraw())
+        self.choice.currentTextChanged.connect(self._redraw_on)
         self.session.results_changed.connect(self._on_results)
         self.viewer.dims.events.current_step.connect(self._move_marker)
         self.viewer.layers.events.inserted.connect(self._watch_shapes)
-        self.viewer.layers.events.removed.connect(lambda _: self.redraw())
+        self.viewer.layers.events.removed.connect(self._redraw_on)
         self.canvas.mpl_connect("button_press_event", self._on_click)
         self._watch_shapes()
         for name in self.session.results:
@@ -140,6 +142,9 @@ class TimeSeriesPlot(QWidget):
         return out
 
     # -- drawing -------------------------------------------------------------------------
+    def _redraw_on(self, *_) -> None:
+        self.redraw()
+
     def redraw(self) -> None:
         """Redraw the curves of the chosen prediction (the marker is kept and re-placed)."""
         table = self.session.results.get(self.image_name) if self.image_name else None
@@ -269,3 +274,27 @@ class TimeSeriesPlot(QWidget):
             export(path)
         except (OutputNotWritable, OSError, ValueError) as err:
             show_error(f"could not export to {path}: {err}")
+
+    # -- teardown ------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        """Stop listening to the viewer and the session (safe to call twice)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.session.results_changed.disconnect(self._on_results)
+        self.viewer.dims.events.current_step.disconnect(self._move_marker)
+        self.viewer.layers.events.inserted.disconnect(self._watch_shapes)
+        self.viewer.layers.events.removed.disconnect(self._redraw_on)
+        for layer in self._watched:
+            layer.selected_data.events.items_changed.disconnect(self._on_selection)
+        self._watched.clear()
+
+    def event(self, event) -> bool:
+        # napari's dock close button only un-parents the widget (no closeEvent): tear down then
+        if event.type() == QEvent.ParentChange and self.parent() is None:
+            self.cleanup()
+        return super().event(event)
+
+    def closeEvent(self, event) -> None:
+        self.cleanup()
+        super().closeEvent(event)
