@@ -14,7 +14,7 @@ from napari_infection_clock.core.dataset import ItemDataset
 from napari_infection_clock.core.items import FramePolicy, research_items
 from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
 from napari_infection_clock.core.predictor import Predictor, cut_tiles
-from napari_infection_clock.core.preprocess import Preprocessing, preprocess
+from napari_infection_clock.core.preprocess import Preprocessing, preprocess, to_device
 from napari_infection_clock.core.stack import stack_from_array
 from napari_infection_clock.core.synthetic import generate_stack, write_research_dataset
 from napari_infection_clock.core.targets import TimePolicy
@@ -145,7 +145,7 @@ def test_defaults_suit_the_device(random_model):
 
 def test_uint16_travels_as_int16_bits():
     raw = torch.from_numpy(np.array([0, 1, 32767, 32768, 65535], dtype=np.uint16))
-    widened = predictor_module._to_device(raw, torch.device("cpu"))
+    widened = to_device(raw, torch.device("cpu"))
     assert widened.tolist() == [0, 1, 32767, 32768, 65535]
 
 
