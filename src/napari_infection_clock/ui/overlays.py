@@ -130,8 +130,8 @@ class PredictionLayers:
         self.image = image
         self.grid = grid
         self.n_frames = n_frames
-        self.table = pd.DataFrame(columns=list(RESULT_COLUMNS))
-        self._frames: list[pd.DataFrame] = []
+        self._table = pd.DataFrame(columns=list(RESULT_COLUMNS))
+        self._pending: list[pd.DataFrame] = []
         raster = (n_frames, *grid.shape)
         t_scale, t_translate = float(image.scale[0]), float(image.translate[0])
         iy, ix = np.asarray(image.scale[-2:], float)
@@ -260,6 +260,22 @@ class PredictionLayers:
             axis=1,
         )
         self.tiles.add_rectangles(list(corners))
-        self._frames.append(table)
-        self.table = pd.concat(self._frames, ignore_index=True)
-        self.tiles.features = self.table
+        self._pending.append(table)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """All rows so far (the tiles' ``features`` are brought up to date first)."""
+        return self.flush()
+
+    def flush(self) -> pd.DataFrame:
+        """Give the tiles layer the features of the frames added since the last flush.
+
+        Done when results are published, not on every frame: rebuilding the features per
+        frame would cost the GUI thread time that grows with the square of the run.
+        """
+        if self._pending:
+            parts = ([self._table] if len(self._table) else []) + self._pending
+            self._table = pd.concat(parts, ignore_index=True)
+            self._pending = []
+            self.tiles.features = self._table
+        return self._table

@@ -417,6 +417,8 @@ class PredictionWidget(Container):
             message = f"done: {self._done} frames predicted"
         if not self._failed:
             self._publish()
+        elif self.layers is not None:
+            self.layers.flush()
         if self._progress is not None:
             self._progress.close()
             self._progress = None
