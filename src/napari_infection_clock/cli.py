@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole loop on synthetic data on a CPU in a few minutes")
     p.add_argument("--out", type=Path, default=Path("infection-clock-demo"), help="output folder")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--arch", choices=ARCHITECTURES, default="resnet18")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--device", default="auto")
