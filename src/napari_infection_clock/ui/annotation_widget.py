@@ -18,7 +18,6 @@ import pandas as pd
 from napari.layers import Image, Shapes
 from napari.utils.key_bindings import coerce_keybinding
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -48,6 +47,7 @@ from ..core.labels import LABEL_VALUES, LabelTableError, read_label_table, write
 from ..core.stack import open_stack, write_stack
 from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
 from .state import session_for
+from .teardown import on_dock_closed
 
 KEYS = {"Shift-I": "infected", "Shift-U": "uninfected", "Shift-C": None}
 COLOURS = {"infected": "red", "uninfected": "dodgerblue"}
@@ -91,6 +91,7 @@ class AnnotationWidget(QWidget):
         self.crops_layer: Shapes | None = None
         self._syncing = False
         self._closed = False
+        on_dock_closed(self, self.cleanup)
         self._build()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
@@ -586,15 +587,6 @@ class AnnotationWidget(QWidget):
         self.viewer.dims.events.current_step.disconnect(self._show_frame)
         self._disconnect_crops()
 
-    def event(self, event) -> bool:
-        # napari's dock close button only un-parents the widget (no closeEvent): tear down then
-        if event.type() == QEvent.ParentChange and self.parent() is None:
-            self.cleanup()
-        return super().event(event)
-
-    def closeEvent(self, event) -> None:
-        self.cleanup()
-        super().closeEvent(event)
 
 
 def _same_pixels(path: Path, data: np.ndarray) -> bool:

@@ -34,6 +34,7 @@ from ..core.tiles import TileSpec
 from ..core.uncertainty import METHODS, iter_stack_uncertainty, rank_uncertain
 from .annotation_widget import layer_stack_path
 from .state import session_for
+from .teardown import on_dock_closed
 
 MARKER_LAYER = "label next"
 SHOWN = 50
@@ -103,6 +104,7 @@ class LabelNextWidget(QWidget):
         layout.addWidget(self.list)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        on_dock_closed(self, self.cleanup)
         self._refresh_layers()
 
     def _refresh_layers(self, event=None) -> None:
@@ -195,8 +197,8 @@ class LabelNextWidget(QWidget):
         show_error(message)
         return False
 
-    def closeEvent(self, event) -> None:
+    def cleanup(self) -> None:
+        """Stop a running ranking and stop listening to the viewer (the dock was closed)."""
         self._stop = True
         self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
         self.viewer.layers.events.removed.disconnect(self._refresh_layers)
-        super().closeEvent(event)

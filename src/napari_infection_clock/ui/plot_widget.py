@@ -15,7 +15,6 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.layers import Shapes
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -29,6 +28,7 @@ from qtpy.QtWidgets import (
 from ..core.atomic import OutputNotWritable, write_atomic
 from .overlays import layer_name, rectangles_to_boxes
 from .state import session_for
+from .teardown import on_dock_closed
 from .timeseries import estimate_onset, frame_summary, item_series
 
 MAX_ITEM_CURVES = 8
@@ -46,6 +46,7 @@ class TimeSeriesPlot(QWidget):
         self.onset: tuple[float, int] | None = None
         self._watched: list = []
         self._closed = False
+        on_dock_closed(self, self.cleanup)
 
         self.choice = QComboBox()
         self.choice.setToolTip("the image whose prediction is plotted")
@@ -289,12 +290,3 @@ class TimeSeriesPlot(QWidget):
             layer.selected_data.events.items_changed.disconnect(self._on_selection)
         self._watched.clear()
 
-    def event(self, event) -> bool:
-        # napari's dock close button only un-parents the widget (no closeEvent): tear down then
-        if event.type() == QEvent.ParentChange and self.parent() is None:
-            self.cleanup()
-        return super().event(event)
-
-    def closeEvent(self, event) -> None:
-        self.cleanup()
-        super().closeEvent(event)

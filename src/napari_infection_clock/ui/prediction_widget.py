@@ -30,7 +30,6 @@ from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from psygnal import Signal
-from qtpy.QtCore import QEvent, QObject
 
 from ..core.checkpoint import CheckpointError, load_checkpoint
 from ..core.device import select_device
@@ -41,6 +40,7 @@ from ..core.tiles import TileSpec
 from .devices import device_choices
 from .overlays import Grid, PredictionLayers, rectangles_to_boxes, region_grid, tile_grid
 from .state import SessionModel, session_for
+from .teardown import on_dock_closed
 
 SOURCE_FILE = "checkpoint file"
 SOURCE_SESSION = "model of this session"
@@ -82,22 +82,6 @@ class Failed:
     and never emits ``errored``."""
 
     message: str
-
-
-class _OnUnparented(QObject):
-    """Calls back when its widget loses its parent: napari's dock close button only
-    unparents the widget (no closeEvent), and a magicgui Container's Qt widget is made by
-    magicgui, so an event filter is the way to hear it."""
-
-    def __init__(self, widget, callback):
-        super().__init__(widget)
-        self._callback = callback
-        widget.installEventFilter(self)
-
-    def eventFilter(self, obj, event) -> bool:
-        if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
-            self._callback()
-        return False
 
 
 class PredictionWidget(Container):
@@ -178,7 +162,7 @@ class PredictionWidget(Container):
         self.cancel_button.clicked.connect(self.cancel)
         self.session.model_changed.connect(self._on_session_model)
         self.session.prediction_requested.connect(self.refresh)
-        self._unparent_filter = _OnUnparented(self.native, self.close_down)
+        on_dock_closed(self.native, self.close_down)
         self.reset_choices()
         self._on_mode_changed()
         self._on_source_changed()

@@ -47,6 +47,7 @@ from ..core.retrain import (
 from ..core.trainer import BEST_METRICS, TrainConfig, TrainingError
 from .devices import device_choices
 from .state import SessionModel, session_for
+from .teardown import on_dock_closed
 
 #: Curves: history key -> (axes index, label, style).
 CURVES = {
@@ -107,6 +108,7 @@ class TrainingWidget(QWidget):
         self.feature_cache = FeatureCache()
         self._build()
         self.session.model_changed.connect(self._model_changed)
+        on_dock_closed(self, self.cleanup)
         self._model_changed(self.session.model)
 
     # --- layout ----------------------------------------------------------------------
@@ -348,7 +350,7 @@ class TrainingWidget(QWidget):
         show_error(message)
         return False
 
-    def closeEvent(self, event) -> None:
+    def cleanup(self) -> None:
+        """Stop a running training and leave the session (the dock was closed)."""
         self._stop = True
         self.session.model_changed.disconnect(self._model_changed)
-        super().closeEvent(event)
