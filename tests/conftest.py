@@ -1,7 +1,7 @@
 """Shared test configuration: headless-safe, deterministic, no mocking of the core.
 
-* The Qt binding is pinned before anything can import qtpy (``QT_API=pyqt5`` unless
-  the caller set it), so a stray PyQt6/PySide install never changes what is tested.
+* The Qt binding is pinned before anything can import qtpy (``QT_API=pyqt6`` unless
+  the caller set it), so a stray PyQt5/PySide install never changes what is tested.
 * The display comes from pytest-xvfb (part of the ``testing`` extra): it starts an
   Xvfb server for the session whenever the package is installed, so napari gets a
   real xcb window and a Mesa (llvmpipe) OpenGL context - no ``offscreen`` platform.
@@ -16,9 +16,9 @@ import os
 import sys
 
 # --- environment, set at import time (before any test module imports qtpy) -------
-os.environ.setdefault("QT_API", "pyqt5")  # qtpy, napari, magicgui, superqt
-# pytest-qt does not read QT_API; without this it would pick PyQt6/PySide6 first if
-# one of them happens to be installed too.  (Initial conftests load before
+os.environ.setdefault("QT_API", "pyqt6")  # qtpy, napari, magicgui, superqt
+# pytest-qt does not read QT_API; without this it would pick another binding first if
+# one happens to be installed too.  (Initial conftests load before
 # pytest-qt's pytest_configure, so this is in time.)
 os.environ.setdefault("PYTEST_QT_API", os.environ["QT_API"])
 # matplotlib must never try to open a GUI window from a test.

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def test_qt_binding_is_pyqt5():
+def test_qt_binding_is_pyqt6():
     import qtpy
 
-    assert qtpy.API_NAME == "PyQt5", qtpy.API_NAME
+    assert qtpy.API_NAME == "PyQt6", qtpy.API_NAME
 
 
 def test_viewer_canvas_renders_image(make_napari_viewer):

@@ -96,7 +96,7 @@ def test_npe2_manifest_from_distribution_and_validate():
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "QT_API": os.environ.get("QT_API", "pyqt5")},
+        env={**os.environ, "QT_API": os.environ.get("QT_API", "pyqt6")},
     )
     assert proc.returncode == 0, f"npe2 validate failed:\n{proc.stdout}\n{proc.stderr}"
 

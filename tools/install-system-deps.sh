@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# System packages that napari/Qt5 need for a real OpenGL canvas on a headless
+# System packages that napari/Qt6 need for a real OpenGL canvas on a headless
 # Debian/Ubuntu machine (virtual X display via Xvfb, software OpenGL via Mesa).
 #
 # Used by the README's test command and by .ci/run; tox.ini expects them too.
 # - uses sudo only when not running as root
 # - skips apt entirely when every package is already installed (fast reruns)
 #
-# The list was found by resolving (ldd + dpkg -S) what PyQt5's xcb platform
+# The list was found by resolving (ldd + dpkg -S) what PyQt6's xcb platform
 # plugin, QtOpenGL, libGL/libEGL/Mesa swrast and Xvfb load, and checked on a
 # minimal Debian bookworm (debootstrap --variant=minbase); apt pulls the rest
 # (libxcb1, libx11-6, libdrm2, libllvm15, ...) in as dependencies.
@@ -20,9 +20,10 @@ PKGS=(
     libglx-mesa0
     libgl1-mesa-dri
     libegl1
-    # what Qt5's xcb platform plugin (libqxcb.so / libQt5XcbQpa) links against
+    # what Qt6's xcb platform plugin (libqxcb.so / libQt6XcbQpa) links against
     libx11-xcb1
     libxkbcommon-x11-0
+    libxcb-cursor0
     libxcb-icccm4
     libxcb-image0
     libxcb-keysyms1
@@ -30,7 +31,6 @@ PKGS=(
     libxcb-render-util0
     libxcb-shape0
     libxcb-xfixes0
-    libxcb-xinerama0
     libxcb-xkb1
     libfontconfig1
     libdbus-1-3
