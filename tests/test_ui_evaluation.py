@@ -17,6 +17,7 @@ from napari_infection_clock.core.preprocess import Preprocessing
 from napari_infection_clock.core.synthetic import write_research_dataset
 from napari_infection_clock.core.targets import TimePolicy
 from napari_infection_clock.core.trainer import TrainConfig, run_training
+from napari_infection_clock.ui.annotation_widget import AnnotationWidget
 from napari_infection_clock.ui.evaluation_widget import EvaluationWidget
 from napari_infection_clock.ui.label_next_widget import MARKER_LAYER, LabelNextWidget
 from napari_infection_clock.ui.state import SessionModel, session_for
@@ -106,6 +107,43 @@ def test_label_next_ranks_ambiguous_first_and_steps_through(make_napari_viewer, 
     assert len(marker.data) == 1 and marker.data[0][0, 0] == widget.ranked.frame.iloc[0]
     # MC dropout ran on a copy: the session's model is still in eval mode throughout
     assert not any(m.training for m in session.model.model.modules())
+
+
+def test_labelling_a_suggestion_takes_it_off_the_list(make_napari_viewer, qtbot, trained,
+                                                      tmp_path):
+    """Labels made in the annotation dock after ranking leave the list at once, without
+    scoring again; Next then goes to the most uncertain item still unlabelled."""
+    model, _, paths = trained
+    image = tmp_path / paths[0].name
+    image.write_bytes(paths[0].read_bytes())
+    viewer = make_napari_viewer()
+    viewer.open(str(image), plugin="napari-infection-clock")
+    annotate, widget = AnnotationWidget(viewer), LabelNextWidget(viewer)
+    viewer.window.add_dock_widget(annotate)
+    viewer.window.add_dock_widget(widget)
+    session = session_for(viewer)
+    session.set_model(model)
+    assert widget.rank()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    order = widget.ranked["frame"].tolist()
+    assert len(order) == 30 and widget.list.count() == 30
+
+    widget.next_button.click()
+    widget.next_button.click()  # on the second suggestion
+    assert viewer.dims.current_step[0] == order[1]
+    annotate.label_current("infected")
+    assert widget.ranked["frame"].tolist() == order[:1] + order[2:]
+    assert widget.list.count() == 29 and widget.list.currentRow() == -1
+    widget.next_button.click()
+    assert viewer.dims.current_step[0] == order[0]
+
+    viewer.dims.set_current_step(0, order[2])
+    annotate.label_current("infected")  # not the selected one: the selection stays
+    assert widget.list.count() == 28 and widget.list.currentRow() == 0
+    assert widget.ranked["frame"].iloc[0] == order[0]
+
+    session.set_model(SessionModel(copy.deepcopy(model.model), model.meta))
+    assert "press Rank" in widget.status.text()
 
 
 def test_torch_errors_end_with_a_message_not_results(make_napari_viewer, qtbot, trained):

@@ -3,6 +3,8 @@
 Scores every frame (or tile) of the chosen image with the session model in a worker
 (:func:`..core.uncertainty.iter_stack_uncertainty`), drops what is already labelled, and
 steps the viewer through the list; a tile is outlined in a "label next" Shapes layer.
+Items labelled afterwards leave the list at once (the scores are kept, no model run); a
+new session model makes the scores stale, which the status line says.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class LabelNextWidget(QWidget):
         self.session = session_for(napari_viewer)
         self.worker = None
         self.ranked = pd.DataFrame()
+        self._scored: pd.DataFrame | None = None  # the last ranking's scores, all items
+        self._scored_key = ""  # annotation key (stack path) of the image they belong to
+        self._whole = True  # whether they are whole frames (else tiles)
         self._stop = False
         self._failed = False
         layout = QVBoxLayout(self)
@@ -104,6 +109,8 @@ class LabelNextWidget(QWidget):
         layout.addWidget(self.list)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.session.labels_changed.connect(self._on_labels_changed)
+        self.session.model_changed.connect(self._on_model_changed)
         on_dock_closed(self, self.cleanup)
         self._refresh_layers()
 
@@ -156,20 +163,45 @@ class LabelNextWidget(QWidget):
         self.rank_button.setEnabled(True)
         if self._failed:
             return
-        table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-        store = self.session.annotations.get(layer_stack_path(layer) or f"memory:{layer.name}")
+        self._scored = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        self._scored_key = layer_stack_path(layer) or f"memory:{layer.name}"
+        self._whole = self.tile_spin.value() == 0
+        self._show_ranking()
+
+    def _show_ranking(self) -> None:
+        """List the scored items that are still unlabelled, keeping the selected one."""
+        selected = self._selected_key()
+        store = self.session.annotations.get(self._scored_key)
         frames = store.frames if store is not None else {}
         boxes = list(store.crops) if store is not None else []
-        self.ranked = rank_uncertain(table, frames, boxes)
+        self.ranked = rank_uncertain(self._scored, frames, boxes)
         self.list.blockSignals(True)
         self.list.clear()
-        whole = self.tile_spin.value() == 0
         for row in self.ranked.head(SHOWN).itertuples(index=False):
-            where = "" if whole else f" · box ({row.y0}, {row.x0}, {row.y1}, {row.x1})"
+            where = "" if self._whole else f" · box ({row.y0}, {row.x0}, {row.y1}, {row.x1})"
             self.list.addItem(f"frame {row.frame}{where} · p(infected) {row.p_infected:.2f} · "
                               f"entropy {row.entropy:.2f} · spread {row.p_std:.3f}")
+        keys = [self._row_key(i) for i in range(min(len(self.ranked), SHOWN))]
+        self.list.setCurrentRow(keys.index(selected) if selected in keys else -1)
         self.list.blockSignals(False)
         self.status.setText(f"{len(self.ranked)} unlabelled items ranked; most uncertain first")
+
+    def _row_key(self, index: int) -> tuple[int, ...]:
+        row = self.ranked.iloc[index]
+        return tuple(int(row[c]) for c in ("frame", "y0", "x0", "y1", "x1"))
+
+    def _selected_key(self) -> tuple[int, ...] | None:
+        index = self.list.currentRow()
+        return self._row_key(index) if 0 <= index < min(len(self.ranked), SHOWN) else None
+
+    def _on_labels_changed(self, stack: str) -> None:
+        if self._scored is not None and stack == self._scored_key:
+            self._show_ranking()
+
+    def _on_model_changed(self, model) -> None:
+        if self._scored is not None:
+            self.status.setText("the model changed: these scores are the old model's; "
+                                "press Rank to score again")
 
     def go_next(self) -> None:
         """Step to the next most uncertain item."""
@@ -202,3 +234,5 @@ class LabelNextWidget(QWidget):
         self._stop = True
         self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
         self.viewer.layers.events.removed.disconnect(self._refresh_layers)
+        self.session.labels_changed.disconnect(self._on_labels_changed)
+        self.session.model_changed.disconnect(self._on_model_changed)
