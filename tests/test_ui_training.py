@@ -3,6 +3,8 @@ update, Stop keeps the old checkpoint, bad input is refused with a message."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from qtpy.QtCore import Qt
@@ -78,6 +80,9 @@ def test_train_in_worker_curves_update_and_model_is_used(make_napari_viewer, qtb
 def test_stop_keeps_the_previous_checkpoint(make_napari_viewer, qtbot, wells, tmp_path):
     viewer, widget = _widget(make_napari_viewer, tmp_path, epochs=3)
     widget.mode_combo.setCurrentText("full")
+    widget.split_combo.setCurrentText("frame blocks")
+    widget.block_spin.setValue(4)
+    widget.guard_spin.setValue(2)
     session = session_for(viewer)
     _label(session, wells)
     torch.manual_seed(0)
@@ -86,6 +91,10 @@ def test_stop_keeps_the_previous_checkpoint(make_napari_viewer, qtbot, wells, tm
                           CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=32)))
     before = old.read_bytes()
     assert widget.start()
+    assert "block(s) of 4 frames held out" in widget.status.text()
+    left_out = re.search(r"(\d+) neighbouring item\(s\) left out as a 2-frame guard band",
+                         widget.status.text())
+    assert left_out and int(left_out.group(1)) > 0, widget.status.text()
     # Stop is a flag the core polls before each batch; set it from the worker thread right
     # after the first batch (a direct connection), so the run is certainly mid-epoch.
     widget.worker.yielded.connect(

@@ -135,6 +135,9 @@ class TrainingWidget(QWidget):
         self.split_combo = QComboBox()
         self.split_combo.addItems(SPLIT_MODES)
         self.block_spin = QSpinBox(minimum=1, maximum=10000, value=8)
+        # Neighbouring frames look alike: frames this close to a validation block are
+        # left out of training, so validation is not scored on near-copies of training.
+        self.guard_spin = QSpinBox(minimum=0, maximum=1000, value=1)
         self.best_combo = QComboBox()
         self.best_combo.addItems(list(BEST_METRICS))
         # Few hand-labelled wells make the validation AUC jumpy; the validation loss weighs
@@ -157,6 +160,7 @@ class TrainingWidget(QWidget):
                          ("time loss weight", self.reg_spin), ("augmentation", self.augment_check),
                          ("validation share", self.val_spin), ("split", self.split_combo),
                          ("frames per block", self.block_spin),
+                         ("guard band (frames)", self.guard_spin),
                          ("best epoch by val.", self.best_combo), ("device", self.device_combo),
                          ("save best to", out_row)):
             form.addRow(label, w)
@@ -233,7 +237,8 @@ class TrainingWidget(QWidget):
         try:
             config = self.train_config()
             plan = plan_from_labels(table, self.val_spin.value(), self.split_combo.currentText(),
-                                    self.block_spin.value(), 1, config.seed)
+                                    self.block_spin.value(), self.guard_spin.value(),
+                                    config.seed)
             device = select_device(config.device)
         except (TrainingError, ValueError, RuntimeError) as exc:
             return self._fail(str(exc))
