@@ -1,6 +1,7 @@
 """The fast prediction path gives the answers of the plain one (no timings here: see
 benchmarks/run_benchmarks.py), streams frames, and bf16 stays within the stated tolerance."""
 
+import copy
 import os
 import threading
 
@@ -176,11 +177,17 @@ def trained(tmp_path_factory):
     return model, meta
 
 
-@pytest.mark.parametrize("precision", ["auto", "bf16"])
-def test_fast_path_matches_fp32_on_sample_data(trained, precision):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize(("device", "precision"), [
+    ("cpu", "auto"), ("cpu", "bf16"),
+    # pinned uint16 batches sent as int16 bits, preprocessing on the GPU, a reader thread
+    pytest.param("cuda", "auto", marks=CUDA), pytest.param("cuda", "fp16", marks=CUDA)])
+def test_fast_path_matches_fp32_on_sample_data(trained, device, precision):
     model, meta = trained
     exact = Predictor(model, meta, device="cpu", batch_size=8, precision="fp32")
-    fast = Predictor(model, meta, device="cpu", batch_size=8, precision=precision)
+    fast = Predictor(copy.deepcopy(model), meta, device=device, batch_size=8, precision=precision)
     for infected, seed in ((True, 21), (False, 22)):
         stack = stack_from_array(generate_stack(infected, seed=seed, n_frames=24, size=64))
         a = exact.predict_stack(stack)

@@ -31,11 +31,16 @@ def _new(arch="resnet18"):
     return build_model(config), CheckpointMeta(model=config, preprocessing=PREP, time=TimePolicy())
 
 
-def test_short_training_learns_held_out_wells(dataset, tmp_path):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+# On CUDA the trainer runs with mixed precision; the checkpoint is then read on the CPU.
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_short_training_learns_held_out_wells(dataset, tmp_path, device):
     train, val, test = dataset
     assert not {i.group for i in train} & {i.group for i in test}
     model, meta = _new()
-    config = TrainConfig(epochs=8, batch_size=32, lr=1e-3, seed=0, device="cpu")
+    config = TrainConfig(epochs=8, batch_size=32, lr=1e-3, seed=0, device=device)
     events = list(
         iter_train(
             model,
