@@ -60,7 +60,9 @@ def save_small(rgba: np.ndarray, name: str) -> Path:
 
 
 def grab(widget) -> np.ndarray:
-    image = widget.grab().toImage().convertToFormat(4)  # QImage.Format_RGB32 (BGRA bytes)
+    from qtpy.QtGui import QImage
+
+    image = widget.grab().toImage().convertToFormat(QImage.Format.Format_RGB32)  # BGRA bytes
     ptr = image.constBits()
     ptr.setsize(image.sizeInBytes())
     bgra = np.frombuffer(ptr, np.uint8).reshape(image.height(), image.bytesPerLine() // 4, 4)
