@@ -135,6 +135,17 @@ def test_predict_tiles_and_maps(trained, data, tmp_path):
     assert prob[4, 1, 0] == pytest.approx(row.p_infected, abs=1e-6)
 
 
+def test_predict_compiled_gives_the_same_table(trained, data, tmp_path):
+    stack = next((data / "infected").glob("*.tif"))
+    common = ["predict", str(trained / "model.pt"), str(stack), "--frames", "0:4", "--device",
+              "cpu", "--precision", "fp32"]
+    assert main(common + ["--out", str(tmp_path / "eager.csv")]) == 0
+    assert main(common + ["--out", str(tmp_path / "compiled.csv"), "--compile"]) == 0
+    eager, compiled = (pd.read_csv(tmp_path / f"{n}.csv") for n in ("eager", "compiled"))
+    np.testing.assert_allclose(compiled.p_infected, eager.p_infected, atol=1e-4)
+    np.testing.assert_allclose(compiled.pred_time_h, eager.pred_time_h, atol=1e-3)
+
+
 def test_evaluate_writes_report(trained, data, tmp_path):
     code = main(
         [

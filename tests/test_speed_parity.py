@@ -3,6 +3,8 @@ benchmarks/run_benchmarks.py), streams frames, and bf16 stays within the stated 
 
 import copy
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -134,6 +136,43 @@ def test_fast_path_runs_a_folded_copy_and_leaves_the_model_alone(random_model):
     assert all(p.dtype == torch.float32 for p in random_model.parameters())
     exact = Predictor(random_model, META, device="cpu", precision="fp32")
     assert exact._forward is random_model  # the switch runs the model itself
+
+
+FALLBACK = """
+import warnings, numpy as np, torch
+import torch._inductor.config as inductor
+from napari_infection_clock.core.checkpoint import CheckpointMeta
+from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
+from napari_infection_clock.core.predictor import Predictor
+from napari_infection_clock.core.preprocess import Preprocessing
+
+inductor.cpp.cxx = ("/nonexistent/c++",)  # as on a machine without a C++ compiler
+inductor.fx_graph_cache = False
+torch.manual_seed(0)
+config = ModelConfig(arch="resnet18", hidden_dim=16)
+meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=32))
+model = MultitaskResNet(config).eval()
+crops = np.random.default_rng(5).integers(0, 4000, size=(2, 32, 32), dtype=np.uint16)
+compiled = Predictor(model, meta, device="cpu", precision="fp32", compile=True)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    p, _ = compiled.predict_crops(crops)
+    compiled.predict_crops(crops)
+messages = [str(w.message) for w in caught if "torch.compile failed" in str(w.message)]
+assert len(messages) == 1, messages  # later batches skip the failed compile
+print(messages[0])
+exact = Predictor(model, meta, device="cpu", precision="fp32")
+np.testing.assert_allclose(p, exact.predict_crops(crops)[0], atol=1e-6)
+"""
+
+
+def test_compile_failure_falls_back_with_a_warning():
+    """Inductor fails at the first call without a C++ compiler; prediction goes on.
+    In a fresh process: inductor remembers the compiler it found for the whole process."""
+    out = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "torch.compile failed" in out.stdout and "predicting without it" in out.stdout
 
 
 def test_defaults_suit_the_device(random_model):

@@ -205,6 +205,17 @@ def test_event_loop_turns_and_cancel_leaves_consistent_layers(
     assert widget.run_button.enabled and not widget.running
 
 
+def test_compiled_run_fills_the_same_layers(make_napari_viewer, qtbot, sample, checkpoint):
+    viewer, _, widget = _setup(make_napari_viewer, sample, checkpoint, mode=MODE_WHOLE)
+    assert _run(qtbot, widget).startswith("done: 8 frames")
+    eager = session_for(viewer).results["well"].copy()
+    widget.compile.value = True
+    assert _run(qtbot, widget, timeout=300_000).startswith("done: 8 frames")
+    compiled = session_for(viewer).results["well"]
+    np.testing.assert_allclose(compiled.p_infected, eager.p_infected, atol=0.02)
+    np.testing.assert_allclose(compiled.pred_time_h, eager.pred_time_h, atol=0.25)
+
+
 def test_session_model_refresh_and_rgb(make_napari_viewer, qtbot, checkpoint):
     from napari_infection_clock.core.checkpoint import load_checkpoint
 

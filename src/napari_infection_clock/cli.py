@@ -161,6 +161,12 @@ def _run_args(p):
     p.add_argument(
         "--precision", choices=PRECISIONS, default="auto", help="fp32 forces exact float32"
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model: faster on long runs after seconds to a minute of "
+        "compiling; needs a C++ compiler (without one it warns and runs as usual)",
+    )
 
 
 def _policy_args(p):
@@ -452,7 +458,8 @@ def cmd_predict(args) -> int:
     model, meta = load_checkpoint(args.checkpoint)
     _warn_assumed(meta)
     predictor = Predictor(
-        model, meta, device=args.device, batch_size=args.batch_size, precision=args.precision
+        model, meta, device=args.device, batch_size=args.batch_size, precision=args.precision,
+        compile=args.compile,
     )
     tiles = _tiles(args)
     tables = []
@@ -505,7 +512,8 @@ def cmd_evaluate(args) -> int:
     policy = _policy(args, base=meta.time)
     items = _items(args.data, policy, _tiles(args))
     predictor = Predictor(
-        model, meta, device=args.device, batch_size=args.batch_size, precision=args.precision
+        model, meta, device=args.device, batch_size=args.batch_size, precision=args.precision,
+        compile=args.compile,
     )
     n_frames = len({(it.stack, it.frame) for it in items})
     parts = list(

@@ -17,6 +17,7 @@ import functools
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -209,11 +210,30 @@ class Predictor:
             else nullcontext()
         )
         with torch.inference_mode(), amp:
-            logits, time = self._forward(x)
+            logits, time = self._network_output(x)
             p = torch.softmax(logits.float(), dim=1)[:, 1]
             lo, hi = self.meta.time.clamp
             time = time.float().clamp(lo, hi)
         return p.cpu(), time.cpu()
+
+    def _network_output(self, x: torch.Tensor):
+        """The compiled network's output, or the plain one's once compiling has failed.
+
+        torch.compile fails at the first call, not when it is asked for (no C++ compiler,
+        an unsupported operator); prediction then goes on without it, with a warning.
+        A real error of the model raises again from the plain network.
+        """
+        if self._forward is self.network:
+            return self.network(x)
+        try:
+            return self._forward(x)
+        except Exception as exc:
+            cause = getattr(exc, "inner_exception", None) or exc  # inductor wraps it
+            reason = (str(cause).strip().splitlines() or [""])[0][:200]
+            warnings.warn(f"torch.compile failed ({type(cause).__name__}: {reason}); "
+                          "predicting without it", RuntimeWarning, stacklevel=3)
+            self._forward = self.network
+            return self.network(x)
 
     def predict_crops(self, crops: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw crops (N, h, w[, 3]) -> (p_infected, predicted time clamped), one batch."""

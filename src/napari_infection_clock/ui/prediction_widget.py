@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -70,6 +71,7 @@ class Job:
     session_model: SessionModel | None
     device: str
     batch_size: int
+    compile: bool
     frame_interval_h: float
     onset_h: float
     start_offset_h: float
@@ -126,6 +128,13 @@ class PredictionWidget(Container):
         self.device = ComboBox(label="device", choices=device_choices())
         best = default_batch_size(select_device("auto"))
         self.batch_size = SpinBox(label="batch size", value=best, min=1, max=4096)
+        self.compile = CheckBox(
+            text="torch.compile",
+            value=False,
+            tooltip="Compile the model first: the first frames wait seconds to a minute, long "
+            "runs then go 15-30 % faster (docs/benchmarks.md). Needs a C++ compiler; "
+            "without one a warning says so and prediction runs as usual.",
+        )
         self.first = SpinBox(label="first frame", value=0, min=0, max=0)
         self.last = SpinBox(label="last frame", value=0, min=0, max=0)
         self.run_button = PushButton(text="Predict")
@@ -146,6 +155,7 @@ class PredictionWidget(Container):
                 self.onset_h,
                 self.device,
                 self.batch_size,
+                self.compile,
                 self.first,
                 self.last,
                 self.run_button,
@@ -316,6 +326,7 @@ class PredictionWidget(Container):
             session_model=session_model,
             device=self.device.value,
             batch_size=self.batch_size.value,
+            compile=self.compile.value,
             frame_interval_h=self.frame_interval_h.value,
             onset_h=self.onset_h.value,
             start_offset_h=float(image.metadata.get("start_offset_h", 0.0)),
@@ -433,7 +444,8 @@ def _predict(job: Job, should_stop):
         if model is None:
             net, meta = load_checkpoint(job.checkpoint)
             model = SessionModel(net, meta, path=job.checkpoint, origin="checkpoint")
-        predictor = Predictor(model.model, model.meta, device=job.device, batch_size=job.batch_size)
+        predictor = Predictor(model.model, model.meta, device=job.device, batch_size=job.batch_size,
+                              compile=job.compile)
     except (CheckpointError, ValueError, OSError) as err:
         yield Failed(str(err))
         return
