@@ -95,7 +95,8 @@ def main(argv=None) -> None:
         reps = 1 if args.quick else max(2, 32 // predictor.batch_size)
         results["predictor"] = _predictor_rate(predictor, reps)
         precision = str(predictor.amp_dtype).replace("torch.", "") if predictor.amp_dtype else "fp32"
-        rows.append((f"predictor defaults (batch {predictor.batch_size}, {precision}, channels-last, BN folded)",
+        which = "predictor" if args.batch_size else "predictor defaults"
+        rows.append((f"{which} (batch {predictor.batch_size}, {precision}, channels-last, BN folded)",
                      f"{results['predictor']:.2f} img/s", ""))
         if "baseline" in results:
             ratio = results["predictor"] / results["baseline"]
@@ -145,7 +146,8 @@ def main(argv=None) -> None:
             (f"one full fine-tune step (batch {step[1]}, fp32 autograd)", f"{step[0]:.1f} s", ""),
         ]
     if "compile" in args.sections:
-        first, rate = _compiled_rate(model, meta, device, 1 if args.quick else 8)
+        first, rate = _compiled_rate(model, meta, device, predictor.batch_size,
+                                     1 if args.quick else 8)
         rows += [
             ("torch.compile: first batch (compiling)", f"{first:.0f} s", ""),
             ("torch.compile: steady rate", f"{rate:.2f} img/s", ""),
@@ -358,8 +360,8 @@ def _retrain(model, meta, device, path: Path, n_tiles: int, quick: bool):
     return cold, warm, hits, (step, batch)
 
 
-def _compiled_rate(model, meta, device, calls: int) -> tuple[float, float]:
-    predictor = Predictor(model, meta, device=device, compile=True)
+def _compiled_rate(model, meta, device, batch: int, calls: int) -> tuple[float, float]:
+    predictor = Predictor(model, meta, device=device, batch_size=batch, compile=True)
     crops = _raw_tiles(predictor.batch_size)
     start = time.perf_counter()
     predictor.predict_crops(crops)

@@ -138,12 +138,21 @@ def test_labelling_a_suggestion_takes_it_off_the_list(make_napari_viewer, qtbot,
     assert viewer.dims.current_step[0] == order[0]
 
     viewer.dims.set_current_step(0, order[2])
-    annotate.label_current("infected")  # not the selected one: the selection stays
+    annotate.label_current("infected")  # below the selected one: the selection stays
     assert widget.list.count() == 28 and widget.list.currentRow() == 0
     assert widget.ranked["frame"].iloc[0] == order[0]
+    widget.list.setCurrentRow(2)  # order[4]: order[1] and order[2] are labelled
+    assert viewer.dims.current_step[0] == order[4]
+    viewer.dims.set_current_step(0, order[0])
+    annotate.label_current("uninfected")  # above the selected one: it moves up a row
+    assert widget.list.currentRow() == 1 and widget.ranked["frame"].iloc[1] == order[4]
+    assert "press Rank" not in widget.status.text()
 
     session.set_model(SessionModel(copy.deepcopy(model.model), model.meta))
     assert "press Rank" in widget.status.text()
+    viewer.dims.set_current_step(0, order[3])
+    annotate.label_current("infected")
+    assert widget.list.count() == 26 and "press Rank" in widget.status.text()
 
 
 def test_torch_errors_end_with_a_message_not_results(make_napari_viewer, qtbot, trained):

@@ -188,7 +188,12 @@ class Predictor:
         fast = self.model if self.amp_dtype is None else _inference_copy(self.model, self.amp_dtype)
         #: The module that really runs: ``model`` itself in fp32, else its folded copy.
         self.network = fast
-        self._forward = torch.compile(fast) if compile else fast
+        self._forward = fast
+        if compile:
+            try:
+                self._forward = torch.compile(fast)
+            except Exception as exc:  # e.g. a Python version torch.compile does not support
+                self._compile_failed(exc)
         release_free_heap()  # the fp32 copy made while folding
 
     @property
@@ -221,19 +226,23 @@ class Predictor:
 
         torch.compile fails at the first call, not when it is asked for (no C++ compiler,
         an unsupported operator); prediction then goes on without it, with a warning.
-        A real error of the model raises again from the plain network.
+        A real error of the model raises from the plain network, without that warning.
         """
         if self._forward is self.network:
             return self.network(x)
         try:
             return self._forward(x)
         except Exception as exc:
-            cause = getattr(exc, "inner_exception", None) or exc  # inductor wraps it
-            reason = (str(cause).strip().splitlines() or [""])[0][:200]
-            warnings.warn(f"torch.compile failed ({type(cause).__name__}: {reason}); "
-                          "predicting without it", RuntimeWarning, stacklevel=3)
-            self._forward = self.network
-            return self.network(x)
+            out = self.network(x)  # the model's own error, if it has one, raises here
+            self._compile_failed(exc)
+            return out
+
+    def _compile_failed(self, exc: Exception) -> None:
+        cause = getattr(exc, "inner_exception", None) or exc  # inductor wraps its errors
+        reason = (str(cause).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"torch.compile failed ({type(cause).__name__}: {reason}); "
+                      "predicting without it", RuntimeWarning, stacklevel=4)
+        self._forward = self.network
 
     def predict_crops(self, crops: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw crops (N, h, w[, 3]) -> (p_infected, predicted time clamped), one batch."""

@@ -73,9 +73,12 @@ class LabelNextWidget(QWidget):
         self.session = session_for(napari_viewer)
         self.worker = None
         self.ranked = pd.DataFrame()
-        self._scored: pd.DataFrame | None = None  # the last ranking's scores, all items
-        self._scored_key = ""  # annotation key (stack path) of the image they belong to
-        self._whole = True  # whether they are whole frames (else tiles)
+        # The last ranking: its scores (all items), the image layer and session model
+        # they came from, and whether they are whole frames (else tiles).
+        self._scored: pd.DataFrame | None = None
+        self._scored_layer = None
+        self._scored_model = None
+        self._whole = True
         self._stop = False
         self._failed = False
         layout = QVBoxLayout(self)
@@ -143,7 +146,8 @@ class LabelNextWidget(QWidget):
             self.passes_spin.value(), lambda: self._stop, tables)
         self.worker.yielded.connect(self._progress)
         self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(lambda: self._done(layer, tables))
+        whole = self.tile_spin.value() == 0
+        self.worker.finished.connect(lambda: self._done(layer, tables, model, whole))
         self.rank_button.setEnabled(False)
         self.worker.start()
         return True
@@ -158,20 +162,25 @@ class LabelNextWidget(QWidget):
         self._failed = True
         self._fail(f"ranking failed: {exc}")
 
-    def _done(self, layer, tables) -> None:
+    def _done(self, layer, tables, model, whole: bool) -> None:
         self.worker = None
         self.rank_button.setEnabled(True)
         if self._failed:
             return
         self._scored = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-        self._scored_key = layer_stack_path(layer) or f"memory:{layer.name}"
-        self._whole = self.tile_spin.value() == 0
+        self._scored_layer, self._scored_model, self._whole = layer, model, whole
         self._show_ranking()
+
+    def _scored_key(self) -> str:
+        """The annotation key of the ranked image, asked anew: saving an in-memory image
+        to a project folder moves its labels from ``memory:NAME`` to the file's path."""
+        layer = self._scored_layer
+        return layer_stack_path(layer) or f"memory:{layer.name}"
 
     def _show_ranking(self) -> None:
         """List the scored items that are still unlabelled, keeping the selected one."""
         selected = self._selected_key()
-        store = self.session.annotations.get(self._scored_key)
+        store = self.session.annotations.get(self._scored_key())
         frames = store.frames if store is not None else {}
         boxes = list(store.crops) if store is not None else []
         self.ranked = rank_uncertain(self._scored, frames, boxes)
@@ -184,7 +193,13 @@ class LabelNextWidget(QWidget):
         keys = [self._row_key(i) for i in range(min(len(self.ranked), SHOWN))]
         self.list.setCurrentRow(keys.index(selected) if selected in keys else -1)
         self.list.blockSignals(False)
-        self.status.setText(f"{len(self.ranked)} unlabelled items ranked; most uncertain first")
+        self._show_status()
+
+    def _show_status(self) -> None:
+        text = f"{len(self.ranked)} unlabelled items ranked; most uncertain first"
+        if self._scored_model is not self.session.model:
+            text += ". The model changed since: these are the old model's scores; press Rank"
+        self.status.setText(text)
 
     def _row_key(self, index: int) -> tuple[int, ...]:
         row = self.ranked.iloc[index]
@@ -195,13 +210,12 @@ class LabelNextWidget(QWidget):
         return self._row_key(index) if 0 <= index < min(len(self.ranked), SHOWN) else None
 
     def _on_labels_changed(self, stack: str) -> None:
-        if self._scored is not None and stack == self._scored_key:
+        if self._scored is not None and stack == self._scored_key():
             self._show_ranking()
 
     def _on_model_changed(self, model) -> None:
-        if self._scored is not None:
-            self.status.setText("the model changed: these scores are the old model's; "
-                                "press Rank to score again")
+        if self._scored is not None and self.worker is None:
+            self._show_status()
 
     def go_next(self) -> None:
         """Step to the next most uncertain item."""
@@ -213,7 +227,7 @@ class LabelNextWidget(QWidget):
             return
         row = self.ranked.iloc[index]
         self.viewer.dims.set_current_step(0, int(row.frame))
-        if self.tile_spin.value():
+        if not self._whole:
             box = [int(row[c]) for c in ("y0", "x0", "y1", "x1")]
             f = int(row.frame)
             rect = np.array([[f, box[0], box[1]], [f, box[0], box[3]], [f, box[2], box[3]],
