@@ -9,7 +9,6 @@ time scatter with its least-squares line, and per-time-bin metrics, drawn by
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -45,16 +44,10 @@ from ..core.report import (
 )
 from ..core.retrain import labels_of
 from .state import session_for
+from .workers import Failed
 
 SOURCES = ("validation items of the last training", "all labelled frames and crops")
 
-
-@dataclass
-class Failed:
-    """A failed run, yielded rather than raised: superqt's worker swallows a RuntimeError
-    (most torch errors) as a warning and never emits ``errored``."""
-
-    message: str
 
 
 def _run(model, meta, items, tables: list):
@@ -68,7 +61,7 @@ def _run(model, meta, items, tables: list):
             tables.append(table)
             yield sum(len(t) for t in tables)
     except Exception as exc:  # shown to the user, see Failed
-        yield Failed(f"{type(exc).__name__}: {exc}")
+        yield Failed.of(exc)
 
 
 def metric_rows(metrics: dict) -> list[tuple[str, str]]:

@@ -10,7 +10,6 @@ new session model makes the scores stale, which the status line says.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -37,17 +36,11 @@ from ..core.uncertainty import METHODS, iter_stack_uncertainty, rank_uncertain
 from .annotation_widget import layer_stack_path
 from .state import session_for
 from .teardown import on_dock_closed
+from .workers import Failed
 
 MARKER_LAYER = "label next"
 SHOWN = 50
 
-
-@dataclass
-class Failed:
-    """A failed run, yielded rather than raised: superqt's worker swallows a RuntimeError
-    (most torch errors) as a warning and never emits ``errored``."""
-
-    message: str
 
 
 def _score(model, meta, stack, tiles, method, passes, stop, tables: list):
@@ -61,7 +54,7 @@ def _score(model, meta, stack, tiles, method, passes, stop, tables: list):
             tables.append(table)
             yield len(tables), stack.n_frames
     except Exception as exc:  # shown to the user, see Failed
-        yield Failed(f"{type(exc).__name__}: {exc}")
+        yield Failed.of(exc)
 
 
 class LabelNextWidget(QWidget):
@@ -190,7 +183,7 @@ class LabelNextWidget(QWidget):
             where = "" if self._whole else f" · box ({row.y0}, {row.x0}, {row.y1}, {row.x1})"
             self.list.addItem(f"frame {row.frame}{where} · p(infected) {row.p_infected:.2f} · "
                               f"entropy {row.entropy:.2f} · spread {row.p_std:.3f}")
-        keys = [self._row_key(i) for i in range(min(len(self.ranked), SHOWN))]
+        keys = self._shown_keys()
         self.list.setCurrentRow(keys.index(selected) if selected in keys else -1)
         self.list.blockSignals(False)
         self._show_status()
@@ -201,13 +194,16 @@ class LabelNextWidget(QWidget):
             text += ". The model changed since: these are the old model's scores; press Rank"
         self.status.setText(text)
 
-    def _row_key(self, index: int) -> tuple[int, ...]:
-        row = self.ranked.iloc[index]
-        return tuple(int(row[c]) for c in ("frame", "y0", "x0", "y1", "x1"))
+    def _shown_keys(self) -> list[tuple[int, ...]]:
+        """(frame, y0, x0, y1, x1) of each listed item, in list order."""
+        if self.ranked.empty:
+            return []
+        shown = self.ranked[["frame", "y0", "x0", "y1", "x1"]].head(SHOWN).astype(int)
+        return list(shown.itertuples(index=False, name=None))
 
     def _selected_key(self) -> tuple[int, ...] | None:
-        index = self.list.currentRow()
-        return self._row_key(index) if 0 <= index < min(len(self.ranked), SHOWN) else None
+        keys, index = self._shown_keys(), self.list.currentRow()
+        return keys[index] if 0 <= index < len(keys) else None
 
     def _on_labels_changed(self, stack: str) -> None:
         if self._scored is not None and stack == self._scored_key():

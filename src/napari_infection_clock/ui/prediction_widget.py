@@ -42,6 +42,7 @@ from .devices import device_choices
 from .overlays import Grid, PredictionLayers, rectangles_to_boxes, region_grid, tile_grid
 from .state import SessionModel, session_for
 from .teardown import on_dock_closed
+from .workers import Failed
 
 SOURCE_FILE = "checkpoint file"
 SOURCE_SESSION = "model of this session"
@@ -76,14 +77,6 @@ class Job:
     onset_h: float
     start_offset_h: float
 
-
-@dataclass
-class Failed:
-    """What a failed run says: bad input (an unreadable checkpoint, a device) or a torch
-    error. Yielded, not raised: superqt's worker turns a raised RuntimeError into a warning
-    and never emits ``errored``."""
-
-    message: str
 
 
 class PredictionWidget(Container):
@@ -450,7 +443,7 @@ def _predict(job: Job, should_stop):
         yield Failed(str(err))
         return
     except Exception as err:  # a RuntimeError would be swallowed by superqt, see Failed
-        yield Failed(f"{type(err).__name__}: {err}")
+        yield Failed.of(err)
         return
     yield model
     policy = TimePolicy(
@@ -473,4 +466,4 @@ def _predict(job: Job, should_stop):
     except (StackError, ValueError, OSError) as err:
         yield Failed(str(err))
     except Exception as err:  # torch errors (out of memory, shapes) are RuntimeErrors
-        yield Failed(f"{type(err).__name__}: {err}")
+        yield Failed.of(err)
