@@ -233,3 +233,17 @@ def test_fine_tuning_keeps_the_checkpoint_onset_and_reads_label_tables(trained, 
     # The label table's own onset (1 h) wins for its rows: frame 10 (5 h) is 4 h after it.
     infected = predictions[(predictions.true_class == 1) & (predictions.frame == 10)]
     assert infected.true_time_h.tolist() == [4.0]
+
+
+def test_demo_runs_the_whole_loop(tmp_path):
+    """The README's main command, shortened: every step writes what it announces."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--image-size", "32",
+                 "--device", "cpu"]) == 0
+    assert (out / "training" / "model.pt").is_file()
+    assert (out / "training" / "report" / "metrics.json").is_file()
+    table = pd.read_csv(out / "predictions.csv")
+    assert list(table.columns) == list(RESULT_COLUMNS) and len(table) == 48
+    maps = sorted(p.name for p in (out / "maps").glob("*.tif"))
+    assert len(maps) == 2 and maps[0].endswith("_duration_h.tif")
+    assert maps[1].endswith("_p_infected.tif")

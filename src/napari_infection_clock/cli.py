@@ -559,24 +559,10 @@ def cmd_demo(args) -> int:
     example = Path(test[0].stack) if test else Path(train[0].stack)
     predictions = out / "predictions.csv"
     print(f"4/4 predicting {example.name}")
-    cmd_predict(
-        argparse.Namespace(
-            checkpoint=out / "training" / "model.pt",
-            stacks=[example],
-            out=predictions,
-            maps=out / "maps",
-            axes=None,
-            channel=None,
-            interval=None,
-            tile_size=None,
-            stride=None,
-            border="pad",
-            device=args.device,
-            batch_size=None,
-            precision="auto",
-            frames=None,
-        )
-    )
+    # Through the real parser, so the demo's predict gets every option's default.
+    cmd_predict(build_parser().parse_args([
+        "predict", str(out / "training" / "model.pt"), str(example), "--out", str(predictions),
+        "--maps", str(out / "maps"), "--device", args.device]))
     print(f"\ndone in {time.perf_counter() - start:.0f} s. Results in {out}:")
     print(f"  checkpoint       {out / 'training' / 'model.pt'}")
     print(f"  metrics, plots   {out / 'training' / 'report'}")
