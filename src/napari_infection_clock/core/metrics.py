@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import stats
 from sklearn import metrics as skm
 
+from .clock import CONSISTENT_COLUMN
 from .results import TRUTH_COLUMNS
 from .targets import CLASS_NAMES, INFECTED, UNINFECTED
 
@@ -151,24 +152,33 @@ def _plain(value):
 def evaluate_table(df: pd.DataFrame, *, bin_hours: float = 6.0, threshold: float = 0.5) -> dict:
     """All SPEC 7 metrics of a labelled prediction table. The class comes from thresholding
     ``p_infected`` (not ``pred_class``) so a different threshold can be evaluated; per-class
-    regression splits rows by their TRUE class."""
+    regression splits rows by their TRUE class.
+
+    A table with the per-region clock (``consistent_time_h``, :mod:`.clock`) also gets a
+    ``consistent`` block, the same regression metrics of the consistent times, next to
+    every ``regression`` block."""
     _check_table(df)
     cls, reg = _row_metrics(df, threshold)
     cls["roc_curve"] = roc_curve_points(df["true_class"], df["p_infected"])
     true_class = pd.to_numeric(df["true_class"], errors="coerce").to_numpy()
+    columns = {"regression": "pred_time_h"}
+    if CONSISTENT_COLUMN in df.columns:
+        columns["consistent"] = CONSISTENT_COLUMN
     per_class = {
         CLASS_NAMES[c]: {
-            "regression": regression_metrics(
-                df["true_time_h"][true_class == c], df["pred_time_h"][true_class == c]
-            )
+            block: regression_metrics(df["true_time_h"][true_class == c], df[col][true_class == c])
+            for block, col in columns.items()
         }
         for c in (INFECTED, UNINFECTED)
     }
+    overall = {"classification": cls, "regression": reg}
+    if CONSISTENT_COLUMN in df.columns:
+        overall["consistent"] = regression_metrics(df["true_time_h"], df[CONSISTENT_COLUMN])
     bins = per_bin_table(df, bin_hours, threshold)
     per_bin = [{k: _plain(v) for k, v in row.items()} for row in bins.to_dict("records")]
     return {
         "bin_hours": float(bin_hours),
-        "overall": {"classification": cls, "regression": reg},
+        "overall": overall,
         "per_class": per_class,
         "per_bin": per_bin,
     }
