@@ -43,8 +43,9 @@ from napari_infection_clock.core.device import select_device
 from napari_infection_clock.core.feature_cache import FeatureCache
 from napari_infection_clock.core.items import Item
 from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
-from napari_infection_clock.core.predictor import Predictor, autocast_dtype
+from napari_infection_clock.core.predictor import Predictor
 from napari_infection_clock.core.preprocess import Preprocessing, preprocess
+from napari_infection_clock.core.runtime import autocast_dtype
 from napari_infection_clock.core.stack import open_stack
 from napari_infection_clock.core.tiles import TileSpec, tile_boxes
 from napari_infection_clock.core.trainer import TrainConfig, iter_train
@@ -376,7 +377,7 @@ def _machine(device) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    from napari_infection_clock.core.predictor import cpu_supports_bf16
+    from napari_infection_clock.core.runtime import cpu_supports_bf16
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none used"
     return (

@@ -6,11 +6,11 @@ import torch
 from napari_infection_clock.core.checkpoint import CheckpointMeta
 from napari_infection_clock.core.device import available_devices, select_device
 from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
-from napari_infection_clock.core.predictor import Predictor, frame_time_policy
+from napari_infection_clock.core.predictor import Predictor
 from napari_infection_clock.core.preprocess import Preprocessing
 from napari_infection_clock.core.results import RESULT_COLUMNS
 from napari_infection_clock.core.stack import open_stack, stack_from_array, write_stack
-from napari_infection_clock.core.targets import TimePolicy
+from napari_infection_clock.core.targets import TimePolicy, frame_time_policy
 from napari_infection_clock.core.tiles import TileSpec
 
 

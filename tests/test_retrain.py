@@ -9,10 +9,11 @@ import pytest
 
 from napari_infection_clock.core.annotations import open_annotations
 from napari_infection_clock.core.checkpoint import load_checkpoint
+from napari_infection_clock.core.evaluation import predict_items
 from napari_infection_clock.core.items import FramePolicy, research_items
 from napari_infection_clock.core.metrics import evaluate_table
 from napari_infection_clock.core.model import ModelConfig
-from napari_infection_clock.core.predictor import Predictor, predict_items
+from napari_infection_clock.core.predictor import Predictor
 from napari_infection_clock.core.retrain import (
     iter_retrain,
     labels_of,

@@ -16,12 +16,12 @@ from napari_infection_clock.core.checkpoint import CheckpointMeta
 from napari_infection_clock.core.dataset import ItemDataset
 from napari_infection_clock.core.items import FramePolicy, research_items
 from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
-from napari_infection_clock.core.predictor import Predictor, cut_tiles
+from napari_infection_clock.core.predictor import Predictor
 from napari_infection_clock.core.preprocess import Preprocessing, preprocess, to_device
 from napari_infection_clock.core.stack import stack_from_array
 from napari_infection_clock.core.synthetic import generate_stack, write_research_dataset
 from napari_infection_clock.core.targets import TimePolicy
-from napari_infection_clock.core.tiles import TileSpec, crop, tile_boxes
+from napari_infection_clock.core.tiles import TileSpec, crop, cut_tiles, tile_boxes
 from napari_infection_clock.core.trainer import TrainConfig, run_training
 
 META = CheckpointMeta(model=ModelConfig(arch="resnet18", hidden_dim=16),

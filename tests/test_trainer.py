@@ -5,10 +5,11 @@ import torch
 
 from napari_infection_clock.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from napari_infection_clock.core.dataset import ItemDataset
+from napari_infection_clock.core.evaluation import predict_items
 from napari_infection_clock.core.items import FramePolicy, research_items, split_by_group
 from napari_infection_clock.core.metrics import evaluate_table
 from napari_infection_clock.core.model import ModelConfig, build_model
-from napari_infection_clock.core.predictor import Predictor, predict_items
+from napari_infection_clock.core.predictor import Predictor
 from napari_infection_clock.core.preprocess import Preprocessing
 from napari_infection_clock.core.synthetic import write_research_dataset
 from napari_infection_clock.core.targets import TimePolicy

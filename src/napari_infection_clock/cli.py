@@ -20,6 +20,7 @@ from . import __version__
 from .core.atomic import OutputNotWritable, check_writable, write_atomic
 from .core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, utc_now
 from .core.dataset import ItemDataset
+from .core.evaluation import predict_items
 from .core.items import (
     FramePolicy,
     items_frame,
@@ -36,9 +37,10 @@ from .core.model import (
     PretrainedWeightsUnavailable,
     build_model,
 )
-from .core.predictor import PRECISIONS, Predictor, predict_items
+from .core.predictor import Predictor
 from .core.preprocess import Preprocessing
 from .core.report import save_report
+from .core.runtime import PRECISIONS
 from .core.stack import StackError, open_stack, write_stack
 from .core.synthetic import write_research_dataset
 from .core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy

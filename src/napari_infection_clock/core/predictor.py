@@ -11,9 +11,6 @@ ever held in memory, however long the stack.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import os
 import queue
 import threading
@@ -21,26 +18,21 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
-from torch import nn
-from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
 from .checkpoint import CheckpointMeta
-from .dataset import ItemDataset
 from .device import select_device
 from .model import MultitaskResNet
 from .preprocess import preprocess, to_device
 from .results import empty_results, result_rows
+from .runtime import autocast_dtype, inference_copy, release_free_heap
 from .stack import TimelapseStack
-from .targets import TimePolicy
-from .tiles import TileSpec, crop, tile_boxes
+from .targets import TimePolicy, frame_time_policy
+from .tiles import TileSpec, check_boxes, crop, cut_tiles, tile_boxes
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Batches prepared ahead of the one computing, where a core is free to prepare them.
 PREFETCH_BATCHES = 2
 #: Default batch per device type. ResNet50 at 512 px on CPU runs as fast at 4 as at 8
@@ -64,29 +56,6 @@ class FramePrediction:
     total: int
 
 
-def cpu_supports_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels here (AVX-512 BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None means plain fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu":
-            return torch.bfloat16 if cpu_supports_bf16() else None
-        return None
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
 def default_prefetch(device: torch.device) -> int:
     """Batches to read ahead in a thread: none on a CPU whose every core computes.
 
@@ -96,50 +65,6 @@ def default_prefetch(device: torch.device) -> int:
     if device.type == "cpu" and (os.cpu_count() or 1) <= torch.get_num_threads():
         return 0
     return PREFETCH_BATCHES
-
-
-def frame_time_policy(stack: TimelapseStack, meta: CheckpointMeta) -> TimePolicy:
-    """The stack's own frame interval when it has one (metadata or user), else the checkpoint's."""
-    interval = (
-        stack.frame_interval_h
-        if stack.frame_interval_source in ("metadata", "user")
-        else meta.time.frame_interval_h
-    )
-    return TimePolicy(
-        frame_interval_h=interval,
-        onset_h=meta.time.onset_h,
-        clamp=meta.time.clamp,
-        start_offset_h=getattr(stack, "start_offset_h", 0.0),
-    )
-
-
-def check_boxes(boxes: np.ndarray, height: int, width: int) -> None:
-    """Refuse empty boxes and boxes wholly outside the frame, as :func:`.tiles.crop` does."""
-    y0, x0, y1, x1 = boxes.T
-    if np.any((y1 <= y0) | (x1 <= x0)):
-        raise ValueError("a box is empty; every box must satisfy y1 > y0 and x1 > x0")
-    if np.any((y0 >= height) | (x0 >= width) | (y1 <= 0) | (x1 <= 0)):
-        raise ValueError(f"a box lies outside the {height} x {width} frame")
-
-
-def cut_tiles(frame: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Equal-sized ``boxes`` of ``frame`` as one (N, h, w[, C]) array, in one gather.
-
-    Same pixels as :func:`.tiles.crop` per box: boxes reaching past the frame read from
-    the frame padded once by reflection, which mirrors the same pixels crop() mirrors.
-    """
-    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    h, w = (int(v) for v in boxes[0, 2:] - boxes[0, :2])
-    height, width = frame.shape[:2]
-    top, left = max(0, -int(boxes[:, 0].min())), max(0, -int(boxes[:, 1].min()))
-    bottom = max(0, int(boxes[:, 2].max()) - height)
-    right = max(0, int(boxes[:, 3].max()) - width)
-    if top or bottom or left or right:
-        pads = [(top, bottom), (left, right)] + [(0, 0)] * (frame.ndim - 2)
-        frame = np.pad(frame, pads, mode="reflect")
-    windows = sliding_window_view(frame, (h, w), axis=(0, 1))  # (Y, X, [C,] h, w), a view
-    tiles = windows[boxes[:, 0] + top, boxes[:, 1] + left]  # the one copy
-    return np.moveaxis(tiles, 1, -1) if frame.ndim == 3 else tiles
 
 
 @dataclass
@@ -185,7 +110,7 @@ class Predictor:
             # batch otherwise page-faults on ~1.4 GB of fresh memory per pass (~4 % slower).
             os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
-        fast = self.model if self.amp_dtype is None else _inference_copy(self.model, self.amp_dtype)
+        fast = self.model if self.amp_dtype is None else inference_copy(self.model, self.amp_dtype)
         #: The module that really runs: ``model`` itself in fp32, else its folded copy.
         self.network = fast
         self._forward = fast
@@ -436,67 +361,3 @@ class Predictor:
         return table.sort_values(["frame", "tile_row", "tile_col"], kind="stable").reset_index(
             drop=True
         )
-
-
-def _inference_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A channels-last copy of an eval-mode ``model`` with BatchNorm folded into its convs,
-    its weights stored in the autocast ``dtype``.
-
-    Autocast would round the weights to ``dtype`` at every call anyway, so storing them
-    rounded gives the same numbers in half the memory. Folding changes rounding slightly,
-    so only the reduced precisions use the copy; a model that cannot be traced
-    symbolically is used as it is.
-    """
-    try:
-        folded = fold_batchnorm(model)
-    except Exception:  # noqa: BLE001 - torch.fx raises many kinds; the plain model still works
-        return model
-    return folded.eval().to(dtype=dtype, memory_format=torch.channels_last)
-
-
-@functools.cache
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None on other C libraries."""
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
-
-
-def release_free_heap() -> None:
-    """Hand memory freed inside glibc's heaps back to the system.
-
-    glibc keeps freed blocks below its mmap threshold (which grows to 32 MB with the
-    batch tensors) in per-thread arenas; without this, resident memory of a streamed
-    stack grows well past what is in use (measured in docs/benchmarks.md).
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-def predict_items(
-    predictor: Predictor,
-    items,
-    should_stop: Callable[[], bool] | None = None,
-) -> Iterator[pd.DataFrame]:
-    """Predict labelled items frame by frame; rows carry the truth (``true_class``,
-    ``true_time_h``) so the table feeds :func:`.metrics.evaluate_table` directly."""
-    by_frame: dict[tuple[str, int], list[int]] = {}
-    for i, item in enumerate(items):
-        by_frame.setdefault((item.stack, item.frame), []).append(i)
-    reader = ItemDataset(items, predictor.meta.preprocessing)
-    for (stack_path, frame), members in by_frame.items():
-        if should_stop is not None and should_stop():
-            return
-        p, t = predictor.predict_many([reader.raw_crop(i) for i in members])
-        h, w = reader.stack(stack_path).frame_shape
-        boxes = np.array([items[i].box or (0, 0, h, w) for i in members])
-        sizes = np.maximum(boxes[:, 2:] - boxes[:, :2], 1)
-        table = result_rows(
-            Path(stack_path).stem, frame, items[members[0]].hours, boxes, boxes[:, :2] // sizes, p, t
-        )
-        table["true_class"] = [items[i].label for i in members]
-        table["true_time_h"] = [items[i].time_target for i in members]
-        yield table

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # both import this module
+    from .checkpoint import CheckpointMeta
+    from .stack import TimelapseStack
 
 INFECTED = 1
 UNINFECTED = 0
@@ -56,3 +61,18 @@ def time_target(hours, infected, onset_h: float, clamp=DEFAULT_CLAMP):
 def onset_estimate(hours, duration):
     """For items classified infected: the onset the prediction implies, ``t - duration``."""
     return np.asarray(hours, dtype=np.float64) - np.asarray(duration, dtype=np.float64)
+
+
+def frame_time_policy(stack: TimelapseStack, meta: CheckpointMeta) -> TimePolicy:
+    """The stack's own frame interval when it has one (metadata or user), else the checkpoint's."""
+    interval = (
+        stack.frame_interval_h
+        if stack.frame_interval_source in ("metadata", "user")
+        else meta.time.frame_interval_h
+    )
+    return TimePolicy(
+        frame_interval_h=interval,
+        onset_h=meta.time.onset_h,
+        clamp=meta.time.clamp,
+        start_offset_h=getattr(stack, "start_offset_h", 0.0),
+    )

@@ -30,7 +30,7 @@ from .device import select_device
 from .feature_cache import FeatureCache
 from .metrics import classification_metrics, regression_metrics
 from .model import MultitaskResNet
-from .predictor import autocast_dtype
+from .runtime import autocast_dtype
 
 TRAIN_MODES = ("full", "heads")
 #: Validation metric name -> whether larger is better.

@@ -32,9 +32,10 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.atomic import OutputNotWritable
+from ..core.evaluation import predict_items
 from ..core.items import label_table_items
 from ..core.metrics import evaluate_table, per_bin_table
-from ..core.predictor import Predictor, predict_items
+from ..core.predictor import Predictor
 from ..core.report import (
     confusion_figure,
     per_bin_figure,
