@@ -60,8 +60,9 @@ def test_summary_and_onset_numbers():
     assert row.fraction_infected == pytest.approx(0.75)
     assert row.median_duration_h == pytest.approx(5.0 - ONSET + 0.2)  # tiles 1..3: +0.1..0.3
     assert np.isnan(summary.set_index("frame").loc[0, "median_duration_h"])
-    onset, n = estimate_onset(summary)
-    assert onset == pytest.approx(ONSET - 0.2) and n == N_FRAMES - 4
+    fit = estimate_onset(summary)
+    assert fit.onset_h == pytest.approx(ONSET - 0.2) and fit.n_votes == N_FRAMES - 4
+    assert fit.onset_low_h == fit.onset_high_h == fit.onset_h  # the votes agree: no spread
 
 
 def test_curves_marker_and_click(plotted, qtbot):
@@ -72,6 +73,8 @@ def test_curves_marker_and_click(plotted, qtbot):
     assert "estimated onset: 1.80 h" in plot.onset_label.text()
     labels = [line.get_label() for line in plot.ax_t.lines]
     assert "ideal t - 2 h" in labels and "estimated onset 1.80 h" in labels
+    fitted = plot.ax_t.lines[labels.index("fitted clock")]
+    np.testing.assert_allclose(fitted.get_ydata(), np.maximum(fitted.get_xdata() - 1.8, 0))
 
     # the marker follows the slider without a full redraw: same artists, new x
     lines_before = list(plot.ax_p.lines)
@@ -106,6 +109,31 @@ def test_selected_tiles_get_curves_and_export(plotted, tmp_path):
     np.testing.assert_allclose(csv["ideal_duration_h"], np.maximum(csv["hours"] - ONSET, 0))
     series = features[(features.tile_row == 1) & (features.tile_col == 0)].sort_values("frame")
     np.testing.assert_allclose(csv["p_infected tile (1, 0)"], series["p_infected"])
+
+
+def test_a_selected_tile_shows_its_clock_with_its_band(plotted):
+    from napari_infection_clock.core.clock import with_clock
+
+    viewer, plot, layers = plotted
+    rng = np.random.default_rng(0)
+    table = layers.table.copy()
+    noisy = table["pred_class"] == 1
+    table.loc[noisy, "pred_time_h"] += rng.normal(0, 0.5, noisy.sum())
+    table = with_clock(table)
+    session_for(viewer).set_results("well", table, plot.info)
+    tiles = viewer.layers[layer_name("well", "tiles")]
+    pick = tiles.features.index[(tiles.features.tile_row == 1) & (tiles.features.tile_col == 1)]
+    tiles.selected_data = {int(pick[0])}
+    labels = [line.get_label() for line in plot.ax_t.lines]
+    assert "tile (1, 1) clock" in labels
+    line = plot.ax_t.lines[labels.index("tile (1, 1) clock")]
+    tile = table[(table.tile_row == 1) & (table.tile_col == 1)]
+    onset, low, high = tile[["onset_h", "onset_low_h", "onset_high_h"]].iloc[0]
+    assert low < onset < high
+    np.testing.assert_allclose(line.get_ydata(), np.maximum(line.get_xdata() - onset, 0))
+    band = plot.ax_t.collections[-1].get_paths()[0].vertices  # the tile's band, last drawn
+    assert band[:, 1].max() == pytest.approx(max(plot.summary["hours"].max() - low, 0))
+    assert "(" in plot.onset_label.text() and "90 %" in plot.onset_label.text()
 
 
 def test_regions_selected_in_their_layer(make_napari_viewer):

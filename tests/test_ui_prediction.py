@@ -10,6 +10,7 @@ import pytest
 from napari import save_layers
 
 from napari_infection_clock.core.checkpoint import CheckpointMeta, save_checkpoint
+from napari_infection_clock.core.clock import CLOCK_COLUMNS
 from napari_infection_clock.core.model import ModelConfig, build_model
 from napari_infection_clock.core.preprocess import Preprocessing
 from napari_infection_clock.core.results import RESULT_COLUMNS
@@ -82,7 +83,7 @@ def test_tile_grid_layers_sit_on_their_tiles(
     assert message.startswith("done: 8 frames"), message
     prob, dur, cls, tiles = (viewer.layers[layer_name("well", k)] for k in KINDS)
     table = tiles.features
-    assert list(table.columns) == list(RESULT_COLUMNS)
+    assert list(table.columns) == [*RESULT_COLUMNS, *CLOCK_COLUMNS]
     assert len(table) == len(tiles.data) == 8 * 4
     assert table["frame"].iloc[0] == 5  # the frame on screen came first
     assert prob.data.shape == dur.data.shape == cls.data.shape == (8, 2, 2)
@@ -114,6 +115,14 @@ def test_tile_grid_layers_sit_on_their_tiles(
         assert rect[:, 1].min() == row.y0 - 0.5 and rect[:, 1].max() == row.y1 - 0.5
         assert rect[:, 2].min() == row.x0 - 0.5 and rect[:, 2].max() == row.x1 - 0.5
 
+    # the onset map: one value per tile, the same for every frame, with its colorbar
+    onset = viewer.layers[layer_name("well", "onset")]
+    assert onset.data.shape == (2, 2) and onset.colorbar.visible
+    per_tile = table.groupby(["tile_row", "tile_col"])["onset_h"].agg(["min", "max"])
+    for (r, c), row in per_tile.iterrows():
+        np.testing.assert_equal([row["min"], row["max"]], [onset.data[r, c]] * 2)
+    np.testing.assert_allclose(onset.data_to_world((1, 1)), prob.data_to_world((0, 1, 1))[1:])
+
     # the tiles layer's table is the shared result and what the writer saves
     pd.testing.assert_frame_equal(session_for(viewer).results["well"], table)
     written = write_prediction_csv(str(tmp_path / "t.csv"), tiles.data, tiles._get_state())
@@ -124,13 +133,13 @@ def test_tile_grid_layers_sit_on_their_tiles(
     pd.testing.assert_frame_equal(pd.read_csv(saved[0]), again)
 
     # a second run (whole frame now) reuses the same layers
-    before = {k: id(viewer.layers[layer_name("well", k)]) for k in KINDS}
+    before = {k: id(viewer.layers[layer_name("well", k)]) for k in (*KINDS, "onset")}
     n_layers = len(viewer.layers)
     widget.mode.value = MODE_WHOLE
     assert _run(qtbot, widget).startswith("done")
     assert len(viewer.layers) == n_layers
-    assert {k: id(viewer.layers[layer_name("well", k)]) for k in KINDS} == before
-    assert prob.data.shape == (8, 1, 1)
+    assert {k: id(viewer.layers[layer_name("well", k)]) for k in (*KINDS, "onset")} == before
+    assert prob.data.shape == (8, 1, 1) and onset.data.shape == (1, 1)
     np.testing.assert_allclose(prob.data_to_world((3, 0, 0)), (3, 31.5, 31.5))
     assert len(tiles.data) == len(tiles.features) == 8
 
@@ -203,6 +212,7 @@ def test_event_loop_turns_and_cancel_leaves_consistent_layers(
     assert painted == done
     assert all(not np.isnan(prob.data[f]).any() for f in done)
     assert widget.run_button.enabled and not widget.running
+    assert layer_name("long", "onset") not in viewer.layers  # no clock from a cut-short run
 
 
 def test_compiled_run_fills_the_same_layers(make_napari_viewer, qtbot, sample, checkpoint):

@@ -75,7 +75,7 @@ def _robust_fit(votes, weights, level, n_resamples, rng) -> tuple[float, float, 
     if votes.size == 0:
         return np.nan, np.nan, np.nan
     centre = float(weighted_median(votes, weights))
-    if votes.size < 2 or np.ptp(votes) == 0:
+    if votes.size < 2 or np.ptp(votes) < 1e-9:
         # One vote has no spread to resample; identical votes have none to report.
         return (centre, np.nan, np.nan) if votes.size < 2 else (centre, centre, centre)
     res = stats.bootstrap(
@@ -141,15 +141,20 @@ def with_clock(table: pd.DataFrame, *, clamp=DEFAULT_CLAMP, **kwargs) -> pd.Data
     ``consistent_time_h`` follows the region's class as ``pred_time_h`` follows the frame's:
     an infection duration where ``onset_h`` is set, experiment time elsewhere.
     """
+    return apply_clocks(table, region_clocks(table, clamp=clamp, **kwargs), clamp)
+
+
+def apply_clocks(table: pd.DataFrame, regions: pd.DataFrame, clamp=DEFAULT_CLAMP) -> pd.DataFrame:
+    """``table`` with the clock columns of already fitted ``regions`` (cheap: a merge), so a
+    viewer can fit in a worker thread and attach the result on the GUI thread."""
     out = table.drop(columns=[c for c in CLOCK_COLUMNS if c in table.columns])
     if out.empty:
         return out.reindex(columns=[*out.columns, *CLOCK_COLUMNS])
-    regions = region_clocks(out, clamp=clamp, **kwargs)
     merged = out[list(REGION_KEYS)].merge(regions, on=list(REGION_KEYS), how="left")
     out = out.copy()
     for column in ("onset_h", "onset_low_h", "onset_high_h"):
         out[column] = merged[column].to_numpy(np.float64)
-    out["consistent_time_h"] = consistent_time(
-        out["hours"], merged["infected"].to_numpy(bool), out["onset_h"].to_numpy(),
+    out[CONSISTENT_COLUMN] = consistent_time(
+        out["hours"], merged["infected"].eq(True).to_numpy(), out["onset_h"].to_numpy(),
         merged["start_h"].to_numpy(np.float64), clamp)
     return out

@@ -1,4 +1,5 @@
-"""Prediction tables -> napari layers over the image: probability, duration, class, tiles.
+"""Prediction tables -> napari layers over the image: probability, duration, class, tiles,
+and the onset map of the per-region clocks.
 
 The probability, duration and class layers hold one value per item per frame on a small
 raster (the tile grid); ``scale`` and ``translate`` put each value's cell centred on its
@@ -16,6 +17,7 @@ import pandas as pd
 from napari.layers import Image, Labels, Shapes
 from napari.utils.colormaps import DirectLabelColormap
 
+from ..core.clock import apply_clocks
 from ..core.results import RESULT_COLUMNS
 from ..core.targets import INFECTED, UNINFECTED
 from ..core.tiles import TileSpec, tile_boxes
@@ -30,6 +32,7 @@ SUFFIXES = {
     "duration": "infection duration (h)",
     "class": "predicted class",
     "tiles": "tiles",
+    "onset": "infection onset (h)",
 }
 
 
@@ -123,7 +126,8 @@ def rectangles_to_boxes(shapes_layer, height: int, width: int, indices=None) -> 
 
 
 class PredictionLayers:
-    """The four output layers of one image, created once and reset for every run."""
+    """The output layers of one image, created once and reset for every run (the onset map
+    once the clocks are fitted)."""
 
     def __init__(self, viewer, image, grid: Grid, n_frames: int, clamp_max: float):
         self.viewer = viewer
@@ -159,6 +163,9 @@ class PredictionLayers:
         )
         self.classes = self._labels(np.zeros(raster, np.uint8), **placed)
         self.tiles = self._tiles()
+        self.onset = self._existing("onset")
+        if isinstance(self.onset, Image):  # a previous run's map must not pass for this one's
+            self.onset.data = np.full(grid.shape, np.nan, np.float32)
         for layer in (self.probability, self.duration, self.classes):
             layer.metadata["prediction_of"] = image.name
         self.tiles.metadata["prediction_of"] = image.name
@@ -261,6 +268,25 @@ class PredictionLayers:
         )
         self.tiles.add_rectangles(list(corners))
         self._pending.append(table)
+
+    def set_clocks(self, regions: pd.DataFrame, clamp) -> None:
+        """Attach the per-region clocks (core.clock) to the table and show the onset map:
+        one value per tile or region, hours since the start when it got infected (empty
+        where it did not), with a colorbar, over every frame."""
+        self._table = apply_clocks(self.flush(), regions, clamp)
+        self.tiles.features = self._table
+        onset = np.full(self.grid.shape, np.nan, np.float32)
+        for item, value in zip(self._items(regions), regions["onset_h"].to_numpy(np.float32)):
+            onset[self.grid.cells(item)] = value
+        finite = onset[np.isfinite(onset)]
+        limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if limits[1] <= limits[0]:
+            limits = (limits[0], limits[0] + 1.0)
+        placed = {"scale": self.probability.scale[1:], "translate": self.probability.translate[1:]}
+        self.onset = self._image("onset", onset, colormap="magma", contrast_limits=limits,
+                                 opacity=0.7, blending="translucent", **placed)
+        self.onset.metadata["prediction_of"] = self.image.name
+        self.onset.colorbar.visible = True
 
     @property
     def table(self) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.atomic import OutputNotWritable, write_atomic
+from ..core.clock import DEFAULT_LEVEL, RegionClock
 from .overlays import layer_name, rectangles_to_boxes
 from .state import session_for
 from .teardown import on_dock_closed
@@ -43,7 +44,7 @@ class TimeSeriesPlot(QWidget):
         self.session = session_for(napari_viewer)
         self.summary = pd.DataFrame()
         self.items: dict[str, pd.DataFrame] = {}
-        self.onset: tuple[float, int] | None = None
+        self.onset: RegionClock | None = None
         self._watched: list = []
         self._closed = False
         on_dock_closed(self, self.cleanup)
@@ -150,7 +151,7 @@ class TimeSeriesPlot(QWidget):
         """Redraw the curves of the chosen prediction (the marker is kept and re-placed)."""
         table = self.session.results.get(self.image_name) if self.image_name else None
         for ax in (self.ax_p, self.ax_t):
-            for artist in list(ax.lines):
+            for artist in [*ax.lines, *ax.collections]:
                 if artist not in self.markers:
                     artist.remove()
         if table is None or table.empty:
@@ -183,6 +184,10 @@ class TimeSeriesPlot(QWidget):
             color = f"C{(i + 4) % 10}"
             self.ax_p.plot(series["hours"], series["p_infected"], lw=1, color=color, label=label)
             self.ax_t.plot(series["hours"], series["duration_h"], lw=1, color=color, label=label)
+            if "onset_h" in series and np.isfinite(series["onset_h"].iloc[0]):
+                first = series.iloc[0]
+                self._draw_clock(series["hours"], first["onset_h"], first["onset_low_h"],
+                                 first["onset_high_h"], color, f"{label} clock")
         self.onset = estimate_onset(s)
         self._describe_onset(onset_h)
         self.ax_t.set_xlabel("experiment time (h)")
@@ -200,13 +205,28 @@ class TimeSeriesPlot(QWidget):
             return f"region {item[0]}"
         return f"tile ({item[0]}, {item[1]})"
 
+    def _draw_clock(self, hours, onset, low, high, color, label) -> None:
+        """The fitted clock ``max(t - onset, 0)`` and its band from the onset's interval."""
+        hours = np.asarray(hours, float)
+        self.ax_t.plot(hours, np.maximum(hours - onset, 0), ls="--", lw=1.2, color=color,
+                       label=label)
+        if np.isfinite(low) and np.isfinite(high):
+            self.ax_t.fill_between(hours, np.maximum(hours - high, 0), np.maximum(hours - low, 0),
+                                   color=color, alpha=0.2, lw=0)
+
     def _describe_onset(self, onset_h) -> None:
         if self.onset is None:
             self.onset_label.setText("estimated onset: no frame is classified infected")
             return
-        value, n = self.onset
-        self.ax_t.axvline(value, color="C3", lw=1, ls="--", label=f"estimated onset {value:.2f} h")
-        text = f"estimated onset: {value:.2f} h (median of t - duration over {n} infected frames)"
+        fit = self.onset
+        value = fit.onset_h
+        self.ax_t.axvline(value, color="C3", lw=1, ls=":", label=f"estimated onset {value:.2f} h")
+        self._draw_clock(self.summary["hours"], value, fit.onset_low_h, fit.onset_high_h, "C3",
+                         "fitted clock")
+        band = (f" ({fit.onset_low_h:.2f}-{fit.onset_high_h:.2f} h, {DEFAULT_LEVEL * 100:.0f} %)"
+                if np.isfinite(fit.onset_low_h) else "")
+        text = (f"estimated onset: {value:.2f} h{band}, robust fit of t - duration over "
+                f"{fit.n_votes} infected frames")
         if onset_h is not None:
             text += f"; set onset {onset_h:g} h"
         self.onset_label.setText(text)
@@ -252,6 +272,8 @@ class TimeSeriesPlot(QWidget):
         onset_h = self.info.get("onset_h")
         if onset_h is not None and not out.empty:
             out["ideal_duration_h"] = np.maximum(out["hours"] - onset_h, 0)
+        if self.onset is not None and not out.empty:
+            out["fitted_duration_h"] = np.maximum(out["hours"] - self.onset.onset_h, 0)
         for label, series in self.items.items():
             cols = series.set_index("frame")[["p_infected", "duration_h"]]
             cols.columns = [f"{c} {label}" for c in cols.columns]

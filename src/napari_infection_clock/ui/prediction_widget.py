@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -33,6 +34,7 @@ from napari.utils.notifications import show_error, show_info
 from psygnal import Signal
 
 from ..core.checkpoint import CheckpointError, load_checkpoint
+from ..core.clock import region_clocks
 from ..core.device import select_device
 from ..core.predictor import FramePrediction, Predictor, default_batch_size
 from ..core.stack import StackError, stack_from_array
@@ -77,6 +79,13 @@ class Job:
     onset_h: float
     start_offset_h: float
 
+
+@dataclass
+class Clocks:
+    """The worker's last answer: every region's clock (core.clock), fitted off the GUI thread."""
+
+    regions: pd.DataFrame
+    clamp: tuple[float, float]
 
 
 class PredictionWidget(Container):
@@ -358,6 +367,8 @@ class PredictionWidget(Container):
             self._on_error(item.message)
         elif isinstance(item, SessionModel):
             self._on_model_ready(item)
+        elif isinstance(item, Clocks):
+            self.layers.set_clocks(item.regions, item.clamp)
         elif isinstance(item, FramePrediction):
             self.layers.add_frame(item.table)
             self._done = item.done
@@ -427,7 +438,8 @@ class PredictionWidget(Container):
 
 @thread_worker(start_thread=False)
 def _predict(job: Job, should_stop):
-    """The worker: load the model if needed, then yield each finished frame.
+    """The worker: load the model if needed, yield each finished frame, then the regions'
+    clocks once every frame is in (a cancelled run gets none).
 
     Bad input the user can fix (a file that is no checkpoint, a missing device, a frame
     that cannot be read) ends the run with a :class:`Failed` message, not a traceback.
@@ -461,9 +473,17 @@ def _predict(job: Job, should_stop):
         time=policy,
         should_stop=should_stop,
     )
+    tables = []
     try:
-        yield from frames
+        for done in frames:
+            tables.append(done.table)
+            yield done
     except (StackError, ValueError, OSError) as err:
         yield Failed(str(err))
+        return
     except Exception as err:  # torch errors (out of memory, shapes) are RuntimeErrors
         yield Failed.of(err)
+        return
+    if tables and not should_stop():
+        table = pd.concat(tables, ignore_index=True)
+        yield Clocks(region_clocks(table, clamp=policy.clamp), policy.clamp)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..core.targets import INFECTED, onset_estimate
+from ..core.clock import CLOCK_COLUMNS, RegionClock, fit_region
+from ..core.targets import INFECTED
 
-#: A frame counts as infected when at least this fraction of its items is.
-INFECTED_FRAME_FRACTION = 0.5
 SUMMARY_COLUMNS = ("frame", "hours", "mean_p_infected", "fraction_infected", "median_duration_h")
 
 
@@ -48,11 +47,12 @@ def frame_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def item_series(table: pd.DataFrame, item: tuple[int, int]) -> pd.DataFrame:
-    """The frames of one item (tile row, col): hours, probability, duration (NaN if mock)."""
+    """The frames of one item (tile row, col): hours, probability, duration (NaN if mock),
+    and the item's clock (onset and its interval) when the table has been fitted."""
     rows = table[(table["tile_row"] == item[0]) & (table["tile_col"] == item[1])]
     rows = rows.sort_values("frame")
     infected = rows["pred_class"].to_numpy() == INFECTED
-    return pd.DataFrame(
+    series = pd.DataFrame(
         {
             "frame": rows["frame"].to_numpy(int),
             "hours": rows["hours"].to_numpy(float),
@@ -60,20 +60,17 @@ def item_series(table: pd.DataFrame, item: tuple[int, int]) -> pd.DataFrame:
             "duration_h": np.where(infected, rows["pred_time_h"].to_numpy(float), np.nan),
         }
     )
+    for column in CLOCK_COLUMNS:
+        if column in rows.columns:
+            series[column] = rows[column].to_numpy(float)
+    return series
 
 
-def estimate_onset(summary: pd.DataFrame) -> tuple[float, int] | None:
-    """Onset implied by the infected frames: the median of ``t - duration``, and how many.
-
-    With the slope of duration against time fixed at 1 (the clock's definition), the
-    median is the robust least-absolute-deviation fit of ``duration = t - onset``.
-    None when no frame is classified infected.
-    """
-    infected = summary[
-        (summary["fraction_infected"] >= INFECTED_FRAME_FRACTION)
-        & summary["median_duration_h"].notna()
-    ]
-    if infected.empty:
+def estimate_onset(summary: pd.DataFrame) -> RegionClock | None:
+    """The clock of the whole image from its per-frame summary (core.clock's robust fit of
+    ``duration = t - onset``, frames weighted by their mean probability); None when no
+    frame is classified infected."""
+    if summary.empty:
         return None
-    onsets = onset_estimate(infected["hours"], infected["median_duration_h"])
-    return float(np.median(onsets)), len(infected)
+    fit = fit_region(summary["hours"], summary["mean_p_infected"], summary["median_duration_h"])
+    return fit if fit.infected else None
