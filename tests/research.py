@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 from torch import nn
 from torchvision import models
 
@@ -85,18 +86,41 @@ def research_config(
     }
 
 
+def research_val_metrics() -> dict:
+    """Validation metrics as the research scripts store them: straight from sklearn and
+    numpy, so numpy float64/float32 scalars, never Python floats."""
+    true_class = np.array([0, 0, 1, 1, 1])
+    p_infected = np.array([0.1, 0.6, 0.4, 0.8, 0.9], dtype=np.float32)
+    true_time = np.array([3.0, 7.5, 12.0, 20.0, 30.0], dtype=np.float32)
+    pred_time = np.array([2.5, 8.0, 11.0, 22.0, 29.0], dtype=np.float32)
+    return {
+        "roc_auc": np.float64(roc_auc_score(true_class, p_infected)),  # as older sklearn gives it
+        "accuracy": np.mean((p_infected > 0.5) == true_class),  # numpy float64
+        "mae": np.abs(pred_time - true_time).mean(),  # numpy float32
+        "n_items": np.int64(len(true_class)),
+    }
+
+
 def save_research_checkpoint(path, model: ResearchMultitask, config: dict, variant="model_state"):
+    """Both layouts the research scripts write (SPEC 8), numpy scalars included."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    metrics = research_val_metrics()
     payload = {
         variant: model.state_dict(),
         "config": config,
         "optimizer_state": opt.state_dict(),
         "scaler_state": {},
         "epoch": 7,
-        "val_metrics": {"roc_auc": 0.99, "mae": 1.2},
+        "val_metrics": metrics,
     }
     if variant == "model_state_dict":
-        payload.update({"fold": 2, "best_metrics": {"auc": 0.98}, "infected_window": [1, 48]})
+        history = np.array([0.91, 0.97, 0.95])
+        payload.update({
+            "epoch": np.argmax(history),  # numpy int64
+            "fold": np.arange(5)[2],  # numpy int64, as KFold's indices give it
+            "best_metrics": {"auc": history.max(), "mae": metrics["mae"]},
+            "infected_window": [np.float64(1.0), 48],
+        })
     torch.save(payload, path)
 
 

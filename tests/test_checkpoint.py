@@ -100,12 +100,12 @@ def test_truncated_file_and_non_checkpoint(tmp_path):
     good = save_checkpoint(tmp_path / "good.pt", model, CheckpointMeta(model=model.config))
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="truncated.pt' is (not|a damaged) a? ?PyTorch"):
         load_checkpoint(truncated)
-    text = tmp_path / "notes.txt"
-    text.write_text("hello")
-    with pytest.raises(CheckpointError, match="not a readable"):
-        load_checkpoint(text)
+    for text in ("hello", "epoch,loss\n1,0.5\n", ""):
+        (tmp_path / "notes.txt").write_text(text)
+        with pytest.raises(CheckpointError, match=r"notes.txt' is (not a PyTorch|empty).*Choose"):
+            load_checkpoint(tmp_path / "notes.txt")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
     other = tmp_path / "other.pt"
@@ -121,8 +121,10 @@ class _Arbitrary:
 def test_arbitrary_objects_are_never_unpickled(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model_state": {}, "config": _Arbitrary()}, path)
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="_Arbitrary.*not loaded") as refused:
         load_checkpoint(path)
+    message = str(refused.value)
+    assert "weights_only=False" not in message and "\x1b" not in message
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path):
@@ -173,3 +175,59 @@ def test_unusable_research_config_is_a_checkpoint_error(tmp_path, edit):
     save_research_checkpoint(path, research, config)
     with pytest.raises(CheckpointError, match="cannot be used"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("variant", ["model_state", "model_state_dict"])
+def test_research_numpy_scalars_load_as_plain_numbers(tmp_path, variant):
+    """The research scripts store metrics, epochs and folds as numpy scalars (SPEC 8)."""
+    path = tmp_path / "research.pth"
+    save_research_checkpoint(path, ResearchMultitask("resnet18", hidden=16),
+                             research_config("resnet18", hidden=16), variant=variant)
+    _, meta = load_checkpoint(path)
+    assert meta.val_metrics == pytest.approx({"roc_auc": 5 / 6, "accuracy": 0.6, "mae": 1.0,
+                                              "n_items": 5.0})
+    assert all(type(v) is float for v in meta.val_metrics.values())
+    assert meta.epoch == (7 if variant == "model_state" else 1) and type(meta.epoch) is int
+
+
+def test_numpy_allowance_is_scalars_only(tmp_path):
+    """Numpy arrays and object scalars are still refused: only numeric scalars are allowed."""
+    research = ResearchMultitask("resnet18", hidden=16)
+    for extra in (np.zeros(3), np.array(["a"], dtype=object)):
+        path = tmp_path / "array.pth"
+        torch.save({"model_state": research.state_dict(), "val_metrics": {"x": extra}}, path)
+        with pytest.raises(CheckpointError, match="not loaded"):
+            load_checkpoint(path)
+
+
+def _research_file(tmp_path, edit, name="odd.pth"):
+    """A research checkpoint of a resnet18 whose weights ``edit`` changes first."""
+    research = ResearchMultitask("resnet18", hidden=16)
+    edit(research)
+    path = tmp_path / name
+    save_research_checkpoint(path, research, research_config("resnet18", hidden=16))
+    return path
+
+
+def test_three_class_head_is_a_checkpoint_error(tmp_path):
+    path = _research_file(tmp_path, lambda m: setattr(m.classifier, "4", torch.nn.Linear(16, 3)))
+    with pytest.raises(CheckpointError, match=r"odd.pth'.*3 classes.*2 \(uninfected, infected\)"):
+        load_checkpoint(path)
+
+
+def test_nan_weights_are_refused(tmp_path):
+    def poison(m):
+        with torch.no_grad():
+            m.backbone.layer2[0].conv1.weight[0, 0, 0, 0] = float("nan")
+
+    with pytest.raises(CheckpointError, match=r"odd.pth'.*NaN or infinite.*backbone.layer2.0"):
+        load_checkpoint(_research_file(tmp_path, poison))
+
+
+def test_another_network_names_the_file(tmp_path):
+    path = tmp_path / "densenet.pth"
+    state = {"features.conv0.weight": torch.zeros(4, 3, 7, 7), "classifier.weight": torch.zeros(2, 4)}
+    torch.save({"model_state": state, "val_metrics": {"auc": np.float64(0.9)}}, path)
+    with pytest.raises(CheckpointError, match=r"'.*densenet.pth' has no ResNet backbone") as err:
+        load_checkpoint(path)
+    assert "cannot be used" not in str(err.value)

@@ -175,7 +175,7 @@ def test_evaluate_writes_report(trained, data, tmp_path):
     "args, message",
     [
         (["predict", "{ckpt}", "{missing}", "--out", "{out}"], "stack file not found"),
-        (["predict", "{bad}", "{stack}", "--out", "{out}"], "not a readable PyTorch checkpoint"),
+        (["predict", "{bad}", "{stack}", "--out", "{out}"], "not a PyTorch checkpoint"),
         (
             ["predict", "{ckpt}", "{stack}", "--out", "{out}", "--tile-size", "999"],
             "larger than the frame",

@@ -294,7 +294,7 @@ def test_bad_input_gives_a_clear_message(make_napari_viewer, qtbot, checkpoint, 
         "no image": "no image layer",
         "2d": "single 2D image",
         "rgb 2d": "single 2D image",
-        "bad checkpoint": "not a readable PyTorch checkpoint",
+        "bad checkpoint": "not a PyTorch checkpoint",
         "big tile": "larger than the frame",
         "no file": "choose a checkpoint file",
     }[case]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import __version__
@@ -104,27 +105,71 @@ def save_checkpoint(path, model: MultitaskResNet, meta: CheckpointMeta) -> Path:
     return write_atomic(path, lambda tmp: torch.save(payload, tmp), suffix=".pt")
 
 
+def _numpy_scalar_globals() -> list:
+    """What unpickling numpy's numeric scalars needs, and nothing more (SPEC 8).
+
+    The research scripts store metrics, epochs and folds as numpy scalars; their pickle names
+    ``numpy._core.multiarray.scalar`` (``numpy.core`` before numpy 2), ``numpy.dtype`` and the
+    dtype's own class (numpy >= 1.25), the types PyTorch's ``weights_only`` docs say to allow
+    for them. Arrays and object, string or void dtypes stay refused.
+    """
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import scalar
+    codes = "?bhilqBHILQefd"  # bool, signed and unsigned ints, float16/32/64
+    return [
+        (scalar, "numpy._core.multiarray.scalar"),  # files written under numpy 2
+        (scalar, "numpy.core.multiarray.scalar"),  # and under numpy 1.x
+        np.dtype,
+        *dict.fromkeys(type(np.dtype(c)) for c in codes),
+    ]
+
+
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _refused_globals(message: str) -> list[str]:
+    """The names of the Python objects a refused pickle asked for, from torch's message."""
+    names = re.findall(r"GLOBAL (\S+)", message)
+    names += re.findall(r"but got <class '([^']+)'>", message)
+    return list(dict.fromkeys(n.rstrip(".,:") for n in names))
+
+
 def read_checkpoint_file(path) -> dict:
     """``torch.load`` with ``weights_only=True``, turning every failure into a clear message."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"'{path}' is empty (0 bytes), so it holds no model; a save into it was probably "
+            "interrupted. Choose the checkpoint file that training wrote (.pt or .pth)."
+        )
+    not_a_checkpoint = (
+        f"'{path}' is not a PyTorch checkpoint: it is not a torch.save archive (another kind "
+        "of file, or one cut short). Choose the checkpoint file that training wrote (.pt or .pth)."
+    )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not zipfile.is_zipfile(path):
-            raise CheckpointError(
-                f"'{path}' is not a readable PyTorch checkpoint (not a torch.save archive: "
-                f"truncated, corrupt, or another kind of file): {exc}"
-            ) from exc
+            raise CheckpointError(not_a_checkpoint) from exc
+        names = _refused_globals(_ESCAPES.sub("", str(exc)))
+        what = f" ({', '.join(names[:3])})" if names else ""
         raise CheckpointError(
-            f"'{path}' holds Python objects other than tensors and plain data, so it is not "
-            f"loaded (only weights_only=True loading is allowed). Details: {exc}"
+            f"'{path}' holds Python objects other than tensors and plain data{what}, which are "
+            "not loaded: loading them could run code. A usable checkpoint holds the model's "
+            "state_dict and plain config values (numbers, strings, lists, dicts); re-save it "
+            "that way from the code that made it."
         ) from exc
     except Exception as exc:  # truncated zips fail in many ways (KeyError, EOFError, ...)
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(not_a_checkpoint) from exc
         raise CheckpointError(
-            f"'{path}' is not a readable PyTorch checkpoint (truncated, corrupt, or another "
-            f"kind of file): {exc}"
+            f"'{path}' is a damaged PyTorch checkpoint (truncated or corrupt: "
+            f"{type(exc).__name__}); save or copy it again."
         ) from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, not a checkpoint dict")
@@ -142,7 +187,9 @@ def load_checkpoint(path, device="cpu", expected_arch: str | None = None):
             if raw.get("format") == FORMAT:
                 meta = CheckpointMeta.from_dict(raw["meta"])
             else:
-                meta = _research_meta(raw, state)
+                meta = _research_meta(raw, state, path)
+        except CheckpointError:
+            raise
         except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError) as exc:
             raise CheckpointError(f"'{path}': its metadata/config cannot be used: {exc!r}") from exc
     else:
@@ -165,11 +212,25 @@ def load_checkpoint(path, device="cpu", expected_arch: str | None = None):
     inferred = replace(inferred, dropout=meta.model.dropout)
     meta.model = inferred
     model = MultitaskResNet(inferred)
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        mismatch = re.search(r"size mismatch for (\S+?):", str(exc))
+        raise CheckpointError(
+            f"'{path}' does not fit a {inferred.arch} multitask model: a weight has the wrong "
+            f"shape ({mismatch.group(1) if mismatch else 'see the file'})"
+        ) from exc
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"'{path}' does not fit a {inferred.arch} multitask model: missing "
             f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    broken = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        raise CheckpointError(
+            f"'{path}' has weights that are not numbers (NaN or infinite) in {', '.join(broken[:3])}"
+            ": the training run diverged before this was saved. Use an earlier checkpoint of "
+            "that run, or train again (a lower learning rate usually helps)."
         )
     return model.to(device).eval(), meta
 
@@ -177,7 +238,10 @@ def load_checkpoint(path, device="cpu", expected_arch: str | None = None):
 def infer_model_config(state: dict, path="checkpoint") -> ModelConfig:
     """Read architecture, head width, dropout layout and class conditioning off the weights."""
     if "backbone.conv1.weight" not in state:
-        raise CheckpointError(f"'{path}' has no ResNet backbone weights (backbone.conv1.weight)")
+        raise CheckpointError(
+            f"'{path}' has no ResNet backbone weights (backbone.conv1.weight): it is not a "
+            "model of this plugin or of the research pipeline"
+        )
     bottleneck = "backbone.layer1.0.conv3.weight" in state
     depth = tuple(
         1
@@ -200,6 +264,14 @@ def infer_model_config(state: dict, path="checkpoint") -> ModelConfig:
     reg_linear = _linear_indices(state, "regressor")
     if not cls_linear or not reg_linear:
         raise CheckpointError(f"'{path}' lacks classifier or regressor head weights")
+    n_classes = int(state[f"classifier.{cls_linear[-1]}.weight"].shape[0])
+    if n_classes != len(CLASS_NAMES):
+        raise CheckpointError(
+            f"'{path}': its classifier has {n_classes} classes; this plugin predicts "
+            f"{len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)}), so the file cannot be used here"
+        )
+    if int(state[f"regressor.{reg_linear[-1]}.weight"].shape[0]) != 1:
+        raise CheckpointError(f"'{path}': its time regressor does not give one value per item")
     hidden = (
         int(state[f"classifier.{cls_linear[0]}.weight"].shape[0]) if len(cls_linear) == 2 else 0
     )
@@ -218,7 +290,7 @@ def _linear_indices(state: dict, head: str) -> list[int]:
     )
 
 
-def _research_meta(raw: dict, state: dict) -> CheckpointMeta:
+def _research_meta(raw: dict, state: dict, path) -> CheckpointMeta:
     """SPEC 8 config -> our metadata: frame interval, onset, clamp and preprocessing.
 
     Settings the file does not give are defaulted and listed in ``meta.assumed``, so the
@@ -237,7 +309,7 @@ def _research_meta(raw: dict, state: dict) -> CheckpointMeta:
     model_cfg = config.get("model") or {}
     transforms, frames = data.get("transforms"), data.get("frames")
     multitask = config.get("multitask")
-    arch = model_cfg.get("name") or infer_model_config(state).arch
+    arch = model_cfg.get("name") or infer_model_config(state, path).arch
     if arch not in ARCHITECTURES:
         raise CheckpointError(
             f"the checkpoint's config names backbone {arch!r}, which is not one of "
@@ -267,7 +339,7 @@ def _research_meta(raw: dict, state: dict) -> CheckpointMeta:
             ),
         ),
         val_metrics=_plain_floats(raw.get("val_metrics") or raw.get("best_metrics") or {}),
-        epoch=raw.get("epoch"),
+        epoch=_plain_int(raw.get("epoch")),
         source="research:" + ("model_state" if "model_state" in raw else "model_state_dict"),
         package_version="research pipeline",
         created="",
@@ -283,3 +355,11 @@ def _plain_floats(d: dict) -> dict:
         except (TypeError, ValueError):
             continue
     return out
+
+
+def _plain_int(value) -> int | None:
+    """An epoch as a Python int (research files may hold a numpy one), else None."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
