@@ -7,6 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from napari_infection_clock.core.annotations import open_annotations
+
+from .research import ResearchMultitask, research_config, save_research_checkpoint
+
 SCRIPT = Path(__file__).with_name("user_session.py")
 
 
@@ -28,3 +35,34 @@ def test_every_dock_opens_from_the_plugins_menu_after_the_viewer():
         f"exit {proc.returncode} (-11 is a segmentation fault)\n{proc.stdout}\n{proc.stderr[-3000:]}"
     )
     assert "opened: 6 docks" in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+def test_a_whole_session_after_the_viewer(tmp_path):
+    """Samples from File > Open Sample, predict with a research checkpoint, label with the
+    keys and buttons into a project folder, retrain one epoch heads-only, use the new
+    model, evaluate, rank, close; then the project folder holds what the user made."""
+    checkpoint = tmp_path / "research.pt"
+    torch.manual_seed(0)
+    save_research_checkpoint(checkpoint, ResearchMultitask("resnet18"),
+                             research_config(image_size=32))
+    proc = run_session(str(checkpoint), str(tmp_path))
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    )
+    assert proc.stdout.rstrip().endswith("closed"), proc.stdout
+    assert (tmp_path / "retrained.pt").is_file()
+
+    # what a restart finds: each image with its labels, and nothing the plugin made
+    project = tmp_path / "project"
+    tifs = sorted(p.name for p in project.glob("*.tif"))
+    assert tifs == ["infected_synthetic.tif", "mock_synthetic.tif"], sorted(project.iterdir())
+    frames = {}
+    for tif in tifs:
+        store, sidecar = open_annotations(project / tif, 48, project_dir=project)
+        assert sidecar.is_file(), sidecar
+        frames[tif] = store.frames
+    assert frames["mock_synthetic.tif"] == dict.fromkeys(range(48), "uninfected")
+    assert frames["infected_synthetic.tif"] == {
+        0: "uninfected", 1: "uninfected", **dict.fromkeys(range(3, 48), "infected")
+    }

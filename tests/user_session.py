@@ -4,14 +4,23 @@ Run by tests/test_user_session.py in a fresh interpreter, because the order matt
 of the plugin (no torch, no core) is imported before napari's viewer and its OpenGL context
 exist, the way a person starts ``napari`` and then opens Plugins > Infection Clock. A clash
 between a native library and the OpenGL driver kills such a process (issue 9, item 1), so
-the test can only see it from outside. Prints one ``opened:`` line; exit 0 when all opened.
+the test can only see it from outside.
+
+    python user_session.py                       # open every dock, close
+    python user_session.py CHECKPOINT WORKDIR    # the whole session, see ``whole_session``
+
+Prints one line per step; exit 0 when every step did what the user expects.
 """
 
 from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
 
 import napari
+from qtpy.QtCore import Qt
+from qtpy.QtTest import QTest
 from qtpy.QtWidgets import QApplication
 
 PLUGIN_MENU = "Infection Clock"
@@ -51,16 +60,126 @@ def open_every_dock(viewer, app) -> list[str]:
     return opened
 
 
-def main() -> int:
+def dock(viewer, title: str):
+    """The widget inside our dock ``title`` (the magicgui object for magicgui docks)."""
+    for name, wrapped in viewer.window._wrapped_dock_widgets.items():
+        if title in name:
+            return wrapped.inner_widget()
+    raise LookupError(title)
+
+
+def wait_until(app, done, what: str, timeout_s: float = 300.0) -> None:
+    """Turn the event loop, as napari does while a worker runs, until ``done()``."""
+    end = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what}: not done after {timeout_s:.0f} s")
+        app.processEvents()
+        time.sleep(0.02)
+    app.processEvents()
+
+
+def press(viewer, app, key, frame: int) -> None:
+    """Move the time slider to ``frame`` and press Shift+``key`` on the canvas."""
+    viewer.dims.set_current_step(0, frame)
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    QTest.keyClick(canvas, key, Qt.KeyboardModifier.ShiftModifier)
+    app.processEvents()
+
+
+def label_range(annotate, app, first: int, last: int, button: str) -> None:
+    """Tick "frames", give the range, click Infected / Uninfected."""
+    annotate.range_check.setChecked(True)
+    annotate.range_from.setValue(first)
+    annotate.range_to.setValue(last)
+    annotate.buttons[button].click()
+    annotate.range_check.setChecked(False)
+    app.processEvents()
+
+
+def predicted_frames(predict, image) -> int:
+    """Frames of ``image`` in the session's prediction table (what the plot shows)."""
+    table = predict.session.results.get(image.name)
+    return 0 if table is None else table["frame"].nunique()
+
+
+def whole_session(viewer, app, checkpoint: Path, work: Path) -> None:
+    """Samples, predict, label, retrain one epoch heads-only, use it, evaluate, rank."""
+    for title in ("Mock time-lapse (synthetic)", "Infected time-lapse (synthetic)"):
+        plugin_actions(viewer, "&File")[title].trigger()
+        app.processEvents()
+    infected, mock = viewer.layers["infected (synthetic)"], viewer.layers["mock (synthetic)"]
+    print(f"samples: {[layer.name for layer in viewer.layers]}", flush=True)
+
+    predict = dock(viewer, "Predict infection")
+    predict.image.value = infected
+    predict.checkpoint.value = checkpoint
+    predict.run_button.native.click()
+    wait_until(app, lambda: not predict.running, "prediction")
+    assert predicted_frames(predict, infected) == 48, predict.status.value
+    print(f"predict: {predict.status.value}", flush=True)
+
+    annotate = dock(viewer, "Annotate frames and crops")
+    annotate.project_edit.setText(str(work / "project"))
+    annotate.project_edit.editingFinished.emit()
+    for layer in (mock, infected):
+        viewer.layers.selection.active = layer
+        annotate.image_combo.setCurrentText(layer.name)
+        app.processEvents()
+        if layer is mock:
+            label_range(annotate, app, 0, 47, "uninfected")
+        else:
+            press(viewer, app, Qt.Key.Key_U, 0)
+            press(viewer, app, Qt.Key.Key_U, 1)
+            press(viewer, app, Qt.Key.Key_I, 3)
+            label_range(annotate, app, 4, 47, "infected")
+        assert "saved" in annotate.status.text(), annotate.status.text()
+    print(f"label: {annotate.counts_label.text()} · {annotate.status.text()}", flush=True)
+
+    train = dock(viewer, "Retrain on labels")
+    train.mode_combo.setCurrentText("heads")
+    train.epochs_spin.setValue(1)
+    train.output_edit.setText(str(work / "retrained.pt"))
+    train.start_button.click()
+    wait_until(app, lambda: train.worker is None, "training")
+    assert train.use_button.isEnabled(), train.status.text()
+    print(f"train: {train.status.text()}", flush=True)
+    train.use_button.click()
+    app.processEvents()
+    wait_until(app, lambda: not predict.running, "prediction with the new model")
+    assert predicted_frames(predict, infected) == 48, predict.status.value
+    print(f"predict again: {predict.status.value} with {predict.model_info.value}", flush=True)
+
+    evaluate = dock(viewer, "Evaluate the model")
+    evaluate.run_button.click()
+    wait_until(app, lambda: evaluate.worker is None, "evaluation")
+    assert evaluate.metrics is not None, evaluate.status.text()
+    print(f"evaluate: {evaluate.status.text()}", flush=True)
+
+    rank = dock(viewer, "What to label next")
+    rank.image_combo.setCurrentText(infected.name)
+    rank.rank_button.click()
+    wait_until(app, lambda: rank.worker is None, "ranking")
+    assert rank.list.count() > 0, rank.status.text()
+    rank.next_button.click()
+    app.processEvents()
+    print(f"rank: {rank.status.text()}; at frame {viewer.dims.current_step[0]}", flush=True)
+
+
+def main(argv: list[str]) -> int:
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
     app.processEvents()
     opened = open_every_dock(viewer, app)
     print(f"opened: {len(opened)} docks: {', '.join(opened)}", flush=True)
+    if argv:
+        whole_session(viewer, app, Path(argv[0]), Path(argv[1]))
     viewer.close()
     app.processEvents()
+    print("closed", flush=True)
     return 0 if len(opened) == 6 else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
