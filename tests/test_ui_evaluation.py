@@ -55,8 +55,10 @@ def test_evaluation_dock_shows_metrics_figures_and_exports(make_napari_viewer, q
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     rows = {widget.metrics_table.item(i, 0).text(): widget.metrics_table.item(i, 1).text()
             for i in range(widget.metrics_table.rowCount())}
-    assert {"accuracy", "roc_auc", "mae (all)", "slope (infected)"} <= set(rows)
+    assert {"accuracy", "roc_auc", "mae (all)", "slope (infected)",
+            "consistent mae (infected)", "consistent slope (all)"} <= set(rows)
     assert len(widget.table) == len(items[::3])
+    assert widget.table["consistent_time_h"].notna().all()
     assert "ROC AUC" in widget.status.text()
     roc_fig = widget.figures["ROC"][0]
     assert roc_fig.axes and roc_fig.axes[0].get_title().startswith("ROC")
@@ -67,7 +69,8 @@ def test_evaluation_dock_shows_metrics_figures_and_exports(make_napari_viewer, q
     paths = widget.export(tmp_path / "report")
     assert {"metrics.json", "roc.png", "confusion.png", "time_scatter.png", "per_bin.png"} <= {
         p.name for p in paths.values()}
-    assert "overall" in json.loads((tmp_path / "report" / "metrics.json").read_text())
+    written = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert set(written["per_class"]["infected"]) == {"regression", "consistent"}
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert widget.export(blocker / "report") is None and "export failed" in widget.status.text()

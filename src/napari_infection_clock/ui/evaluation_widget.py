@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.atomic import OutputNotWritable
+from ..core.clock import with_clock
 from ..core.evaluation import predict_items
 from ..core.items import label_table_items
 from ..core.metrics import evaluate_table, per_bin_table
@@ -52,7 +53,8 @@ SOURCES = ("validation items of the last training", "all labelled frames and cro
 
 
 def _run(model, meta, items, tables: list):
-    """Worker body: predict item by frame on a copy of the model; the caller keeps the tables.
+    """Worker body: predict item by frame on a copy of the model; the caller keeps the tables,
+    replaced at the end by one table with the regions' clocks (core.clock).
 
     The copy leaves the session's model where it is: the predictor moves it to its device.
     """
@@ -61,6 +63,8 @@ def _run(model, meta, items, tables: list):
         for table in predict_items(predictor, items):
             tables.append(table)
             yield sum(len(t) for t in tables)
+        if tables:
+            tables[:] = [with_clock(pd.concat(tables, ignore_index=True), clamp=meta.time.clamp)]
     except Exception as exc:  # shown to the user, see Failed
         yield Failed.of(exc)
 
@@ -72,11 +76,12 @@ def metric_rows(metrics: dict) -> list[tuple[str, str]]:
     for key in ("n", "accuracy", "precision", "recall", "f1", "roc_auc"):
         if key in cls:
             rows.append((key, cls[key]))
-    for scope, reg in [("all", metrics["overall"]["regression"])] + [
-        (name, m["regression"]) for name, m in metrics["per_class"].items()
-    ]:
-        for key in ("mae", "rmse", "r2", "pearson_r", "slope", "intercept"):
-            rows.append((f"{key} ({scope})", reg.get(key, np.nan)))
+    scopes = [("all", metrics["overall"])] + list(metrics["per_class"].items())
+    for block, prefix in (("regression", ""), ("consistent", "consistent ")):
+        for scope, blocks in scopes:
+            for key in ("mae", "rmse", "r2", "pearson_r", "slope", "intercept"):
+                if block in blocks:
+                    rows.append((f"{prefix}{key} ({scope})", blocks[block].get(key, np.nan)))
     return [(k, f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)) for k, v in rows]
 
 
