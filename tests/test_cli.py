@@ -247,3 +247,21 @@ def test_demo_runs_the_whole_loop(tmp_path):
     maps = sorted(p.name for p in (out / "maps").glob("*.tif"))
     assert len(maps) == 2 and maps[0].endswith("_duration_h.tif")
     assert maps[1].endswith("_p_infected.tif")
+
+
+def test_every_option_reaches_its_command():
+    """An option the parser accepts but the command's options lack would be dropped."""
+    from dataclasses import fields
+
+    from napari_infection_clock.cli.parser import COMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, (options_type, _) in COMMANDS.items():
+        dests = {a.dest for a in sub.choices[name]._actions if a.dest != "help"}
+        assert dests <= {f.name for f in fields(options_type)}, name
+
+
+def test_python_dash_m_is_the_cli():
+    result = subprocess.run([sys.executable, "-m", "napari_infection_clock", "predict", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "--maps" in result.stdout

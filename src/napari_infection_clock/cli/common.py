@@ -1,0 +1,84 @@
+"""What the commands share: user errors, warnings, the frame policy, tiles and items."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..core.atomic import OutputNotWritable
+from ..core.checkpoint import CheckpointError, CheckpointMeta
+from ..core.items import FramePolicy, label_table_items, research_items
+from ..core.labels import LabelTableError, read_label_table
+from ..core.model import PretrainedWeightsUnavailable
+from ..core.stack import StackError
+from ..core.targets import TimePolicy
+from ..core.tiles import TileSpec
+from ..core.trainer import TrainingError
+from .options import PolicyOptions, TileOptions
+
+#: Mistakes a user can make: one line on stderr and exit code 2, never a traceback.
+USER_ERRORS = (
+    StackError,
+    CheckpointError,
+    LabelTableError,
+    TrainingError,
+    OutputNotWritable,
+    PretrainedWeightsUnavailable,
+    FileNotFoundError,
+    ValueError,
+)
+
+
+def warn(message: str) -> None:
+    print(f"infection-clock: warning: {message}", file=sys.stderr)
+
+
+def warn_assumed(meta: CheckpointMeta) -> None:
+    if meta.assumed:
+        warn(
+            f"the checkpoint does not record its {', '.join(meta.assumed)}; defaults are used "
+            f"(frame interval {meta.time.frame_interval_h:g} h, onset {meta.time.onset_h:g} h, "
+            f"{meta.preprocessing.image_size} px): set --onset / --frames-per-hour if they differ"
+        )
+
+
+def tile_spec(opts: TileOptions) -> TileSpec:
+    return TileSpec(opts.tile_size, opts.stride, opts.border)
+
+
+def frame_policy(opts: PolicyOptions, base: TimePolicy | None = None) -> FramePolicy:
+    """The frame policy from the options, unset values from ``base`` (a checkpoint's)."""
+    base = base or TimePolicy()
+    fph = 1.0 / base.frame_interval_h if opts.frames_per_hour is None else opts.frames_per_hour
+    return FramePolicy(
+        frames_per_hour=fph,
+        infected_window_h=tuple(opts.infected_window),
+        uninfected_window_h=tuple(opts.uninfected_window),
+        infected_stride=opts.stride_frames,
+        uninfected_stride=opts.stride_frames,
+        onset_h=base.onset_h if opts.onset is None else opts.onset,
+        clamp=base.clamp if opts.clamp is None else tuple(opts.clamp),
+    )
+
+
+def load_items(data: Path, policy: FramePolicy, tiles: TileSpec):
+    """Items from a label table (``.csv``) or a research folder."""
+    if data.suffix.lower() == ".csv":
+        return label_table_items(
+            read_label_table(data),
+            tiles=None if tiles.whole_frame else tiles,
+            default_frame_interval_h=policy.frame_interval_h,
+            clamp=policy.clamp,
+        )
+    return research_items(data, policy, tiles)
+
+
+def print_headline(metrics_path: Path) -> None:
+    m = json.loads(metrics_path.read_text())["overall"]
+    c, r = m["classification"], m["regression"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    print(
+        f"ROC AUC {fmt(c['roc_auc'])}, accuracy {fmt(c['accuracy'])}, "
+        f"MAE {fmt(r['mae'])} h, RMSE {fmt(r['rmse'])} h, slope {fmt(r['slope'])}"
+    )

@@ -1,0 +1,210 @@
+"""The ``infection-clock`` argument parser: command line -> typed options of a command.
+
+Options that are not given stay out of the namespace (``argparse.SUPPRESS``), so their
+defaults come from the option dataclasses alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+from .. import __version__
+from ..core.model import ARCHITECTURES, INIT_CHOICES
+from ..core.runtime import PRECISIONS
+from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
+from ..core.tiles import BORDERS
+from ..core.trainer import BEST_METRICS, TRAIN_MODES
+from .demo import demo
+from .evaluate import evaluate
+from .options import DemoOptions, EvaluateOptions, PredictOptions, SampleOptions, TrainOptions
+from .predict import predict
+from .sample import sample
+from .train import train
+
+#: command -> (its options, its function)
+COMMANDS = {
+    "sample": (SampleOptions, sample),
+    "train": (TrainOptions, train),
+    "predict": (PredictOptions, predict),
+    "evaluate": (EvaluateOptions, evaluate),
+    "demo": (DemoOptions, demo),
+}
+
+
+def parse(argv: list[str] | None = None):
+    """``(command name, its options, its function)`` from the command line."""
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    options_type, run = COMMANDS[command]
+    names = {f.name for f in fields(options_type)}
+    return command, options_type(**{k: v for k, v in args.items() if k in names}), run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="infection-clock",
+        description="Infection state and infection clock from live-cell time-lapse stacks.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, argument_default=argparse.SUPPRESS)
+
+    p = command("sample", "write the synthetic research-layout dataset")
+    p.add_argument("out", type=Path, help="folder to create (gets infected/ and uninfected/)")
+    _sample_args(p)
+
+    p = command("train", "train or fine-tune a model; writes a checkpoint and report")
+    p.add_argument(
+        "data",
+        type=Path,
+        help="research folder (ROOT/infected, ROOT/uninfected) or a label table CSV",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    _train_args(p)
+
+    p = command("predict", "predict stacks with a checkpoint; writes a CSV table")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("stacks", type=Path, nargs="+", help="TIFF stacks")
+    p.add_argument("--out", type=Path, required=True, help="CSV file for the prediction table")
+    p.add_argument(
+        "--maps", type=Path, help="also write probability and duration maps as TIFF here"
+    )
+    _stack_args(p)
+    _tile_args(p)
+    _run_args(p)
+    p.add_argument("--frames", help="frame range START:STOP (Python style, STOP excluded)")
+
+    p = command("evaluate", "metrics, per-bin table and plots on labelled data")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("data", type=Path, help="research folder or label table CSV")
+    p.add_argument("--out", type=Path, required=True, help="output folder for the report")
+    p.add_argument("--bin-hours", type=float, help="time bin width (default 6 h)")
+    _policy_args(p)
+    _tile_args(p)
+    _run_args(p)
+
+    p = command("demo", "the whole loop on synthetic data on a CPU in a few minutes")
+    p.add_argument("--out", type=Path, help="output folder (default infection-clock-demo)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--arch", choices=ARCHITECTURES)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--device")
+    p.add_argument("--seed", type=int)
+    return parser
+
+
+def _sample_args(p):
+    p.add_argument("--n-infected", type=int)
+    p.add_argument("--n-mock", type=int)
+    p.add_argument("--frames", type=int)
+    p.add_argument("--size", type=int)
+    p.add_argument("--onset", type=float, help="infection onset in hours")
+    p.add_argument("--interval", type=float, help="frame interval in hours")
+    p.add_argument("--seed", type=int)
+
+
+def _stack_args(p):
+    p.add_argument("--axes", help="axes of the TIFF, e.g. TYX or TCYX (default: from metadata)")
+    p.add_argument("--channel", type=int, help="channel index for multichannel stacks")
+    p.add_argument(
+        "--interval",
+        type=float,
+        help="frame interval in hours (default: metadata, else checkpoint)",
+    )
+
+
+def _tile_args(p):
+    p.add_argument("--tile-size", type=int, help="tile size in pixels (default: whole frames)")
+    p.add_argument("--stride", type=int, help="tile stride in pixels (default: tile size)")
+    p.add_argument("--border", choices=BORDERS, help="tiles at the frame edge (default pad)")
+
+
+def _run_args(p):
+    p.add_argument("--device", help="auto, cpu, cuda or mps")
+    p.add_argument(
+        "--batch-size", type=int, help="items per forward pass (default: 4 on CPU, 16 on GPU)"
+    )
+    p.add_argument("--precision", choices=PRECISIONS, help="fp32 forces exact float32")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model: faster on long runs after seconds to a minute of "
+        "compiling; needs a C++ compiler (without one it warns and runs as usual)",
+    )
+
+
+def _policy_args(p):
+    hint = " (default: the checkpoint's, else {})"
+    p.add_argument(
+        "--onset",
+        type=float,
+        help="infection onset in hours" + hint.format(f"{DEFAULT_ONSET_H} h"),
+    )
+    p.add_argument(
+        "--frames-per-hour",
+        type=float,
+        help="frames per hour for stacks without a frame interval in their metadata"
+        + hint.format(1 / DEFAULT_FRAME_INTERVAL_H),
+    )
+    p.add_argument(
+        "--clamp",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="time targets and predictions are clamped to this range in hours"
+        + hint.format(f"{DEFAULT_CLAMP[0]:g} {DEFAULT_CLAMP[1]:g}"),
+    )
+    p.add_argument(
+        "--infected-window",
+        type=float,
+        nargs=2,
+        metavar=("FROM", "TO"),
+        help="hours of infected stacks to use",
+    )
+    p.add_argument(
+        "--uninfected-window",
+        type=float,
+        nargs=2,
+        metavar=("FROM", "TO"),
+        help="hours of mock stacks to use",
+    )
+    p.add_argument("--stride-frames", type=int, help="take every Nth frame")
+
+
+def _train_args(p):
+    _policy_args(p)
+    _tile_args(p)
+    g = p.add_argument_group("model")
+    g.add_argument("--checkpoint", type=Path, help="start from this checkpoint (ours or research)")
+    g.add_argument("--arch", choices=ARCHITECTURES, help="default resnet50")
+    g.add_argument(
+        "--init", choices=INIT_CHOICES, help="backbone initialisation without --checkpoint"
+    )
+    g.add_argument("--hidden-dim", type=int)
+    g.add_argument("--dropout", type=float)
+    g.add_argument("--cls-conditioning", action="store_true")
+    g.add_argument("--image-size", type=int)
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--cls-weight", type=float)
+    g.add_argument("--reg-weight", type=float)
+    g.add_argument("--mode", choices=TRAIN_MODES, help="full fine-tune or heads only")
+    g.add_argument("--no-augment", action="store_true")
+    g.add_argument("--best-metric", choices=tuple(BEST_METRICS))
+    g.add_argument("--val-fraction", type=float)
+    g.add_argument(
+        "--folds",
+        type=int,
+        help="k-fold cross-validation by well: train on k-1 folds, validate and report on one",
+    )
+    g.add_argument("--fold", type=int, help="which fold to hold out (0-based)")
+    g.add_argument("--test-fraction", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device")

@@ -1,0 +1,67 @@
+"""``predict``: a checkpoint over TIFF stacks; one CSV table, optionally per-tile maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from ..core.atomic import check_writable, write_atomic
+from ..core.checkpoint import load_checkpoint
+from ..core.maps import write_maps
+from ..core.predictor import Predictor
+from ..core.stack import open_stack
+from .common import tile_spec, warn_assumed
+from .options import PredictOptions
+
+
+def predict(opts: PredictOptions) -> int:
+    check_writable(opts.out)
+    model, meta = load_checkpoint(opts.checkpoint)
+    warn_assumed(meta)
+    predictor = Predictor(
+        model, meta, device=opts.device, batch_size=opts.batch_size, precision=opts.precision,
+        compile=opts.compile,
+    )
+    tiles = tile_spec(opts)
+    tables = []
+    for index, path in enumerate(opts.stacks):
+        with open_stack(
+            path, axes=opts.axes, channel=opts.channel, frame_interval_h=opts.interval
+        ) as stack:
+            frames = frame_range(opts.frames, stack.n_frames)
+            run = predictor.iter_stack(stack, tiles, frames=frames)
+            total = len(frames) if frames else stack.n_frames
+            parts = [fp.table for fp in tqdm(run, total=total, unit="frame", desc=stack.name)]
+            table = pd.concat(parts, ignore_index=True).sort_values(
+                ["frame", "tile_row", "tile_col"]
+            )
+            tables.append(table)
+            if opts.maps:
+                # Two inputs with the same file name must not overwrite each other's maps.
+                names = [Path(p).stem for p in opts.stacks]
+                prefix = stack.name if names.count(stack.name) == 1 else f"{index}_{stack.name}"
+                write_maps(table, stack, tiles, opts.maps / prefix)
+    result = pd.concat(tables, ignore_index=True)
+    write_atomic(opts.out, lambda tmp: result.to_csv(tmp, index=False))
+    print(f"wrote {len(result)} rows to {opts.out} (device {predictor.device}, {meta.model.arch})")
+    return 0
+
+
+def frame_range(text: str | None, n_frames: int) -> list[int] | None:
+    """``--frames``: ``N`` (one frame) or ``START:STOP`` (Python style, STOP excluded)."""
+    if not text:
+        return None
+    try:
+        if ":" in text:
+            start, _, stop = text.partition(":")
+            part = slice(int(start) if start else None, int(stop) if stop else None)
+            frames = list(range(n_frames))[part]
+        else:
+            frames = [int(text)] if 0 <= int(text) < n_frames else []
+    except ValueError as exc:
+        raise ValueError(f"--frames must be N or START:STOP, e.g. 5 or 0:10; got {text!r}") from exc
+    if not frames:
+        raise ValueError(f"--frames {text} selects no frame of a {n_frames}-frame stack")
+    return frames

@@ -1,0 +1,141 @@
+"""``train``: train or fine-tune a model; writes a checkpoint, history, splits and report."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from .. import __version__
+from ..core.atomic import check_writable, write_atomic
+from ..core.checkpoint import CheckpointMeta, load_checkpoint, utc_now
+from ..core.dataset import ItemDataset
+from ..core.items import items_frame, kfold_by_group, split_by_group
+from ..core.model import ModelConfig, build_model
+from ..core.evaluation import predict_items
+from ..core.predictor import Predictor
+from ..core.preprocess import Preprocessing
+from ..core.report import save_report
+from ..core.trainer import TrainConfig, iter_train
+from .common import frame_policy, load_items, print_headline, tile_spec, warn, warn_assumed
+from .options import TrainOptions
+
+
+def train(opts: TrainOptions) -> int:
+    check_writable(opts.out / "model.pt")
+    base = None
+    if opts.checkpoint:
+        model, meta = load_checkpoint(opts.checkpoint)
+        warn_assumed(meta)
+        _warn_ignored_model_options(opts, meta)
+        base = meta.time
+    policy = frame_policy(opts, base=base)
+    tiles = tile_spec(opts)
+    items = load_items(opts.data, policy, tiles)
+    if opts.folds:
+        folds = kfold_by_group(items, opts.folds, opts.seed)
+        if not 0 <= opts.fold < len(folds):
+            raise ValueError(f"--fold must be between 0 and {len(folds) - 1}, got {opts.fold}")
+        rest, test = folds[opts.fold]
+        # Validation (which picks the best epoch) comes from the training folds, so the
+        # held-out fold's report is not biased by that choice.
+        train_items, val, _ = split_by_group(rest, opts.val_fraction, 0.0, opts.seed)
+    else:
+        train_items, val, test = split_by_group(
+            items, opts.val_fraction, opts.test_fraction, opts.seed
+        )
+    if not opts.checkpoint:  # built after the data checks: ImageNet weights may be missing
+        config = ModelConfig(opts.arch, opts.hidden_dim, opts.dropout, opts.cls_conditioning)
+        model = build_model(config, init=opts.init)
+        meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=opts.image_size))
+    meta = replace(
+        meta,
+        time=policy.time_policy(),
+        tile_size=tiles.tile_size,
+        source="napari-infection-clock",
+        package_version=__version__,
+        created=utc_now(),
+        assumed=[],
+    )
+    config = TrainConfig(
+        epochs=opts.epochs,
+        batch_size=opts.batch_size,
+        lr=opts.lr,
+        weight_decay=opts.weight_decay,
+        cls_weight=opts.cls_weight,
+        reg_weight=opts.reg_weight,
+        mode=opts.mode,
+        augment=not opts.no_augment,
+        best_metric=opts.best_metric,
+        seed=opts.seed,
+        device=opts.device,
+    )
+    return train_and_report(model, meta, config, train_items, val, test, opts.out)
+
+
+def _warn_ignored_model_options(opts: TrainOptions, meta: CheckpointMeta) -> None:
+    """With --checkpoint the architecture and input size are the checkpoint's."""
+    given = {
+        "--arch": (opts.arch, meta.model.arch),
+        "--hidden-dim": (opts.hidden_dim, meta.model.hidden_dim),
+        "--cls-conditioning": (opts.cls_conditioning, meta.model.cls_conditioning),
+        "--image-size": (opts.image_size, meta.preprocessing.image_size),
+    }
+    differing = [flag for flag, (ours, theirs) in given.items() if ours != theirs]
+    if differing:
+        warn(f"{', '.join(differing)} ignored: the model comes from {opts.checkpoint}")
+
+
+def train_and_report(model, meta, config, train, val, test, out: Path) -> int:
+    """Train with a progress bar, then write splits, history, checkpoint and test report."""
+    out.mkdir(parents=True, exist_ok=True)
+    splits = pd.concat(
+        [
+            items_frame(part).assign(split=name)
+            for name, part in (("train", train), ("val", val), ("test", test))
+            if part
+        ],
+        ignore_index=True,
+    )
+    write_atomic(out / "splits.csv", lambda tmp: splits.to_csv(tmp, index=False))
+    print(
+        f"training on {len(train)} items, validating on {len(val)}, testing on {len(test)} "
+        f"({meta.model.arch}, {config.mode}, {config.epochs} epochs, {meta.preprocessing.image_size} px)"
+    )
+    train_ds = ItemDataset(train, meta.preprocessing, augment=config.augment)
+    val_ds = ItemDataset(val, meta.preprocessing)
+    ckpt = out / "model.pt"
+    bar = tqdm(
+        total=config.epochs * max(1, -(-len(train) // config.batch_size)),
+        unit="batch",
+        desc="train",
+    )
+    last = None
+    for last in iter_train(model, train_ds, val_ds, config, meta, checkpoint_path=ckpt):
+        if last.stage == "batch":
+            bar.update(1)
+            bar.set_postfix(loss=f"{last.loss:.3f}")
+        elif last.stage == "epoch":
+            r = last.record
+            tqdm.write(
+                f"epoch {r['epoch']}: train loss {r['train_loss']:.3f}"
+                + (
+                    f", val AUC {r['val_roc_auc']:.3f}, val MAE {r['val_mae']:.2f} h"
+                    if "val_mae" in r
+                    else ""
+                )
+            )
+    bar.close()
+    history = pd.DataFrame(last.history)
+    write_atomic(out / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
+    print(f"best epoch {last.best_epoch}; checkpoint {ckpt}")
+    if test:
+        predictor = Predictor(model, meta, device=config.device, batch_size=config.batch_size)
+        table = pd.concat(predict_items(predictor, test), ignore_index=True)
+        write_atomic(out / "test_predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
+        paths = save_report(table, out / "report")
+        print(f"test report: {paths['metrics.json'].parent}")
+        print_headline(paths["metrics.json"])
+    return 0
