@@ -21,7 +21,8 @@ from napari_infection_clock.core.report import (
 )
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-FILES = ("metrics.json", "per_bin.csv", "roc.png", "confusion.png", "time_scatter.png", "per_bin.png")
+FILES = ("metrics.json", "per_bin.csv", "roc.png", "confusion.png", "time_scatter.png", "per_bin.png",
+         "reliability.png")
 
 
 def labelled_table(n=60, seed=1) -> pd.DataFrame:

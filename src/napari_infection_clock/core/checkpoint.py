@@ -49,6 +49,8 @@ class CheckpointMeta:
     history: list[dict] = field(default_factory=list)
     val_metrics: dict = field(default_factory=dict)
     epoch: int | None = None
+    #: Temperature and conformal time half-widths fitted on validation (core.calibration).
+    calibration: dict = field(default_factory=dict)
     #: Settings the file did not give, filled with defaults (research files without config).
     assumed: list[str] = field(default_factory=list)
     source: str = "napari-infection-clock"

@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import stats
 from sklearn import metrics as skm
 
+from .calibration import expected_calibration_error
 from .clock import CONSISTENT_COLUMN
 from .results import TRUTH_COLUMNS
 from .targets import CLASS_NAMES, INFECTED, UNINFECTED
@@ -104,6 +105,27 @@ def regression_metrics(t_true, t_pred) -> dict:
     return out
 
 
+def interval_metrics(t_true, low, high) -> dict:
+    """Empirical coverage and mean width of intervals, on rows where all three are known."""
+    t = np.asarray(t_true, dtype=np.float64)
+    lo, hi = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    ok = np.isfinite(t) & np.isfinite(lo) & np.isfinite(hi)
+    n = int(ok.sum())
+    if n == 0:
+        return {"n": 0, "coverage": NAN, "mean_width_h": NAN}
+    inside = (lo[ok] <= t[ok]) & (t[ok] <= hi[ok])
+    return {"n": n, "coverage": float(inside.mean()), "mean_width_h": float(np.mean(hi[ok] - lo[ok]))}
+
+
+def _time_metrics(df: pd.DataFrame, column: str, interval: str) -> dict:
+    """Regression metrics of one time column, with its intervals' coverage when present."""
+    out = regression_metrics(df["true_time_h"], df[column])
+    if f"{interval}_low_h" in df.columns:
+        out["interval"] = interval_metrics(
+            df["true_time_h"], df[f"{interval}_low_h"], df[f"{interval}_high_h"])
+    return out
+
+
 def _check_table(df: pd.DataFrame) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -156,24 +178,28 @@ def evaluate_table(df: pd.DataFrame, *, bin_hours: float = 6.0, threshold: float
 
     A table with the per-region clock (``consistent_time_h``, :mod:`.clock`) also gets a
     ``consistent`` block, the same regression metrics of the consistent times, next to
-    every ``regression`` block."""
+    every ``regression`` block; a table with calibrated intervals (:mod:`.calibration`)
+    gets their empirical ``coverage`` in each block, and ``calibration`` holds the ECE and
+    reliability curve of the raw (and temperature-scaled) probabilities."""
     _check_table(df)
-    cls, reg = _row_metrics(df, threshold)
+    cls, _ = _row_metrics(df, threshold)
     cls["roc_curve"] = roc_curve_points(df["true_class"], df["p_infected"])
     true_class = pd.to_numeric(df["true_class"], errors="coerce").to_numpy()
-    columns = {"regression": "pred_time_h"}
+    columns = {"regression": ("pred_time_h", "time")}
     if CONSISTENT_COLUMN in df.columns:
-        columns["consistent"] = CONSISTENT_COLUMN
+        columns["consistent"] = (CONSISTENT_COLUMN, "consistent")
     per_class = {
         CLASS_NAMES[c]: {
-            block: regression_metrics(df["true_time_h"][true_class == c], df[col][true_class == c])
-            for block, col in columns.items()
+            block: _time_metrics(df[true_class == c], *cols) for block, cols in columns.items()
         }
         for c in (INFECTED, UNINFECTED)
     }
-    overall = {"classification": cls, "regression": reg}
-    if CONSISTENT_COLUMN in df.columns:
-        overall["consistent"] = regression_metrics(df["true_time_h"], df[CONSISTENT_COLUMN])
+    overall = {"classification": cls}
+    overall.update({block: _time_metrics(df, *cols) for block, cols in columns.items()})
+    overall["calibration"] = {"raw": expected_calibration_error(df["true_class"], df["p_infected"])}
+    if "p_calibrated" in df.columns:
+        overall["calibration"]["temperature_scaled"] = expected_calibration_error(
+            df["true_class"], df["p_calibrated"])
     bins = per_bin_table(df, bin_hours, threshold)
     per_bin = [{k: _plain(v) for k, v in row.items()} for row in bins.to_dict("records")]
     return {

@@ -143,6 +143,26 @@ def per_bin_figure(per_bin: pd.DataFrame, fig: Figure | None = None) -> Figure:
     return fig
 
 
+def reliability_figure(calibration: dict, ax=None) -> Figure:
+    """Reliability diagram: observed fraction infected against mean p per bin, for the raw
+    and (when present) temperature-scaled probabilities, with their ECE."""
+    ax = _axes(ax)
+    ax.set_title("reliability (probability calibration)")
+    curves = [(k, v) for k, v in calibration.items() if sum(v["count"])]
+    if not curves:
+        return _no_data(ax, "no labelled item with a probability")
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfectly calibrated")
+    for (name, curve), colour in zip(curves, ("tab:orange", "tab:green")):
+        mean_p = np.asarray(curve["mean_p"], dtype=np.float64)
+        frac = np.asarray(curve["fraction_infected"], dtype=np.float64)
+        ax.plot(mean_p, frac, "-o", ms=4, color=colour,
+                label=f"{name.replace('_', ' ')}, ECE = {curve['ece']:.3f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="predicted P(infected)",
+           ylabel="observed fraction infected", aspect="equal")
+    ax.legend(loc="upper left")
+    return ax.figure
+
+
 def _save_png(fig: Figure, path: Path) -> None:
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
@@ -150,14 +170,14 @@ def _save_png(fig: Figure, path: Path) -> None:
 def save_report(df: pd.DataFrame, out_dir, *, bin_hours: float = 6.0,
                 threshold: float = 0.5) -> dict[str, Path]:
     """Evaluate a labelled prediction table and write metrics.json, per_bin.csv and the
-    four figures into ``out_dir``; returns {name: path}."""
+    five figures into ``out_dir``; returns {name: path}."""
     metrics = evaluate_table(df, bin_hours=bin_hours, threshold=threshold)
     bins = pd.DataFrame(metrics["per_bin"], columns=list(PER_BIN_COLUMNS))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in (
         "metrics.json", "per_bin.csv", "roc.png", "confusion.png", "time_scatter.png",
-        "per_bin.png")}
+        "per_bin.png", "reliability.png")}
     write_text_atomic(paths["metrics.json"], metrics_json(metrics))
     write_atomic(paths["per_bin.csv"], lambda tmp: bins.to_csv(tmp, index=False))
 
@@ -170,4 +190,5 @@ def save_report(df: pd.DataFrame, out_dir, *, bin_hours: float = 6.0,
     _save_png(time_scatter_figure(df["true_time_h"], df["pred_time_h"], y_true),
               paths["time_scatter.png"])
     _save_png(per_bin_figure(bins), paths["per_bin.png"])
+    _save_png(reliability_figure(metrics["overall"]["calibration"]), paths["reliability.png"])
     return paths

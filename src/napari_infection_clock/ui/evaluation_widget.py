@@ -208,7 +208,7 @@ class EvaluationWidget(QWidget):
         self.export_button.setEnabled(True)
 
     def export(self, folder=None):
-        """metrics.json, per_bin.csv and the four figures as PNG (written atomically)."""
+        """metrics.json, per_bin.csv and the five figures as PNG (written atomically)."""
         if self.table is None:
             return None
         if folder is None:
