@@ -12,7 +12,13 @@ import tifffile
 
 from napari_infection_clock.cli import main
 from napari_infection_clock.core.checkpoint import load_checkpoint
+from napari_infection_clock.core.calibration import INTERVAL_COLUMNS
+from napari_infection_clock.core.checkpoint import load_checkpoint
+from napari_infection_clock.core.clock import CLOCK_COLUMNS
 from napari_infection_clock.core.results import RESULT_COLUMNS
+
+#: A calibrated model's whole table: the clock per region, calibrated p and intervals.
+CALIBRATED_COLUMNS = [*RESULT_COLUMNS, *CLOCK_COLUMNS, "p_calibrated", *INTERVAL_COLUMNS]
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +94,17 @@ def test_train_writes_checkpoint_history_and_report(trained):
     assert not groups["train"] & groups["test"] and not groups["train"] & groups["val"]
     metrics = json.loads((trained / "report" / "metrics.json").read_text())
     assert metrics["overall"]["classification"]["n"] == (splits.split == "test").sum()
-    for name in ("roc.png", "confusion.png", "time_scatter.png", "per_bin.png", "per_bin.csv"):
+    for name in ("roc.png", "confusion.png", "time_scatter.png", "per_bin.png", "per_bin.csv",
+                 "reliability.png"):
         assert (trained / "report" / name).stat().st_size > 0
+    # calibrated on the validation wells, stored in the checkpoint, used on the test wells
+    _, meta = load_checkpoint(trained / "model.pt")
+    assert meta.calibration["level"] == 0.9 and meta.calibration["temperature"] > 0
+    assert meta.calibration["n_validation"] == (splits.split == "val").sum()
+    infected = metrics["per_class"]["infected"]
+    assert set(infected) == {"regression", "consistent"}
+    assert infected["regression"]["interval"]["n"] == infected["regression"]["n"]
+    assert "temperature_scaled" in metrics["overall"]["calibration"]
 
 
 def test_kfold_holds_out_one_fold_of_wells(data, tmp_path):
@@ -127,8 +142,15 @@ def test_predict_tiles_and_maps(trained, data, tmp_path):
     )
     assert code == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == list(RESULT_COLUMNS)
+    assert list(table.columns) == CALIBRATED_COLUMNS
     assert sorted(table.frame.unique()) == [2, 3, 4, 5] and len(table) == 4 * 4
+    for _, tile in table.groupby(["tile_row", "tile_col"]):
+        assert tile.onset_h.nunique(dropna=False) == 1  # one onset per region
+        if tile.onset_h.notna().all():
+            expected = np.clip(tile.hours - tile.onset_h, 0, 48)
+            np.testing.assert_allclose(tile.consistent_time_h, expected)
+    assert (table.time_low_h <= table.pred_time_h).all()
+    assert (table.pred_time_h <= table.time_high_h).all()
     prob = tifffile.imread(maps / f"{stack.stem}_p_infected.tif")
     assert prob.shape == (12, 2, 2)  # map frame i is stack frame i
     assert np.isnan(prob[:2]).all() and np.isnan(prob[6:]).all()
@@ -168,7 +190,11 @@ def test_evaluate_writes_report(trained, data, tmp_path):
     bins = pd.read_csv(tmp_path / "per_bin.csv")
     assert bins.bin_start_h.tolist()[:3] == [0.0, 2.0, 4.0]
     predictions = pd.read_csv(tmp_path / "predictions.csv")
-    assert {"true_class", "true_time_h"} <= set(predictions.columns)
+    assert {"true_class", "true_time_h", *CLOCK_COLUMNS, *INTERVAL_COLUMNS} <= set(predictions)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    consistent = metrics["per_class"]["infected"]["consistent"]
+    assert consistent["n"] == (predictions.true_class == 1).sum()
+    assert 0 <= consistent["interval"]["coverage"] <= 1
 
 
 @pytest.mark.parametrize(
@@ -243,7 +269,7 @@ def test_demo_runs_the_whole_loop(tmp_path):
     assert (out / "training" / "model.pt").is_file()
     assert (out / "training" / "report" / "metrics.json").is_file()
     table = pd.read_csv(out / "predictions.csv")
-    assert list(table.columns) == list(RESULT_COLUMNS) and len(table) == 48
+    assert list(table.columns) == CALIBRATED_COLUMNS and len(table) == 48
     maps = sorted(p.name for p in (out / "maps").glob("*.tif"))
     assert len(maps) == 2 and maps[0].endswith("_duration_h.tif")
     assert maps[1].endswith("_p_infected.tif")

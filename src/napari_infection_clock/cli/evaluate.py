@@ -6,6 +6,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..core.atomic import check_writable, write_atomic
+from ..core.calibration import finish_table
 from ..core.checkpoint import load_checkpoint
 from ..core.evaluation import predict_items
 from ..core.predictor import Predictor
@@ -30,7 +31,7 @@ def evaluate(opts: EvaluateOptions) -> int:
     parts = list(
         tqdm(predict_items(predictor, items), total=n_frames, unit="frame", desc="evaluate")
     )
-    table = pd.concat(parts, ignore_index=True)
+    table = finish_table(pd.concat(parts, ignore_index=True), meta)
     opts.out.mkdir(parents=True, exist_ok=True)
     write_atomic(opts.out / "predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
     paths = save_report(table, opts.out, bin_hours=opts.bin_hours)

@@ -8,6 +8,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..core.atomic import check_writable, write_atomic
+from ..core.calibration import finish_table
 from ..core.checkpoint import load_checkpoint
 from ..core.maps import write_maps
 from ..core.predictor import Predictor
@@ -37,7 +38,9 @@ def predict(opts: PredictOptions) -> int:
             table = pd.concat(parts, ignore_index=True).sort_values(
                 ["frame", "tile_row", "tile_col"]
             )
+            table = finish_table(table, meta)
             tables.append(table)
+            print(onset_summary(table, stack.name))
             if opts.maps:
                 # Two inputs with the same file name must not overwrite each other's maps.
                 names = [Path(p).stem for p in opts.stacks]
@@ -65,3 +68,18 @@ def frame_range(text: str | None, n_frames: int) -> list[int] | None:
     if not frames:
         raise ValueError(f"--frames {text} selects no frame of a {n_frames}-frame stack")
     return frames
+
+
+def onset_summary(table: pd.DataFrame, name: str) -> str:
+    """One line per stack: how many regions got infected, and when (median onset)."""
+    regions = table.drop_duplicates(["y0", "x0", "y1", "x1"])
+    onsets = regions["onset_h"].dropna()
+    if onsets.empty:
+        return f"{name}: no region infected ({len(regions)} regions)"
+    if len(regions) == 1:
+        row = regions.iloc[0]
+        band = (f" ({row.onset_low_h:.1f}-{row.onset_high_h:.1f} h, 90 % bootstrap)"
+                if pd.notna(row.onset_low_h) else "")
+        return f"{name}: infected, onset {row.onset_h:.1f} h{band}"
+    return (f"{name}: {len(onsets)} of {len(regions)} regions infected, onsets "
+            f"{onsets.min():.1f}-{onsets.max():.1f} h (median {onsets.median():.1f} h)")

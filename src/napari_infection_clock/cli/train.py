@@ -10,11 +10,12 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..core.atomic import check_writable, write_atomic
-from ..core.checkpoint import CheckpointMeta, load_checkpoint, utc_now
+from ..core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, utc_now
 from ..core.dataset import ItemDataset
 from ..core.items import items_frame, kfold_by_group, split_by_group
 from ..core.model import ModelConfig, build_model
-from ..core.evaluation import predict_items
+from ..core.calibration import finish_table
+from ..core.evaluation import calibrate, predict_items
 from ..core.predictor import Predictor
 from ..core.preprocess import Preprocessing
 from ..core.report import save_report
@@ -131,9 +132,16 @@ def train_and_report(model, meta, config, train, val, test, out: Path) -> int:
     history = pd.DataFrame(last.history)
     write_atomic(out / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
     print(f"best epoch {last.best_epoch}; checkpoint {ckpt}")
+    predictor = Predictor(model, meta, device=config.device, batch_size=config.batch_size)
+    if val and last.best_epoch is not None:
+        meta.calibration = calibrate(predictor, val)
+        save_checkpoint(ckpt, model, meta)
+        widths = meta.calibration["time_halfwidth_h"]
+        print(f"calibrated on {len(val)} validation items: temperature "
+              f"{meta.calibration['temperature']:.2f}, {meta.calibration['level'] * 100:.0f} % time intervals +/- "
+              f"{widths['infected']:.1f} h (infected), {widths['uninfected']:.1f} h (mock)")
     if test:
-        predictor = Predictor(model, meta, device=config.device, batch_size=config.batch_size)
-        table = pd.concat(predict_items(predictor, test), ignore_index=True)
+        table = finish_table(pd.concat(predict_items(predictor, test), ignore_index=True), meta)
         write_atomic(out / "test_predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
         paths = save_report(table, out / "report")
         print(f"test report: {paths['metrics.json'].parent}")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
-from .clock import CONSISTENT_COLUMN
+from .clock import CONSISTENT_COLUMN, with_clock
 from .targets import CLASS_NAMES, DEFAULT_CLAMP, INFECTED
 
 DEFAULT_LEVEL = 0.9
@@ -128,3 +128,10 @@ def apply_calibration(table: pd.DataFrame, calibration: dict, clamp=DEFAULT_CLAM
 def interval_text(value: float, low: float, high: float, level: float) -> str:
     """"7.5 h (5.9-9.1 h, 90 %)", the way the table and the viewer state a time."""
     return f"{value:.1f} h ({low:.1f}-{high:.1f} h, {level * 100:.0f} %)"
+
+
+def finish_table(table: pd.DataFrame, meta) -> pd.DataFrame:
+    """A whole prediction table as users get it: the regions' clocks (:mod:`.clock`), then
+    the checkpoint's calibrated probabilities and intervals, if it has them."""
+    clamp = meta.time.clamp
+    return apply_calibration(with_clock(table, clamp=clamp), meta.calibration, clamp)

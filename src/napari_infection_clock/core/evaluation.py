@@ -1,4 +1,5 @@
-"""Predicting labelled items, with their truth beside each prediction, for evaluation."""
+"""Predicting labelled items, with their truth beside each prediction, for evaluation and
+for calibrating a model on its validation items."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .calibration import DEFAULT_LEVEL, fit_calibration
+from .clock import with_clock
 from .dataset import ItemDataset
 from .predictor import Predictor
 from .results import result_rows
@@ -37,3 +40,12 @@ def predict_items(
         table["true_class"] = [items[i].label for i in members]
         table["true_time_h"] = [items[i].time_target for i in members]
         yield table
+
+
+def calibrate(predictor: Predictor, items, level: float = DEFAULT_LEVEL) -> dict:
+    """Calibration (:func:`.calibration.fit_calibration`) from validation ``items``: what
+    ``CheckpointMeta.calibration`` stores. Empty without items."""
+    if not items:
+        return {}
+    table = pd.concat(predict_items(predictor, items), ignore_index=True)
+    return fit_calibration(with_clock(table, clamp=predictor.meta.time.clamp), level)
