@@ -112,6 +112,7 @@ def test_selected_tiles_get_curves_and_export(plotted, tmp_path):
 
 
 def test_a_selected_tile_shows_its_clock_with_its_band(plotted):
+    from napari_infection_clock.core.calibration import apply_calibration
     from napari_infection_clock.core.clock import with_clock
 
     viewer, plot, layers = plotted
@@ -119,8 +120,11 @@ def test_a_selected_tile_shows_its_clock_with_its_band(plotted):
     table = layers.table.copy()
     noisy = table["pred_class"] == 1
     table.loc[noisy, "pred_time_h"] += rng.normal(0, 0.5, noisy.sum())
-    table = with_clock(table)
-    session_for(viewer).set_results("well", table, plot.info)
+    calibration = {"temperature": 1.0, "level": 0.9,
+                   "time_halfwidth_h": {"infected": 1.0, "uninfected": 3.0},
+                   "consistent_halfwidth_h": {"infected": 0.5, "uninfected": 2.0}}
+    table = apply_calibration(with_clock(table), calibration)
+    session_for(viewer).set_results("well", table, {**plot.info, "interval_level": 0.9})
     tiles = viewer.layers[layer_name("well", "tiles")]
     pick = tiles.features.index[(tiles.features.tile_row == 1) & (tiles.features.tile_col == 1)]
     tiles.selected_data = {int(pick[0])}
@@ -134,6 +138,12 @@ def test_a_selected_tile_shows_its_clock_with_its_band(plotted):
     band = plot.ax_t.collections[-1].get_paths()[0].vertices  # the tile's band, last drawn
     assert band[:, 1].max() == pytest.approx(max(plot.summary["hours"].max() - low, 0))
     assert "(" in plot.onset_label.text() and "90 %" in plot.onset_label.text()
+    # the item's answer at the current frame, with its calibrated interval
+    viewer.dims.set_point(0, 10)
+    now = tile[tile.frame == 10].iloc[0]
+    assert plot.answer_label.text() == (
+        f"at 5.0 h: tile (1, 1): infected for {now.consistent_time_h:.1f} h "
+        f"({now.consistent_time_h - 0.5:.1f}-{now.consistent_time_h + 0.5:.1f} h, 90 %)")
 
 
 def test_regions_selected_in_their_layer(make_napari_viewer):

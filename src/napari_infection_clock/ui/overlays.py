@@ -17,6 +17,7 @@ import pandas as pd
 from napari.layers import Image, Labels, Shapes
 from napari.utils.colormaps import DirectLabelColormap
 
+from ..core.calibration import apply_calibration
 from ..core.clock import apply_clocks
 from ..core.results import RESULT_COLUMNS
 from ..core.targets import INFECTED, UNINFECTED
@@ -269,11 +270,13 @@ class PredictionLayers:
         self.tiles.add_rectangles(list(corners))
         self._pending.append(table)
 
-    def set_clocks(self, regions: pd.DataFrame, clamp) -> None:
-        """Attach the per-region clocks (core.clock) to the table and show the onset map:
-        one value per tile or region, hours since the start when it got infected (empty
-        where it did not), with a colorbar, over every frame."""
-        self._table = apply_clocks(self.flush(), regions, clamp)
+    def set_clocks(self, regions: pd.DataFrame, clamp, calibration: dict | None = None) -> None:
+        """Attach the per-region clocks (core.clock) and the model's calibrated answers
+        (core.calibration) to the table and show the onset map: one value per tile or
+        region, hours since the start when it got infected (empty where it did not), with a
+        colorbar, over every frame."""
+        table = apply_clocks(self.flush(), regions, clamp)
+        self._table = apply_calibration(table, calibration or {}, clamp)
         self.tiles.features = self._table
         onset = np.full(self.grid.shape, np.nan, np.float32)
         for item, value in zip(self._items(regions), regions["onset_h"].to_numpy(np.float32)):

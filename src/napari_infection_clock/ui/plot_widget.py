@@ -30,7 +30,7 @@ from ..core.clock import DEFAULT_LEVEL, RegionClock
 from .overlays import layer_name, rectangles_to_boxes
 from .state import session_for
 from .teardown import on_dock_closed
-from .timeseries import estimate_onset, frame_summary, item_series
+from .timeseries import answer_at, estimate_onset, frame_summary, item_series
 
 MAX_ITEM_CURVES = 8
 
@@ -57,6 +57,9 @@ class TimeSeriesPlot(QWidget):
         self.ax_p, self.ax_t = self.figure.subplots(2, 1, sharex=True)
         self.onset_label = QLabel("no prediction yet")
         self.onset_label.setWordWrap(True)
+        self.answer_label = QLabel("")
+        self.answer_label.setWordWrap(True)
+        self.answer_label.setToolTip("each selected item's clock at the current frame")
         png, csv = QPushButton("Export PNG..."), QPushButton("Export CSV...")
         png.clicked.connect(lambda: self._ask_and_export("PNG image (*.png)", self.export_png))
         csv.clicked.connect(lambda: self._ask_and_export("CSV table (*.csv)", self.export_csv))
@@ -64,6 +67,7 @@ class TimeSeriesPlot(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.choice)
         layout.addWidget(self.onset_label)
+        layout.addWidget(self.answer_label)
         layout.addWidget(self.canvas, stretch=1)
         buttons = QHBoxLayout()
         buttons.addWidget(png)
@@ -254,9 +258,14 @@ class TimeSeriesPlot(QWidget):
         return int(np.clip(round(frame), 0, max(info.get("n_frames", 1) - 1, 0)))
 
     def _move_marker(self, *_):
-        x = self.hours_of(self.current_frame()) if self.info else np.nan
+        frame = self.current_frame()
+        x = self.hours_of(frame) if self.info else np.nan
         for marker in self.markers:
             marker.set_xdata([x, x])
+        level = self.info.get("interval_level")
+        answers = [f"{label}: {text}" for label, series in self.items.items()
+                   if (text := answer_at(series, frame, level))]
+        self.answer_label.setText(f"at {x:.1f} h: " + "; ".join(answers) if answers else "")
         self.canvas.draw_idle()
 
     def _on_click(self, event) -> None:

@@ -86,6 +86,7 @@ class Clocks:
 
     regions: pd.DataFrame
     clamp: tuple[float, float]
+    calibration: dict
 
 
 class PredictionWidget(Container):
@@ -368,7 +369,7 @@ class PredictionWidget(Container):
         elif isinstance(item, SessionModel):
             self._on_model_ready(item)
         elif isinstance(item, Clocks):
-            self.layers.set_clocks(item.regions, item.clamp)
+            self.layers.set_clocks(item.regions, item.clamp, item.calibration)
         elif isinstance(item, FramePrediction):
             self.layers.add_frame(item.table)
             self._done = item.done
@@ -396,6 +397,9 @@ class PredictionWidget(Container):
             "start_offset_h": job.start_offset_h,
             "n_frames": job.stack.n_frames,
             "mode": self.mode.value,
+            # the level of the model's calibrated intervals, None when it has none
+            "interval_level": self.session.model.meta.calibration.get("level")
+            if self.session.model is not None else None,
             "regions_layer": self.regions.value.name
             if self.mode.value == MODE_REGIONS and self.regions.value is not None
             else None,
@@ -486,4 +490,5 @@ def _predict(job: Job, should_stop):
         return
     if tables and not should_stop():
         table = pd.concat(tables, ignore_index=True)
-        yield Clocks(region_clocks(table, clamp=policy.clamp), policy.clamp)
+        yield Clocks(region_clocks(table, clamp=policy.clamp), policy.clamp,
+                     model.meta.calibration)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..core.calibration import INTERVAL_COLUMNS, interval_text
 from ..core.clock import CLOCK_COLUMNS, RegionClock, fit_region
 from ..core.targets import INFECTED
 
@@ -60,7 +61,7 @@ def item_series(table: pd.DataFrame, item: tuple[int, int]) -> pd.DataFrame:
             "duration_h": np.where(infected, rows["pred_time_h"].to_numpy(float), np.nan),
         }
     )
-    for column in CLOCK_COLUMNS:
+    for column in (*CLOCK_COLUMNS, *INTERVAL_COLUMNS):
         if column in rows.columns:
             series[column] = rows[column].to_numpy(float)
     return series
@@ -74,3 +75,18 @@ def estimate_onset(summary: pd.DataFrame) -> RegionClock | None:
         return None
     fit = fit_region(summary["hours"], summary["mean_p_infected"], summary["median_duration_h"])
     return fit if fit.infected else None
+
+
+def answer_at(series: pd.DataFrame, frame: int, level: float | None) -> str:
+    """What an item's clock says at ``frame``: "infected for 7.5 h (5.9-9.1 h, 90 %)" (the
+    interval when the model is calibrated), "not infected", or "" before the clock is fitted."""
+    rows = series[series["frame"] == frame]
+    if rows.empty or "consistent_time_h" not in rows:
+        return ""
+    row = rows.iloc[0]
+    if not np.isfinite(row["onset_h"]):
+        return "not infected"
+    if level is not None and "consistent_low_h" in row:
+        return "infected for " + interval_text(row["consistent_time_h"], row["consistent_low_h"],
+                                               row["consistent_high_h"], level)
+    return f"infected for {row['consistent_time_h']:.1f} h"
