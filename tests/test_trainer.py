@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -132,3 +134,18 @@ def test_refuses_no_items_or_one_class(dataset):
     mock_only = [i for i in train if i.label == 0]
     with pytest.raises(TrainingError, match="all training items are uninfected"):
         run_training(model, ItemDataset(mock_only, PREP), None, TrainConfig(device="cpu"), meta)
+
+
+def test_training_leaves_meta_unchanged_and_reports_what_it_saved(dataset, tmp_path):
+    train, val, _ = dataset
+    model, meta = _new()
+    before = copy.deepcopy(meta)
+    events = list(iter_train(model, ItemDataset(train[::6], PREP), ItemDataset(val[::4], PREP),
+                             TrainConfig(epochs=2, batch_size=16, device="cpu"), meta,
+                             checkpoint_path=tmp_path / "m.pt"))
+    assert meta == before
+    done = events[-1]
+    _, saved = load_checkpoint(tmp_path / "m.pt")
+    assert done.meta.epoch == saved.epoch == done.best_epoch
+    assert len(done.meta.history) == len(saved.history) == 2
+    assert done.meta.val_metrics == pytest.approx(saved.val_metrics)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +85,7 @@ class TrainProgress:
     best_epoch: int | None = None
     checkpoint: str | None = None
     history: list[dict] = field(default_factory=list)
+    meta: CheckpointMeta | None = None  # "done"/"stopped": the best weights' metadata
 
 
 class TrainingError(ValueError):
@@ -111,6 +112,111 @@ def check_trainable(dataset: ItemDataset, what: str = "training") -> None:
         )
 
 
+@dataclass
+class RunState:
+    """What a run has reached: finished epochs, their history and the best epoch so far."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_value: tuple[float, float] | None = None
+    best_epoch: int | None = None
+    best_state: dict | None = None
+    best_metrics: dict = field(default_factory=dict)
+
+    def consider(self, record: dict, model: nn.Module, config: TrainConfig) -> bool:
+        """Record an epoch; keep its weights if it is the best so far (True then)."""
+        self.epoch = record["epoch"]
+        self.history.append(record)
+        key, larger = f"val_{config.best_metric}", BEST_METRICS[config.best_metric]
+        if not np.isfinite(record.get(key, np.nan)):  # no validation, or one class in it
+            key = "val_loss" if np.isfinite(record.get("val_loss", np.nan)) else "train_loss"
+            larger = False
+        # Ties (a saturated AUC, say) go to the lower loss, so later, better epochs still win.
+        sign = 1.0 if larger else -1.0
+        value = (sign * record[key], -record.get("val_loss", record["train_loss"]))
+        if not np.isfinite(value[0]) or (self.best_value is not None and not value > self.best_value):
+            return False
+        self.best_value, self.best_epoch = value, record["epoch"]
+        heads_only = config.mode == "heads"
+        self.best_state = copy.deepcopy({  # a frozen backbone needs no copy
+            k: v.detach().cpu() for k, v in model.state_dict().items()
+            if not (heads_only and k.startswith("backbone."))
+        })
+        self.best_metrics = {k: v for k, v in record.items() if k.startswith("val_")}
+        return True
+
+    def best_meta(self, meta: CheckpointMeta) -> CheckpointMeta:
+        """``meta`` for the best weights, with the history so far (``meta`` is left alone)."""
+        return replace(meta, history=list(self.history), epoch=self.best_epoch,
+                       val_metrics=dict(self.best_metrics))
+
+
+class MultitaskLoss(nn.Module):
+    """SPEC 6 loss: weighted cross-entropy on the class plus smooth L1 on the time."""
+
+    def __init__(self, cls_weight: float = 1.0, reg_weight: float = 1.0):
+        super().__init__()
+        self.cls_weight, self.reg_weight = cls_weight, reg_weight
+
+    def forward(self, logits, t_pred, y, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cls_loss = nn.functional.cross_entropy(logits.float(), y)
+        reg_loss = nn.functional.smooth_l1_loss(t_pred.float(), t)
+        return self.cls_weight * cls_loss + self.reg_weight * reg_loss, cls_loss, reg_loss
+
+
+@dataclass
+class _Clock:
+    """Elapsed time and ETA over the whole run."""
+
+    epochs: int
+    batches: int
+    start: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def eta(self, epoch: int, batch: int) -> float:
+        done = (epoch - 1) * self.batches + batch
+        return self.elapsed() / done * (self.epochs * self.batches - done)
+
+
+def train_one_epoch(forward, params, criterion: MultitaskLoss, optimizer, scaler, loader, device,
+                    epoch: int, config: TrainConfig, clock: _Clock, state: RunState,
+                    should_stop: Callable[[], bool] | None = None,
+                    ) -> Generator[TrainProgress, None, dict | int]:
+    """One pass over ``loader``, yielding a ``batch`` event per step.
+
+    Returns the epoch's mean training losses, or the 1-based batch it was asked to stop at.
+    """
+    use_amp = scaler.is_enabled()
+    sums = np.zeros(3)
+    seen = 0
+    for batch, (x, y, t) in enumerate(loader, start=1):
+        if should_stop is not None and should_stop():
+            return batch
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        t = t.to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+            logits, t_pred = forward(x)
+            loss, cls_loss, reg_loss = criterion(logits, t_pred, y, t)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(params, config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        losses = loss.item(), cls_loss.item(), reg_loss.item()
+        sums += len(y) * np.array(losses)
+        seen += len(y)
+        yield TrainProgress("batch", epoch, config.epochs, batch, clock.batches,
+                            loss=losses[0], cls_loss=losses[1], reg_loss=losses[2],
+                            elapsed_s=clock.elapsed(), eta_s=clock.eta(epoch, batch),
+                            best_epoch=state.best_epoch)
+    means = sums / max(seen, 1)
+    return dict(zip(("train_loss", "train_cls_loss", "train_reg_loss"), means.tolist()))
+
+
 def iter_train(
     model: MultitaskResNet,
     train_ds: ItemDataset,
@@ -122,6 +228,11 @@ def iter_train(
     feature_cache: FeatureCache | None = None,
 ) -> Iterator[TrainProgress]:
     """Train ``model`` in place, yielding progress; ends with the best weights loaded.
+
+    The loop of torchvision's reference ``train.py``: per epoch :func:`train_one_epoch`,
+    the scheduler step, :func:`evaluate`, then the best weights are kept and, when
+    ``checkpoint_path`` is given, saved with ``meta`` (which itself is not changed; the
+    final event carries the metadata that was saved).
 
     ``feature_cache`` (heads-only mode) is reused across calls; without one a fresh cache
     serves this run. Heads-only training sees un-augmented crops (their features are
@@ -136,27 +247,16 @@ def iter_train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.eta_min)
-    use_amp = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    start = time.perf_counter()
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+    criterion = MultitaskLoss(config.cls_weight, config.reg_weight)
+    state = RunState()
+    clock = _Clock(config.epochs, 0)
     if heads_only:
-        cache = feature_cache if feature_cache is not None else FeatureCache()
-        amp_dtype = autocast_dtype(device, "auto" if config.amp else "fp32")
-        features: dict[str, torch.Tensor] = {}
-        for name, ds in (("train", train_ds), ("val", val_ds)):
-            if ds is None or not len(ds):
-                continue
-            for event in cache.iter_features(model.backbone, ds, device, amp_dtype,
-                                             config.batch_size, should_stop):
-                if isinstance(event, torch.Tensor):
-                    features[name] = event
-                else:
-                    yield TrainProgress("features", 0, config.epochs, event.done, event.total,
-                                        elapsed_s=time.perf_counter() - start)
-            if name not in features:
-                yield TrainProgress("stopped", 1, config.epochs, 0, 0,
-                                    elapsed_s=time.perf_counter() - start)
-                return
+        features = yield from _backbone_features(model, train_ds, val_ds, config, device,
+                                                 feature_cache, should_stop, clock)
+        if features is None:
+            yield TrainProgress("stopped", 1, config.epochs, 0, 0, elapsed_s=clock.elapsed())
+            return
         loader = _FeatureBatches(features["train"], train_ds, config.batch_size, generator)
         forward = model.forward_heads
     else:
@@ -165,94 +265,70 @@ def iter_train(
             num_workers=config.num_workers, pin_memory=device.type == "cuda", drop_last=False,
         )
         forward = model
-    ce, smooth_l1 = nn.CrossEntropyLoss(), nn.SmoothL1Loss()
-    best_value, best_epoch, best_state = None, None, None
-    history: list[dict] = []
-    batches = len(loader)
-    total_batches = batches * config.epochs
+    clock.batches = len(loader)
 
-    for epoch in range(1, config.epochs + 1):
+    def finished(stage: str, epoch: int, batch: int) -> TrainProgress:
+        # Best weights first: whoever reads the event may use the model at once.
+        _restore(model, state.best_state)
+        return TrainProgress(
+            stage, epoch, config.epochs, batch, clock.batches, elapsed_s=clock.elapsed(),
+            best_epoch=state.best_epoch, history=state.history,
+            checkpoint=_str(checkpoint_path) if state.best_epoch else None,
+            meta=state.best_meta(meta) if state.best_epoch else None)
+
+    for epoch in range(state.epoch + 1, config.epochs + 1):
         model.train()
         if heads_only:
             model.backbone.eval()  # frozen BatchNorm statistics stay as loaded
-        sums = np.zeros(3)
-        seen = 0
-        for batch, (x, y, t) in enumerate(loader, start=1):
-            if should_stop is not None and should_stop():
-                # Best weights first: whoever reads "stopped" may use the model at once.
-                _restore(model, best_state)
-                yield TrainProgress("stopped", epoch, config.epochs, batch, batches,
-                                    elapsed_s=time.perf_counter() - start, best_epoch=best_epoch,
-                                    checkpoint=_str(checkpoint_path) if best_epoch else None,
-                                    history=history)
-                return
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            t = t.to(device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
-                logits, t_pred = forward(x)
-                cls_loss = ce(logits.float(), y)
-                reg_loss = smooth_l1(t_pred.float(), t)
-                loss = config.cls_weight * cls_loss + config.reg_weight * reg_loss
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(params, config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            n = len(y)
-            sums += n * np.array([loss.item(), cls_loss.item(), reg_loss.item()])
-            seen += n
-            elapsed = time.perf_counter() - start
-            done = (epoch - 1) * batches + batch
-            yield TrainProgress("batch", epoch, config.epochs, batch, batches,
-                                loss=loss.item(), cls_loss=cls_loss.item(), reg_loss=reg_loss.item(),
-                                elapsed_s=elapsed, eta_s=elapsed / done * (total_batches - done),
-                                best_epoch=best_epoch)
+        losses = yield from train_one_epoch(forward, params, criterion, optimizer, scaler, loader,
+                                            device, epoch, config, clock, state, should_stop)
+        if isinstance(losses, int):
+            yield finished("stopped", epoch, losses)
+            return
         scheduler.step()
-        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        record.update(zip(("train_loss", "train_cls_loss", "train_reg_loss"), (sums / max(seen, 1)).tolist()))
+        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **losses}
         if heads_only and "val" in features:
-            record.update(_validate_features(model, features["val"], val_ds, config, device, meta))
+            record.update(evaluate_features(model, features["val"], val_ds, config, device, meta))
         elif val_ds is not None and len(val_ds):
-            record.update(validate(model, val_ds, config, device, meta))
-        record["seconds"] = time.perf_counter() - start
-        history.append(record)
-        key, larger = f"val_{config.best_metric}", BEST_METRICS[config.best_metric]
-        if not np.isfinite(record.get(key, np.nan)):  # no validation, or one class in it
-            key = "val_loss" if np.isfinite(record.get("val_loss", np.nan)) else "train_loss"
-            larger = False
-        # Ties (a saturated AUC, say) go to the lower loss, so later, better epochs still win.
-        sign = 1.0 if larger else -1.0
-        value = (sign * record[key], -record.get("val_loss", record["train_loss"]))
-        if np.isfinite(value[0]) and (best_value is None or value > best_value):
-            best_value, best_epoch = value, epoch
-            best_state = copy.deepcopy({  # a frozen backbone needs no copy
-                k: v.detach().cpu() for k, v in model.state_dict().items()
-                if not (heads_only and k.startswith("backbone."))
-            })
-            if checkpoint_path is not None:
-                meta.history = list(history)
-                meta.epoch = epoch
-                meta.val_metrics = {k: v for k, v in record.items() if k.startswith("val_")}
-                save_checkpoint(checkpoint_path, model, meta)
-        elapsed = time.perf_counter() - start
-        yield TrainProgress("epoch", epoch, config.epochs, batches, batches,
+            record.update(evaluate(model, val_ds, config, device, meta))
+        record["seconds"] = clock.elapsed()
+        if state.consider(record, model, config) and checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, model, state.best_meta(meta))
+        yield TrainProgress("epoch", epoch, config.epochs, clock.batches, clock.batches,
                             loss=record["train_loss"], cls_loss=record["train_cls_loss"],
-                            reg_loss=record["train_reg_loss"], record=record, elapsed_s=elapsed,
-                            eta_s=elapsed / epoch * (config.epochs - epoch), best_epoch=best_epoch,
-                            checkpoint=_str(checkpoint_path) if best_epoch else None)
-    _restore(model, best_state)
-    if checkpoint_path is not None and best_epoch is not None:
+                            reg_loss=record["train_reg_loss"], record=record,
+                            elapsed_s=clock.elapsed(), eta_s=clock.eta(epoch, clock.batches),
+                            best_epoch=state.best_epoch,
+                            checkpoint=_str(checkpoint_path) if state.best_epoch else None)
+    done = finished("done", config.epochs, clock.batches)
+    if checkpoint_path is not None and done.meta is not None:
         # The history in the file covers the whole run, not only up to the best epoch.
-        meta.history = list(history)
-        save_checkpoint(checkpoint_path, model, meta)
-    yield TrainProgress("done", config.epochs, config.epochs, batches, batches,
-                        elapsed_s=time.perf_counter() - start, best_epoch=best_epoch,
-                        checkpoint=_str(checkpoint_path) if best_epoch else None, history=history)
+        save_checkpoint(checkpoint_path, model, done.meta)
+    yield done
 
 
-def validate(model, val_ds: ItemDataset, config: TrainConfig, device, meta: CheckpointMeta) -> dict:
+def _backbone_features(model, train_ds, val_ds, config, device, cache, should_stop, clock,
+                       ) -> Generator[TrainProgress, None, dict[str, torch.Tensor] | None]:
+    """Heads-only: backbone features of the training and validation items (None if stopped)."""
+    cache = cache if cache is not None else FeatureCache()
+    amp_dtype = autocast_dtype(device, "auto" if config.amp else "fp32")
+    features: dict[str, torch.Tensor] = {}
+    for name, ds in (("train", train_ds), ("val", val_ds)):
+        if ds is None or not len(ds):
+            continue
+        for event in cache.iter_features(model.backbone, ds, device, amp_dtype,
+                                         config.batch_size, should_stop):
+            if isinstance(event, torch.Tensor):
+                features[name] = event
+            else:
+                yield TrainProgress("features", 0, config.epochs, event.done, event.total,
+                                    elapsed_s=clock.elapsed())
+        if name not in features:
+            return None
+    return features
+
+
+def evaluate(model, val_ds: ItemDataset, config: TrainConfig, device, meta: CheckpointMeta) -> dict:
     """Validation losses and metrics, prefixed ``val_``."""
     model.eval()
     loader = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
@@ -269,9 +345,9 @@ def validate(model, val_ds: ItemDataset, config: TrainConfig, device, meta: Chec
     return _val_record(logits, t_pred, y, t, config, meta)
 
 
-def _validate_features(model, features, val_ds: ItemDataset, config: TrainConfig, device,
+def evaluate_features(model, features, val_ds: ItemDataset, config: TrainConfig, device,
                        meta: CheckpointMeta) -> dict:
-    """Like :func:`validate`, from cached backbone features through the heads only."""
+    """Like :func:`evaluate`, from cached backbone features through the heads only."""
     model.eval()
     with torch.inference_mode():
         logits, t_pred = model.forward_heads(features.to(device))

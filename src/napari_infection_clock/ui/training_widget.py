@@ -283,7 +283,7 @@ class TrainingWidget(QWidget):
             self._on_error(payload)
             return
         if kind == "model":
-            self._model, self._meta = payload, meta
+            self._model = payload
             return
         event = payload
         self.last_event = event
@@ -318,7 +318,7 @@ class TrainingWidget(QWidget):
             self.status.setText(f"{event.stage} before the first epoch ended: no new checkpoint; "
                                 f"'{self.output_path}' is unchanged")
             return
-        self.trained = SessionModel(self._model.eval(), self._meta, Path(event.checkpoint),
+        self.trained = SessionModel(self._model.eval(), event.meta, Path(event.checkpoint),
                                     origin="trained in this session")
         word = "stopped" if event.stage == "stopped" else "done"
         self.status.setText(f"{word}: best epoch {event.best_epoch} saved to {event.checkpoint}")
