@@ -15,10 +15,12 @@ from napari_infection_clock.core.checkpoint import load_checkpoint
 from napari_infection_clock.core.calibration import INTERVAL_COLUMNS
 from napari_infection_clock.core.checkpoint import load_checkpoint
 from napari_infection_clock.core.clock import CLOCK_COLUMNS
+from napari_infection_clock.core.novelty import NOVELTY_COLUMNS
 from napari_infection_clock.core.results import RESULT_COLUMNS
 
 #: A calibrated model's whole table: the clock per region, calibrated p and intervals.
-CALIBRATED_COLUMNS = [*RESULT_COLUMNS, *CLOCK_COLUMNS, "p_calibrated", *INTERVAL_COLUMNS]
+CALIBRATED_COLUMNS = [*RESULT_COLUMNS, *NOVELTY_COLUMNS, *CLOCK_COLUMNS, "p_calibrated",
+                      *INTERVAL_COLUMNS]
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +103,7 @@ def test_train_writes_checkpoint_history_and_report(trained):
     _, meta = load_checkpoint(trained / "model.pt")
     assert meta.calibration["level"] == 0.9 and meta.calibration["temperature"] > 0
     assert meta.calibration["n_validation"] == (splits.split == "val").sum()
+    assert meta.calibration["novelty"]["threshold"] >= 0
     infected = metrics["per_class"]["infected"]
     assert set(infected) == {"regression", "consistent"}
     assert infected["regression"]["interval"]["n"] == infected["regression"]["n"]
@@ -149,8 +152,10 @@ def test_predict_tiles_and_maps(trained, data, tmp_path):
         if tile.onset_h.notna().all():
             expected = np.clip(tile.hours - tile.onset_h, 0, 48)
             np.testing.assert_allclose(tile.consistent_time_h, expected)
-    assert (table.time_low_h <= table.pred_time_h).all()
-    assert (table.pred_time_h <= table.time_high_h).all()
+    known = table[~table.out_of_distribution]  # flagged tiles get no interval
+    assert (known.time_low_h <= known.pred_time_h).all()
+    assert (known.pred_time_h <= known.time_high_h).all()
+    assert table[table.out_of_distribution].time_low_h.isna().all()
     prob = tifffile.imread(maps / f"{stack.stem}_p_infected.tif")
     assert prob.shape == (12, 2, 2)  # map frame i is stack frame i
     assert np.isnan(prob[:2]).all() and np.isnan(prob[6:]).all()

@@ -191,3 +191,18 @@ def test_sample_pair_is_one_field_with_and_without_infection():
         assert stack.shape == (6, 64, 64)
         assert meta == {"frame_interval_h": 0.5, "onset_h": 1.0, "infected": name == "infected"}
     assert np.array_equal(pair["infected"][0][0], pair["mock"][0][0])
+
+
+def test_a_shifted_configuration_looks_different_and_bad_knobs_are_refused():
+    from napari_infection_clock.core.synthetic import SyntheticWell
+
+    base = SyntheticWell(False, seed=5, n_frames=4, size=64).render().astype(float)
+    lit = SyntheticWell(False, seed=5, n_frames=4, size=64, illumination=0.3).render()
+    right_minus_left = lit[..., 48:].mean() - lit[..., :16].mean()
+    assert right_minus_left > base[..., 48:].mean() - base[..., :16].mean() + 500
+    flat = SyntheticWell(False, seed=5, n_frames=4, size=64, contrast=0.3).render()
+    assert flat.astype(float).std() < base.std()
+    crowded = SyntheticWell(False, seed=5, n_frames=4, size=64, density=2.0).render()
+    assert crowded.astype(float).mean() < base.mean()  # more dark cell bodies
+    with pytest.raises(ValueError, match="density"):
+        SyntheticWell(False, seed=5, density=0)

@@ -340,3 +340,29 @@ def test_closing_the_dock_leaves_the_session(make_napari_viewer, checkpoint):
     model, meta = load_checkpoint(checkpoint)
     session.set_model(SessionModel(model, meta, origin="trained"))
     assert widget.model_info.value == "no model loaded"  # the closed widget heard nothing
+
+
+def test_a_calibrated_model_flags_a_blank_frame_and_gives_intervals(
+    make_napari_viewer, qtbot, sample, checkpoint, tmp_path
+):
+    from napari_infection_clock.core.checkpoint import load_checkpoint
+    from napari_infection_clock.core.novelty import crop_statistics, fit_novelty
+
+    data, meta = sample
+    model, ckpt_meta = load_checkpoint(checkpoint)
+    stats = np.stack([crop_statistics(f) for f in data])
+    ckpt_meta.calibration = {
+        "temperature": 2.0, "level": 0.9, "novelty": fit_novelty(stats, stats),
+        "time_halfwidth_h": {"infected": 1.5, "uninfected": 2.5},
+        "consistent_halfwidth_h": {"infected": 0.5, "uninfected": 1.0}}
+    calibrated = save_checkpoint(tmp_path / "calibrated.pt", model, ckpt_meta)
+    blank = data.copy()
+    blank[3] = 0  # a dropped frame
+    viewer, image, widget = _setup(make_napari_viewer, (blank, meta), calibrated)
+    assert _run(qtbot, widget).startswith("done")
+    table = viewer.layers[layer_name("well", "tiles")].features.set_index("frame").sort_index()
+    assert table["out_of_distribution"].tolist() == [f == 3 for f in range(8)]
+    assert np.isnan(table.loc[3, "p_calibrated"]) and np.isnan(table.loc[3, "time_low_h"])
+    others = table.drop(index=3)
+    assert (others["time_high_h"] - others["time_low_h"] > 0).all()
+    assert others["p_calibrated"].notna().all()

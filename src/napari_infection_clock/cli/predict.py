@@ -38,7 +38,7 @@ def predict(opts: PredictOptions) -> int:
             table = pd.concat(parts, ignore_index=True).sort_values(
                 ["frame", "tile_row", "tile_col"]
             )
-            table = finish_table(table, meta)
+            table = finish_table(table, meta, stack)
             tables.append(table)
             print(onset_summary(table, stack.name))
             if opts.maps:

@@ -134,7 +134,7 @@ def train_and_report(model, meta, config, train, val, test, out: Path) -> int:
     print(f"best epoch {last.best_epoch}; checkpoint {ckpt}")
     predictor = Predictor(model, meta, device=config.device, batch_size=config.batch_size)
     if val and last.best_epoch is not None:
-        meta.calibration = calibrate(predictor, val)
+        meta.calibration = calibrate(predictor, val, reference=train)
         save_checkpoint(ckpt, model, meta)
         widths = meta.calibration["time_halfwidth_h"]
         print(f"calibrated on {len(val)} validation items: temperature "

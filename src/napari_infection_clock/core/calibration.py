@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import optimize, special
 
 from .clock import CONSISTENT_COLUMN, with_clock
+from .novelty import add_novelty
 from .targets import CLASS_NAMES, DEFAULT_CLAMP, INFECTED
 
 DEFAULT_LEVEL = 0.9
@@ -106,8 +107,9 @@ def fit_calibration(table: pd.DataFrame, level: float = DEFAULT_LEVEL) -> dict:
 
 def apply_calibration(table: pd.DataFrame, calibration: dict, clamp=DEFAULT_CLAMP) -> pd.DataFrame:
     """``table`` with ``p_calibrated`` and the interval columns of a stored calibration
-    (nothing added when ``calibration`` is empty: an uncalibrated model claims no interval)."""
-    if not calibration:
+    (nothing added when ``calibration`` is empty: an uncalibrated model claims no interval).
+    Items flagged ``out_of_distribution`` (core.novelty) get none: NaN, not a confident answer."""
+    if not calibration or "temperature" not in calibration:
         return table
     out = table.copy()
     p = out["p_infected"].to_numpy(np.float64)
@@ -122,6 +124,10 @@ def apply_calibration(table: pd.DataFrame, calibration: dict, clamp=DEFAULT_CLAM
         centre = out[column].to_numpy(np.float64)
         out[f"{name}_low_h"] = np.clip(centre - half, *clamp)
         out[f"{name}_high_h"] = np.clip(centre + half, *clamp)
+    if "out_of_distribution" in out:
+        unknown = out["out_of_distribution"].to_numpy(bool)
+        blank = ["p_calibrated", *(c for c in INTERVAL_COLUMNS if c in out)]
+        out.loc[unknown, blank] = np.nan
     return out
 
 
@@ -130,8 +136,11 @@ def interval_text(value: float, low: float, high: float, level: float) -> str:
     return f"{value:.1f} h ({low:.1f}-{high:.1f} h, {level * 100:.0f} %)"
 
 
-def finish_table(table: pd.DataFrame, meta) -> pd.DataFrame:
-    """A whole prediction table as users get it: the regions' clocks (:mod:`.clock`), then
-    the checkpoint's calibrated probabilities and intervals, if it has them."""
+def finish_table(table: pd.DataFrame, meta, stack=None) -> pd.DataFrame:
+    """A whole prediction table as users get it: with ``stack``, each item's novelty
+    (:mod:`.novelty`, when the checkpoint has a novelty model); the regions' clocks
+    (:mod:`.clock`); the checkpoint's calibrated probabilities and intervals, if any."""
     clamp = meta.time.clamp
+    if stack is not None:
+        table = add_novelty(table, stack, meta.calibration.get("novelty", {}))
     return apply_calibration(with_clock(table, clamp=clamp), meta.calibration, clamp)

@@ -103,7 +103,7 @@ def fit_region(hours, p_infected, pred_time_h, *, threshold: float = 0.5, clamp=
     use = sick & ~censored if np.any(sick & ~censored) else sick
     rng = np.random.default_rng(0) if rng is None else rng
     onset, low, high = _robust_fit(votes[use], p[use], level, n_resamples, rng)
-    well = ~sick & np.isfinite(votes)
+    well = ~sick & np.isfinite(votes) & np.isfinite(p)
     start = float(weighted_median(votes[well], 1 - p[well])) if np.any(well & (p < 1)) else np.nan
     after = np.isfinite(p) & (hours >= onset) if np.isfinite(onset) else np.zeros(p.shape, bool)
     infected = bool(after.any() and np.mean(p[after] >= threshold) >= 0.5)
@@ -117,7 +117,8 @@ def fit_region(hours, p_infected, pred_time_h, *, threshold: float = 0.5, clamp=
 def region_clocks(table: pd.DataFrame, *, threshold: float = 0.5, clamp=DEFAULT_CLAMP,
                   level: float = DEFAULT_LEVEL, n_resamples: int = DEFAULT_RESAMPLES,
                   seed: int = 0) -> pd.DataFrame:
-    """One row per region of a prediction table (``REGION_COLUMNS``), fitted independently.
+    """One row per region of a prediction table (``REGION_COLUMNS``), fitted independently;
+    rows flagged ``out_of_distribution`` are left out of the fit.
 
     The bootstrap is seeded, so the same table always gives the same intervals.
     """
@@ -126,7 +127,10 @@ def region_clocks(table: pd.DataFrame, *, threshold: float = 0.5, clamp=DEFAULT_
     rng = np.random.default_rng(seed)
     rows = []
     for key, part in table.groupby(list(REGION_KEYS), sort=True):
-        fit = fit_region(part["hours"], part["p_infected"], part["pred_time_h"],
+        p = part["p_infected"].to_numpy(np.float64)
+        if "out_of_distribution" in part:  # flagged items (core.novelty) do not vote
+            p = np.where(part["out_of_distribution"].to_numpy(bool), np.nan, p)
+        fit = fit_region(part["hours"], p, part["pred_time_h"],
                          threshold=threshold, clamp=clamp, level=level,
                          n_resamples=n_resamples, rng=rng)
         rows.append((*key, int(part["tile_row"].iloc[0]), int(part["tile_col"].iloc[0]),

@@ -12,6 +12,7 @@ import pandas as pd
 from .calibration import DEFAULT_LEVEL, fit_calibration
 from .clock import with_clock
 from .dataset import ItemDataset
+from .novelty import crop_statistics, fit_novelty
 from .predictor import Predictor
 from .results import result_rows
 
@@ -42,10 +43,24 @@ def predict_items(
         yield table
 
 
-def calibrate(predictor: Predictor, items, level: float = DEFAULT_LEVEL) -> dict:
+def calibrate(predictor: Predictor, items, reference=(), level: float = DEFAULT_LEVEL,
+              max_reference: int = 512) -> dict:
     """Calibration (:func:`.calibration.fit_calibration`) from validation ``items``: what
-    ``CheckpointMeta.calibration`` stores. Empty without items."""
+    ``CheckpointMeta.calibration`` stores; with ``reference`` (the training items, at most
+    ``max_reference`` of them, evenly spaced) also the novelty model. Empty without items."""
     if not items:
         return {}
     table = pd.concat(predict_items(predictor, items), ignore_index=True)
-    return fit_calibration(with_clock(table, clamp=predictor.meta.time.clamp), level)
+    out = fit_calibration(with_clock(table, clamp=predictor.meta.time.clamp), level)
+    if reference:
+        picks = np.unique(np.linspace(0, len(reference) - 1, min(len(reference), max_reference))
+                          .astype(int))
+        prep = predictor.meta.preprocessing
+        stats = [_crop_stats(items, range(len(items)), prep), _crop_stats(reference, picks, prep)]
+        out["novelty"] = fit_novelty(stats[1], stats[0])
+    return out
+
+
+def _crop_stats(items, indices, prep) -> np.ndarray:
+    reader = ItemDataset(items, prep)
+    return np.stack([crop_statistics(reader.raw_crop(int(i))) for i in indices])

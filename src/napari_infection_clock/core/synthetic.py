@@ -64,6 +64,15 @@ class SyntheticWell:
     frame_interval_h: float = DEFAULT_FRAME_INTERVAL_H
     onset_h: float = DEFAULT_ONSET_H
     dtype: str = "uint16"
+    # How this configuration looks (the defaults are the demo's; benchmarks/quality.py
+    # tests on a shifted one): cell density and size, contrast of cells against the
+    # background, a left-to-right illumination ramp, camera noise, infection latency.
+    density: float = 1.0
+    cell_scale: float = 1.0
+    contrast: float = 1.0
+    illumination: float = 0.0
+    noise: float = _CAMERA_NOISE
+    latency_scale: float = 1.0
 
     def __post_init__(self):
         if int(self.n_frames) < 1:
@@ -76,6 +85,11 @@ class SyntheticWell:
             )
         if not self.onset_h >= 0:
             raise ValueError(f"onset_h must be zero or positive hours, got {self.onset_h!r}")
+        for name in ("density", "cell_scale", "contrast", "latency_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not self.noise >= 0:
+            raise ValueError(f"noise must be zero or positive, got {self.noise!r}")
         if self.dtype not in DTYPE_FULL_SCALE:
             raise ValueError(
                 f"dtype must be one of {sorted(DTYPE_FULL_SCALE)}, got {self.dtype!r}"
@@ -141,9 +155,11 @@ def write_research_dataset(
     onset_h: float = DEFAULT_ONSET_H,
     seed: int = 0,
     dtype: str = "uint8",
+    **look,
 ) -> list[Path]:
     """Write ``ROOT/infected/*.tif`` and ``ROOT/uninfected/*.tif`` (the research layout,
-    SPEC 2) plus ``ROOT/dataset.json`` with the truth; returns the stack paths.
+    SPEC 2) plus ``ROOT/dataset.json`` with the truth; returns the stack paths. ``look``:
+    :class:`SyntheticWell`'s appearance fields (density, cell_scale, contrast, ...).
 
     Each well has its own seed drawn from ``seed``; positions ``_p<N>_`` are unique over
     the dataset. uint8 is the default because camera noise in uint16 compresses poorly.
@@ -166,6 +182,7 @@ def write_research_dataset(
             frame_interval_h=frame_interval_h,
             onset_h=onset_h,
             dtype=dtype,
+            **look,
         )
         folder = "infected" if infected else "uninfected"
         path = root / folder / f"synthetic_{folder}_s{seed}_p{position}_t0-{n_frames - 1}.tif"
@@ -209,16 +226,16 @@ def _render(well: SyntheticWell) -> np.ndarray:
         np.bincount(flat.ravel(), w.ravel(), minlength=np.prod(shape)).reshape(shape)
         for w in weights
     )
-    return _camera(dark, lit, bright, noise_rng, well.dtype)
+    return _camera(dark, lit, bright, noise_rng, well)
 
 
 def _cell_states(well: SyntheticWell, layout_rng, infection_rng) -> dict[str, np.ndarray]:
     """Per frame and cell (arrays of shape (T, N)): position, size, presence, infection."""
     size, hours = well.size, np.arange(well.n_frames) * well.frame_interval_h
-    capacity = _CAPACITY_PER_128 * (size / 128) ** 2 * layout_rng.uniform(0.9, 1.1)
+    capacity = _CAPACITY_PER_128 * (size / 128) ** 2 * layout_rng.uniform(0.9, 1.1) * well.density
     n_cells = int(np.ceil(capacity))
     count = _cell_count(hours, capacity, layout_rng.uniform(*_START_FRACTION), well)
-    traits = _cell_traits(layout_rng, n_cells, size)
+    traits = _cell_traits(layout_rng, n_cells, size, well.cell_scale)
     y, x = _drifting_positions(layout_rng, traits, well.n_frames, well.frame_interval_h, size)
     spread = 1.0 + 0.45 * (1.0 - np.exp(-hours / 30.0))[:, None]
     states = {
@@ -235,7 +252,8 @@ def _cell_states(well: SyntheticWell, layout_rng, infection_rng) -> dict[str, np
         {k: np.broadcast_to(traits[k], y.shape) for k in ("theta", "dark", "gain")}
     )
     if well.infected:
-        infected_at = _infection_hours(infection_rng, n_cells, count, hours, well.onset_h)
+        infected_at = _infection_hours(infection_rng, n_cells, count, hours, well.onset_h,
+                                       well.latency_scale)
         since = hours[:, None] - infected_at
         detach_h = infection_rng.uniform(*_DETACH_AFTER_H, n_cells)
         states["rounding"] = rounding = np.clip(since / _ROUNDING_H, 0.0, 1.0)
@@ -247,8 +265,8 @@ def _cell_states(well: SyntheticWell, layout_rng, infection_rng) -> dict[str, np
     return states
 
 
-def _camera(dark, lit, bright, rng, dtype: str) -> np.ndarray:
-    """Cells on an uneven textured background, camera noise, quantised to ``dtype``."""
+def _camera(dark, lit, bright, rng, well: SyntheticWell) -> np.ndarray:
+    """Cells on an uneven textured background, camera noise, quantised to the well's dtype."""
     size = dark.shape[-1]
     granules = np.clip(1.0 + 0.5 * _unit_noise(rng, (size, size), 0.8), 0.2, None)
     background = (
@@ -256,10 +274,12 @@ def _camera(dark, lit, bright, rng, dtype: str) -> np.ndarray:
         + 0.04 * _unit_noise(rng, (size, size), size / 6)
         + 0.012 * _unit_noise(rng, (size, size), 1.0)
     )
-    image = background - _saturate(dark, 0.3) + _saturate(lit, 0.15) + bright * granules
-    image += rng.normal(0.0, _CAMERA_NOISE, image.shape)
-    scale = DTYPE_FULL_SCALE[dtype]
-    return np.clip(np.rint(image * scale), 0, scale).astype(dtype)
+    cells = -_saturate(dark, 0.3) + _saturate(lit, 0.15) + bright * granules
+    image = background + well.contrast * cells
+    image += well.illumination * (np.linspace(-0.5, 0.5, size) * 2 * _BACKGROUND)
+    image += rng.normal(0.0, well.noise, image.shape)
+    scale = DTYPE_FULL_SCALE[well.dtype]
+    return np.clip(np.rint(image * scale), 0, scale).astype(well.dtype)
 
 
 def _cell_count(hours, capacity, start_fraction, well: SyntheticWell):
@@ -273,8 +293,8 @@ def _cell_count(hours, capacity, start_fraction, well: SyntheticWell):
     return capacity / (1.0 + np.exp(-log_odds))
 
 
-def _cell_traits(rng, n_cells, size):
-    radius = rng.uniform(2.8, 4.0, n_cells)
+def _cell_traits(rng, n_cells, size, scale=1.0):
+    radius = rng.uniform(2.8, 4.0, n_cells) * scale
     elongation = rng.uniform(1.1, 1.45, n_cells)
     return {
         "r": radius,
@@ -295,10 +315,10 @@ def _drifting_positions(rng, cells, n_frames, frame_interval_h, size):
     return (cells["y0"] + walk[0]) % size, (cells["x0"] + walk[1]) % size
 
 
-def _infection_hours(rng, n_cells, count, hours, onset_h):
+def _infection_hours(rng, n_cells, count, hours, onset_h, latency_scale=1.0):
     """Per cell: infected a random latency after the onset, or after it appears if later."""
     appears = np.interp(np.arange(n_cells), count, hours, left=0.0, right=np.inf)
-    latency = _LATENCY_MIN_H + rng.gamma(*_LATENCY_GAMMA, n_cells)
+    latency = (_LATENCY_MIN_H + rng.gamma(*_LATENCY_GAMMA, n_cells)) * latency_scale
     return np.maximum(appears, onset_h) + latency
 
 

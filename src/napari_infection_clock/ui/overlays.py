@@ -270,12 +270,16 @@ class PredictionLayers:
         self.tiles.add_rectangles(list(corners))
         self._pending.append(table)
 
-    def set_clocks(self, regions: pd.DataFrame, clamp, calibration: dict | None = None) -> None:
-        """Attach the per-region clocks (core.clock) and the model's calibrated answers
-        (core.calibration) to the table and show the onset map: one value per tile or
-        region, hours since the start when it got infected (empty where it did not), with a
-        colorbar, over every frame."""
-        table = apply_clocks(self.flush(), regions, clamp)
+    def set_clocks(self, regions: pd.DataFrame, clamp, calibration: dict | None = None,
+                   novelty: pd.DataFrame | None = None) -> None:
+        """Attach the items' novelty flags (core.novelty; rows in the table's order), the
+        per-region clocks (core.clock) and the model's calibrated answers (core.calibration)
+        to the table and show the onset map: one value per tile or region, hours since the
+        start when it got infected (empty where it did not), with a colorbar, over every frame."""
+        table = self.flush()
+        if novelty is not None and len(novelty) == len(table):
+            table = table.assign(**{c: novelty[c].to_numpy() for c in novelty.columns})
+        table = apply_clocks(table, regions, clamp)
         self._table = apply_calibration(table, calibration or {}, clamp)
         self.tiles.features = self._table
         onset = np.full(self.grid.shape, np.nan, np.float32)

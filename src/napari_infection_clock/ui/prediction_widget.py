@@ -36,6 +36,7 @@ from psygnal import Signal
 from ..core.checkpoint import CheckpointError, load_checkpoint
 from ..core.clock import region_clocks
 from ..core.device import select_device
+from ..core.novelty import NOVELTY_COLUMNS, add_novelty
 from ..core.predictor import FramePrediction, Predictor, default_batch_size
 from ..core.stack import StackError, stack_from_array
 from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
@@ -87,6 +88,7 @@ class Clocks:
     regions: pd.DataFrame
     clamp: tuple[float, float]
     calibration: dict
+    novelty: pd.DataFrame | None
 
 
 class PredictionWidget(Container):
@@ -369,7 +371,7 @@ class PredictionWidget(Container):
         elif isinstance(item, SessionModel):
             self._on_model_ready(item)
         elif isinstance(item, Clocks):
-            self.layers.set_clocks(item.regions, item.clamp, item.calibration)
+            self.layers.set_clocks(item.regions, item.clamp, item.calibration, item.novelty)
         elif isinstance(item, FramePrediction):
             self.layers.add_frame(item.table)
             self._done = item.done
@@ -490,5 +492,7 @@ def _predict(job: Job, should_stop):
         return
     if tables and not should_stop():
         table = pd.concat(tables, ignore_index=True)
+        table = add_novelty(table, job.stack, model.meta.calibration.get("novelty", {}))
+        flags = table[list(NOVELTY_COLUMNS)] if "novelty" in table else None
         yield Clocks(region_clocks(table, clamp=policy.clamp), policy.clamp,
-                     model.meta.calibration)
+                     model.meta.calibration, flags)
