@@ -104,6 +104,7 @@ def test_train_writes_checkpoint_history_and_report(trained):
     assert meta.calibration["level"] == 0.9 and meta.calibration["temperature"] > 0
     assert meta.calibration["n_validation"] == (splits.split == "val").sum()
     assert meta.calibration["novelty"]["threshold"] >= 0
+    assert len(meta.history) == 2 and meta.epoch in (1, 2)  # the re-save kept the run
     infected = metrics["per_class"]["infected"]
     assert set(infected) == {"regression", "consistent"}
     assert infected["regression"]["interval"]["n"] == infected["regression"]["n"]

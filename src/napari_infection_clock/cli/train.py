@@ -132,14 +132,15 @@ def train_and_report(model, meta, config, train, val, test, out: Path) -> int:
     history = pd.DataFrame(last.history)
     write_atomic(out / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
     print(f"best epoch {last.best_epoch}; checkpoint {ckpt}")
+    meta = last.meta or meta  # what the trainer saved with the best weights
     predictor = Predictor(model, meta, device=config.device, batch_size=config.batch_size)
     if val and last.best_epoch is not None:
-        meta.calibration = calibrate(predictor, val, reference=train)
+        meta = replace(meta, calibration=calibrate(predictor, val, reference=train))
         save_checkpoint(ckpt, model, meta)
-        widths = meta.calibration["time_halfwidth_h"]
-        print(f"calibrated on {len(val)} validation items: temperature "
-              f"{meta.calibration['temperature']:.2f}, {meta.calibration['level'] * 100:.0f} % time intervals +/- "
-              f"{widths['infected']:.1f} h (infected), {widths['uninfected']:.1f} h (mock)")
+        cal, widths = meta.calibration, meta.calibration["time_halfwidth_h"]
+        print(f"calibrated on {len(val)} validation items: temperature {cal['temperature']:.2f}, "
+              f"{cal['level'] * 100:.0f} % time intervals +/- {widths['infected']:.1f} h "
+              f"(infected), {widths['uninfected']:.1f} h (mock)")
     if test:
         table = finish_table(pd.concat(predict_items(predictor, test), ignore_index=True), meta)
         write_atomic(out / "test_predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
