@@ -91,6 +91,9 @@ def test_train_writes_checkpoint_history_and_report(trained):
     assert (trained / "model.pt").is_file()
     history = pd.read_csv(trained / "history.csv")
     assert list(history.epoch) == [1, 2] and "val_roc_auc" in history
+    _, meta = load_checkpoint(trained / "model.pt")  # calibrated, and still the run's record
+    assert meta.calibration and len(meta.history) == 2 and meta.epoch in (1, 2)
+    assert "val_roc_auc" in meta.val_metrics
     splits = pd.read_csv(trained / "splits.csv")
     groups = splits.groupby("split").group.apply(set)
     assert not groups["train"] & groups["test"] and not groups["train"] & groups["val"]
