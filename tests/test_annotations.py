@@ -138,3 +138,34 @@ def test_frame_blocks_never_put_neighbours_on_both_sides():
     # one well per class: auto falls back to frame blocks
     assert split_for_training(items, 0.25).how.startswith("by frame blocks")
     assert split_for_training(items, 0.0).val == []
+
+
+def test_undo_takes_back_each_change_and_a_refused_change_changes_nothing():
+    store = AnnotationStore(stack="/x/well.tif", n_frames=10)
+    assert not store.can_undo and not store.undo()
+    store.set_condition("infected", 1.0, 0.5)
+    store.label_frames([4, 5], "infected")
+    store.set_frame_crops(6, {(0, 0, 8, 8): "uninfected"})
+    store.label_frames([4], "uninfected")
+    with pytest.raises(AnnotationError):
+        store.set_all_crops({(1, (0, 0, 4, 4)): "infected", (2, (5, 5, 1, 1)): "infected"})
+    assert store.crops == {(6, (0, 0, 8, 8)): "uninfected"}  # refused: left as it was
+    store.label_frames([9], None)  # changes nothing: no undo step
+    assert store.undo() and store.frames == {4: "infected", 5: "infected"}
+    assert store.undo() and store.crops == {}
+    assert store.undo() and store.frames == {}
+    assert store.undo() and (store.condition, store.onset_h) == ("unknown", 1.0)
+    assert not store.undo()
+
+
+def test_relabelled_by_counts_labels_whose_meaning_changes():
+    store = AnnotationStore(stack="/x/well.tif", n_frames=10)
+    assert store.relabelled_by("mock") == 0  # nothing labelled yet
+    store.set_condition("infected", 1.0, 0.5)
+    store.label_frames([4, 5, 6], "infected")
+    store.label_frames([0], "uninfected")
+    assert store.relabelled_by("infected", 1.0, 0.5) == 0
+    assert store.relabelled_by("mock") == 3  # three infected labels now contradict it
+    assert store.relabelled_by("infected", 2.0) == 3  # their time since onset moves
+    assert store.relabelled_by("infected", 1.0, 1.0) == 3  # hours move, except at frame 0
+    assert store.condition == "infected" and store.onset_h == 1.0  # only a trial

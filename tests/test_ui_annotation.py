@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from napari_infection_clock.core.annotations import sidecar_path
+from napari_infection_clock.core.annotations import AnnotationStore, sidecar_path
 from napari_infection_clock.core.labels import read_label_table
 from napari_infection_clock.core.stack import open_stack, write_stack
 from napari_infection_clock.core.synthetic import generate_stack
 from napari_infection_clock.ui.annotation_widget import AnnotationWidget
+from napari_infection_clock.ui.layer_roles import layer_stack_path
 from napari_infection_clock.ui.state import session_for
 
 N_FRAMES = 20
@@ -130,7 +131,7 @@ def test_bad_onset_export_import_and_unsaved_image(make_napari_viewer, qtbot, st
     data = generate_stack(False, seed=1, n_frames=6, size=32, dtype="uint8")
     viewer.add_image(data, name="mock (synthetic)",
                      metadata={"infected": False, "frame_interval_h": 0.5, "onset_h": 1.0})
-    widget.image_combo.setCurrentText("mock (synthetic)")
+    assert widget.layer.name == "mock (synthetic)"  # the new layer is the one in view
     assert widget.store.condition == "mock"
     viewer.dims.set_current_step(0, 2)
     widget.label_current("uninfected")
@@ -175,7 +176,7 @@ def test_closing_the_dock_unbinds_the_keys(make_napari_viewer, qtbot, stack_file
     assert not sidecar_path(stack_file).exists()  # nothing labelled, nothing autosaved
     n_layers = len(viewer.layers)
     viewer.add_image(np.zeros((3, 8, 8), np.uint8), name="late")  # no longer listening
-    assert len(viewer.layers) == n_layers + 1 and widget.image_combo.findText("late") < 0
+    assert len(viewer.layers) == n_layers + 1 and widget.layer.name != "late"
 
 
 def test_project_copy_never_reuses_another_image(make_napari_viewer, qtbot, tmp_path):
@@ -187,18 +188,157 @@ def test_project_copy_never_reuses_another_image(make_napari_viewer, qtbot, tmp_
     first = generate_stack(True, seed=1, n_frames=4, size=32, dtype="uint8")
     second = generate_stack(False, seed=2, n_frames=4, size=32, dtype="uint8")
     layer = viewer.add_image(first, name="sample")
+    assert not project.exists()  # nothing is written before a label exists
+    widget.label_current("infected")
     assert widget.store.stack == str((project / "sample.tif").resolve())
+    first_labels = dict(widget.store.frames)
     viewer.layers.remove(layer)
     viewer.add_image(second, name="sample")  # same name, other pixels: a name of its own
+    widget.label_current("infected")
     assert widget.store.stack == str((project / "sample_2.tif").resolve())
     np.testing.assert_array_equal(read_stack_pixels(project / "sample.tif"), first)
     np.testing.assert_array_equal(read_stack_pixels(project / "sample_2.tif"), second)
     viewer.layers.remove("sample")
-    viewer.add_image(first, name="sample")  # the first image again: its file is reused
+    viewer.add_image(first, name="sample")  # the first image again: its file and labels
     assert widget.store.stack == str((project / "sample.tif").resolve())
+    assert widget.store.frames == first_labels
     assert sorted(p.name for p in project.glob("*.tif")) == ["sample.tif", "sample_2.tif"]
 
 
 def read_stack_pixels(path):
     with open_stack(path) as stack:
         return stack.frames(range(stack.n_frames))
+
+
+def _answer_next_question(button):
+    """Click ``button`` in the next question dialog, as the user would."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    def click():
+        box = QApplication.activeModalWidget()
+        if isinstance(box, QMessageBox):
+            box.button(button).click()
+        else:
+            QTimer.singleShot(20, click)
+
+    QTimer.singleShot(0, click)
+
+
+def _two_wells(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    paths = []
+    for name, infected in (("first", True), ("second", False)):
+        path = tmp_path / f"{name}.tif"
+        write_stack(path, generate_stack(infected, seed=len(paths), n_frames=N_FRAMES, size=48,
+                                         dtype="uint8"), "TYX", 0.5)
+        viewer.open(str(path), plugin="napari-infection-clock")
+        paths.append(path)
+    widget = AnnotationWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget, [viewer.layers[p.stem] for p in paths]
+
+
+def test_labels_go_to_the_image_in_view_or_are_refused(make_napari_viewer, qtbot, tmp_path):
+    viewer, widget, (first, second) = _two_wells(make_napari_viewer, tmp_path)
+    session = session_for(viewer)
+    first.visible = False  # the user looks at the second image only
+    viewer.layers.selection.active = first  # even selected, a hidden image is not in view
+    viewer.dims.set_current_step(0, 5)
+    _press(viewer, qtbot, Qt.Key_U)
+    assert session.annotations[layer_stack_path(second)].frames == {5: "uninfected"}
+    assert session.annotations.get(layer_stack_path(first)) is None or \
+        session.annotations[layer_stack_path(first)].frames == {}
+    assert "second" in widget.target_label.text()
+
+    first.visible = True  # both in view: the selected one gets the labels
+    viewer.layers.selection.active = first
+    _press(viewer, qtbot, Qt.Key_I)
+    assert session.annotations[layer_stack_path(first)].frames == {5: "infected"}
+    assert "first" in widget.target_label.text()
+
+    points = viewer.add_points([[5, 1, 1]])  # both visible, neither selected: refused
+    viewer.layers.selection.active = points
+    _press(viewer, qtbot, Qt.Key_U)
+    assert session.annotations[layer_stack_path(first)].frames == {5: "infected"}
+    assert session.annotations[layer_stack_path(second)].frames == {5: "uninfected"}
+    assert "2 images are visible" in widget.status.text()
+    assert "select the one to label" in widget.target_label.text()
+
+    # a selected rectangle of the second image's crops: the keys label the crop
+    viewer.layers.selection.active = second
+    crops = widget.show_crops_layer()
+    crops.add_rectangles([np.array([[5, 2, 3], [5, 2, 20], [5, 18, 20], [5, 18, 3]])])
+    crops.selected_data = {0}
+    _press(viewer, qtbot, Qt.Key_I)
+    store = session.annotations[layer_stack_path(second)]
+    assert store.crops == {(5, (2, 3, 18, 20)): "infected"} and store.frames == {5: "uninfected"}
+
+
+def test_labelled_frames_show_on_the_canvas_and_undo(make_napari_viewer, qtbot, stack_file):
+    viewer, widget = _open(make_napari_viewer, stack_file, qtbot)
+    for frame, key in ((0, Qt.Key_U), (1, Qt.Key_U), (3, Qt.Key_I), (4, Qt.Key_I)):
+        viewer.dims.set_current_step(0, frame)
+        _press(viewer, qtbot, key)
+    marks = viewer.layers[f"{stack_file.stem} labelled frames"]
+    assert sorted(int(v[0, 0]) for v in marks.data) == [0, 1, 3, 4]
+    assert list(marks.features["label"]) == ["uninfected", "uninfected", "infected", "infected"]
+    assert "0-1" in widget.labelled_info.text() and "3-4" in widget.labelled_info.text()
+
+    qtbot.keyClick(widget.undo_button, Qt.Key_Z, Qt.ControlModifier)  # Ctrl+Z in the dock
+    assert widget.store.frames == {0: "uninfected", 1: "uninfected", 3: "infected"}
+    qtbot.mouseClick(widget.undo_button, Qt.LeftButton)
+    assert widget.store.frames == {0: "uninfected", 1: "uninfected"}
+    assert len(marks.data) == 2
+    saved = AnnotationStore.from_json(sidecar_path(stack_file).read_text())
+    assert saved.frames == {0: "uninfected", 1: "uninfected"}  # the undo is saved too
+
+
+def test_a_condition_change_that_relabels_asks_first(make_napari_viewer, qtbot, stack_file):
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer, widget = _open(make_napari_viewer, stack_file, qtbot)
+    widget.condition_combo.setCurrentText("infected")  # nothing labelled: no question
+    assert widget.store.condition == "infected"
+    widget.range_check.setChecked(True)
+    widget.range_from.setValue(6)
+    widget.range_to.setValue(19)
+    qtbot.mouseClick(widget.buttons["infected"], Qt.LeftButton)
+
+    _answer_next_question(QMessageBox.StandardButton.No)
+    widget.condition_combo.setCurrentText("mock")
+    assert widget.store.condition == "infected"
+    assert widget.condition_combo.currentText() == "infected"  # back to what holds
+    assert set(widget.store.frames.values()) == {"infected"} and len(widget.store.frames) == 14
+
+    _answer_next_question(QMessageBox.StandardButton.Yes)
+    widget.condition_combo.setCurrentText("mock")
+    assert widget.store.condition == "mock"
+    assert widget.undo() and widget.store.condition == "infected"
+
+
+def test_save_message_only_once_the_labels_are_on_disk(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    widget = AnnotationWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    viewer.add_image(generate_stack(True, seed=1, n_frames=6, size=32, dtype="uint8"),
+                     name="in memory", metadata={"frame_interval_h": 0.5})
+    assert "labels saved" not in widget.status.text()  # no label yet
+    assert not widget.status.text().startswith("saved")
+    project = tmp_path / "project"
+    widget.project_edit.setText(str(project))
+    widget.project_edit.editingFinished.emit()
+    assert not project.exists() and "saved:" not in widget.status.text()
+
+    widget.project_edit.setText("")  # label first, choose the folder after
+    widget.project_edit.editingFinished.emit()
+    viewer.dims.set_current_step(0, 2)
+    qtbot.mouseClick(widget.buttons["infected"], Qt.LeftButton)
+    assert widget.status.text().startswith("Not saved")
+    widget.project_edit.setText(str(project))
+    widget.project_edit.editingFinished.emit()
+    copy = project / "in_memory.tif"
+    sidecar = sidecar_path(copy, project)
+    assert sidecar.is_file(), sorted(project.iterdir())
+    assert AnnotationStore.from_json(sidecar.read_text()).frames == {2: "infected"}
+    assert widget.status.text().startswith("saved: 1 frame") and str(sidecar) in widget.status.text()

@@ -124,9 +124,9 @@ def whole_session(viewer, app, checkpoint: Path, work: Path) -> None:
     annotate.project_edit.setText(str(work / "project"))
     annotate.project_edit.editingFinished.emit()
     for layer in (mock, infected):
-        viewer.layers.selection.active = layer
-        annotate.image_combo.setCurrentText(layer.name)
+        viewer.layers.selection.active = layer  # a click in the layer list
         app.processEvents()
+        assert layer.name in annotate.target_label.text(), annotate.target_label.text()
         if layer is mock:
             label_range(annotate, app, 0, 47, "uninfected")
         else:

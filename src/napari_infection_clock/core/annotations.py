@@ -9,6 +9,8 @@ labels back. Qt-free: the annotation widget drives it, tests use it directly.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ SIDECAR_FORMAT = "napari-infection-clock/annotations/1"
 CONDITIONS = ("unknown", "infected", "mock")
 
 Box = tuple[int, int, int, int]
+#: How many changes a store can undo.
+UNDO_DEPTH = 100
 
 
 class AnnotationError(ValueError):
@@ -46,6 +50,33 @@ class Issue:
         return f"{where}: {self.message}"
 
 
+def _undoable(method):
+    """Remember the labels and condition before ``method`` changes them, so that
+    :meth:`AnnotationStore.undo` can bring them back. A call that fails changes nothing
+    (the store is put back as it was); one that changes nothing leaves no undo step.
+    Nested calls make one step."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self._undo_depth:
+            return method(self, *args, **kwargs)
+        before = self._state()
+        self._undo_depth += 1
+        try:
+            result = method(self, *args, **kwargs)
+        except Exception:
+            self._restore(before)
+            raise
+        finally:
+            self._undo_depth -= 1
+        if self._state() != before:
+            self._history.append(before)
+            del self._history[:-UNDO_DEPTH]
+        return result
+
+    return wrapper
+
+
 @dataclass
 class AnnotationStore:
     """Labels of one stack. ``stack`` is the image file's absolute path."""
@@ -58,8 +89,52 @@ class AnnotationStore:
     frame_interval_h: float = DEFAULT_FRAME_INTERVAL_H
     frames: dict[int, str] = field(default_factory=dict)
     crops: dict[tuple[int, Box], str] = field(default_factory=dict)
+    _history: list[tuple] = field(default_factory=list, init=False, repr=False, compare=False)
+    _undo_depth: int = field(default=0, init=False, repr=False, compare=False)
+
+    # --- undo ------------------------------------------------------------------------
+    def _state(self) -> tuple:
+        return (self.condition, self.onset_h, self.frame_interval_h, dict(self.frames),
+                dict(self.crops))
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._history)
+
+    def undo(self) -> bool:
+        """Take back the last change of labels or condition; False when there is none."""
+        if not self._history:
+            return False
+        self._restore(self._history.pop())
+        return True
+
+    def _restore(self, state: tuple) -> None:
+        condition, onset, interval, frames, crops = state
+        self.condition, self.onset_h, self.frame_interval_h = condition, onset, interval
+        self.frames, self.crops = dict(frames), dict(crops)
+
+    def forget_history(self) -> None:
+        """Start the undo history afresh (a store just read from its file)."""
+        self._history.clear()
 
     # --- condition -------------------------------------------------------------------
+    def relabelled_by(self, condition: str, onset_h: float | None = None,
+                      frame_interval_h: float | None = None) -> int:
+        """How many labels would change meaning under a new condition: their time target
+        changes, or they start or stop contradicting it. 0 for an unlabelled stack."""
+        trial = copy.deepcopy(self)
+        trial.set_condition(condition, onset_h, frame_interval_h)
+
+        def meaning(store):
+            flagged = {(i.frame, i.box) for i in store.issues()}
+            rows = [(f, None, lab) for f, lab in store.frames.items()]
+            rows += [(f, box, lab) for (f, box), lab in store.crops.items()]
+            return {(f, box): (store.target(f, lab), (f, box) in flagged) for f, box, lab in rows}
+
+        before, after = meaning(self), meaning(trial)
+        return sum(before[key] != after[key] for key in before)
+
+    @_undoable
     def set_condition(self, condition: str, onset_h: float | None = None,
                       frame_interval_h: float | None = None) -> None:
         """Set the stack's condition; an onset must lie inside the stack's time span."""
@@ -102,6 +177,7 @@ class AnnotationStore:
             raise AnnotationError(f"label must be one of {LABEL_VALUES} or None, got {label!r}")
         return label
 
+    @_undoable
     def label_frames(self, frames, label: str | None) -> None:
         """Label frames ("infected"/"uninfected"), or clear them with ``None``."""
         label = self._check_label(label)
@@ -112,6 +188,7 @@ class AnnotationStore:
             else:
                 self.frames[f] = label
 
+    @_undoable
     def set_frame_crops(self, frame: int, crops: dict[Box, str]) -> None:
         """Replace the crop labels of one frame (what the Shapes layer shows for it)."""
         frame = self._check_frame(frame)
@@ -123,6 +200,7 @@ class AnnotationStore:
         self.crops = {k: v for k, v in self.crops.items() if k[0] != frame}
         self.crops.update({(frame, tuple(int(v) for v in box)): lab for box, lab in crops.items()})
 
+    @_undoable
     def set_all_crops(self, crops: dict[tuple[int, Box], str]) -> None:
         self.crops = {}
         by_frame: dict[int, dict[Box, str]] = {}
@@ -183,6 +261,7 @@ class AnnotationStore:
         onset = self.onset_h if self.condition == "infected" or label == "infected" else np.nan
         return [self.stack, frame, *(box or (pd.NA,) * 4), label, onset, self.frame_interval_h]
 
+    @_undoable
     def merge_label_table(self, df: pd.DataFrame) -> int:
         """Take this stack's rows of a label table (import); returns how many were taken.
 
@@ -232,6 +311,7 @@ class AnnotationStore:
         for row in d["frames"]:
             store.label_frames(row["frame"], row["label"])
         store.set_all_crops({(r["frame"], tuple(r["box"])): r["label"] for r in d["crops"]})
+        store.forget_history()
         return store
 
     def save(self, path) -> Path:
@@ -274,6 +354,7 @@ def open_annotations(stack, n_frames: int, frame_shape=None, project_dir=None,
                             frame_shape=tuple(frame_shape) if frame_shape else None)
     if frame_interval_h:
         store.set_condition("unknown", frame_interval_h=frame_interval_h)
+        store.forget_history()
     return store, path
 
 

@@ -1,10 +1,14 @@
 """Dock widget: label frames and crops of a time-lapse, saved as you go.
 
-Per image: the stack's condition (infected with an onset, or mock) and frame interval,
-per-frame labels (buttons, or Shift+I / Shift+U / Shift+C on the viewer) and per-crop
-labels (rectangles in a Shapes layer with a ``label`` feature; the same keys label the
-selected rectangles when that layer is active). Every change is saved atomically to the
-image's sidecar file (:mod:`..core.annotations`) and reloads when the image opens again.
+Labels go to the image the user looks at (the session's :attr:`.state.Session.image`:
+the active image, or the only visible one); with none, the dock refuses and says why,
+and the target's name is always shown. Per image: the stack's condition (infected with an
+onset, or mock) and frame interval, per-frame labels (buttons, or Shift+I / Shift+U /
+Shift+C on the viewer; labelled frames are outlined on the canvas) and per-crop labels
+(rectangles in a Shapes layer with a ``label`` feature; the same keys label the selected
+rectangles). A condition change that would change what labels mean asks first; Undo
+(Ctrl+Z in the dock) takes changes back. Every change is saved atomically to the image's
+sidecar file (:mod:`..core.annotations`), and "saved" is said only once the file reads back.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pandas as pd
 from napari.layers import Image, Shapes
 from napari.utils.key_bindings import coerce_keybinding
 from napari.utils.notifications import show_error, show_warning
+from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -29,6 +34,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QListWidget,
+    QMessageBox,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -46,17 +52,22 @@ from ..core.atomic import OutputNotWritable
 from ..core.labels import LABEL_VALUES, LabelTableError, read_label_table, write_label_table
 from ..core.stack import open_stack, write_stack
 from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
+from .layer_roles import (
+    FRAME_INTERVAL_H,
+    INFECTED,
+    ONSET_H,
+    SOURCE_PATH,
+    layer_stack_path,
+    output_metadata,
+    time_setting,
+)
 from .state import session_for
 from .teardown import on_dock_closed
 
 KEYS = {"Shift-I": "infected", "Shift-U": "uninfected", "Shift-C": None}
 COLOURS = {"infected": "red", "uninfected": "dodgerblue"}
-
-
-def layer_stack_path(layer) -> str | None:
-    """The TIFF an image layer shows (set by our reader, or by saving it to a project)."""
-    path = layer.metadata.get("source_path") or getattr(layer.source, "path", None)
-    return str(Path(path).resolve()) if path else None
+#: Suffix of the layer that outlines the labelled frames of an image on the canvas.
+MARKS_SUFFIX = "labelled frames"
 
 
 def _box_of(vertices: np.ndarray, frame_shape) -> tuple[int, tuple[int, int, int, int]]:
@@ -78,6 +89,17 @@ def _label_features(labels) -> pd.DataFrame:
     return pd.DataFrame({"label": pd.Categorical(labels, categories=LABEL_VALUES)})
 
 
+def frame_ranges(frames) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    frames, runs = sorted(frames), []
+    for f in frames:
+        if runs and f == runs[-1][1] + 1:
+            runs[-1][1] = f
+        else:
+            runs.append([f, f])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
 class AnnotationWidget(QWidget):
     """Labels of the chosen image layer; one store per image, shared through the session."""
 
@@ -93,21 +115,21 @@ class AnnotationWidget(QWidget):
         self._closed = False
         on_dock_closed(self, self.cleanup)
         self._build()
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.session.image_changed.connect(self._serve)
         self.viewer.dims.events.current_step.connect(self._show_frame)
         self._handlers = {key: self._key_handler(label) for key, label in KEYS.items()}
         for key, handler in self._handlers.items():
             self.viewer.bind_key(key, handler, overwrite=True)
-        self._refresh_layers()
+        self._serve(self.session.image)
 
     # --- layout ----------------------------------------------------------------------
     def _build(self) -> None:
         layout = QVBoxLayout(self)
         form = QFormLayout()
-        self.image_combo = QComboBox()
-        self.image_combo.currentTextChanged.connect(self._choose_layer)
-        form.addRow("image", self.image_combo)
+        # what the labels go to: the image in view (select another in the layer list)
+        self.target_label = QLabel()
+        self.target_label.setWordWrap(True)
+        form.addRow("labelling", self.target_label)
         self.project_edit = QLineEdit()
         self.project_edit.setPlaceholderText("next to each image (default)")
         self.project_edit.editingFinished.connect(self._project_changed)
@@ -134,6 +156,9 @@ class AnnotationWidget(QWidget):
         sform.addRow("condition", self.condition_combo)
         sform.addRow("infection onset", self.onset_spin)
         sform.addRow("frame interval", self.interval_spin)
+        self.time_source = QLabel()
+        self.time_source.setWordWrap(True)
+        sform.addRow(self.time_source)
         layout.addWidget(stack_box)
 
         frame_box = QGroupBox("frame labels (Shift+I / Shift+U / Shift+C)")
@@ -159,6 +184,9 @@ class AnnotationWidget(QWidget):
             buttons.addWidget(b)
             self.buttons[label] = b
         fl.addLayout(buttons)
+        self.labelled_info = QLabel()
+        self.labelled_info.setWordWrap(True)
+        fl.addWidget(self.labelled_info)
         layout.addWidget(frame_box)
 
         crop_box = QGroupBox("crop labels (rectangles)")
@@ -184,6 +212,10 @@ class AnnotationWidget(QWidget):
         self.issues_list.setMaximumHeight(90)
         layout.addWidget(self.issues_list)
         io = QHBoxLayout()
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.setToolTip("Take back the last label or condition change (Ctrl+Z)")
+        self.undo_button.clicked.connect(self.undo)
+        io.addWidget(self.undo_button)
         self.import_button = QPushButton("Import CSV…")
         self.import_button.clicked.connect(lambda: self.import_csv())
         self.export_button = QPushButton("Export CSV…")
@@ -196,21 +228,7 @@ class AnnotationWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch()
 
-    # --- image choice and loading ----------------------------------------------------
-    def _refresh_layers(self, event=None) -> None:
-        names = [ly.name for ly in self.viewer.layers if isinstance(ly, Image) and ly.ndim >= 3]
-        current = self.image_combo.currentText()
-        self.image_combo.blockSignals(True)
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        self.image_combo.blockSignals(False)
-        if current in names:
-            self.image_combo.setCurrentText(current)
-        elif names:
-            self._choose_layer(names[-1] if event is not None else names[0])
-        else:
-            self._choose_layer("")
-
+    # --- the image served ------------------------------------------------------------
     @property
     def project_dir(self) -> Path | None:
         text = self.project_edit.text().strip()
@@ -226,67 +244,107 @@ class AnnotationWidget(QWidget):
             self.set_project_dir(folder)
 
     def _project_changed(self) -> None:
+        """Labels move with the project folder: those made so far are saved there now."""
         if self.layer is not None:
-            self._choose_layer(self.layer.name, force=True)
+            self._serve(self.layer, force=True)
+            if self.store is not None and not self.store.empty:
+                self._save()
 
-    def _choose_layer(self, name: str, force: bool = False) -> None:
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+    def _serve(self, layer, force: bool = False) -> None:
+        """Make ``layer`` (the image in view, or None) the one the labels go to."""
         if layer is self.layer and not force:
             return
-        if self.image_combo.currentText() != name and name:
-            self.image_combo.blockSignals(True)
-            self.image_combo.setCurrentText(name)
-            self.image_combo.blockSignals(False)
         self.layer, self.store, self.sidecar = layer, None, None
         if layer is not None:
             try:
                 self._open_store(layer)
             except (AnnotationError, OSError) as exc:
                 self._error(str(exc))
+        self._show_target()
         self._load_crops_layer()
         self._sync_controls()
         self._changed(save=False)
 
+    def _show_target(self) -> None:
+        if self.layer is None:
+            reason = self.session.image_reason or "no time-lapse image"
+            self.target_label.setText(f"<i>nothing: {reason}</i>")
+            self.time_source.setText("")
+            return
+        self.target_label.setText(f"<b>{self.layer.name}</b>")
+        self.time_source.setText(f"layer: {time_setting(self.layer).describe()}")
+
     def _open_store(self, layer) -> None:
         n_frames = int(layer.data.shape[0])
         frame_shape = tuple(int(v) for v in layer.data.shape[1:3])
-        path = layer_stack_path(layer)
         meta = layer.metadata
-        problem = None
-        if path is None and self.project_dir is not None:
-            try:
-                path = self._save_image_copy(layer)
-            except OSError as exc:
-                problem = f"labels kept in memory only: {exc}"
+        if layer_stack_path(layer) is None and self.project_dir is not None:
+            copy = self._find_image_copy(layer)  # saved to this project earlier
+            if copy is not None:
+                meta[SOURCE_PATH] = str(copy)
+        path = layer_stack_path(layer)
+        memory = self.session.annotations.get(f"memory:{layer.name}")
         if path is None:
             # An image with no file (sample data): labels live in memory until a project
-            # folder is chosen, then the image is saved there with them.
-            self.store = self.session.annotations.get(f"memory:{layer.name}") or AnnotationStore(
+            # folder is chosen; the first save then writes the image there too.
+            self.store = memory or AnnotationStore(
                 stack=f"memory:{layer.name}", n_frames=n_frames, frame_shape=frame_shape)
-            self.status.setText(problem or "This image has no file: choose a project folder to "
-                                "save its labels (the image is saved there too).")
-            if problem:
-                show_error(problem)
         else:
-            known = self.session.annotations.get(path)
-            if known is not None:  # labelled earlier in this session: keep it, save it here
-                self.store, self.sidecar = known, sidecar_path(path, self.project_dir)
-            else:
+            self.store = self.session.annotations.get(path)
+            self.sidecar = sidecar_path(path, self.project_dir)
+            if self.store is None:
                 self.store, self.sidecar = open_annotations(
-                    path, n_frames, frame_shape, self.project_dir, meta.get("frame_interval_h"))
-            memory = self.session.annotations.pop(f"memory:{layer.name}", None)
-            if memory is not None and self.store.empty:
+                    path, n_frames, frame_shape, self.project_dir, meta.get(FRAME_INTERVAL_H))
+            if memory is not None:  # labelled before it had a file: nothing is dropped
+                self.session.annotations.pop(memory.stack)
                 memory.stack = path
-                self.store = memory
-            self.status.setText(f"labels saved to {self.sidecar}")
-        if self.store.empty and self.store.condition == "unknown" and "infected" in meta:
-            infected = bool(meta["infected"])
+                if self.store.empty:
+                    self.store = memory
+                elif not memory.empty:
+                    self.store.merge_label_table(memory.to_label_table())
+        if self.store.empty and self.store.condition == "unknown" and INFECTED in meta:
             try:
-                self.store.set_condition("infected" if infected else "mock",
-                                         meta.get("onset_h"), meta.get("frame_interval_h"))
+                self.store.set_condition("infected" if meta[INFECTED] else "mock",
+                                         meta.get(ONSET_H), meta.get(FRAME_INTERVAL_H))
+                self.store.forget_history()  # what the file says, not a change to undo
             except AnnotationError:
                 pass
         self.session.annotations[self.store.stack] = self.store
+        self.status.setText(self._where_saved())
+
+    def _where_saved(self) -> str:
+        store = self.store
+        if self.sidecar is None:
+            if self.project_dir is None:
+                return ("This image has no file: choose a project folder to save its labels "
+                        "(the image is saved there too).")
+            return (f"No labels saved yet; the first one saves this image and its labels "
+                    f"to {self.project_dir}.")
+        if store.empty:
+            return f"No labels yet; they will be saved to {self.sidecar}."
+        return f"{self._how_many()} in {self.sidecar}"
+
+    def _how_many(self) -> str:
+        return f"{len(self.store.frames)} frame and {len(self.store.crops)} crop labels"
+
+    def _find_image_copy(self, layer) -> Path | None:
+        """This image's copy in the project folder, if one was saved there: the file of
+        its name (or ``name_2.tif``...) that holds the same pixels."""
+        data = np.asarray(layer.data)
+        for path in self._copy_names(layer):
+            if not path.exists():
+                return None
+            if _same_pixels(path, data):
+                return path
+        return None
+
+    def _copy_names(self, layer):
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name).strip("_") or "image"
+        yield (self.project_dir / f"{safe}.tif").resolve()
+        n = 2
+        while True:
+            yield (self.project_dir / f"{safe}_{n}.tif").resolve()
+            n += 1
 
     def _save_image_copy(self, layer) -> str:
         """Write an in-memory image to the project folder as a TIFF the trainer can read.
@@ -296,16 +354,14 @@ class AnnotationWidget(QWidget):
         image of the same name is never taken for this one nor overwritten.
         """
         data = np.asarray(layer.data)
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name).strip("_") or "image"
-        path, n = (self.project_dir / f"{safe}.tif").resolve(), 1
-        while path.exists() and not _same_pixels(path, data):
-            n += 1
-            path = path.with_name(f"{safe}_{n}.tif")
-        if not path.exists():
-            interval = float(layer.metadata.get("frame_interval_h", DEFAULT_FRAME_INTERVAL_H))
-            axes = "TYXS" if layer.rgb else "TYX"
-            write_stack(path, data, axes, interval)
-        layer.metadata["source_path"] = str(path)
+        for path in self._copy_names(layer):
+            if not path.exists():
+                interval = float(layer.metadata.get(FRAME_INTERVAL_H, DEFAULT_FRAME_INTERVAL_H))
+                write_stack(path, data, "TYXS" if layer.rgb else "TYX", interval)
+                break
+            if _same_pixels(path, data):
+                break
+        layer.metadata[SOURCE_PATH] = str(path)
         return str(path)
 
     # --- controls <-> store ----------------------------------------------------------
@@ -314,7 +370,7 @@ class AnnotationWidget(QWidget):
         enabled = store is not None
         for w in (*self.buttons.values(), self.condition_combo, self.onset_spin,
                   self.interval_spin, self.crops_button, self.apply_crops_button,
-                  self.export_button, self.import_button):
+                  self.export_button, self.import_button, self.undo_button):
             w.setEnabled(enabled)
         if not enabled:
             return
@@ -329,16 +385,59 @@ class AnnotationWidget(QWidget):
             spin.setMaximum(store.n_frames - 1)
 
     def _condition_changed(self, *_) -> None:
-        if self.store is None:
+        """Set the stack's condition; when labels would change meaning, ask first."""
+        store = self.store
+        if store is None:
+            return
+        wanted = (self.condition_combo.currentText(), self.onset_spin.value(),
+                  self.interval_spin.value())
+        if wanted == (store.condition, store.onset_h, store.frame_interval_h):
             return
         try:
-            self.store.set_condition(self.condition_combo.currentText(), self.onset_spin.value(),
-                                     self.interval_spin.value())
+            changed = store.relabelled_by(*wanted)
+            if changed and not self._confirm(
+                f"Change '{self.layer.name}' to {wanted[0]}, onset {wanted[1]:g} h, "
+                f"{wanted[2]:g} h per frame? {changed} of its labels would change meaning "
+                "(their time target, or whether they contradict the condition). "
+                "Undo takes it back."
+            ):
+                self._sync_controls()  # back to what the store holds
+                return
+            store.set_condition(*wanted)
         except AnnotationError as exc:
             self._error(str(exc))
-            self._sync_controls()  # back to what the store holds
+            self._sync_controls()
             return
         self._changed()
+
+    def _confirm(self, question: str) -> bool:
+        """Ask in a dialog (No is the default); True on Yes."""
+        box = QMessageBox(QMessageBox.Icon.Question, "Change the stack's condition?", question,
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self)
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+        return box.exec() == QMessageBox.StandardButton.Yes
+
+    def keyPressEvent(self, event) -> None:
+        """Ctrl+Z (the platform's undo) anywhere in the dock undoes a label change; text
+        fields keep their own undo."""
+        if event.matches(QKeySequence.StandardKey.Undo):
+            self.undo()
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
+    def undo(self) -> bool:
+        """Take back the last change of this image's labels or condition."""
+        if self.store is None or not self.store.undo():
+            self.status.setText("nothing to undo")
+            return False
+        if self.crops_layer is not None:
+            self._write_crops_layer()
+        else:
+            self._load_crops_layer()
+        self._sync_controls()
+        self._changed()
+        return True
 
     def current_frame(self) -> int:
         return int(self.viewer.dims.current_step[0])
@@ -346,7 +445,7 @@ class AnnotationWidget(QWidget):
     def label_current(self, label: str | None) -> None:
         """Label (or clear) the current frame, or the frame range when it is ticked."""
         if self.store is None:
-            self._error("choose an image layer to label first")
+            self._error(f"not labelled: {self.session.image_reason or 'no image'}")
             return
         if self.range_check.isChecked():
             lo, hi = sorted((self.range_from.value(), self.range_to.value()))
@@ -364,8 +463,10 @@ class AnnotationWidget(QWidget):
             self = ref()
             if self is None or self._closed:
                 return
-            if (self.crops_layer is not None and viewer.layers.selection.active is self.crops_layer
-                    and self.crops_layer.selected_data):
+            self._serve(self.session.image)  # the image in view at the moment of the key
+            active = viewer.layers.selection.active
+            if (self.crops_layer is not None and active is self.crops_layer
+                    and active.selected_data):
                 self.label_selected_crops(label)
             else:
                 self.label_current(label)
@@ -396,7 +497,8 @@ class AnnotationWidget(QWidget):
             layer = self.viewer.add_shapes(
                 ndim=3, name=name, edge_width=2, face_color="transparent",
                 features=_label_features([]),
-                scale=self.layer.scale, translate=self.layer.translate)
+                scale=self.layer.scale, translate=self.layer.translate,
+                metadata=output_metadata(self.layer.name))
             self.viewer.layers.selection.active = self.layer
         else:
             return
@@ -475,9 +577,16 @@ class AnnotationWidget(QWidget):
         self._show_frame()
         store = self.store
         self.issues_list.clear()
+        self._show_marks()
         if store is None:
             self.counts_label.setText("")
+            self.labelled_info.setText("")
             return
+        self.undo_button.setEnabled(store.can_undo)
+        labelled = {lab: [f for f, v in store.frames.items() if v == lab] for lab in COLOURS}
+        self.labelled_info.setText(" · ".join(
+            f"<span style='color:{COLOURS[lab]}'>{lab}</span>: {frame_ranges(frames)}"
+            for lab, frames in labelled.items() if frames) or "no frame labelled yet")
         c = store.counts()
         self.counts_label.setText(
             f"frames: {c['frames']['infected']} infected, {c['frames']['uninfected']} uninfected"
@@ -489,20 +598,65 @@ class AnnotationWidget(QWidget):
             self.session.labels_changed.emit(store.stack)
 
     def _save(self) -> None:
+        """Write the labels; say "saved" only once the file is on disk and reads back."""
+        store = self.store
         if self.sidecar is None:
             if self.project_dir is None:
                 self.status.setText("Not saved: this image has no file; choose a project folder "
                                     "(labels are kept in memory until then).")
                 return
-            self._choose_layer(self.layer.name, force=True)
-            if self.sidecar is None:
+            try:
+                path = self._save_image_copy(self.layer)
+            except OSError as exc:  # OutputNotWritable is an OSError
+                self._error(f"labels NOT saved (kept in memory): cannot write the image to "
+                            f"{self.project_dir}: {exc}")
                 return
+            self.session.annotations.pop(store.stack, None)
+            store.stack = path
+            self.session.annotations[path] = store
+            self.sidecar = sidecar_path(path, self.project_dir)
+        if store.empty and not self.sidecar.exists():
+            self.status.setText(self._where_saved())  # nothing to save before a label exists
+            return
         try:
-            self.store.save(self.sidecar)
-        except OutputNotWritable as exc:
+            store.save(self.sidecar)
+            back = AnnotationStore.from_json(self.sidecar.read_text(encoding="utf-8"),
+                                             stack=store.stack)
+        except (OSError, ValueError, KeyError) as exc:  # AnnotationError is a ValueError
             self._error(f"labels NOT saved (kept in memory): {exc}")
             return
-        self.status.setText(f"labels saved to {self.sidecar}")
+        if back.to_json() != store.to_json():
+            self._error(f"labels NOT saved (kept in memory): {self.sidecar} reads back "
+                        "different labels")
+            return
+        self.status.setText(f"saved: {self._how_many()} in {self.sidecar}")
+
+    def _show_marks(self) -> None:
+        """Outline each labelled frame on the canvas, in its label's colour."""
+        if self.layer is None or self.store is None:
+            return
+        name = f"{self.layer.name} {MARKS_SUFFIX}"
+        marks = self.viewer.layers[name] if name in self.viewer.layers else None
+        items = sorted(self.store.frames.items())
+        if marks is None and not items:
+            return
+        h, w = self.layer.data.shape[1:3]
+        shapes = [_rectangle(f, (0, 0, h, w)) for f, _ in items]
+        features = _label_features([lab for _, lab in items])
+        if marks is None:
+            active = self.viewer.layers.selection.active
+            marks = self.viewer.add_shapes(
+                ndim=3, name=name, face_color="transparent", edge_width=max(2, min(h, w) // 64),
+                scale=self.layer.scale, translate=self.layer.translate,
+                text={"string": "{label}", "anchor": "upper_left", "size": 10,
+                      "color": "white"},
+                features=_label_features([]), metadata=output_metadata(self.layer.name))
+            self.viewer.layers.selection.active = active  # the user's layer stays selected
+        marks.data = []
+        if shapes:
+            marks.add_rectangles(shapes, edge_color=[COLOURS[lab] for _, lab in items])
+        marks.features = features
+        marks.refresh_text()
 
     def _show_frame(self, event=None) -> None:
         if self.store is None:
@@ -582,8 +736,7 @@ class AnnotationWidget(QWidget):
         for key, handler in self._handlers.items():
             if self.viewer.keymap.get(coerce_keybinding(key)) is handler:  # not a newer dock's
                 self.viewer.bind_key(key, None, overwrite=True)
-        self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
-        self.viewer.layers.events.removed.disconnect(self._refresh_layers)
+        self.session.image_changed.disconnect(self._serve)
         self.viewer.dims.events.current_step.disconnect(self._show_frame)
         self._disconnect_crops()
 

@@ -13,7 +13,6 @@ import copy
 
 import numpy as np
 import pandas as pd
-from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
@@ -30,10 +29,9 @@ from qtpy.QtWidgets import (
 
 from ..core.predictor import Predictor
 from ..core.stack import stack_from_array
-from ..core.targets import DEFAULT_FRAME_INTERVAL_H
 from ..core.tiles import TileSpec
 from ..core.uncertainty import METHODS, iter_stack_uncertainty, rank_uncertain
-from .annotation_widget import layer_stack_path
+from .layer_roles import annotation_key, input_images, output_metadata, time_setting
 from .state import session_for
 from .teardown import on_dock_closed
 from .workers import Failed
@@ -105,18 +103,26 @@ class LabelNextWidget(QWidget):
         layout.addWidget(self.list)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.session.image_changed.connect(self._on_image_changed)
         self.session.labels_changed.connect(self._on_labels_changed)
         self.session.model_changed.connect(self._on_model_changed)
         on_dock_closed(self, self.cleanup)
         self._refresh_layers()
 
     def _refresh_layers(self, event=None) -> None:
+        """Offer the input images (never the plugin's own layers), the one in view first."""
         current = self.image_combo.currentText()
-        names = [ly.name for ly in self.viewer.layers if isinstance(ly, Image) and ly.ndim >= 3]
+        names = [layer.name for layer in input_images(self.viewer)]
         self.image_combo.clear()
         self.image_combo.addItems(names)
         if current in names:
             self.image_combo.setCurrentText(current)
+        else:
+            self._on_image_changed(self.session.image)
+
+    def _on_image_changed(self, image) -> None:
+        if image is not None and self.worker is None:
+            self.image_combo.setCurrentText(image.name)
 
     def rank(self) -> bool:
         """Score the chosen image in a worker; the list fills when it is done."""
@@ -128,7 +134,7 @@ class LabelNextWidget(QWidget):
         if name not in self.viewer.layers:
             return self._fail("choose an image layer")
         layer = self.viewer.layers[name]
-        interval = float(layer.metadata.get("frame_interval_h", DEFAULT_FRAME_INTERVAL_H))
+        interval = time_setting(layer, self.session.model.meta).frame_interval_h
         stack = stack_from_array(layer.data, "TYXS" if layer.rgb else "TYX", name, interval)
         tiles = TileSpec(tile_size=self.tile_spin.value() or None)
         tables: list[pd.DataFrame] = []
@@ -167,8 +173,7 @@ class LabelNextWidget(QWidget):
     def _scored_key(self) -> str:
         """The annotation key of the ranked image, asked anew: saving an in-memory image
         to a project folder moves its labels from ``memory:NAME`` to the file's path."""
-        layer = self._scored_layer
-        return layer_stack_path(layer) or f"memory:{layer.name}"
+        return annotation_key(self._scored_layer)
 
     def _show_ranking(self) -> None:
         """List the scored items that are still unlabelled, keeping the selected one."""
@@ -232,7 +237,8 @@ class LabelNextWidget(QWidget):
                 self.viewer.layers[MARKER_LAYER].data = [rect]
             else:
                 self.viewer.add_shapes([rect], ndim=3, name=MARKER_LAYER, edge_color="yellow",
-                                       face_color="transparent", edge_width=2)
+                                       face_color="transparent", edge_width=2,
+                                       metadata=output_metadata(self._scored_layer.name))
 
     def _fail(self, message: str) -> bool:
         self.status.setText(message)
@@ -244,5 +250,6 @@ class LabelNextWidget(QWidget):
         self._stop = True
         self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
         self.viewer.layers.events.removed.disconnect(self._refresh_layers)
+        self.session.image_changed.disconnect(self._on_image_changed)
         self.session.labels_changed.disconnect(self._on_labels_changed)
         self.session.model_changed.disconnect(self._on_model_changed)

@@ -22,6 +22,7 @@ from ..core.clock import apply_clocks
 from ..core.results import RESULT_COLUMNS
 from ..core.targets import INFECTED, UNINFECTED
 from ..core.tiles import TileSpec, tile_boxes
+from .layer_roles import OUTPUT_OF, output_metadata
 
 #: Largest side of the raster regions are painted on; bigger frames are coarsened.
 REGION_RASTER_MAX = 512
@@ -168,8 +169,8 @@ class PredictionLayers:
         if isinstance(self.onset, Image):  # a previous run's map must not pass for this one's
             self.onset.data = np.full(grid.shape, np.nan, np.float32)
         for layer in (self.probability, self.duration, self.classes):
-            layer.metadata["prediction_of"] = image.name
-        self.tiles.metadata["prediction_of"] = image.name
+            layer.metadata[OUTPUT_OF] = image.name
+        self.tiles.metadata[OUTPUT_OF] = image.name
 
     # -- layer creation / reuse ------------------------------------------------------
     def _existing(self, kind: str):
@@ -180,7 +181,8 @@ class PredictionLayers:
         layer = self._existing(kind)
         if not isinstance(layer, Image):
             self._remove(layer)
-            return self.viewer.add_image(data, name=layer_name(self.image.name, kind), **kwargs)
+            return self.viewer.add_image(data, name=layer_name(self.image.name, kind),
+                                         metadata=output_metadata(self.image.name), **kwargs)
         layer.data = data
         for key in ("scale", "translate", "contrast_limits"):
             setattr(layer, key, kwargs[key])
@@ -196,6 +198,7 @@ class PredictionLayers:
                 colormap=DirectLabelColormap(color_dict=CLASS_COLORS),
                 opacity=0.4,
                 visible=False,
+                metadata=output_metadata(self.image.name),
                 **placed,
             )
         layer.data = data
@@ -220,6 +223,7 @@ class PredictionLayers:
             edge_width=0.5,
             opacity=0.5,
             features=pd.DataFrame(columns=list(RESULT_COLUMNS)),
+            metadata=output_metadata(self.image.name),
         )
 
     def _remove(self, layer) -> None:
@@ -292,7 +296,7 @@ class PredictionLayers:
         placed = {"scale": self.probability.scale[1:], "translate": self.probability.translate[1:]}
         self.onset = self._image("onset", onset, colormap="magma", contrast_limits=limits,
                                  opacity=0.7, blending="translucent", **placed)
-        self.onset.metadata["prediction_of"] = self.image.name
+        self.onset.metadata[OUTPUT_OF] = self.image.name
         self.onset.colorbar.visible = True
 
     @property

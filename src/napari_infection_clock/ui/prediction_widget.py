@@ -25,7 +25,6 @@ from magicgui.widgets import (
     ProgressBar,
     PushButton,
     SpinBox,
-    create_widget,
 )
 from napari.layers import Image, Shapes
 from napari.qt.threading import thread_worker
@@ -42,6 +41,7 @@ from ..core.stack import StackError, stack_from_array
 from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
 from ..core.tiles import TileSpec
 from .devices import device_choices
+from .layer_roles import START_OFFSET_H, is_output, time_setting
 from .overlays import Grid, PredictionLayers, rectangles_to_boxes, region_grid, tile_grid
 from .state import SessionModel, session_for
 from .teardown import on_dock_closed
@@ -110,7 +110,8 @@ class PredictionWidget(Container):
         self._done = 0
         self._failed = False
 
-        self.image = create_widget(annotation=Image, label="image")
+        # the user's images and rectangles only, never the plugin's own output layers
+        self.image = ComboBox(label="image", choices=self._input_images)
         self.source = ComboBox(label="model", choices=[SOURCE_FILE, SOURCE_SESSION])
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pt *.pth *.ckpt")
         self.model_info = Label(label="", value="no model loaded")
@@ -119,7 +120,7 @@ class PredictionWidget(Container):
         self.stride = SpinBox(
             label="stride (px)", value=0, min=0, max=16384, tooltip="0: same as the tile size"
         )
-        self.regions = create_widget(annotation=Shapes, label="regions")
+        self.regions = ComboBox(label="regions", choices=self._region_layers)
         self.frame_interval_h = FloatSpinBox(
             label="frame interval (h)",
             value=DEFAULT_FRAME_INTERVAL_H,
@@ -130,6 +131,7 @@ class PredictionWidget(Container):
         self.onset_h = FloatSpinBox(
             label="onset (h)", value=DEFAULT_ONSET_H, min=0, max=10000, step=0.5
         )
+        self.time_source = Label(label="", value="")
         self.device = ComboBox(label="device", choices=device_choices())
         best = default_batch_size(select_device("auto"))
         self.batch_size = SpinBox(label="batch size", value=best, min=1, max=4096)
@@ -158,6 +160,7 @@ class PredictionWidget(Container):
                 self.regions,
                 self.frame_interval_h,
                 self.onset_h,
+                self.time_source,
                 self.device,
                 self.batch_size,
                 self.compile,
@@ -171,6 +174,8 @@ class PredictionWidget(Container):
         )
 
         self.image.changed.connect(self._on_image_changed)
+        self.frame_interval_h.changed.connect(self._show_time_source)
+        self.onset_h.changed.connect(self._show_time_source)
         self.mode.changed.connect(self._on_mode_changed)
         self.source.changed.connect(self._on_source_changed)
         self.run_button.clicked.connect(self.run)
@@ -191,11 +196,31 @@ class PredictionWidget(Container):
         n = int(layer.data.shape[0]) if not layer.multiscale else int(layer.data[0].shape[0])
         self.first.max = self.last.max = n - 1
         self.first.value, self.last.value = 0, n - 1
-        meta = layer.metadata
-        if meta.get("frame_interval_h"):
-            self.frame_interval_h.value = float(meta["frame_interval_h"])
-        if meta.get("onset_h") is not None:
-            self.onset_h.value = float(meta["onset_h"])
+        self._fill_time()
+
+    def _input_images(self, _widget=None) -> list:
+        # 2D images stay listed: choosing one says why it cannot be predicted
+        return [ly for ly in self.viewer.layers if isinstance(ly, Image) and not is_output(ly)]
+
+    def _region_layers(self, _widget=None) -> list:
+        return [ly for ly in self.viewer.layers if isinstance(ly, Shapes) and not is_output(ly)]
+
+    def _fill_time(self) -> None:
+        """Frame interval and onset from the layer, else the model, else defaults; the
+        line below them says which, and warns about a default."""
+        model = self.session.model
+        self._time = time_setting(self.image.value, model.meta if model else None)
+        self.frame_interval_h.value = self._time.frame_interval_h
+        self.onset_h.value = self._time.onset_h
+        self._show_time_source()
+
+    def _show_time_source(self, *_) -> None:
+        time = getattr(self, "_time", None)
+        if time is None:
+            return
+        edited = (self.frame_interval_h.value, self.onset_h.value) != (
+            time.frame_interval_h, time.onset_h)
+        self.time_source.value = "set here" if edited else time.describe()
 
     def _on_mode_changed(self, *_):
         self.tile_size.visible = self.stride.visible = self.mode.value == MODE_TILES
@@ -216,11 +241,7 @@ class PredictionWidget(Container):
 
     def _prefill_from_model(self, model: SessionModel):
         """Fill frame interval and onset from the model unless the layer carries them."""
-        meta = self.image.value.metadata if self.image.value is not None else {}
-        if not meta.get("frame_interval_h"):
-            self.frame_interval_h.value = model.meta.time.frame_interval_h
-        if meta.get("onset_h") is None:
-            self.onset_h.value = model.meta.time.onset_h
+        self._fill_time()
         self.model_info.value = model.description
 
     def close_down(self) -> None:
@@ -334,7 +355,7 @@ class PredictionWidget(Container):
             compile=self.compile.value,
             frame_interval_h=self.frame_interval_h.value,
             onset_h=self.onset_h.value,
-            start_offset_h=float(image.metadata.get("start_offset_h", 0.0)),
+            start_offset_h=float(image.metadata.get(START_OFFSET_H, 0.0)),
         )
 
     def _current_frame(self, image: Image) -> int:

@@ -1,8 +1,9 @@
 """Session state shared by the dock widgets of one viewer, with change signals.
 
-The prediction widget, the training widget and the plot dock each hold a reference to
-the same :class:`Session`; they observe its signals instead of calling each other, and
-tests drive the state directly.
+The docks each hold a reference to the same :class:`Session`; they observe its signals
+instead of calling each other. The session follows the viewer's layer list and says which
+image the user is looking at (:attr:`Session.image`, :attr:`Session.image_changed`), so
+every dock serves that image, not the first one it saw.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from pathlib import Path
 import pandas as pd
 from psygnal import Signal
 
+from ..core.annotations import AnnotationStore
 from ..core.checkpoint import CheckpointMeta
 from ..core.model import MultitaskResNet
+from .layer_roles import image_in_view
 
 
 @dataclass
@@ -40,16 +43,48 @@ class Session:
     results_changed = Signal(str)  # name of the image layer whose prediction table changed
     prediction_requested = Signal()  # "predict again with the session model" (after training)
     labels_changed = Signal(str)  # stack path whose annotations changed (annotation widget)
+    image_changed = Signal(object)  # the image layer the user looks at now, or None
 
-    def __init__(self):
+    def __init__(self, viewer=None):
         self.model: SessionModel | None = None
         self.results: dict[str, pd.DataFrame] = {}
         #: Per image: how its table was made (frame_interval_h, onset_h, start_offset_h, ...).
         self.result_info: dict[str, dict] = {}
-        #: Per stack path: its AnnotationStore (core.annotations); training reads all of them.
-        self.annotations: dict[str, object] = {}
+        #: Per stack path (or ``memory:NAME``): its labels; training reads all of them.
+        self.annotations: dict[str, AnnotationStore] = {}
         #: The validation items of the last training run, for the evaluation dock.
         self.validation_items: list = []
+        #: The image the user looks at (see :func:`.layer_roles.image_in_view`), or None
+        #: with :attr:`image_reason` saying why.
+        self.image = None
+        self.image_reason = "no viewer"
+        self._viewer = weakref.ref(viewer) if viewer is not None else None
+        if viewer is not None:
+            self._follow(viewer)
+
+    # --- the image in view -------------------------------------------------------------
+    def _follow(self, viewer) -> None:
+        layers = viewer.layers
+        layers.selection.events.active.connect(self._update_image)
+        layers.events.inserted.connect(self._layer_inserted)
+        layers.events.removed.connect(self._update_image)
+        for layer in layers:
+            layer.events.visible.connect(self._update_image)
+        self._update_image()
+
+    def _layer_inserted(self, event) -> None:
+        event.value.events.visible.connect(self._update_image)
+        self._update_image()
+
+    def _update_image(self, event=None) -> None:
+        viewer = self._viewer() if self._viewer is not None else None
+        if viewer is None:
+            return
+        image, reason = image_in_view(viewer)
+        self.image_reason = reason
+        if image is not self.image:
+            self.image = image
+            self.image_changed.emit(image)
 
     def set_model(self, model: SessionModel | None) -> None:
         self.model = model
@@ -80,5 +115,5 @@ def session_for(viewer) -> Session:
     """
     viewer = getattr(viewer, "__wrapped__", viewer)
     if viewer not in _SESSIONS:
-        _SESSIONS[viewer] = Session()
+        _SESSIONS[viewer] = Session(viewer)
     return _SESSIONS[viewer]

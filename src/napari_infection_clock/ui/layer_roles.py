@@ -1,0 +1,144 @@
+"""What a layer is to the plugin: the metadata keys it reads and writes, in one place.
+
+Images the user opened are inputs; every layer the plugin makes (probability, duration,
+class, tiles, onset maps, "label next" markers, frame-label markers) carries
+:data:`OUTPUT_OF` with the name of the image it belongs to, and is never offered or
+taken as an input. The frame interval and onset of an image come with the place they
+came from (file metadata, the checkpoint, or a default the user should check).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from napari.layers import Image
+
+from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
+
+# --- layer metadata keys ---------------------------------------------------------------
+#: On every layer the plugin makes: the name of the image layer it belongs to.
+OUTPUT_OF = "prediction_of"
+#: Hours between frames, and where that number came from ("metadata", "user", "default").
+FRAME_INTERVAL_H = "frame_interval_h"
+FRAME_INTERVAL_SOURCE = "frame_interval_source"
+#: Infection onset in hours (samples and files that know it), and whether the well is infected.
+ONSET_H = "onset_h"
+INFECTED = "infected"
+#: Hours of the first frame since the start of the experiment.
+START_OFFSET_H = "start_offset_h"
+#: The TIFF file an image layer shows (our reader, or a copy saved to a project folder).
+SOURCE_PATH = "source_path"
+CHANNEL = "channel"
+N_FRAMES = "n_frames"
+
+# where a time setting came from, as the docks say it
+FROM_FILE = "file metadata"
+FROM_CHECKPOINT = "checkpoint"
+FROM_DEFAULT = "default"
+
+
+def is_output(layer) -> bool:
+    """Whether ``layer`` was made by the plugin (and so is no input)."""
+    return OUTPUT_OF in layer.metadata
+
+
+def output_metadata(image_name: str) -> dict:
+    """Metadata for a layer the plugin makes for ``image_name``. Give it when the layer is
+    created: napari selects a new layer at once, and the session asks then what it is."""
+    return {OUTPUT_OF: image_name}
+
+
+def is_input_image(layer) -> bool:
+    """A time-lapse the user opened: an Image with a time axis that the plugin did not make."""
+    return isinstance(layer, Image) and layer.ndim >= 3 and not is_output(layer)
+
+
+def input_images(viewer) -> list:
+    """The viewer's input images, in layer-list order."""
+    return [layer for layer in viewer.layers if is_input_image(layer)]
+
+
+def image_of(viewer, layer):
+    """The input image ``layer`` stands for: itself, or the image an output belongs to."""
+    if layer is None:
+        return None
+    if is_input_image(layer):
+        return layer
+    name = layer.metadata.get(OUTPUT_OF)
+    if name is not None and name in viewer.layers and is_input_image(viewer.layers[name]):
+        return viewer.layers[name]
+    return None
+
+
+def image_in_view(viewer):
+    """The image the user is looking at, or None and why.
+
+    The active layer's image when it is visible (an output or crops layer stands for its
+    image); else the only visible input image. With none or several visible and none
+    selected, there is no answer: the caller refuses and shows the reason.
+    """
+    chosen = image_of(viewer, viewer.layers.selection.active)
+    if chosen is not None and chosen.visible:
+        return chosen, ""
+    visible = [layer for layer in input_images(viewer) if layer.visible]
+    if len(visible) == 1:
+        return visible[0], ""
+    if not visible:
+        if input_images(viewer):
+            return None, "no time-lapse image is visible: show the one to label"
+        return None, "no time-lapse image: open one (File > Open) or a sample"
+    names = ", ".join(f"'{layer.name}'" for layer in visible)
+    return None, f"{len(visible)} images are visible ({names}): select the one to label in the layer list"
+
+
+def layer_stack_path(layer) -> str | None:
+    """The TIFF an image layer shows (set by our reader, or by saving it to a project)."""
+    path = layer.metadata.get(SOURCE_PATH) or getattr(layer.source, "path", None)
+    return str(Path(path).resolve()) if path else None
+
+
+def annotation_key(layer) -> str:
+    """The key of an image's labels in the session: its file, or ``memory:NAME``."""
+    return layer_stack_path(layer) or f"memory:{layer.name}"
+
+
+@dataclass(frozen=True)
+class TimeSetting:
+    """An image's frame interval and onset, with where each came from."""
+
+    frame_interval_h: float
+    interval_source: str
+    onset_h: float
+    onset_source: str
+
+    @property
+    def defaulted(self) -> list[str]:
+        return [what for what, src in (("frame interval", self.interval_source),
+                                       ("onset", self.onset_source)) if src == FROM_DEFAULT]
+
+    def describe(self) -> str:
+        """One line for the dock: values, origins, and a warning for defaults."""
+        text = (f"{self.frame_interval_h:g} h/frame from {self.interval_source}; "
+                f"onset {self.onset_h:g} h from {self.onset_source}")
+        if self.defaulted:
+            text = (f"⚠ {' and '.join(self.defaulted)} not known, default used: {text}. "
+                    "Check them against your experiment")
+        return text
+
+
+def time_setting(layer, model_meta=None) -> TimeSetting:
+    """Frame interval and onset of ``layer``: file metadata first, then the checkpoint
+    (``model_meta``, a CheckpointMeta), else the defaults."""
+    meta = layer.metadata if layer is not None else {}
+    interval, interval_source = DEFAULT_FRAME_INTERVAL_H, FROM_DEFAULT
+    if meta.get(FRAME_INTERVAL_H) and meta.get(FRAME_INTERVAL_SOURCE, "metadata") != "default":
+        interval, interval_source = float(meta[FRAME_INTERVAL_H]), FROM_FILE
+    elif model_meta is not None and "frame interval" not in model_meta.assumed:
+        interval, interval_source = model_meta.time.frame_interval_h, FROM_CHECKPOINT
+    onset, onset_source = DEFAULT_ONSET_H, FROM_DEFAULT
+    if meta.get(ONSET_H) is not None:
+        onset, onset_source = float(meta[ONSET_H]), FROM_FILE
+    elif model_meta is not None and "onset" not in model_meta.assumed:
+        onset, onset_source = model_meta.time.onset_h, FROM_CHECKPOINT
+    return TimeSetting(interval, interval_source, onset, onset_source)
