@@ -1,0 +1,113 @@
+"""Which layers are inputs: the plugin's own output layers never are, and the docks say
+where an image's frame interval and onset came from (issue 9, item 6)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from qtpy.QtCore import Qt
+
+from napari_infection_clock.core.stack import write_stack
+from napari_infection_clock.core.synthetic import generate_stack
+from napari_infection_clock.ui.annotation_widget import AnnotationWidget
+from napari_infection_clock.ui.label_next_widget import LabelNextWidget
+from napari_infection_clock.ui.overlays import layer_name
+from napari_infection_clock.ui.prediction_widget import (
+    MODE_REGIONS,
+    MODE_TILES,
+    PredictionWidget,
+)
+
+from .research import ResearchMultitask, research_config, save_research_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A research checkpoint as the research scripts write it: 2 frames per hour, onset 3 h."""
+    path = tmp_path_factory.mktemp("ckpt") / "research.pt"
+    torch.manual_seed(0)
+    save_research_checkpoint(path, ResearchMultitask("resnet18", hidden=16),
+                             research_config(hidden=16, image_size=32, frames_per_hour=2.0,
+                                             onset=3.0))
+    return path
+
+
+def _predict(qtbot, widget):
+    messages = []
+    widget.finished.connect(messages.append)
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: bool(messages), timeout=60_000)
+    return messages[0]
+
+
+def test_output_layers_are_never_inputs_nor_saved(make_napari_viewer, qtbot, checkpoint,
+                                                  tmp_path):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(generate_stack(True, seed=1, n_frames=4, size=32, dtype="uint8"),
+                             name="well", metadata={"frame_interval_h": 0.5})
+    predict = PredictionWidget(viewer)
+    annotate = AnnotationWidget(viewer)
+    label_next = LabelNextWidget(viewer)
+    for dock in (predict, annotate, label_next):
+        viewer.window.add_dock_widget(dock)
+    predict.checkpoint.value = checkpoint
+    predict.device.value = "cpu"
+    predict.mode.value = MODE_TILES
+    predict.tile_size.value = 16
+    assert not _predict(qtbot, predict).startswith("prediction failed")
+    outputs = [layer_name("well", kind) for kind in ("probability", "duration", "class", "tiles")]
+    assert all(name in viewer.layers for name in outputs)
+
+    assert [layer.name for layer in predict.image.choices] == ["well"]
+    predict.mode.value = MODE_REGIONS  # the plugin's own tiles are no regions
+    assert predict.regions.value is None and list(predict.regions.choices) == []
+    names = [label_next.image_combo.itemText(i) for i in range(label_next.image_combo.count())]
+    assert names == ["well"]
+
+    # the probability layer selected: the labels go to the image it belongs to
+    viewer.layers.selection.active = viewer.layers[outputs[0]]
+    assert annotate.layer is image and "well" in annotate.target_label.text()
+
+    project = tmp_path / "project"
+    annotate.set_project_dir(project)
+    viewer.dims.set_current_step(0, 1)
+    qtbot.mouseClick(annotate.buttons["uninfected"], Qt.LeftButton)
+    viewer.close()
+    assert sorted(p.name for p in project.glob("*.tif")) == ["well.tif"]
+
+
+def test_docks_say_where_interval_and_onset_came_from(make_napari_viewer, qtbot, checkpoint,
+                                                      tmp_path):
+    plain = tmp_path / "plain.tif"  # no ImageJ or OME metadata at all
+    tifffile.imwrite(plain, generate_stack(True, seed=2, n_frames=4, size=32, dtype="uint8"))
+    timed = tmp_path / "timed.tif"  # ImageJ metadata: 0.25 h per frame
+    write_stack(timed, generate_stack(True, seed=3, n_frames=4, size=32, dtype="uint8"), "TYX",
+                0.25)
+    viewer = make_napari_viewer()
+    viewer.open(str(plain), plugin="napari")  # napari's built-in reader: no metadata
+    predict = PredictionWidget(viewer)
+    annotate = AnnotationWidget(viewer)
+    for dock in (predict, annotate):
+        viewer.window.add_dock_widget(dock)
+
+    said = predict.time_source.value
+    assert "default" in said and "⚠" in said and "Check them" in said, said
+    assert "default" in annotate.time_source.text(), annotate.time_source.text()
+    assert (predict.frame_interval_h.value, predict.onset_h.value) == (0.5, 1.0)
+
+    predict.checkpoint.value = checkpoint
+    predict.device.value = "cpu"
+    _predict(qtbot, predict)  # the checkpoint is loaded: its interval and onset now
+    said = predict.time_source.value
+    assert "from checkpoint" in said and "⚠" not in said, said
+    assert (predict.frame_interval_h.value, predict.onset_h.value) == (0.5, 3.0)
+
+    viewer.open(str(timed), plugin="napari-infection-clock")
+    predict.image.value = viewer.layers["timed"]
+    said = predict.time_source.value
+    assert "0.25 h/frame from file metadata" in said and "onset 3 h from checkpoint" in said, said
+    predict.frame_interval_h.value = 0.3  # the user's own value
+    assert predict.time_source.value == "set here"
+    np.testing.assert_equal(viewer.layers["timed"].metadata["frame_interval_h"], 0.25)
