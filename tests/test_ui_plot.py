@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,7 @@ from napari_infection_clock.core.results import result_rows
 from napari_infection_clock.core.tiles import TileSpec
 from napari_infection_clock.ui.overlays import PredictionLayers, layer_name, tile_grid
 from napari_infection_clock.ui.plot_widget import TimeSeriesPlot
-from napari_infection_clock.ui.state import session_for
+from napari_infection_clock.ui.state import PredictionRun, session_for
 from napari_infection_clock.ui.timeseries import estimate_onset, frame_summary
 
 N_FRAMES, INTERVAL, ONSET = 12, 0.5, 2.0
@@ -41,13 +43,9 @@ def plotted(make_napari_viewer):
         layers.add_frame(rows)
     plot = TimeSeriesPlot(viewer)
     viewer.window.add_dock_widget(plot)
-    info = {
-        "frame_interval_h": INTERVAL,
-        "onset_h": ONSET,
-        "n_frames": N_FRAMES,
-        "mode": "tile grid",
-    }
-    session_for(viewer).set_results("well", layers.table, info)
+    run = PredictionRun(n_frames=N_FRAMES, frame_interval_h=INTERVAL, onset_h=ONSET,
+                        mode="tile grid")
+    session_for(viewer).set_results("well", layers.table, run)
     return viewer, plot, layers
 
 
@@ -124,7 +122,7 @@ def test_a_selected_tile_shows_its_clock_with_its_band(plotted):
                    "time_halfwidth_h": {"infected": 1.0, "uninfected": 3.0},
                    "consistent_halfwidth_h": {"infected": 0.5, "uninfected": 2.0}}
     table = apply_calibration(with_clock(table), calibration)
-    session_for(viewer).set_results("well", table, {**plot.info, "interval_level": 0.9})
+    session_for(viewer).set_results("well", table, replace(plot.info, interval_level=0.9))
     tiles = viewer.layers[layer_name("well", "tiles")]
     pick = tiles.features.index[(tiles.features.tile_row == 1) & (tiles.features.tile_col == 1)]
     tiles.selected_data = {int(pick[0])}
@@ -164,14 +162,9 @@ def test_regions_selected_in_their_layer(make_napari_viewer):
     for _, rows in _table(grid).groupby("frame"):
         layers.add_frame(rows)
     plot = TimeSeriesPlot(viewer)
-    info = {
-        "frame_interval_h": INTERVAL,
-        "onset_h": ONSET,
-        "n_frames": N_FRAMES,
-        "mode": "regions (Shapes rectangles)",
-        "regions_layer": "cells",
-    }
-    session_for(viewer).set_results("well", layers.table, info)
+    run = PredictionRun(n_frames=N_FRAMES, frame_interval_h=INTERVAL, onset_h=ONSET,
+                        mode="regions (Shapes rectangles)", regions_layer="cells")
+    session_for(viewer).set_results("well", layers.table, run)
     regions.selected_data = {1}
     assert list(plot.items) == ["region 1"]
 
@@ -190,7 +183,7 @@ def test_closed_dock_stops_listening(plotted):
     lines, markers_x = list(plot.ax_p.lines), plot.markers[0].get_xdata()[0]
     viewer.layers.remove(layer_name("well", "tiles"))  # no redraw, no error
     viewer.dims.set_point(0, 9)
-    session_for(viewer).set_results("well", layers.table, {"n_frames": N_FRAMES})
+    session_for(viewer).set_results("well", layers.table, PredictionRun(n_frames=N_FRAMES))
     assert list(plot.ax_p.lines) == lines
     assert plot.markers[0].get_xdata()[0] == markers_x
     assert "estimated onset: 1.80 h" in plot.onset_label.text()

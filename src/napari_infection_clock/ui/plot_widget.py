@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 from ..core.atomic import OutputNotWritable, write_atomic
 from ..core.clock import DEFAULT_LEVEL, RegionClock
 from .overlays import layer_name, rectangles_to_boxes
-from .state import session_for
+from .state import PredictionRun, session_for
 from .teardown import on_dock_closed
 from .timeseries import answer_at, estimate_onset, frame_summary, item_series
 
@@ -94,8 +94,9 @@ class TimeSeriesPlot(QWidget):
         return self.choice.currentText() or None
 
     @property
-    def info(self) -> dict:
-        return self.session.result_info.get(self.image_name, {})
+    def info(self) -> PredictionRun | None:
+        """How the plotted image's table was made (None before its first prediction)."""
+        return self.session.runs.get(self.image_name)
 
     def _on_results(self, name: str) -> None:
         if self.choice.findText(name) < 0:
@@ -128,7 +129,7 @@ class TimeSeriesPlot(QWidget):
             if layer.name == tiles_name:
                 rows = layer.features.iloc[sorted(layer.selected_data)]
                 found += list(zip(rows["tile_row"].astype(int), rows["tile_col"].astype(int)))
-            elif layer.name == self.info.get("regions_layer"):
+            elif self.info is not None and layer.name == self.info.regions_layer:
                 found += self._regions_to_items(layer, table)
         return list(dict.fromkeys(found))[:MAX_ITEM_CURVES]
 
@@ -176,7 +177,7 @@ class TimeSeriesPlot(QWidget):
         self.ax_t.plot(
             s["hours"], s["median_duration_h"], "-o", ms=3, color="C3", label="median duration"
         )
-        onset_h = self.info.get("onset_h")
+        onset_h = self.info.onset_h if self.info else None
         if onset_h is not None:
             ideal = np.maximum(s["hours"] - onset_h, 0)
             self.ax_t.plot(s["hours"], ideal, color="0.5", lw=1, label=f"ideal t - {onset_h:g} h")
@@ -205,7 +206,7 @@ class TimeSeriesPlot(QWidget):
         self.canvas.draw_idle()
 
     def _item_label(self, item: tuple[int, int]) -> str:
-        if self.info.get("mode", "").startswith("regions"):
+        if self.info is not None and self.info.regions:
             return f"region {item[0]}"
         return f"tile ({item[0]}, {item[1]})"
 
@@ -249,20 +250,19 @@ class TimeSeriesPlot(QWidget):
         return int(round((self.viewer.dims.point[axis] - translate) / scale))
 
     def hours_of(self, frame) -> float:
-        info = self.info
-        return frame * info.get("frame_interval_h", 1.0) + info.get("start_offset_h", 0.0)
+        return (self.info or PredictionRun(n_frames=1)).hours_of(frame)
 
     def frame_at(self, hours: float) -> int:
-        info = self.info
-        frame = (hours - info.get("start_offset_h", 0.0)) / info.get("frame_interval_h", 1.0)
-        return int(np.clip(round(frame), 0, max(info.get("n_frames", 1) - 1, 0)))
+        run = self.info or PredictionRun(n_frames=1)
+        frame = (hours - run.start_offset_h) / run.frame_interval_h
+        return int(np.clip(round(frame), 0, max(run.n_frames - 1, 0)))
 
     def _move_marker(self, *_):
         frame = self.current_frame()
         x = self.hours_of(frame) if self.info else np.nan
         for marker in self.markers:
             marker.set_xdata([x, x])
-        level = self.info.get("interval_level")
+        level = self.info.interval_level if self.info else None
         answers = [f"{label}: {text}" for label, series in self.items.items()
                    if (text := answer_at(series, frame, level))]
         self.answer_label.setText(f"at {x:.1f} h: " + "; ".join(answers) if answers else "")
@@ -278,7 +278,7 @@ class TimeSeriesPlot(QWidget):
     def table(self) -> pd.DataFrame:
         """What the plot shows, one row per frame (selected items as extra columns)."""
         out = self.summary.copy()
-        onset_h = self.info.get("onset_h")
+        onset_h = self.info.onset_h if self.info else None
         if onset_h is not None and not out.empty:
             out["ideal_duration_h"] = np.maximum(out["hours"] - onset_h, 0)
         if self.onset is not None and not out.empty:

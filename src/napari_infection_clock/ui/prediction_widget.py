@@ -43,7 +43,7 @@ from ..core.tiles import TileSpec
 from .devices import device_choices
 from .layer_roles import START_OFFSET_H, is_output, time_setting
 from .overlays import Grid, PredictionLayers, rectangles_to_boxes, region_grid, tile_grid
-from .state import SessionModel, session_for
+from .state import PredictionRun, SessionModel, session_for
 from .teardown import on_dock_closed
 from .workers import Failed
 
@@ -414,20 +414,19 @@ class PredictionWidget(Container):
         if job is None or layers is None:
             return
         self._last_results = time.monotonic()
-        info = {
-            "frame_interval_h": job.frame_interval_h,
-            "onset_h": job.onset_h,
-            "start_offset_h": job.start_offset_h,
-            "n_frames": job.stack.n_frames,
-            "mode": self.mode.value,
-            # the level of the model's calibrated intervals, None when it has none
-            "interval_level": self.session.model.meta.calibration.get("level")
-            if self.session.model is not None else None,
-            "regions_layer": self.regions.value.name
+        run = PredictionRun(
+            n_frames=job.stack.n_frames,
+            frame_interval_h=job.frame_interval_h,
+            onset_h=job.onset_h,
+            start_offset_h=job.start_offset_h,
+            mode=self.mode.value,
+            regions_layer=self.regions.value.name
             if self.mode.value == MODE_REGIONS and self.regions.value is not None
             else None,
-        }
-        self.session.set_results(job.image.name, layers.table, info)
+            interval_level=self.session.model.meta.calibration.get("level")
+            if self.session.model is not None else None,
+        )
+        self.session.set_results(job.image.name, layers.table, run)
 
     def _on_error(self, err: Exception | str) -> None:
         self._failed = True

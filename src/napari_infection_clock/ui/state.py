@@ -36,6 +36,29 @@ class SessionModel:
         return f"{self.meta.model.arch} ({self.origin}: {where})"
 
 
+@dataclass(frozen=True)
+class PredictionRun:
+    """How an image's prediction table was made: what the plot and exports need to put
+    its frames on the time axis and to say what its items are."""
+
+    n_frames: int
+    frame_interval_h: float = 1.0
+    onset_h: float | None = None
+    start_offset_h: float = 0.0
+    mode: str = ""
+    #: The Shapes layer whose rectangles were predicted (regions mode), else None.
+    regions_layer: str | None = None
+    #: The level of the model's calibrated intervals, None when it has none.
+    interval_level: float | None = None
+
+    @property
+    def regions(self) -> bool:
+        return self.regions_layer is not None or self.mode.startswith("regions")
+
+    def hours_of(self, frame):
+        return frame * self.frame_interval_h + self.start_offset_h
+
+
 class Session:
     """What one viewer's widgets share."""
 
@@ -48,8 +71,8 @@ class Session:
     def __init__(self, viewer=None):
         self.model: SessionModel | None = None
         self.results: dict[str, pd.DataFrame] = {}
-        #: Per image: how its table was made (frame_interval_h, onset_h, start_offset_h, ...).
-        self.result_info: dict[str, dict] = {}
+        #: Per image: how its table was made.
+        self.runs: dict[str, PredictionRun] = {}
         #: Per stack path (or ``memory:NAME``): its labels; training reads all of them.
         self.annotations: dict[str, AnnotationStore] = {}
         #: The validation items of the last training run, for the evaluation dock.
@@ -90,10 +113,11 @@ class Session:
         self.model = model
         self.model_changed.emit(model)
 
-    def set_results(self, image_name: str, table: pd.DataFrame, info: dict | None = None) -> None:
+    def set_results(self, image_name: str, table: pd.DataFrame,
+                    run: PredictionRun | None = None) -> None:
         self.results[image_name] = table
-        if info is not None:
-            self.result_info[image_name] = dict(info)
+        if run is not None:
+            self.runs[image_name] = run
         self.results_changed.emit(image_name)
 
     def request_prediction(self) -> bool:
