@@ -102,6 +102,14 @@ def main(argv=None) -> None:
         if "baseline" in results:
             ratio = results["predictor"] / results["baseline"]
             rows.append(("predictor / baseline", f"{ratio:.1f}x", _target(ratio >= 6, ">= 6x")))
+        if predictor.amp_dtype is not torch.bfloat16 and autocast_dtype(device, "auto") is not None:
+            # What the accurate default costs: bf16 moves times by 0.3-1.0 h (runtime.py).
+            bf16_rate = _predictor_rate(Predictor(model, meta, device=device, precision="bf16",
+                                                  **sizes), reps)
+            rows += [(f"predictor at bf16, opt-in (batch {predictor.batch_size})",
+                      f"{bf16_rate:.2f} img/s", ""),
+                     ("bf16 / default: the speed the accurate default gives up",
+                      f"{bf16_rate / results['predictor']:.2f}x", "")]
         if predictor.amp_dtype is not None:
             reference = _autocast_rate(model, meta, device, predictor.amp_dtype,
                                        predictor.batch_size, reps)

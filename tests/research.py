@@ -140,3 +140,37 @@ def research_predict(model: ResearchMultitask, frame: np.ndarray, size: int, cla
     with torch.no_grad():
         logits, t = model(research_preprocess(frame, size)[None])
     return torch.softmax(logits, 1)[0, 1].item(), t.clamp(*clamp)[0].item()
+
+
+def varied_frames(n=12, size=96, seed=1) -> list[np.ndarray]:
+    """uint16 frames from flat to strongly textured, so a network's features differ."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    return [
+        (1000 + 500 * np.sin(x / (3 + i)) * np.cos(y / (5 + i / 2))
+         + rng.normal(0, 50 + 20 * i, (size, size))).astype(np.uint16)
+        for i in range(n)
+    ]
+
+
+def spread_heads(model: ResearchMultitask, x: torch.Tensor, logit_range=(-4.0, 4.0),
+                 time_range=(0.0, 30.0)) -> None:
+    """Scale the heads' last layers so that, over the inputs ``x``, the infected logit
+    margin and the time spread over the given ranges (a random network's heads give nearly
+    the same output for every frame, which hides any rounding)."""
+
+    def stretch(head, inp, lo, hi, rows):
+        out = head(inp)[:, rows[0]] - (head(inp)[:, rows[1]] if len(rows) > 1 else 0)
+        scale = (hi - lo) / (out.max() - out.min())
+        last = head[-1]
+        last.weight.mul_(scale)
+        last.bias.mul_(scale)
+        last.bias[rows[0]] += lo - out.min() * scale
+
+    model.eval()
+    with torch.no_grad():
+        features = model.backbone(x)
+        stretch(model.classifier, features, *logit_range, rows=(1, 0))
+        logits = model.classifier(features)
+        r_in = torch.cat([features, logits], 1) if model.cls_conditioning else features
+        stretch(model.regressor, r_in, *time_range, rows=(0,))

@@ -115,3 +115,17 @@ def test_nan_frames_give_finite_outputs(predictor):
     table = predictor.predict_stack(stack_from_array(frames))
     assert np.isfinite(table[["p_infected", "pred_time_h"]].to_numpy()).all()
     assert isinstance(table, pd.DataFrame)
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_predictor_leaves_the_callers_model_alone(precision):
+    torch.manual_seed(0)
+    model = MultitaskResNet(ModelConfig(arch="resnet18", hidden_dim=8)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    meta = CheckpointMeta(model=model.config, preprocessing=Preprocessing(image_size=32))
+    predictor = Predictor(model, meta, device="cpu", precision=precision)
+    predictor.predict_crops(np.zeros((2, 32, 32), np.uint16) + np.arange(32, dtype=np.uint16))
+    assert model.training and all(m.training for m in model.modules())
+    for key, value in model.state_dict().items():
+        assert value.dtype == before[key].dtype and value.is_contiguous()
+        assert torch.equal(value, before[key]), key

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from napari_infection_clock.core import predictor as predictor_module
-from napari_infection_clock.core.checkpoint import CheckpointMeta
+from napari_infection_clock.core.checkpoint import CheckpointMeta, load_checkpoint
 from napari_infection_clock.core.dataset import ItemDataset
 from napari_infection_clock.core.items import FramePolicy, research_items
 from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
@@ -23,6 +23,16 @@ from napari_infection_clock.core.synthetic import generate_stack, write_research
 from napari_infection_clock.core.targets import TimePolicy
 from napari_infection_clock.core.tiles import TileSpec, crop, cut_tiles, tile_boxes
 from napari_infection_clock.core.trainer import TrainConfig, run_training
+
+from .research import (
+    ResearchMultitask,
+    research_config,
+    research_predict,
+    research_preprocess,
+    save_research_checkpoint,
+    spread_heads,
+    varied_frames,
+)
 
 META = CheckpointMeta(model=ModelConfig(arch="resnet18", hidden_dim=16),
                       preprocessing=Preprocessing(image_size=32),
@@ -123,25 +133,21 @@ def test_read_errors_surface_and_the_reader_thread_ends(random_model):
     assert not [t for t in threading.enumerate() if t.name == "infection-clock-reader"]
 
 
-def test_fast_path_runs_a_folded_copy_and_leaves_the_model_alone(random_model):
-    before = {k: v.clone() for k, v in random_model.state_dict().items()}
-    fast = Predictor(random_model, META, device="cpu", precision="bf16")
-    layers = list(fast._forward.modules())
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in layers)  # folded
-    assert all(p.dtype == torch.bfloat16 for p in fast._forward.parameters())
-    fast.predict_crops(np.zeros((2, 32, 32), np.uint8))
+def test_fast_path_runs_a_folded_copy_with_fp32_heads(random_model):
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        fast = Predictor(random_model, META, device="cpu", precision=precision)
+        layers = list(fast._forward.modules())
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in layers)  # folded
+        assert all(p.dtype == dtype for p in fast.network.backbone.parameters())
+        heads = [*fast.network.classifier.parameters(), *fast.network.regressor.parameters()]
+        assert all(p.dtype == torch.float32 for p in heads)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in random_model.modules())
-    after = random_model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(p.dtype == torch.float32 for p in random_model.parameters())
-    exact = Predictor(random_model, META, device="cpu", precision="fp32")
-    assert exact._forward is random_model  # the switch runs the model itself
 
 
 FALLBACK = """
 import warnings, numpy as np, torch
 import torch._inductor.config as inductor
-from napari_infection_clock.core.checkpoint import CheckpointMeta
+from napari_infection_clock.core.checkpoint import CheckpointMeta, load_checkpoint
 from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
 from napari_infection_clock.core.predictor import Predictor
 from napari_infection_clock.core.preprocess import Preprocessing
@@ -236,3 +242,32 @@ def test_fast_path_matches_fp32_on_sample_data(trained, device, precision):
         # Unsaturated outputs, where rounding would show (saturated ones hide it).
         assert a.p_infected.between(0.02, 0.98).any()
         assert a.pred_time_h.between(0.5, 47.5).all()
+
+
+@pytest.mark.parametrize("cls_conditioning", [False, True])
+def test_default_precision_matches_the_research_pipeline_on_resnet50(tmp_path, cls_conditioning):
+    """A research-format ResNet50 whose outputs spread over 0-30 h, predicted with the
+    defaults, against the research pipeline's own preprocessing and fp32 model (issue 11)."""
+    torch.manual_seed(0)
+    research = ResearchMultitask("resnet50", cls_conditioning=cls_conditioning)
+    research.train()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        research(torch.randn(8, 3, 64, 64))
+    frames = varied_frames()
+    spread_heads(research, torch.stack([research_preprocess(f, 64) for f in frames]))
+    config = research_config("resnet50", cls_conditioning=cls_conditioning, image_size=64)
+    path = tmp_path / "r50.pth"
+    save_research_checkpoint(path, research, config)
+    reference = np.array([research_predict(research, f, 64) for f in frames])
+    assert reference[:, 1].min() < 1 and reference[:, 1].max() > 29  # really spread
+    assert reference[:, 0].min() < 0.1 and reference[:, 0].max() > 0.9
+
+    model, meta = load_checkpoint(path)
+    stack = stack_from_array(np.stack(frames))
+    table = Predictor(model, meta, device="cpu").predict_stack(stack)
+    assert np.abs(table.p_infected - reference[:, 0]).max() <= 0.02
+    assert np.abs(table.pred_time_h - reference[:, 1]).max() <= 0.25
+    # The heads run in fp32 on every path: times are not rounded to bf16 steps.
+    bf16 = Predictor(model, meta, device="cpu", precision="bf16").predict_stack(stack)
+    times = torch.from_numpy(bf16.pred_time_h.to_numpy(np.float32))
+    assert (times.to(torch.bfloat16).float() != times).any()

@@ -128,7 +128,8 @@ def _run_args(p):
     p.add_argument(
         "--batch-size", type=int, help="items per forward pass (default: 4 on CPU, 16 on GPU)"
     )
-    p.add_argument("--precision", choices=PRECISIONS, help="fp32 forces exact float32")
+    p.add_argument("--precision", choices=PRECISIONS, help="auto: fp32 on CPU, fp16 backbone on CUDA (heads always fp32); "
+                   "bf16 is faster on CPU but less exact (README)")
     p.add_argument(
         "--compile",
         action="store_true",

@@ -3,10 +3,10 @@
 The hot path is built for throughput: tiles are cut with one numpy gather per frame, a
 background thread reads and prepares the next batch while the model computes the current
 one (where a core is free for it), batches run across frame boundaries, and a copy of the
-model with BatchNorm folded in runs under ``inference_mode`` in channels-last layout with
-bf16 autocast on CPUs that have bf16 kernels (fp16/bf16 on CUDA, fed from pinned memory
-with non-blocking copies). ``precision="fp32"`` forces exact fp32. Only a few frames are
-ever held in memory, however long the stack.
+model with BatchNorm folded in runs under ``inference_mode`` in channels-last layout: fp32
+on CPU, an fp16 backbone on CUDA (fed from pinned memory with non-blocking copies), heads
+always fp32 (:func:`.runtime.prediction_dtype` says why). Only a few frames are ever held
+in memory, however long the stack.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import queue
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +27,7 @@ from .device import select_device
 from .model import MultitaskResNet
 from .preprocess import preprocess, to_device
 from .results import empty_results, result_rows
-from .runtime import autocast_dtype, inference_copy, release_free_heap
+from .runtime import InferenceNetwork, prediction_dtype, release_free_heap
 from .stack import TimelapseStack
 from .targets import TimePolicy, frame_time_policy
 from .tiles import TileSpec, check_boxes, crop, cut_tiles, tile_boxes
@@ -79,10 +78,9 @@ class _Batch:
 class Predictor:
     """A loaded model bound to a device, precision and batch size.
 
-    The fast precisions run an inference copy of the model with BatchNorm folded into
-    the convolutions (one pass over each activation less); ``precision="fp32"`` runs the
-    model itself, exactly. The copy is taken here: later changes to ``model`` need a new
-    Predictor. ``compile=True`` wraps it in ``torch.compile`` (first batches are slow
+    It runs a copy of the model with BatchNorm folded into the convolutions and fp32
+    heads (:class:`.runtime.InferenceNetwork`); ``model`` itself is left as it was. The
+    copy is taken here: later changes to ``model`` need a new Predictor. ``compile=True`` wraps it in ``torch.compile`` (first batches are slow
     while it compiles; see docs/benchmarks.md for whether it pays on a machine).
     """
 
@@ -104,14 +102,11 @@ class Predictor:
         self.meta = meta
         self.batch_size = int(batch_size)
         self.prefetch = default_prefetch(self.device) if prefetch is None else max(int(prefetch), 0)
-        self.amp_dtype = autocast_dtype(self.device, precision)
-        if self.device.type == "cpu":
-            # Large activations on 2 MB-aligned transparent huge pages: a 512 px ResNet50
-            # batch otherwise page-faults on ~1.4 GB of fresh memory per pass (~4 % slower).
-            os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
-        fast = self.model if self.amp_dtype is None else inference_copy(self.model, self.amp_dtype)
-        #: The module that really runs: ``model`` itself in fp32, else its folded copy.
+        self.amp_dtype = prediction_dtype(self.device, precision)
+        #: The caller's model, never moved, switched to eval or converted here.
+        self.model = model
+        fast = InferenceNetwork(model, self.device, self.amp_dtype)
+        #: The module that really runs: a copy of ``model`` (see :class:`.runtime.InferenceNetwork`).
         self.network = fast
         self._forward = fast
         if compile:
@@ -119,7 +114,7 @@ class Predictor:
                 self._forward = torch.compile(fast)
             except Exception as exc:  # e.g. a Python version torch.compile does not support
                 self._compile_failed(exc)
-        release_free_heap()  # the fp32 copy made while folding
+        release_free_heap()  # the fp32 backbone copy made while folding
 
     @property
     def _cuda(self) -> bool:
@@ -134,12 +129,7 @@ class Predictor:
 
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Model input -> (p_infected, clamped time) as CPU float tensors."""
-        amp = (
-            torch.autocast(self.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype is not None
-            else nullcontext()
-        )
-        with torch.inference_mode(), amp:
+        with torch.inference_mode():
             logits, time = self._network_output(x)
             p = torch.softmax(logits.float(), dim=1)[:, 1]
             lo, hi = self.meta.time.clamp

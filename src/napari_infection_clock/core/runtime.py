@@ -1,11 +1,13 @@
 """How models run on this machine, shared by prediction and training.
 
-Which reduced precision a device has kernels for, an inference copy of a model with
-BatchNorm folded into its convolutions, and handing freed heap memory back to the system.
+Which reduced precision a device has kernels for and which one prediction may use, the
+network prediction runs (BatchNorm folded, heads in fp32), and handing freed heap memory
+back to the system.
 """
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import functools
@@ -13,6 +15,8 @@ import functools
 import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fold_batchnorm
+
+from .model import MultitaskResNet
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -40,20 +44,59 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
-def inference_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A channels-last copy of an eval-mode ``model`` with BatchNorm folded into its convs,
-    its weights stored in the autocast ``dtype``.
+def prediction_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The backbone's autocast dtype for prediction; None means fp32.
 
-    Autocast would round the weights to ``dtype`` at every call anyway, so storing them
-    rounded gives the same numbers in half the memory. Folding changes rounding slightly,
-    so only the reduced precisions use the copy; a model that cannot be traced
-    symbolically is used as it is.
+    ``"auto"`` is the fastest precision that keeps predictions within 0.02 in p and 0.25 h
+    of the research pipeline's fp32 (tests/test_speed_parity.py): fp16 on CUDA, fp32
+    elsewhere. bf16 does not hold that: on a ResNet50 whose times spread over 0-30 h its
+    7-bit mantissa moved times by 0.3-0.8 h (docs/benchmarks.md).
     """
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return autocast_dtype(device, precision)
+
+
+class InferenceNetwork(nn.Module):
+    """A model as prediction runs it, made without touching the caller's model.
+
+    The backbone is a copy with BatchNorm folded into its convolutions (one pass over each
+    activation less), channels-last, its weights stored in ``dtype`` and run under autocast
+    (autocast would round them at every call anyway); the heads are fp32 copies and always
+    run in fp32, so times are never rounded to a reduced precision's steps.
+    """
+
+    forward_heads = MultitaskResNet.forward_heads
+
+    def __init__(self, model: MultitaskResNet, device: torch.device, dtype: torch.dtype | None):
+        super().__init__()
+        self.config = model.config
+        self.dtype = dtype
+        self.backbone = _folded(model.backbone).to(
+            device, dtype=dtype, memory_format=torch.channels_last
+        )
+        self.classifier = copy.deepcopy(model.classifier).to(device).eval()
+        self.regressor = copy.deepcopy(model.regressor).to(device).eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.dtype is None:
+            features = self.backbone(x)
+        else:
+            with torch.autocast(x.device.type, dtype=self.dtype):
+                features = self.backbone(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.forward_heads(features.float())
+
+
+def _folded(backbone: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``backbone`` with BatchNorm folded into its convolutions; a
+    plain copy when it cannot be traced symbolically. Folding moves fp32 outputs by ~1e-4
+    relative (tests/test_speed_parity.py checks the predictions)."""
+    backbone = copy.deepcopy(backbone).eval()
     try:
-        folded = fold_batchnorm(model)
-    except Exception:  # noqa: BLE001 - torch.fx raises many kinds; the plain model still works
-        return model
-    return folded.eval().to(dtype=dtype, memory_format=torch.channels_last)
+        return fold_batchnorm(backbone, inplace=True).eval()
+    except Exception:  # noqa: BLE001 - torch.fx raises many kinds; the plain copy still works
+        return backbone
 
 
 @functools.cache

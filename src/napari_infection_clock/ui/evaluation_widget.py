@@ -8,8 +8,6 @@ time scatter with its least-squares line, and per-time-bin metrics, drawn by
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -53,13 +51,11 @@ SOURCES = ("validation items of the last training", "all labelled frames and cro
 
 
 def _run(model, meta, items, tables: list):
-    """Worker body: predict item by frame on a copy of the model; the caller keeps the tables,
-    replaced at the end by one table with the regions' clocks (core.clock).
-
-    The copy leaves the session's model where it is: the predictor moves it to its device.
-    """
+    """Worker body: predict item by frame (the predictor leaves the session's model as it is);
+    the caller keeps the tables, replaced at the end by one table with the regions' clocks
+    (core.clock)."""
     try:
-        predictor = Predictor(copy.deepcopy(model), meta, device="auto", batch_size=None)
+        predictor = Predictor(model, meta, device="auto", batch_size=None)
         for table in predict_items(predictor, items):
             tables.append(table)
             yield sum(len(t) for t in tables)

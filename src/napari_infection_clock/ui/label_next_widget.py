@@ -9,8 +9,6 @@ new session model makes the scores stale, which the status line says.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pandas as pd
 from napari.qt.threading import thread_worker
@@ -42,10 +40,10 @@ SHOWN = 50
 
 
 def _score(model, meta, stack, tiles, method, passes, stop, tables: list):
-    """Worker body on a copy of the model: MC dropout switches dropout on in the model it
-    is given, and the predictor moves it to its device; the session's model stays as is."""
+    """Worker body: MC dropout switches dropout on in the predictor's own copy of the model,
+    so the session's model stays as is."""
     try:
-        predictor = Predictor(copy.deepcopy(model), meta, device="auto", batch_size=None,
+        predictor = Predictor(model, meta, device="auto", batch_size=None,
                               precision="fp32")
         for table in iter_stack_uncertainty(predictor, stack, tiles, method=method,
                                             passes=passes, should_stop=stop):
