@@ -111,3 +111,16 @@ def test_docks_say_where_interval_and_onset_came_from(make_napari_viewer, qtbot,
     predict.frame_interval_h.value = 0.3  # the user's own value
     assert predict.time_source.value == "set here"
     np.testing.assert_equal(viewer.layers["timed"].metadata["frame_interval_h"], 0.25)
+
+
+def test_the_annotation_dock_says_when_the_user_set_the_time(make_napari_viewer, tmp_path):
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, generate_stack(True, seed=2, n_frames=8, size=32, dtype="uint8"))
+    viewer = make_napari_viewer()
+    viewer.open(str(plain), plugin="napari")
+    annotate = AnnotationWidget(viewer)
+    viewer.window.add_dock_widget(annotate)
+    assert "⚠" in annotate.time_source.text()
+    annotate.onset_spin.setValue(2.0)
+    annotate.onset_spin.editingFinished.emit()
+    assert annotate.time_source.text() == "0.5 h/frame, onset 2 h: set here"

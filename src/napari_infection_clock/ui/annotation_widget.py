@@ -272,7 +272,6 @@ class AnnotationWidget(QWidget):
             self.time_source.setText("")
             return
         self.target_label.setText(f"<b>{self.layer.name}</b>")
-        self.time_source.setText(f"layer: {time_setting(self.layer).describe()}")
 
     def _open_store(self, layer) -> None:
         n_frames = int(layer.data.shape[0])
@@ -373,6 +372,7 @@ class AnnotationWidget(QWidget):
                   self.export_button, self.import_button, self.undo_button):
             w.setEnabled(enabled)
         if not enabled:
+            self.time_source.setText("")
             return
         for w in (self.condition_combo, self.onset_spin, self.interval_spin):
             w.blockSignals(True)
@@ -383,6 +383,17 @@ class AnnotationWidget(QWidget):
             w.blockSignals(False)
         for spin in (self.range_from, self.range_to):
             spin.setMaximum(store.n_frames - 1)
+        self._show_time_source()
+
+    def _show_time_source(self) -> None:
+        """Where the stack's interval and onset came from; "set here" once the user set them."""
+        time = time_setting(self.layer)
+        store = self.store
+        if (store.frame_interval_h, store.onset_h) == (time.frame_interval_h, time.onset_h):
+            self.time_source.setText(time.describe())
+        else:
+            self.time_source.setText(f"{store.frame_interval_h:g} h/frame, onset "
+                                     f"{store.onset_h:g} h: set here")
 
     def _condition_changed(self, *_) -> None:
         """Set the stack's condition; when labels would change meaning, ask first."""
@@ -408,6 +419,7 @@ class AnnotationWidget(QWidget):
             self._error(str(exc))
             self._sync_controls()
             return
+        self._show_time_source()
         self._changed()
 
     def _confirm(self, question: str) -> bool:

@@ -14,6 +14,14 @@ import numpy as np
 from dask import delayed
 
 from ..core.stack import StackError, TimelapseStack, open_stack
+from .layer_roles import (
+    CHANNEL,
+    FRAME_INTERVAL_H,
+    FRAME_INTERVAL_SOURCE,
+    N_FRAMES,
+    SOURCE_PATH,
+    START_OFFSET_H,
+)
 
 SUFFIXES = (".tif", ".tiff")
 
@@ -52,12 +60,12 @@ def read_timelapse(path) -> list[tuple]:
             "axis_labels": ("t", "y", "x"),
             "contrast_limits": _contrast(first),
             "metadata": {
-                "frame_interval_h": stack.frame_interval_h,
-                "frame_interval_source": stack.frame_interval_source,
-                "start_offset_h": stack.start_offset_h,
-                "source_path": str(path),
-                "channel": stack.channel,
-                "n_frames": stack.n_frames,
+                FRAME_INTERVAL_H: stack.frame_interval_h,
+                FRAME_INTERVAL_SOURCE: stack.frame_interval_source,
+                START_OFFSET_H: stack.start_offset_h,
+                SOURCE_PATH: str(path),
+                CHANNEL: stack.channel,
+                N_FRAMES: stack.n_frames,
             },
         }
         layers.append((lazy_frames(stack), kwargs, "image"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..core.synthetic import sample_pair
+from .layer_roles import FRAME_INTERVAL_SOURCE
 
 N_FRAMES = 48
 SIZE = 256
@@ -13,7 +14,7 @@ def _sample(kind: str) -> list[tuple]:
     kwargs = {
         "name": f"{kind} (synthetic)",
         "axis_labels": ("t", "y", "x"),
-        "metadata": {**meta, "frame_interval_source": "metadata"},
+        "metadata": {**meta, FRAME_INTERVAL_SOURCE: "metadata"},
     }
     return [(data, kwargs, "image")]
 
