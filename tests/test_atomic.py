@@ -42,3 +42,34 @@ def test_folder_or_unwritable_target_is_a_clear_error(tmp_path):
         with pytest.raises(OutputNotWritable, match="cannot write"):
             write_text_atomic(target, "x")
     assert check_writable(tmp_path / "new" / "a.txt").parent.is_dir()
+
+
+KILLED_WRITE = """
+import sys, time
+from napari_infection_clock.core.atomic import write_atomic
+
+def slow(tmp):
+    tmp.write_bytes(b"x" * 1000)
+    print("writing", flush=True)
+    time.sleep(60)
+
+write_atomic(sys.argv[1], slow, suffix=".pt")
+"""
+
+
+def test_a_killed_write_leaves_nothing_the_next_write_does_not_remove(tmp_path):
+    import subprocess
+    import sys
+
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"previous")
+    for _ in range(2):
+        writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITE, str(target)],
+                                  stdout=subprocess.PIPE, text=True)
+        assert writer.stdout.readline().strip() == "writing"
+        writer.kill()
+        writer.wait()
+    assert list(tmp_path.glob(".model.pt.*"))  # what the kills left
+    write_atomic(target, lambda tmp: tmp.write_bytes(b"new"), suffix=".pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert target.read_bytes() == b"new"

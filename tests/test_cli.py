@@ -219,6 +219,8 @@ def test_evaluate_writes_report(trained, data, tmp_path):
         (["predict", "{ckpt}", "{stack}", "--out", "{empty}"], "is a folder"),
         (["evaluate", "{ckpt}", "{empty}", "--out", "{empty}", "--bin-hours", "0"], "positive"),
         (["predict", "{ckpt}", "{stack}", "--out", "{out}", "--frames", "x:y"], "START:STOP"),
+        (["predict", "{ckpt}", "{stack}", "--out", "{stack}"], "is an input"),
+        (["predict", "{ckpt}", "{stack}", "--out", "{ckpt}"], "is an input"),
     ],
 )
 def test_user_mistakes_exit_2_without_traceback(trained, data, tmp_path, capsys, args, message):

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from napari_infection_clock.core.atomic import OutputNotWritable
 from napari_infection_clock.core.labels import (
     LABEL_COLUMNS,
     LabelTableError,
@@ -135,3 +136,23 @@ def test_extra_columns_are_kept(tmp_path):
     back = read_label_table(write_label_table(df, tmp_path / "l.csv"))
     assert back.columns[-1] == "note"
     assert back["note"].tolist() == ["cells round up", ""]
+
+
+def test_label_tables_from_spreadsheets_read_or_say_why(tmp_path):
+    rows = "stack,frame,label,onset_h\nwell.tif,0,infected,1\nwell.tif,1,uninfected,\n"
+    semicolon = tmp_path / "semicolon.csv"
+    semicolon.write_text(rows.replace(",", ";"))
+    assert read_label_table(semicolon)["label"].tolist() == ["infected", "uninfected"]
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_bytes(rows.encode("utf-16"))
+    with pytest.raises(LabelTableError, match=r"utf16.csv is not UTF-8.*CSV UTF-8"):
+        read_label_table(utf16)
+
+
+def test_no_output_replaces_an_input_label_table(tmp_path):
+    table = tmp_path / "labels.csv"
+    table.write_text("stack,frame,label\nwell.tif,0,uninfected\n")
+    labels = read_label_table(table)
+    with pytest.raises(OutputNotWritable, match="is an input"):
+        write_label_table(labels, table)
+    assert table.read_text() == "stack,frame,label\nwell.tif,0,uninfected\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from ..core.atomic import check_writable, write_atomic
+from ..core.atomic import check_writable, mark_input, write_atomic
 from ..core.calibration import finish_table
 from ..core.checkpoint import load_checkpoint
 from ..core.maps import write_maps
@@ -18,6 +18,8 @@ from .options import PredictOptions
 
 
 def predict(opts: PredictOptions) -> int:
+    for path in (opts.checkpoint, *opts.stacks):
+        mark_input(path)  # so the table, before any work, may not replace one of them
     check_writable(opts.out)
     model, meta = load_checkpoint(opts.checkpoint)
     warn_assumed(meta)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Callable
@@ -21,6 +22,31 @@ def _process_umask() -> int:
 # Read once at import: changing the umask later, from a worker thread, would race.
 _FILE_MODE = 0o666 & ~_process_umask()
 
+#: (device, inode) of every file read as input in this process: no output may replace one.
+_INPUTS: set[tuple[int, int]] = set()
+
+
+def mark_input(path) -> None:
+    """Remember ``path`` as a file the user gave to be read (a stack, checkpoint or label
+    table), so that no result of this session is ever written over it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    _INPUTS.add((st.st_dev, st.st_ino))
+
+
+def _refuse_input(path: Path) -> None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if (st.st_dev, st.st_ino) in _INPUTS:
+        raise OutputNotWritable(
+            f"'{path}' is an input of this session (a stack, checkpoint or label table that "
+            "was read); writing a result there would replace it. Choose another output name."
+        )
+
 
 def check_writable(path) -> Path:
     """Fail early, before long work, if a file cannot be written at ``path``.
@@ -29,6 +55,7 @@ def check_writable(path) -> Path:
     running as root, and nothing about read-only mounts.
     """
     path = _not_a_folder(path)
+    _refuse_input(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-test-"):
@@ -50,11 +77,16 @@ def _not_a_folder(path) -> Path:
 
 def write_atomic(path, write: Callable[[Path], None], suffix: str = "") -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it over
-    ``path`` in one step; on any failure the temporary file goes and ``path`` is untouched."""
+    ``path`` in one step; on any failure the temporary file goes and ``path`` is untouched.
+    A file read as input (:func:`mark_input`) is never replaced."""
     path = _not_a_folder(path)
+    _refuse_input(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+        _remove_stale_temporaries(path)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{path.name}.{os.getpid()}.", suffix=suffix or ".tmp", dir=path.parent
+        )
     except OSError as exc:
         raise OutputNotWritable(
             f"cannot write '{path}': {exc.strerror}. Choose another output folder."
@@ -72,6 +104,28 @@ def write_atomic(path, write: Callable[[Path], None], suffix: str = "") -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove what earlier writes of ``path`` left when they were killed midway.
+
+    A temporary file's name carries its writer's process id; one whose process is gone is
+    stale (a live writer's file is left alone).
+    """
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def write_text_atomic(path, text: str) -> Path:

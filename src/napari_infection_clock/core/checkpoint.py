@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .atomic import write_atomic
+from .atomic import mark_input, write_atomic
 from .model import ARCHITECTURES, FEATURE_WIDTH, ModelConfig, MultitaskResNet
 from .preprocess import Preprocessing
 from .targets import CLASS_NAMES, TimePolicy
@@ -143,6 +143,7 @@ def read_checkpoint_file(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist or is not a file")
+    mark_input(path)
     if path.stat().st_size == 0:
         raise CheckpointError(
             f"'{path}' is empty (0 bytes), so it holds no model; a save into it was probably "

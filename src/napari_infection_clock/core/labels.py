@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import write_atomic
+from .atomic import mark_input, write_atomic
 from .targets import CLASS_NAMES
 
 LABEL_COLUMNS = (
@@ -159,8 +159,18 @@ def read_label_table(path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise LabelTableError(f"label table {path} does not exist; choose an existing CSV file")
+    mark_input(path)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        with open(path, encoding="utf-8-sig") as fh:
+            header = fh.readline()
+        # Spreadsheets in many locales write ';' (or tabs) between columns.
+        sep = next((s for s in (",", ";", "\t") if s in header), ",")
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise LabelTableError(
+            f"label table {path} is not UTF-8 text (saved as UTF-16 or another encoding?); "
+            "save it again as 'CSV UTF-8' and retry"
+        ) from None
     except pd.errors.EmptyDataError:
         raise LabelTableError(
             f"label table {path} is empty; it needs a header row with {list(LABEL_COLUMNS)}"

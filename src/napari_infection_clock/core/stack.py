@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .atomic import write_atomic
+from .atomic import mark_input, write_atomic
 from .targets import DEFAULT_FRAME_INTERVAL_H
 
 
@@ -210,6 +210,7 @@ def open_stack(
     path = Path(path)
     if not path.is_file():
         raise StackError(f"stack file not found (or not a file): {path}; check the path")
+    mark_input(path)
     try:
         tif = tifffile.TiffFile(path)
     except Exception as err:  # tifffile raises many types for non-TIFF / corrupt files
