@@ -304,3 +304,41 @@ def test_stack_from_dask_array_reads_only_requested_frame():
         frame = stack.frame(5)
     assert computed == [5]
     np.testing.assert_array_equal(frame, ramp((8, 6, 6))[5])
+
+
+def _damaged(tmp_path, name, compression=None, frames=16):
+    """A real 16-frame TIFF as tifffile writes it, and its bytes to break."""
+    data = np.random.default_rng(0).integers(0, 4000, (frames, 32, 32)).astype(np.uint16)
+    path = tmp_path / name
+    if compression:
+        tifffile.imwrite(path, data, compression=compression)
+    else:
+        tifffile.imwrite(path, data, imagej=True)
+    return path, bytearray(path.read_bytes())
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_truncated_tiff_is_refused_not_shortened(tmp_path, compression):
+    path, raw = _damaged(tmp_path, "cut.tif", compression)
+    path.write_bytes(raw[: len(raw) * 2 // 3])
+    with pytest.raises(StackError, match=r"cut.tif.*(damaged|cut short).*export it again"):
+        open_stack(path)
+
+
+def test_bogus_imagej_frame_count_is_refused(tmp_path):
+    path, raw = _damaged(tmp_path, "bogus.tif")
+    path.write_bytes(bytes(raw).replace(b"images=16", b"images=99"))
+    with pytest.raises(StackError, match=r"bogus.tif: its ImageJ header says 99 images"):
+        open_stack(path)
+
+
+def test_corrupt_compressed_frame_midway_says_which(tmp_path):
+    path, raw = _damaged(tmp_path, "corrupt.tif", "zlib")
+    with tifffile.TiffFile(path) as tif:
+        start, size = tif.pages[8].dataoffsets[0], tif.pages[8].databytecounts[0]
+    raw[start : start + size] = bytes(size)
+    path.write_bytes(raw)
+    with open_stack(path) as stack:
+        stack.frame(7)
+        with pytest.raises(StackError, match=r"corrupt.tif: image 8 cannot be read.*damaged"):
+            stack.frame(8)

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from napari_infection_clock.core.results import RESULT_COLUMNS, result_rows
-from napari_infection_clock.core.stack import write_stack
+from napari_infection_clock.core.stack import StackError, write_stack
 from napari_infection_clock.ui.reader import get_reader
 from napari_infection_clock.ui.writer import write_prediction_csv
 
@@ -86,3 +86,15 @@ def test_writer_saves_result_features_and_refuses_other_layers(tmp_path):
         == []
     )
     assert not (tmp_path / "q.csv").exists()
+
+
+def test_reader_claims_a_truncated_tiff_to_say_what_is_wrong(tmp_path):
+    """Other readers accept it and then fail on frame access (or hang); ours says why."""
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, np.arange(16 * 32 * 32, dtype=np.uint16).reshape(16, 32, 32),
+                     imagej=True)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    reader = get_reader(str(path))
+    assert reader is not None
+    with pytest.raises(StackError, match=r"cut.tif is damaged.*export it again"):
+        reader(str(path))

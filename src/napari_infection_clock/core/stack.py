@@ -8,6 +8,7 @@ Every source is reduced to frames of shape (H, W) or (H, W, 3) along one time ax
 
 from __future__ import annotations
 
+import logging
 import math
 import mmap
 import os
@@ -27,6 +28,10 @@ from .targets import DEFAULT_FRAME_INTERVAL_H
 
 class StackError(ValueError):
     """A stack that cannot be read or interpreted as a time-lapse; the message says why."""
+
+
+class DamagedStackError(StackError):
+    """A TIFF that is truncated, corrupt or whose header disagrees with its data."""
 
 
 class FrameIndexError(StackError, IndexError):
@@ -167,6 +172,42 @@ class TimelapseStack:
         return tuple(key)
 
 
+_DAMAGED_HINT = "Copy or export it again (e.g. in Fiji: File > Save As > Tiff)."
+
+
+class _TiffProblems(logging.Handler):
+    """Collects what tifffile logs while it opens a file: it logs, rather than raises,
+    when a file is truncated or its headers disagree, and then offers fewer frames."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        text = record.getMessage()
+        self.messages.append(re.sub(r"^<tifffile\.[^>]*>\s*", "", text))
+
+    def __enter__(self):
+        logging.getLogger("tifffile").addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("tifffile").removeHandler(self)
+
+
+def _check_imagej_count(tif: tifffile.TiffFile, series, path: Path) -> None:
+    """Refuse an ImageJ header whose image count the data do not match: tifffile then
+    offers fewer images (or reads past the data) without saying so."""
+    claimed = (tif.imagej_metadata or {}).get("images")
+    page_size = math.prod(series.keyframe.shape)
+    held = math.prod(series.shape) // page_size if page_size else 0
+    if claimed is not None and int(claimed) != held:
+        raise DamagedStackError(
+            f"{path}: its ImageJ header says {int(claimed)} images but the file holds {held}; "
+            f"the header is wrong or the file was cut short. {_DAMAGED_HINT}"
+        )
+
+
 class _TiffPages:
     """Array-like over a TIFF series that reads only the page a key points to.
 
@@ -194,8 +235,14 @@ class _TiffPages:
     def __getitem__(self, key: tuple) -> np.ndarray:
         n_lead = len(self._lead_shape)
         page = int(np.ravel_multi_index(key[:n_lead], self._lead_shape)) if n_lead else 0
-        with self._lock:
-            data = self._tif.asarray(key=page, series=0)
+        try:
+            with self._lock:
+                data = self._tif.asarray(key=page, series=0)
+        except Exception as err:  # zlib.error, ValueError, ...: a damaged page
+            raise DamagedStackError(
+                f"{self._tif.filename}: image {page} cannot be read ({type(err).__name__}: "
+                f"{err}); the file is damaged (truncated or corrupt). {_DAMAGED_HINT}"
+            ) from err
         return data[key[n_lead:]]
 
 
@@ -211,17 +258,27 @@ def open_stack(
     if not path.is_file():
         raise StackError(f"stack file not found (or not a file): {path}; check the path")
     mark_input(path)
+    with _TiffProblems() as problems:
+        try:
+            tif = tifffile.TiffFile(path)
+        except Exception as err:  # tifffile raises many types for non-TIFF / corrupt files
+            raise StackError(
+                f"cannot read {path} as a TIFF ({err}); time-lapse stacks must be TIFF files "
+                "(.tif/.tiff), e.g. saved from Fiji as an ImageJ hyperstack"
+            ) from err
+        try:
+            series = tif.series[0] if tif.series else None
+        except Exception:  # noqa: BLE001 - reported below with what tifffile logged
+            series = None
     try:
-        tif = tifffile.TiffFile(path)
-    except Exception as err:  # tifffile raises many types for non-TIFF / corrupt files
-        raise StackError(
-            f"cannot read {path} as a TIFF ({err}); time-lapse stacks must be TIFF files "
-            "(.tif/.tiff), e.g. saved from Fiji as an ImageJ hyperstack"
-        ) from err
-    try:
-        if not tif.series:
+        if problems.messages:
+            raise DamagedStackError(
+                f"{path} is damaged (truncated or corrupt): {problems.messages[0]}. "
+                f"{_DAMAGED_HINT}"
+            )
+        if series is None:
             raise StackError(f"{path} contains no image data; check the file")
-        series = tif.series[0]
+        _check_imagej_count(tif, series, path)
         source_axes = _validated_axes(axes, len(series.shape)) if axes else series.axes
         interval, interval_source = _frame_interval(tif, frame_interval_h)
         source, keep_tiff = _tiff_source(tif, series, path)

@@ -13,7 +13,7 @@ import dask.array as da
 import numpy as np
 from dask import delayed
 
-from ..core.stack import StackError, TimelapseStack, open_stack
+from ..core.stack import DamagedStackError, StackError, TimelapseStack, open_stack
 from .layer_roles import (
     CHANNEL,
     FRAME_INTERVAL_H,
@@ -39,6 +39,8 @@ def get_reader(path):
         with open_stack(path) as stack:
             if stack.n_frames < 2:
                 return None
+    except DamagedStackError:
+        return read_timelapse  # which raises the message; other readers would hang or crash
     except StackError:
         return None
     return read_timelapse
