@@ -302,3 +302,12 @@ def test_python_dash_m_is_the_cli():
     result = subprocess.run([sys.executable, "-m", "napari_infection_clock", "predict", "--help"],
                             capture_output=True, text=True, check=True)
     assert "--maps" in result.stdout
+
+
+def test_zero_interval_names_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "m.pt", "s.tif", "--out", str(tmp_path / "o.csv"), "--interval", "0"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--interval: must be a positive number of hours, got '0'" in err
+    assert "frame_interval_h" not in err

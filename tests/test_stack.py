@@ -342,3 +342,12 @@ def test_corrupt_compressed_frame_midway_says_which(tmp_path):
         stack.frame(7)
         with pytest.raises(StackError, match=r"corrupt.tif: image 8 cannot be read.*damaged"):
             stack.frame(8)
+
+
+def test_z_planes_beside_time_are_named_not_blamed_on_axes(tmp_path):
+    path = tmp_path / "tzc.tif"
+    tifffile.imwrite(path, ramp((3, 4, 2, 8, 8)), imagej=True, metadata={"axes": "TZCYX"})
+    for axes in (None, "TZCYX"):
+        with pytest.raises(StackError, match=r"besides time \(T=3, Z=4.*Z Project") as err:
+            open_stack(path, axes=axes)
+        assert "pass axes" not in str(err.value)

@@ -103,8 +103,19 @@ def _sample_args(p):
     p.add_argument("--frames", type=int)
     p.add_argument("--size", type=int)
     p.add_argument("--onset", type=float, help="infection onset in hours")
-    p.add_argument("--interval", type=float, help="frame interval in hours")
+    p.add_argument("--interval", type=positive_hours, help="frame interval in hours")
     p.add_argument("--seed", type=int)
+
+
+def positive_hours(text: str) -> float:
+    """argparse type: a positive number of hours (argparse names the flag in its message)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of hours, got {text!r}")
+    return value
 
 
 def _stack_args(p):
@@ -112,7 +123,7 @@ def _stack_args(p):
     p.add_argument("--channel", type=int, help="channel index for multichannel stacks")
     p.add_argument(
         "--interval",
-        type=float,
+        type=positive_hours,
         help="frame interval in hours (default: metadata, else checkpoint)",
     )
 
@@ -128,8 +139,12 @@ def _run_args(p):
     p.add_argument(
         "--batch-size", type=int, help="items per forward pass (default: 4 on CPU, 16 on GPU)"
     )
-    p.add_argument("--precision", choices=PRECISIONS, help="auto: fp32 on CPU, fp16 backbone on CUDA (heads always fp32); "
-                   "bf16 is faster on CPU but less exact (README)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="auto: fp32 on CPU, fp16 backbone on CUDA (heads always fp32); bf16 is faster "
+        "on CPU but less exact (README)",
+    )
     p.add_argument(
         "--compile",
         action="store_true",

@@ -408,6 +408,13 @@ def _time_axis(source_axes: str, shape: tuple, where: str) -> int | None:
     ]
     if len(candidates) > 1:
         found = ", ".join(f"{source_axes[i]}={shape[i]}" for i in candidates)
+        if "T" in source_axes:
+            raise StackError(
+                f"{where}: besides time ({found}; axes {source_axes!r}, shape {shape}) the "
+                "stack has another axis longer than 1; the model reads one image per time "
+                "point, so reduce it first (e.g. a Z projection in Fiji: Image > Stacks > "
+                "Z Project) or save one time series per file"
+            )
         raise StackError(
             f"{where}: more than one axis could be time ({found}; axes {source_axes!r}, shape "
             f"{shape}); pass axes with exactly one T and C for channels, e.g. axes='TCYX', "
