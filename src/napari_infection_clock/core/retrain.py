@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 
 from .blocks import BlockSplit, split_for_training
-from .checkpoint import CheckpointMeta
+from .checkpoint import CheckpointMeta, save_checkpoint
 from .dataset import ItemDataset
+from .evaluation import calibrate
 from .items import label_table_items
 from .model import ModelConfig, MultitaskResNet, build_model
+from .predictor import Predictor
 from .preprocess import Preprocessing
 from .targets import CLASS_NAMES, DEFAULT_CLAMP, TimePolicy
 from .trainer import TrainConfig, TrainingError, TrainProgress, iter_train
@@ -88,12 +90,22 @@ def iter_retrain(model: MultitaskResNet, meta: CheckpointMeta, plan: BlockSplit,
                  should_stop: Callable[[], bool] | None = None,
                  feature_cache=None) -> Iterator[TrainProgress]:
     """:func:`.trainer.iter_train` on the plan's items (augmented training set);
-    ``feature_cache`` (a :class:`.feature_cache.FeatureCache`) serves heads-only runs."""
+    ``feature_cache`` (a :class:`.feature_cache.FeatureCache`) serves heads-only runs.
+    A finished run with validation items is then calibrated on them (core.calibration,
+    core.novelty): the final event's metadata, and the checkpoint, carry it."""
     prep = meta.preprocessing
     train_ds = ItemDataset(plan.train, prep, augment=config.augment)
     val_ds = ItemDataset(plan.val, prep) if plan.val else None
-    yield from iter_train(model, train_ds, val_ds, config, meta, checkpoint_path, should_stop,
-                          feature_cache=feature_cache)
+    for event in iter_train(model, train_ds, val_ds, config, meta, checkpoint_path, should_stop,
+                            feature_cache=feature_cache):
+        if event.stage == "done" and event.meta is not None and plan.val:
+            predictor = Predictor(model, event.meta, device=config.device)
+            calibrated = replace(event.meta, calibration=calibrate(predictor, plan.val,
+                                                                   reference=plan.train))
+            if checkpoint_path is not None:
+                save_checkpoint(checkpoint_path, model, calibrated)
+            event = replace(event, meta=calibrated)
+        yield event
 
 
 def labels_of(stores) -> pd.DataFrame:

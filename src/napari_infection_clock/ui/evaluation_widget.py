@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.atomic import OutputNotWritable
-from ..core.clock import with_clock
+from ..core.calibration import finish_table
 from ..core.evaluation import predict_items
 from ..core.items import label_table_items
 from ..core.metrics import evaluate_table, per_bin_table
@@ -53,14 +53,14 @@ SOURCES = ("validation items of the last training", "all labelled frames and cro
 def _run(model, meta, items, tables: list):
     """Worker body: predict item by frame (the predictor leaves the session's model as it is);
     the caller keeps the tables, replaced at the end by one table with the regions' clocks
-    (core.clock)."""
+    and the model's calibrated answers (core.calibration.finish_table)."""
     try:
         predictor = Predictor(model, meta, device="auto", batch_size=None)
         for table in predict_items(predictor, items):
             tables.append(table)
             yield sum(len(t) for t in tables)
         if tables:
-            tables[:] = [with_clock(pd.concat(tables, ignore_index=True), clamp=meta.time.clamp)]
+            tables[:] = [finish_table(pd.concat(tables, ignore_index=True), meta)]
     except Exception as exc:  # shown to the user, see Failed
         yield Failed.of(exc)
 
