@@ -311,3 +311,16 @@ def test_zero_interval_names_the_flag(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--interval: must be a positive number of hours, got '0'" in err
     assert "frame_interval_h" not in err
+
+
+def test_two_channel_stack_says_which_channel_it_predicts(trained, data, tmp_path, capsys):
+    import tifffile
+
+    one = tifffile.imread(next((data / "infected").glob("*.tif")))
+    two = tmp_path / "two.tif"
+    tifffile.imwrite(two, np.stack([one, one[:, ::-1]], axis=1), imagej=True,
+                     metadata={"axes": "TCYX"})
+    out = tmp_path / "o.csv"
+    assert main(["predict", str(trained / "model.pt"), str(two), "--out", str(out)]) == 0
+    assert "two.tif has 2 channels; predicting on channel 0 (choose another with --channel N)" \
+        in capsys.readouterr().err

@@ -13,7 +13,7 @@ from ..core.checkpoint import load_checkpoint
 from ..core.maps import write_maps
 from ..core.predictor import Predictor
 from ..core.stack import open_stack
-from .common import tile_spec, warn_assumed
+from .common import tile_spec, warn, warn_assumed
 from .options import PredictOptions
 
 
@@ -33,6 +33,9 @@ def predict(opts: PredictOptions) -> int:
         with open_stack(
             path, axes=opts.axes, channel=opts.channel, frame_interval_h=opts.interval
         ) as stack:
+            if stack.n_channels > 1 and opts.channel is None:
+                warn(f"{path} has {stack.n_channels} channels; predicting on channel "
+                     f"{stack.channel} (choose another with --channel N)")
             frames = frame_range(opts.frames, stack.n_frames)
             run = predictor.iter_stack(stack, tiles, frames=frames)
             total = len(frames) if frames else stack.n_frames
