@@ -22,6 +22,8 @@ from napari_infection_clock.ui.evaluation_widget import EvaluationWidget
 from napari_infection_clock.ui.label_next_widget import MARKER_LAYER, LabelNextWidget
 from napari_infection_clock.ui.state import SessionModel, session_for
 
+from .figures import points_under_legends
+
 PREP = Preprocessing(image_size=32)
 
 
@@ -60,6 +62,9 @@ def test_evaluation_dock_shows_metrics_figures_and_exports(make_napari_viewer, q
     assert len(widget.table) == len(items[::3])
     assert widget.table["consistent_time_h"].notna().all()
     assert "ROC AUC" in widget.status.text()
+    time_figure = widget.figures["time"][0]
+    assert time_figure.axes[0].get_legend() is not None
+    assert points_under_legends(time_figure) == 0  # the scatter's legend hides no point
     roc_fig = widget.figures["ROC"][0]
     assert roc_fig.axes and roc_fig.axes[0].get_title().startswith("ROC")
     assert len(widget.figures["per bin"][0].axes) == 2

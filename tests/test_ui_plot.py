@@ -16,6 +16,8 @@ from napari_infection_clock.ui.plot_widget import TimeSeriesPlot
 from napari_infection_clock.ui.state import PredictionRun, session_for
 from napari_infection_clock.ui.timeseries import estimate_onset, frame_summary
 
+from .figures import points_under_legends
+
 N_FRAMES, INTERVAL, ONSET = 12, 0.5, 2.0
 
 
@@ -39,8 +41,9 @@ def plotted(make_napari_viewer):
     grid = tile_grid(64, 64, TileSpec(32))
     table = _table(grid)
     layers = PredictionLayers(viewer, image, grid, N_FRAMES, 48.0)
-    for _, rows in table.groupby("frame"):
-        layers.add_frame(rows)
+    while not layers.make_next():
+        pass
+    layers.add_frames([rows for _, rows in table.groupby("frame")])
     plot = TimeSeriesPlot(viewer)
     viewer.window.add_dock_widget(plot)
     run = PredictionRun(n_frames=N_FRAMES, frame_interval_h=INTERVAL, onset_h=ONSET,
@@ -159,8 +162,9 @@ def test_regions_selected_in_their_layer(make_napari_viewer):
     )
     grid = region_grid(64, 64, np.array([[0, 0, 30, 20], [40, 40, 63, 63]]))
     layers = PredictionLayers(viewer, image, grid, N_FRAMES, 48.0)
-    for _, rows in _table(grid).groupby("frame"):
-        layers.add_frame(rows)
+    while not layers.make_next():
+        pass
+    layers.add_frames([rows for _, rows in _table(grid).groupby("frame")])
     plot = TimeSeriesPlot(viewer)
     run = PredictionRun(n_frames=N_FRAMES, frame_interval_h=INTERVAL, onset_h=ONSET,
                         mode="regions (Shapes rectangles)", regions_layer="cells")
@@ -188,3 +192,26 @@ def test_closed_dock_stops_listening(plotted):
     assert plot.markers[0].get_xdata()[0] == markers_x
     assert "estimated onset: 1.80 h" in plot.onset_label.text()
     plot.close()  # a second teardown is harmless
+
+
+def test_plot_follows_the_prediction_legends_hide_nothing_exports_name_it(plotted, tmp_path):
+    """Item 7: legends off the data, the plot follows a new prediction or the active image,
+    the figure (and its PNG) names the well, "plot" as CSV name gets .csv."""
+    viewer, plot, layers = plotted
+    assert points_under_legends(plot.figure) == 0
+    assert plot.figure._suptitle.get_text() == "well"
+
+    mock = viewer.add_image(np.zeros((N_FRAMES, 64, 64), np.uint16), name="mock")
+    table = _table(tile_grid(64, 64, TileSpec(32))).assign(image="mock")
+    session_for(viewer).set_results("mock", table, {"frame_interval_h": INTERVAL,
+                                                    "n_frames": N_FRAMES})
+    assert plot.image_name == "mock"  # a new prediction is followed
+    assert plot.figure._suptitle.get_text() == "mock"
+    viewer.layers.selection.active = viewer.layers[layer_name("well", "probability")]
+    assert plot.image_name == "well"  # and so is the image the user turns to
+    viewer.layers.selection.active = mock
+    assert plot.image_name == "mock"
+
+    assert plot.export_csv(tmp_path / "plot") == tmp_path / "plot.csv"
+    assert (tmp_path / "plot.csv").is_file() and not (tmp_path / "plot").exists()
+    assert plot.export_png(tmp_path / "figure").name == "figure.png"

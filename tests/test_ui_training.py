@@ -7,7 +7,6 @@ import re
 
 import pytest
 import torch
-from qtpy.QtCore import Qt
 
 from napari_infection_clock.core.annotations import open_annotations
 from napari_infection_clock.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
@@ -58,13 +57,15 @@ def test_train_in_worker_curves_update_and_model_is_used(make_napari_viewer, qtb
     epochs_seen, requested = [], []
     session.prediction_requested.connect(lambda: requested.append(True))
     widget.auto_check.setChecked(True)  # use the new model and refresh predictions when done
-    assert widget.start()
-    widget.worker.yielded.connect(
-        lambda m: epochs_seen.append(len(widget.lines["train_loss"].get_xdata()))
-        if m[0] == "progress" and m[1].stage == "epoch" else None)
+    line = widget.lines["train_loss"]
+    widget.canvas.mpl_connect("draw_event",
+                              lambda e: epochs_seen.append(len(line.get_xdata())))
+    widget.start_button.click()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
-    assert epochs_seen == [1, 2]  # the curve grew after each epoch, in place
+    widget.canvas.draw()
+    assert epochs_seen[-1] == 2 and widget.lines["train_loss"] is line  # grown in place
     assert list(widget.lines["val_loss"].get_xdata()) == [1, 2]
+    assert widget.progress.value() == widget.progress.maximum()
     assert len(widget.lines["val_mae"].get_ydata()) == 2
     assert widget.device_label.text() == "device: cpu"
     assert "best epoch" in widget.status.text() and widget.use_button.isEnabled()
@@ -90,19 +91,17 @@ def test_stop_keeps_the_previous_checkpoint(make_napari_viewer, qtbot, wells, tm
     old = save_checkpoint(tmp_path / "out" / "model.pt", build_model(config),
                           CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=32)))
     before = old.read_bytes()
-    assert widget.start()
-    assert "block(s) of 4 frames held out" in widget.status.text()
+    widget.start_button.click()
+    assert "block(s) of 4 frames held out" in widget.status.toolTip() + widget.status.text()
     left_out = re.search(r"(\d+) neighbouring item\(s\) left out as a 2-frame guard band",
-                         widget.status.text())
+                         widget.status.toolTip() + widget.status.text())
     assert left_out and int(left_out.group(1)) > 0, widget.status.text()
-    # Stop is a flag the core polls before each batch; set it from the worker thread right
-    # after the first batch (a direct connection), so the run is certainly mid-epoch.
-    widget.worker.yielded.connect(
-        lambda m: setattr(widget, "_stop", True) if m[0] == "progress" else None,
-        Qt.DirectConnection)
+    # Stop is a flag the core polls before each batch: pressed at once, the run stops
+    # before its first epoch is validated.
+    widget.stop_button.click()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     event = widget.last_event
-    assert (event.stage, event.epoch, event.batch) == ("stopped", 1, 2)  # after one batch
+    assert (event.stage, event.epoch) == ("stopped", 1) and event.best_epoch is None
     assert old.read_bytes() == before
     assert sorted(p.name for p in old.parent.iterdir()) == ["model.pt"]
     assert "unchanged" in widget.status.text() and not widget.use_button.isEnabled()
@@ -168,3 +167,36 @@ def test_a_torch_error_in_the_worker_ends_with_its_message(make_napari_viewer, q
     assert widget.status.text().startswith("training failed: RuntimeError")
     assert widget.trained is None and not widget.use_button.isEnabled()
     assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_one_epoch_runs_with_the_default_path_keep_each_run(make_napari_viewer, qtbot, wells,
+                                                            tmp_path, monkeypatch):
+    """A one-epoch run plots visible points on a whole-epoch tick (item 7); two runs with
+    the default "save best to" keep two checkpoints (item 8)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    viewer = make_napari_viewer()
+    widget = TrainingWidget(viewer)  # made with HOME set: its default path is in there
+    viewer.window.add_dock_widget(widget)
+    for combo, text in ((widget.start_combo, "random"), (widget.arch_combo, "resnet18"),
+                        (widget.mode_combo, "heads"), (widget.device_combo, "cpu")):
+        combo.setCurrentText(text)
+    widget.size_spin.setValue(32)
+    widget.epochs_spin.setValue(1)
+    _label(session_for(viewer), wells)
+    saved = []
+    for _ in range(2):
+        widget.start_button.click()
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+        assert widget.trained is not None, widget.status.text()
+        saved.append(widget.trained.path)
+    assert saved[0] != saved[1] and all(p.is_file() for p in saved)
+    assert saved[0].parent == tmp_path / "home" / "infection-clock-models"
+
+    widget.canvas.draw()
+    ax = widget.axes[0]
+    line = widget.lines["train_loss"]
+    assert list(line.get_xdata()) == [1] and line.get_marker() not in ("", "None", None)
+    lo, hi = ax.get_xlim()
+    assert lo < 1 < hi
+    ticks = [t for t in widget.axes[-1].get_xticks() if lo <= t <= hi]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -119,7 +119,9 @@ def time_scatter_figure(t_true, t_pred, classes=None, ax=None) -> Figure:
         ax.text(0.02, 0.98, "not enough data for a line fit", transform=ax.transAxes,
                 va="top", color="0.3")
     ax.set(xlabel="true time (h)", ylabel="predicted time (h)")
-    ax.legend(loc="lower right", fontsize="small")
+    # below the axes (constrained layout makes room): a legend inside covers points
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), fontsize="x-small",
+              frameon=False)
     return ax.figure
 
 

@@ -8,11 +8,10 @@ time scatter with its least-squares line, and per-time-bin metrics, drawn by
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QComboBox,
@@ -25,7 +24,6 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -43,26 +41,40 @@ from ..core.report import (
     time_scatter_figure,
 )
 from ..core.retrain import labels_of
+from .figures import DockedFigure, scrolling_layout
+from .messages import fit_messages, short, show
 from .state import session_for
-from .workers import Failed
+from .workers import Batch, Progress, Result, Run, Stop
 
 SOURCES = ("validation items of the last training", "all labelled frames and crops")
 
 
 
-def _run(model, meta, items, tables: list):
-    """Worker body: predict item by frame (the predictor leaves the session's model as it is);
-    the caller keeps the tables, replaced at the end by one table with the regions' clocks
-    and the model's calibrated answers (core.calibration.finish_table)."""
-    try:
-        predictor = Predictor(model, meta, device="auto", batch_size=None)
-        for table in predict_items(predictor, items):
-            tables.append(table)
-            yield sum(len(t) for t in tables)
-        if tables:
-            tables[:] = [finish_table(pd.concat(tables, ignore_index=True), meta)]
-    except Exception as exc:  # shown to the user, see Failed
-        yield Failed.of(exc)
+@dataclass
+class Evaluation:
+    """A finished evaluation: the labelled prediction table and its metrics."""
+
+    table: pd.DataFrame
+    metrics: dict
+    per_bin: pd.DataFrame
+
+
+def _evaluate(stop: Stop, model, meta, items, bin_hours: float):
+    """Run body: predict the items (the predictor leaves the session's model as it is),
+    finish the table like the CLI (the regions' clocks, the model's calibrated answers:
+    core.calibration.finish_table), then compute the metrics here, off the GUI thread."""
+    predictor = Predictor(model, meta, device="auto", batch_size=None)
+    tables = []
+    for table in predict_items(predictor, items):
+        if stop():
+            return
+        tables.append(table)
+        yield Progress(sum(len(t) for t in tables), len(items), "predicting")
+    if not tables:
+        return
+    table = finish_table(pd.concat(tables, ignore_index=True), meta)
+    yield Result(Evaluation(table, evaluate_table(table, bin_hours=bin_hours),
+                            per_bin_table(table, bin_hours)))
 
 
 def metric_rows(metrics: dict) -> list[tuple[str, str]]:
@@ -92,7 +104,7 @@ class EvaluationWidget(QWidget):
         self.table: pd.DataFrame | None = None
         self.metrics: dict | None = None
         self._failed = False
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         form = QFormLayout()
         self.source_combo = QComboBox()
         self.source_combo.addItems(SOURCES)
@@ -111,7 +123,7 @@ class EvaluationWidget(QWidget):
         row.addWidget(self.export_button)
         layout.addLayout(row)
         self.status = QLabel("")
-        self.status.setWordWrap(True)
+        fit_messages(self.status)
         layout.addWidget(self.status)
         self.tabs = QTabWidget()
         self.metrics_table = QTableWidget(0, 2)
@@ -119,11 +131,9 @@ class EvaluationWidget(QWidget):
         self.tabs.addTab(self.metrics_table, "metrics")
         self.figures = {}
         for name in ("ROC", "confusion", "time", "per bin"):
-            fig = Figure(figsize=(4.0, 4.0), layout="constrained")
-            canvas = FigureCanvasQTAgg(fig)
-            canvas.setMinimumHeight(280)
-            self.figures[name] = (fig, canvas)
-            self.tabs.addTab(canvas, name)
+            docked = DockedFigure(figsize=(4.0, 4.0), min_height=280)
+            self.figures[name] = (docked.figure, docked.canvas)
+            self.tabs.addTab(docked, name)
         layout.addWidget(self.tabs)
 
     def items(self) -> list:
@@ -146,39 +156,31 @@ class EvaluationWidget(QWidget):
         if not items:
             return self._fail("no labelled items to evaluate: train first (validation items) "
                               "or label some frames")
-        tables: list[pd.DataFrame] = []
         self._failed = False
         self.status.setText(f"predicting {len(items)} items…")
-        self.worker = thread_worker(_run)(model.model, model.meta, items, tables)
-        self.worker.yielded.connect(lambda n: self._progress(n, len(items)))
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(lambda: self._done(tables))
+        self.worker = Run(_evaluate, model.model, model.meta, items, self.bin_spin.value(),
+                          on_batch=self._on_batch, on_end=self._on_end, parent=self)
         self.run_button.setEnabled(False)
         self.worker.start()
         return True
 
-    def _progress(self, done, total: int) -> None:
-        if isinstance(done, Failed):
-            self._on_error(done.message)
-        else:
-            self.status.setText(f"predicted {done}/{total}")
+    def _on_batch(self, batch: Batch) -> None:
+        if batch.progress is not None:
+            self.status.setText(f"predicted {batch.progress.done}/{batch.progress.total}")
+        for evaluation in batch.results:
+            self.show(evaluation)
+        if batch.failed is not None:
+            self._failed = True
+            self._fail(f"evaluation failed: {batch.failed.message}", batch.failed.details)
 
-    def _on_error(self, exc) -> None:
-        self._failed = True
-        self._fail(f"evaluation failed: {exc}")
-
-    def _done(self, tables) -> None:
+    def _on_end(self, stopped: bool) -> None:
         self.worker = None
         self.run_button.setEnabled(True)
-        if self._failed or not tables:
-            return
-        self.show_table(pd.concat(tables, ignore_index=True))
 
-    def show_table(self, table: pd.DataFrame) -> None:
-        """Metrics and figures of a labelled prediction table."""
-        self.table = table
-        bins = self.bin_spin.value()
-        self.metrics = evaluate_table(table, bin_hours=bins)
+    def show(self, evaluation: Evaluation) -> None:
+        """Metrics and figures of a finished evaluation (drawn here, computed in the run)."""
+        table = self.table = evaluation.table
+        self.metrics = evaluation.metrics
         rows = metric_rows(self.metrics)
         self.metrics_table.setRowCount(len(rows))
         for i, (k, v) in enumerate(rows):
@@ -196,7 +198,7 @@ class EvaluationWidget(QWidget):
                 time_scatter_figure(table["true_time_h"], table["pred_time_h"], y,
                                     ax=fig.add_subplot())
             else:
-                per_bin_figure(per_bin_table(table, bins), fig=fig)
+                per_bin_figure(evaluation.per_bin, fig=fig)
             canvas.draw_idle()
         auc = self.metrics["overall"]["classification"].get("roc_auc", np.nan)
         mae = self.metrics["overall"]["regression"].get("mae", np.nan)
@@ -219,7 +221,7 @@ class EvaluationWidget(QWidget):
         self.status.setText(f"exported {len(paths)} files to {folder}")
         return paths
 
-    def _fail(self, message: str) -> bool:
-        self.status.setText(message)
-        show_error(message)
+    def _fail(self, message: str, details: str = "") -> bool:
+        show(self.status, message, details)
+        show_error(short(message))
         return False

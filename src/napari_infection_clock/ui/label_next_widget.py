@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QComboBox,
@@ -32,25 +31,21 @@ from ..core.uncertainty import METHODS, iter_stack_uncertainty, rank_uncertain
 from .layer_roles import annotation_key, input_images, output_metadata, time_setting
 from .state import session_for
 from .teardown import on_dock_closed
-from .workers import Failed
+from .workers import Batch, Progress, Result, Run, Stop
 
 MARKER_LAYER = "label next"
 SHOWN = 50
 
 
 
-def _score(model, meta, stack, tiles, method, passes, stop, tables: list):
-    """Worker body: MC dropout switches dropout on in the predictor's own copy of the model,
+def _score(stop: Stop, model, meta, stack, tiles, method, passes):
+    """Run body: MC dropout switches dropout on in the predictor's own copy of the model,
     so the session's model stays as is."""
-    try:
-        predictor = Predictor(model, meta, device="auto", batch_size=None,
-                              precision="fp32")
-        for table in iter_stack_uncertainty(predictor, stack, tiles, method=method,
-                                            passes=passes, should_stop=stop):
-            tables.append(table)
-            yield len(tables), stack.n_frames
-    except Exception as exc:  # shown to the user, see Failed
-        yield Failed.of(exc)
+    predictor = Predictor(model, meta, device="auto", batch_size=None, precision="fp32")
+    for done, table in enumerate(iter_stack_uncertainty(predictor, stack, tiles, method=method,
+                                                        passes=passes, should_stop=stop), 1):
+        yield Result(table)
+        yield Progress(done, stack.n_frames, "scored")
 
 
 class LabelNextWidget(QWidget):
@@ -68,8 +63,8 @@ class LabelNextWidget(QWidget):
         self._scored_layer = None
         self._scored_model = None
         self._whole = True
-        self._stop = False
         self._failed = False
+        self._tables: list[pd.DataFrame] = []
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self.image_combo = QComboBox()
@@ -87,7 +82,7 @@ class LabelNextWidget(QWidget):
         self.rank_button = QPushButton("Rank")
         self.rank_button.clicked.connect(self.rank)
         self.stop_button = QPushButton("Stop")
-        self.stop_button.clicked.connect(lambda: setattr(self, "_stop", True))
+        self.stop_button.clicked.connect(self.stop)
         self.next_button = QPushButton("Next ▶")
         self.next_button.clicked.connect(self.go_next)
         for b in (self.rank_button, self.stop_button, self.next_button):
@@ -135,35 +130,36 @@ class LabelNextWidget(QWidget):
         interval = time_setting(layer, self.session.model.meta).frame_interval_h
         stack = stack_from_array(layer.data, "TYXS" if layer.rgb else "TYX", name, interval)
         tiles = TileSpec(tile_size=self.tile_spin.value() or None)
-        tables: list[pd.DataFrame] = []
-        self._stop = self._failed = False
+        self._failed = False
+        self._tables: list[pd.DataFrame] = []
         model = self.session.model
-        self.worker = thread_worker(_score)(
-            model.model, model.meta, stack, tiles, self.method_combo.currentText(),
-            self.passes_spin.value(), lambda: self._stop, tables)
-        self.worker.yielded.connect(self._progress)
-        self.worker.errored.connect(self._on_error)
         whole = self.tile_spin.value() == 0
-        self.worker.finished.connect(lambda: self._done(layer, tables, model, whole))
+        self.worker = Run(
+            _score, model.model, model.meta, stack, tiles, self.method_combo.currentText(),
+            self.passes_spin.value(), on_batch=self._on_batch,
+            on_end=lambda stopped: self._done(layer, model, whole), parent=self)
         self.rank_button.setEnabled(False)
         self.worker.start()
         return True
 
-    def _progress(self, done) -> None:
-        if isinstance(done, Failed):
-            self._on_error(done.message)
-        else:
-            self.status.setText(f"scored {done[0]}/{done[1]} frames")
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
 
-    def _on_error(self, exc) -> None:
-        self._failed = True
-        self._fail(f"ranking failed: {exc}")
+    def _on_batch(self, batch: Batch) -> None:
+        self._tables += batch.results
+        if batch.progress is not None:
+            self.status.setText(f"scored {batch.progress.done}/{batch.progress.total} frames")
+        if batch.failed is not None:
+            self._failed = True
+            self._fail(f"ranking failed: {batch.failed.message}")
 
-    def _done(self, layer, tables, model, whole: bool) -> None:
+    def _done(self, layer, model, whole: bool) -> None:
         self.worker = None
         self.rank_button.setEnabled(True)
         if self._failed:
             return
+        tables = self._tables
         self._scored = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
         self._scored_layer, self._scored_model, self._whole = layer, model, whole
         self._show_ranking()
@@ -245,7 +241,7 @@ class LabelNextWidget(QWidget):
 
     def cleanup(self) -> None:
         """Stop a running ranking and stop listening to the viewer (the dock was closed)."""
-        self._stop = True
+        self.stop()
         self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
         self.viewer.layers.events.removed.disconnect(self._refresh_layers)
         self.session.image_changed.disconnect(self._on_image_changed)

@@ -29,6 +29,10 @@ REGION_RASTER_MAX = 512
 #: Predicted-class labels: 0 is "not predicted (yet)", so the class ids shift by one.
 CLASS_LABEL = {UNINFECTED: 1, INFECTED: 2}
 CLASS_COLORS = {None: "transparent", 0: "transparent", 1: "#4c9be8", 2: "#e8574c"}
+#: The overlays with a colour scale, shown one at a time.
+CONTINUOUS = ("probability", "duration", "onset")
+#: What the class layer's values mean (shown on hover and in the prediction dock's legend).
+CLASS_NAME = {1: "uninfected", 2: "infected"}
 SUFFIXES = {
     "probability": "infection probability",
     "duration": "infection duration (h)",
@@ -128,49 +132,77 @@ def rectangles_to_boxes(shapes_layer, height: int, width: int, indices=None) -> 
 
 
 class PredictionLayers:
-    """The output layers of one image, created once and reset for every run (the onset map
-    once the clocks are fitted)."""
+    """The output layers of one image, made once and reset for every run (the onset map
+    once the clocks are fitted).
+
+    The layers are made one per :meth:`make_next` call (the dock makes one per update
+    tick), so that making them never holds the GUI thread for long. The continuous ones
+    (probability, duration, onset) carry colorbars and are shown one at a time: showing
+    one hides the others, whose colours would mix. The class layer names its classes on
+    hover.
+    """
+
+    KINDS = ("probability", "duration", "class", "tiles")
 
     def __init__(self, viewer, image, grid: Grid, n_frames: int, clamp_max: float):
         self.viewer = viewer
         self.image = image
         self.grid = grid
         self.n_frames = n_frames
+        self.clamp_max = float(clamp_max)
         self._table = pd.DataFrame(columns=list(RESULT_COLUMNS))
         self._pending: list[pd.DataFrame] = []
-        raster = (n_frames, *grid.shape)
+        self._raster = (n_frames, *grid.shape)
         t_scale, t_translate = float(image.scale[0]), float(image.translate[0])
         iy, ix = np.asarray(image.scale[-2:], float)
         ty, tx = np.asarray(image.translate[-2:], float)
         cell_scale = (t_scale, grid.scale[0] * iy, grid.scale[1] * ix)
         cell_translate = (t_translate, ty + grid.translate[0] * iy, tx + grid.translate[1] * ix)
-        placed = {"scale": cell_scale, "translate": cell_translate}
-        self.probability = self._image(
-            "probability",
-            np.full(raster, np.nan, np.float32),
-            colormap="viridis",
-            contrast_limits=(0.0, 1.0),
-            opacity=0.5,
-            blending="translucent",
-            **placed,
-        )
-        self.duration = self._image(
-            "duration",
-            np.full(raster, np.nan, np.float32),
-            colormap="plasma",
-            contrast_limits=(0.0, float(clamp_max)),
-            opacity=0.6,
-            blending="translucent",
-            **placed,
-        )
-        self.classes = self._labels(np.zeros(raster, np.uint8), **placed)
-        self.tiles = self._tiles()
+        self._placed = {"scale": cell_scale, "translate": cell_translate}
+        self.probability = self.duration = self.classes = self.tiles = None
         self.onset = self._existing("onset")
         if isinstance(self.onset, Image):  # a previous run's map must not pass for this one's
             self.onset.data = np.full(grid.shape, np.nan, np.float32)
-        for layer in (self.probability, self.duration, self.classes):
-            layer.metadata[OUTPUT_OF] = image.name
-        self.tiles.metadata[OUTPUT_OF] = image.name
+
+    @property
+    def ready(self) -> bool:
+        return self.tiles is not None
+
+    def make_next(self) -> bool:
+        """Make (or reset) the next missing layer; True once all four are there."""
+        placed, raster = self._placed, self._raster
+        if self.ready:
+            return True
+        if self.probability is None:
+            self.probability = self._image(
+                "probability",
+                np.full(raster, np.nan, np.float32),
+                colormap="viridis",
+                contrast_limits=(0.0, 1.0),
+                opacity=0.6,
+                blending="translucent",
+                **placed,
+            )
+        elif self.duration is None:
+            self.duration = self._image(
+                "duration",
+                np.full(raster, np.nan, np.float32),
+                colormap="plasma",
+                contrast_limits=(0.0, self.clamp_max),
+                opacity=0.6,
+                blending="translucent",
+                visible=False,  # one continuous overlay at a time
+                **placed,
+            )
+        elif self.classes is None:
+            self.classes = self._labels(np.zeros(raster, np.uint8), **placed)
+        else:
+            self.tiles = self._tiles()
+        for layer in (self.probability, self.duration, self.classes, self.tiles):
+            if layer is not None:
+                layer.metadata[OUTPUT_OF] = self.image.name
+        return self.ready
+
 
     # -- layer creation / reuse ------------------------------------------------------
     def _existing(self, kind: str):
@@ -181,8 +213,12 @@ class PredictionLayers:
         layer = self._existing(kind)
         if not isinstance(layer, Image):
             self._remove(layer)
-            return self.viewer.add_image(data, name=layer_name(self.image.name, kind),
-                                         metadata=output_metadata(self.image.name), **kwargs)
+            layer = self.viewer.add_image(data, name=layer_name(self.image.name, kind),
+                                          metadata=output_metadata(self.image.name), **kwargs)
+            layer.colorbar.visible = True
+            layer.colorbar.tick_length = 3
+            layer.events.visible.connect(lambda event, shown=layer: self._show_alone(shown))
+            return layer
         layer.data = data
         for key in ("scale", "translate", "contrast_limits"):
             setattr(layer, key, kwargs[key])
@@ -199,6 +235,7 @@ class PredictionLayers:
                 opacity=0.4,
                 visible=False,
                 metadata=output_metadata(self.image.name),
+                features=pd.DataFrame({"index": list(CLASS_NAME), "class": CLASS_NAME.values()}),
                 **placed,
             )
         layer.data = data
@@ -226,17 +263,31 @@ class PredictionLayers:
             metadata=output_metadata(self.image.name),
         )
 
+    def _show_alone(self, shown) -> None:
+        """``shown`` was made visible: hide this image's other continuous overlays."""
+        if shown.visible:
+            for kind in CONTINUOUS:
+                other = self._existing(kind)
+                if other is not None and other is not shown:
+                    other.visible = False
+
     def _remove(self, layer) -> None:
         if layer is not None:
             self.viewer.layers.remove(layer)
 
     # -- filling in --------------------------------------------------------------------
-    def add_frame(self, table: pd.DataFrame) -> None:
-        """Show one finished frame: paint its values and add its tile rectangles."""
-        if table.empty:
+    def add_frames(self, tables: list[pd.DataFrame]) -> None:
+        """Show finished frames: paint their values, add their tile rectangles.
+
+        Called with every frame finished since the last update, a few times per second:
+        one refresh per layer and one Shapes update however many frames came in.
+        """
+        tables = [t for t in tables if not t.empty]
+        if not tables:
             return
-        frame = int(table["frame"].iloc[0])
+        table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
         items = self._items(table)
+        frames = table["frame"].to_numpy(int)
         p = table["p_infected"].to_numpy(np.float32)
         infected = table["pred_class"].to_numpy() == INFECTED
         duration = np.where(infected, table["pred_time_h"].to_numpy(np.float32), np.nan)
@@ -246,10 +297,9 @@ class PredictionLayers:
             (self.duration, duration),
             (self.classes, labels),
         ):
-            plane = layer.data[frame]
-            for item, value in zip(items, values):
-                plane[self.grid.cells(item)] = value
-        for layer in (self.probability, self.duration, self.classes):
+            data = layer.data
+            for frame, item, value in zip(frames, items, values):
+                data[(frame, *self.grid.cells(item))] = value
             layer.refresh()
         self._add_rectangles(table)
 
@@ -259,9 +309,8 @@ class PredictionLayers:
         return [lookup[(int(r), int(c))] for r, c in zip(table["tile_row"], table["tile_col"])]
 
     def _add_rectangles(self, table: pd.DataFrame) -> None:
-        frame = float(table["frame"].iloc[0])
         y0, x0, y1, x1 = (table[k].to_numpy(float) - 0.5 for k in ("y0", "x0", "y1", "x1"))
-        t = np.full_like(y0, frame)
+        t = table["frame"].to_numpy(float)
         corners = np.stack(
             [
                 np.stack([t, y0, x0], axis=1),
@@ -295,7 +344,7 @@ class PredictionLayers:
             limits = (limits[0], limits[0] + 1.0)
         placed = {"scale": self.probability.scale[1:], "translate": self.probability.translate[1:]}
         self.onset = self._image("onset", onset, colormap="magma", contrast_limits=limits,
-                                 opacity=0.7, blending="translucent", **placed)
+                                 opacity=0.7, blending="translucent", visible=False, **placed)
         self.onset.metadata[OUTPUT_OF] = self.image.name
         self.onset.colorbar.visible = True
 

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
 from napari.layers import Shapes
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
@@ -21,12 +19,13 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QVBoxLayout,
-    QWidget,
 )
 
 from ..core.atomic import OutputNotWritable, write_atomic
 from ..core.clock import DEFAULT_LEVEL, RegionClock
+from .figures import DockedFigure, legend_above
+from .layer_roles import OUTPUT_OF
+from .messages import fit_messages
 from .overlays import layer_name, rectangles_to_boxes
 from .state import PredictionRun, session_for
 from .teardown import on_dock_closed
@@ -35,11 +34,21 @@ from .timeseries import answer_at, estimate_onset, frame_summary, item_series
 MAX_ITEM_CURVES = 8
 
 
-class TimeSeriesPlot(QWidget):
-    """Mean probability, fraction infected and median duration of one prediction vs time."""
+def _with_suffix(path, suffix: str) -> Path:
+    """``path`` ending in ``suffix`` ("plot" -> "plot.csv"); a name that has it is kept."""
+    path = Path(path)
+    return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
+
+
+class TimeSeriesPlot(DockedFigure):
+    """Mean probability, fraction infected and median duration of one prediction vs time.
+
+    It shows the image a prediction last ran on, or the image (or output layer) the user
+    makes active, when that image has a prediction.
+    """
 
     def __init__(self, napari_viewer):
-        super().__init__()
+        super().__init__(figsize=(5, 4), min_height=260)
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
         self.summary = pd.DataFrame()
@@ -51,24 +60,20 @@ class TimeSeriesPlot(QWidget):
 
         self.choice = QComboBox()
         self.choice.setToolTip("the image whose prediction is plotted")
-        self.figure = Figure(figsize=(5, 4), constrained_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(220)
         self.ax_p, self.ax_t = self.figure.subplots(2, 1, sharex=True)
         self.onset_label = QLabel("no prediction yet")
-        self.onset_label.setWordWrap(True)
+        fit_messages(self.onset_label)
         self.answer_label = QLabel("")
-        self.answer_label.setWordWrap(True)
+        fit_messages(self.answer_label)
         self.answer_label.setToolTip("each selected item's clock at the current frame")
         png, csv = QPushButton("Export PNG..."), QPushButton("Export CSV...")
         png.clicked.connect(lambda: self._ask_and_export("PNG image (*.png)", self.export_png))
         csv.clicked.connect(lambda: self._ask_and_export("CSV table (*.csv)", self.export_csv))
 
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.choice)
-        layout.addWidget(self.onset_label)
-        layout.addWidget(self.answer_label)
-        layout.addWidget(self.canvas, stretch=1)
+        layout = self.layout()
+        layout.insertWidget(0, self.choice)
+        layout.insertWidget(1, self.onset_label)
+        layout.insertWidget(2, self.answer_label)
         buttons = QHBoxLayout()
         buttons.addWidget(png)
         buttons.addWidget(csv)
@@ -82,6 +87,7 @@ class TimeSeriesPlot(QWidget):
         self.viewer.dims.events.current_step.connect(self._move_marker)
         self.viewer.layers.events.inserted.connect(self._watch_shapes)
         self.viewer.layers.events.removed.connect(self._redraw_on)
+        self.viewer.layers.selection.events.active.connect(self._follow_active)
         self.canvas.mpl_connect("button_press_event", self._on_click)
         self._watch_shapes()
         for name in self.session.results:
@@ -99,11 +105,22 @@ class TimeSeriesPlot(QWidget):
         return self.session.runs.get(self.image_name)
 
     def _on_results(self, name: str) -> None:
+        """A prediction changed: show it (a new run on another image is followed)."""
         if self.choice.findText(name) < 0:
             self.choice.addItem(name)
-        if self.image_name is None or name == self.image_name:
-            self.choice.setCurrentText(name)
+        if name != self.image_name:
+            self.choice.setCurrentText(name)  # redraws through currentTextChanged
+        else:
             self.redraw()
+
+    def _follow_active(self, event=None) -> None:
+        """Show the prediction of the layer the user made active (an image or its outputs)."""
+        layer = self.viewer.layers.selection.active
+        if layer is None:
+            return
+        name = layer.metadata.get(OUTPUT_OF, layer.name)
+        if name in self.session.results and name != self.image_name:
+            self.choice.setCurrentText(name)
 
     def _watch_shapes(self, *_):
         """Redraw when the selection of any Shapes layer changes (tiles or regions)."""
@@ -161,6 +178,9 @@ class TimeSeriesPlot(QWidget):
                     artist.remove()
         if table is None or table.empty:
             self.summary, self.items, self.onset = pd.DataFrame(), {}, None
+            self.figure.suptitle("")
+            for ax in (self.ax_p, self.ax_t):
+                legend_above(ax)
             self.onset_label.setText("no prediction yet: run 'Predict infection'")
             self.canvas.draw_idle()
             return
@@ -200,7 +220,9 @@ class TimeSeriesPlot(QWidget):
         for ax in (self.ax_p, self.ax_t):
             ax.relim()
             ax.autoscale_view()
-            ax.legend(fontsize="x-small", loc="upper left")
+        legend_above(self.ax_p)
+        legend_above(self.ax_t)
+        self.figure.suptitle(self.image_name, fontsize="small")
         self.ax_p.set_ylim(-0.05, 1.05)
         self._move_marker()
         self.canvas.draw_idle()
@@ -290,16 +312,22 @@ class TimeSeriesPlot(QWidget):
         return out
 
     def export_png(self, path) -> Path:
+        """The figure as shown (its title names the image) as a PNG file."""
         return write_atomic(
-            path, lambda tmp: self.figure.savefig(tmp, dpi=150, format="png"), ".png"
+            _with_suffix(path, ".png"),
+            lambda tmp: self.figure.savefig(tmp, dpi=150, format="png"),
+            ".png",
         )
 
     def export_csv(self, path) -> Path:
         table = self.table()
-        return write_atomic(path, lambda tmp: table.to_csv(tmp, index=False), ".csv")
+        return write_atomic(
+            _with_suffix(path, ".csv"), lambda tmp: table.to_csv(tmp, index=False), ".csv"
+        )
 
     def _ask_and_export(self, kind: str, export) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export", "", kind)
+        suggested = f"{self.image_name or 'prediction'} infection"
+        path, _ = QFileDialog.getSaveFileName(self, "Export", suggested, kind)
         if not path:
             return
         try:
@@ -317,6 +345,7 @@ class TimeSeriesPlot(QWidget):
         self.viewer.dims.events.current_step.disconnect(self._move_marker)
         self.viewer.layers.events.inserted.disconnect(self._watch_shapes)
         self.viewer.layers.events.removed.disconnect(self._redraw_on)
+        self.viewer.layers.selection.events.active.disconnect(self._follow_active)
         for layer in self._watched:
             layer.selected_data.events.items_changed.disconnect(self._on_selection)
         self._watched.clear()

@@ -1,14 +1,14 @@
 """Dock widget: predict infection and infection duration for an image layer's time-lapse.
 
-The core's :meth:`..core.predictor.Predictor.iter_stack` runs in a napari thread worker
-and yields one finished frame at a time; the GUI thread only paints those frames into the
-output layers (:mod:`.overlays`), so napari stays responsive and results fill in as they
-come. Cancel is cooperative: the predictor polls a flag between batches.
+The core's :meth:`..core.predictor.Predictor.iter_stack` runs in a :class:`.workers.Run`
+and yields one finished frame at a time; a few times per second the GUI thread paints the
+frames finished since into the output layers (:mod:`.overlays`) in one go, so napari stays
+responsive however fast frames come. Cancel is cooperative: the predictor polls the run's
+stop between batches.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,6 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image, Shapes
-from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from psygnal import Signal
@@ -36,16 +35,28 @@ from ..core.checkpoint import CheckpointError, load_checkpoint
 from ..core.clock import region_clocks
 from ..core.device import select_device
 from ..core.novelty import NOVELTY_COLUMNS, add_novelty
-from ..core.predictor import FramePrediction, Predictor, default_batch_size
+from ..core.predictor import Predictor, default_batch_size
 from ..core.stack import StackError, stack_from_array
 from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
 from ..core.tiles import TileSpec
 from .devices import device_choices
 from .layer_roles import START_OFFSET_H, is_output, time_setting
-from .overlays import Grid, PredictionLayers, rectangles_to_boxes, region_grid, tile_grid
+from .messages import fit_messages, short, show
+from .overlays import (
+    CLASS_COLORS,
+    CLASS_NAME,
+    CONTINUOUS,
+    SUFFIXES,
+    Grid,
+    PredictionLayers,
+    rectangles_to_boxes,
+    region_grid,
+    tile_grid,
+)
+from .readout import Readout
 from .state import PredictionRun, SessionModel, session_for
 from .teardown import on_dock_closed
-from .workers import Failed
+from .workers import Batch, Failed, Result, Run, Stop
 
 SOURCE_FILE = "checkpoint file"
 SOURCE_SESSION = "model of this session"
@@ -91,6 +102,14 @@ class Clocks:
     novelty: pd.DataFrame | None
 
 
+def _class_legend() -> str:
+    """The class layer's colours, as rich text for a label."""
+    return " ".join(
+        f"<span style='color:{CLASS_COLORS[value]}'>&#9632;</span> {name}"
+        for value, name in CLASS_NAME.items()
+    )
+
+
 class PredictionWidget(Container):
     """Inputs, Run/Cancel and progress for one prediction at a time."""
 
@@ -103,12 +122,13 @@ class PredictionWidget(Container):
         self.session = session_for(napari_viewer)
         self.worker = None
         self.layers: PredictionLayers | None = None
-        self._stop = threading.Event()
+        self.readout: Readout | None = None
         self._progress: progress | None = None
         self._job: Job | None = None
         self._last_results = 0.0
         self._done = 0
         self._failed = False
+        self._message = ""
 
         # the user's images and rectangles only, never the plugin's own output layers
         self.image = ComboBox(label="image", choices=self._input_images)
@@ -148,6 +168,12 @@ class PredictionWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress_bar = ProgressBar(label="progress", value=0, min=0, max=1)
         self.status = Label(label="", value="")
+        self.swap_button = PushButton(
+            text="show duration (h)",
+            enabled=False,
+            tooltip="probability, duration and onset overlays are shown one at a time",
+        )
+        self.legend = Label(label="class layer", value=_class_legend())
         self.extend(
             [
                 self.image,
@@ -170,8 +196,11 @@ class PredictionWidget(Container):
                 self.cancel_button,
                 self.progress_bar,
                 self.status,
+                self.swap_button,
+                self.legend,
             ]
         )
+        fit_messages(self.status.native)
 
         self.image.changed.connect(self._on_image_changed)
         self.frame_interval_h.changed.connect(self._show_time_source)
@@ -180,6 +209,7 @@ class PredictionWidget(Container):
         self.source.changed.connect(self._on_source_changed)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self.swap_button.clicked.connect(self.swap_overlay)
         self.session.model_changed.connect(self._on_session_model)
         self.session.prediction_requested.connect(self.refresh)
         on_dock_closed(self.native, self.close_down)
@@ -248,6 +278,8 @@ class PredictionWidget(Container):
         """Leave the session and stop a running prediction (the dock was closed)."""
         self.session.model_changed.disconnect(self._on_session_model)
         self.session.prediction_requested.disconnect(self.refresh)
+        if self.readout is not None:
+            self.readout.close()
         self.cancel()
 
     # -- running ---------------------------------------------------------------------------
@@ -275,8 +307,7 @@ class PredictionWidget(Container):
 
     def cancel(self) -> None:
         if self.running:
-            self._stop.set()
-            self.worker.quit()
+            self.worker.stop()
             self._say("cancelling...")
 
     def _job_from_inputs(self) -> Job:
@@ -365,49 +396,76 @@ class PredictionWidget(Container):
 
     def _start(self, job: Job) -> None:
         self._job = job
-        self._stop.clear()
+        self.layers = None  # made when the model is ready
+        self._waiting = []  # finished frames not shown yet
+        self._clocks = None  # the regions' clocks, shown once every frame is
         self._done = 0
         self._failed = False
+        self._last_results = 0.0
         self.progress_bar.max = len(job.frames)
         self.progress_bar.value = 0
         self._progress = progress(total=len(job.frames), desc=f"Predicting {job.image.name}")
         self.run_button.enabled = False
         self.cancel_button.enabled = True
-        # layers are made (or reset) here, on the GUI thread, before any frame arrives
-        self.layers = PredictionLayers(
-            self.viewer, job.image, job.grid, job.stack.n_frames, DEFAULT_CLAMP[1]
-        )
         self._say("loading the model..." if job.session_model is None else "predicting...")
-        worker = _predict(job, self._stop.is_set)
-        worker.yielded.connect(self._on_yielded)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        worker.start()
+        self.worker = Run(_predict, job, on_batch=self._on_batch, on_end=self._on_end,
+                          parent=self.native).start()
 
-    # -- results arriving (GUI thread) -------------------------------------------------------
-    def _on_yielded(self, item) -> None:
-        if isinstance(item, Failed):
-            self._on_error(item.message)
-        elif isinstance(item, SessionModel):
-            self._on_model_ready(item)
-        elif isinstance(item, Clocks):
-            self.layers.set_clocks(item.regions, item.clamp, item.calibration, item.novelty)
-        elif isinstance(item, FramePrediction):
-            self.layers.add_frame(item.table)
-            self._done = item.done
-            self.progress_bar.value = item.done
-            self._progress.update(1)
-            self._say(f"frame {item.frame}: {item.done} of {item.total} done")
+    # -- results arriving (GUI thread, a few times per second) --------------------------------
+    def _on_batch(self, batch: Batch) -> None:
+        for item in batch.results:
+            if isinstance(item, SessionModel):
+                self._on_model_ready(item)
+            elif isinstance(item, Clocks):
+                self._clocks = item
+            else:
+                self._waiting.append(item)
+        if self.layers is not None and not self.layers.ready:
+            self.layers.make_next()  # one new layer per tick; frames wait for all four
+        elif self._waiting:
+            self._show_waiting()
             if time.monotonic() - self._last_results > RESULTS_EVERY_S:
                 self._publish()
+        if batch.failed is not None:
+            self._failed = True
+            self._say(f"prediction failed: {batch.failed.message}", error=True,
+                      details=batch.failed.details)
+
+    def _show_waiting(self) -> None:
+        frames, self._waiting = self._waiting, []
+        self.layers.add_frames([f.table for f in frames])
+        self._done = frames[-1].done
+        self.progress_bar.value = self._done
+        self._progress.update(self._done - self._progress.n)
+        self._say(f"predicting: {self._done} of {len(self._job.frames)} frames done")
 
     def _on_model_ready(self, model: SessionModel) -> None:
+        """The model is loaded: only now are the output layers made (or reset), so a file
+        that is no checkpoint leaves the viewer as it was."""
+        job = self._job
         if model is not self.session.model:
             self.session.set_model(model)
         self.model_info.value = model.description
-        self.layers.duration.contrast_limits = (0.0, float(model.meta.time.clamp[1]))
+        self.layers = PredictionLayers(
+            self.viewer, job.image, job.grid, job.stack.n_frames, float(model.meta.time.clamp[1])
+        )
+        self.layers.make_next()
+        if self.readout is not None:
+            self.readout.close()
+        self.readout = Readout(self.viewer, self.layers, job.frame_interval_h, job.start_offset_h)
+        self.swap_button.enabled = True
         self._say("predicting...")
+
+    def swap_overlay(self) -> None:
+        """Show the next continuous overlay (probability, duration, onset map): one at a time,
+        so that their colours never mix."""
+        if self.layers is None:
+            return
+        kinds = [k for k in CONTINUOUS if getattr(self.layers, k) is not None]
+        shown = next((i for i, k in enumerate(kinds) if getattr(self.layers, k).visible), -1)
+        getattr(self.layers, kinds[(shown + 1) % len(kinds)]).visible = True
+        following = kinds[(shown + 2) % len(kinds)]
+        self.swap_button.text = f"show {SUFFIXES[following].removeprefix('infection ')}"
 
     def _publish(self) -> None:
         job, layers = self._job, self.layers
@@ -428,25 +486,31 @@ class PredictionWidget(Container):
         )
         self.session.set_results(job.image.name, layers.table, run)
 
-    def _on_error(self, err: Exception | str) -> None:
-        self._failed = True
-        self._say(f"prediction failed: {err}", error=True)
-
-    def _on_finished(self) -> None:
-        total = len(self._job.frames) if self._job else 0
-        if self._stop.is_set():
-            message = f"cancelled: {self._done} of {total} frames predicted"
-        elif self._failed:
-            message = self.status.value
-        else:
-            message = f"done: {self._done} frames predicted"
-        if not self._failed:
+    def _on_end(self, stopped: bool) -> None:
+        """Everything the run yielded is in: show the rest, then say how it ended."""
+        while self.layers is not None and not self.layers.ready:
+            self.layers.make_next()  # a run shorter than the layers take to make
+        if self._waiting:
+            self._show_waiting()
+        if self._clocks is not None and self.layers is not None:
+            clocks, self._clocks = self._clocks, None
+            self.layers.set_clocks(clocks.regions, clocks.clamp, clocks.calibration,
+                                   clocks.novelty)
+        if self.layers is not None and not self._failed:
             self._publish()
         elif self.layers is not None:
             self.layers.flush()
         if self._progress is not None:
             self._progress.close()
             self._progress = None
+        total = len(self._job.frames) if self._job else 0
+        if self._failed:
+            message = self._message
+        elif stopped:
+            message = f"cancelled: {self._done} of {total} frames predicted"
+        else:
+            message = f"done: {self._done} frames predicted"
+            self.progress_bar.value = self.progress_bar.max
         self.worker = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
@@ -454,18 +518,18 @@ class PredictionWidget(Container):
             self._say(message)
         self.finished.emit(message)
 
-    def _say(self, message: str, error: bool = False) -> None:
-        self.status.value = message
+    def _say(self, message: str, error: bool = False, details: str = "") -> None:
+        self._message = message
+        show(self.status.native, message, details)
         if error:
-            show_error(message)
+            show_error(short(message))
         elif message.startswith(("done", "cancelled")):
             show_info(message)
 
 
-@thread_worker(start_thread=False)
-def _predict(job: Job, should_stop):
-    """The worker: load the model if needed, yield each finished frame, then the regions'
-    clocks once every frame is in (a cancelled run gets none).
+def _predict(stop: Stop, job: Job):
+    """The run's body: load the model if needed, yield each finished frame, then the
+    regions' clocks once every frame is in (a cancelled run gets none).
 
     Bad input the user can fix (a file that is no checkpoint, a missing device, a frame
     that cannot be read) ends the run with a :class:`Failed` message, not a traceback.
@@ -483,7 +547,7 @@ def _predict(job: Job, should_stop):
     except Exception as err:  # a RuntimeError would be swallowed by superqt, see Failed
         yield Failed.of(err)
         return
-    yield model
+    yield Result(model)
     policy = TimePolicy(
         frame_interval_h=job.frame_interval_h,
         onset_h=job.onset_h,
@@ -497,22 +561,22 @@ def _predict(job: Job, should_stop):
         boxes=job.boxes,
         first_frame=job.first_frame,
         time=policy,
-        should_stop=should_stop,
+        should_stop=stop,
     )
     tables = []
     try:
         for done in frames:
             tables.append(done.table)
-            yield done
+            yield Result(done)
     except (StackError, ValueError, OSError) as err:
         yield Failed(str(err))
         return
     except Exception as err:  # torch errors (out of memory, shapes) are RuntimeErrors
         yield Failed.of(err)
         return
-    if tables and not should_stop():
+    if tables and not stop():
         table = pd.concat(tables, ignore_index=True)
         table = add_novelty(table, job.stack, model.meta.calibration.get("novelty", {}))
         flags = table[list(NOVELTY_COLUMNS)] if "novelty" in table else None
-        yield Clocks(region_clocks(table, clamp=policy.clamp), policy.clamp,
-                     model.meta.calibration, flags)
+        yield Result(Clocks(region_clocks(table, clamp=policy.clamp), policy.clamp,
+                            model.meta.calibration, flags))

@@ -8,12 +8,11 @@ ever replaced whole, after a validated epoch, so a stop leaves the previous one 
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
-from napari.qt.threading import thread_worker
+from matplotlib.ticker import MaxNLocator
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -27,7 +26,6 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -46,40 +44,77 @@ from ..core.retrain import (
 )
 from ..core.trainer import BEST_METRICS, TrainConfig, TrainingError
 from .devices import device_choices
+from .figures import DockedFigure, legend_above, scrolling_layout
+from .messages import fit_messages, short, show
 from .state import SessionModel, session_for
 from .teardown import on_dock_closed
+from .workers import Batch, Failed, Progress, Result, Run, Stop
 
 #: Curves: history key -> (axes index, label, style).
 CURVES = {
-    "train_loss": (0, "train total", "C0-"),
-    "val_loss": (0, "val total", "C0--"),
-    "train_cls_loss": (0, "train cls", "C1-"),
-    "val_cls_loss": (0, "val cls", "C1--"),
-    "train_reg_loss": (0, "train reg", "C2-"),
-    "val_reg_loss": (0, "val reg", "C2--"),
+    "train_loss": (0, "train total", "C0o-"),
+    "val_loss": (0, "val total", "C0o--"),
+    "train_cls_loss": (0, "train cls", "C1o-"),
+    "val_cls_loss": (0, "val cls", "C1o--"),
+    "train_reg_loss": (0, "train reg", "C2o-"),
+    "val_reg_loss": (0, "val reg", "C2o--"),
     "val_roc_auc": (1, "val ROC AUC", "C3o-"),
     "val_mae": (2, "val MAE (h)", "C4s-"),
 }
 
 
-@thread_worker
-def _train(stores_table, plan, start, model_config, image_size, current, config, path, stop,
-           cache):
-    """Worker body: build the start model (ImageNet may try a download), then train.
+def _train(stop: Stop, stores_table, plan, start, model_config, image_size, current, config,
+           path, cache):
+    """Run body: build the start model (ImageNet may try a download), then train.
 
-    Any failure is yielded, not raised: superqt's worker turns a raised RuntimeError (most
-    torch errors: CUDA out of memory, shape or device mismatch) into a warning and never
-    emits ``errored``.
+    Epochs and the end are results; batches and backbone passes are progress. Errors the
+    user can act on get their own message (see :func:`_failure`).
     """
     try:
         model, meta = start_model(start, model_config, image_size,
                                   time_policy_of(stores_table), current)
-        yield ("model", model, meta)
+        yield Result((model, meta))
         for event in iter_retrain(model, meta, plan, config, path, should_stop=stop,
                                   feature_cache=cache):
-            yield ("progress", event, None)
-    except Exception as exc:  # shown to the user, see above
-        yield ("failed", exc, None)
+            if event.stage in ("epoch", "done", "stopped"):
+                yield Result(event)
+            if event.stage == "features":  # backbone passes before the first epoch
+                yield Progress(event.batch, event.batches, _progress_text(event))
+            else:
+                yield Progress((event.epoch - 1) * event.batches + event.batch,
+                               event.epochs * event.batches, _progress_text(event))
+    except Exception as exc:  # noqa: BLE001  shown to the user
+        yield _failure(exc)
+
+
+def _failure(exc: BaseException) -> Failed:
+    if isinstance(exc, PretrainedWeightsUnavailable):
+        return Failed("ImageNet weights are not available here: pick 'random' under 'start "
+                      "from', or copy the weights file (hover for where it goes)", str(exc))
+    if isinstance(exc, (TrainingError, ValueError, OSError)):
+        return Failed(str(exc))
+    failed = Failed.of(exc)
+    return Failed(f"training failed: {failed.message}", failed.details)
+
+
+def _progress_text(event) -> str:
+    if event.stage == "features":
+        return f"backbone features: {event.batch}/{event.batches} items"
+    if event.stage in ("done", "stopped"):
+        return f"{event.stage} after {_format_eta(event.elapsed_s)}"
+    return (f"epoch {event.epoch}/{event.epochs}, batch {event.batch}/{event.batches} · "
+            f"ETA {_format_eta(event.eta_s)}")
+
+
+def _fresh_output_path() -> Path:
+    """A checkpoint path no run has used: ~/infection-clock-models/model-DATE-TIME.pt."""
+    folder = Path.home() / "infection-clock-models"
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = folder / f"model-{stamp}.pt", 1
+    while path.exists():
+        n += 1
+        path = folder / f"model-{stamp}-{n}.pt"
+    return path
 
 
 def _format_eta(seconds) -> str:
@@ -101,7 +136,6 @@ class TrainingWidget(QWidget):
         self.history: list[dict] = []
         self.last_event = None
         self.output_path: Path | None = None
-        self._stop = False
         self._failed = False
         #: Backbone features of heads-only runs, kept so the next run on the same
         #: labels and start model skips the backbone.
@@ -113,7 +147,7 @@ class TrainingWidget(QWidget):
 
     # --- layout ----------------------------------------------------------------------
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         form = QFormLayout()
         self.start_combo = QComboBox()
         self.start_combo.addItems(STARTS)
@@ -146,7 +180,10 @@ class TrainingWidget(QWidget):
         self.device_combo = QComboBox()
         for label, value in device_choices():
             self.device_combo.addItem(label, value)
-        self.output_edit = QLineEdit(str(Path.home() / "infection-clock-model.pt"))
+        self._default_output = _fresh_output_path()
+        self.output_edit = QLineEdit(str(self._default_output))
+        self.output_edit.setToolTip("the best epoch is saved here; by default each run gets "
+                                    "its own file, so earlier runs are kept")
         browse = QPushButton("…")
         browse.clicked.connect(self._browse_output)
         out_row = QHBoxLayout()
@@ -183,23 +220,23 @@ class TrainingWidget(QWidget):
         self.eta_label = QLabel("")
         self.device_label = QLabel("")
         self.status = QLabel("")
-        self.status.setWordWrap(True)
+        fit_messages(self.status)
         for w in (self.eta_label, self.device_label, self.status):
             layout.addWidget(w)
 
-        self.figure = Figure(figsize=(4.5, 5.0), layout="constrained")
+        self.curves = DockedFigure(figsize=(4.5, 5.0), min_height=300)
+        self.figure, self.canvas = self.curves.figure, self.curves.canvas
         axes = self.figure.subplots(3, 1, sharex=True)
         self.axes = axes
         axes[0].set_ylabel("loss")
         axes[1].set_ylabel("val ROC AUC")
         axes[2].set_ylabel("val MAE (h)")
         axes[2].set_xlabel("epoch")
-        self.lines = {key: axes[i].plot([], [], style, label=label, markersize=3)[0]
+        self.lines = {key: axes[i].plot([], [], style, label=label, markersize=4)[0]
                       for key, (i, label, style) in CURVES.items()}
-        axes[0].legend(fontsize="x-small", ncol=2)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(300)
-        layout.addWidget(self.canvas)
+        axes[2].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs
+        legend_above(axes[0], ncol=3)
+        layout.addWidget(self.curves)
 
     def _browse_output(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save the best checkpoint", self.output_edit.text(),
@@ -226,6 +263,10 @@ class TrainingWidget(QWidget):
         """Check everything cheap on the GUI thread, then train in a worker."""
         if self.worker is not None:
             return False
+        if Path(self.output_edit.text().strip()) == self._default_output:
+            # a run with the default name gets a name of its own: earlier runs are kept
+            self._default_output = _fresh_output_path()
+            self.output_edit.setText(str(self._default_output))
         path = Path(self.output_edit.text().strip()).expanduser()
         if not self.output_edit.text().strip():
             return self._fail("choose a file to save the best checkpoint to")
@@ -248,7 +289,7 @@ class TrainingWidget(QWidget):
             return self._fail("there is no loaded model to start from; load a checkpoint, or "
                               "start from ImageNet or random")
         self.session.validation_items = list(plan.val)
-        self.history, self.last_event, self._stop, self._failed = [], None, False, False
+        self.history, self.last_event, self._failed = [], None, False
         for line in self.lines.values():
             line.set_data([], [])
         self.canvas.draw_idle()
@@ -258,13 +299,11 @@ class TrainingWidget(QWidget):
         self.progress.setValue(0)
         self.use_button.setEnabled(False)
         self.output_path = path
-        self.worker = _train(table, plan, start, ModelConfig(arch=self.arch_combo.currentText()),
-                             self.size_spin.value(),
-                             (current.model, current.meta) if current else None, config, path,
-                             lambda: self._stop, self.feature_cache)
-        self.worker.yielded.connect(self._on_yield)
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
+        self.worker = Run(_train, table, plan, start, ModelConfig(arch=self.arch_combo.currentText()),
+                          self.size_spin.value(),
+                          (current.model, current.meta) if current else None, config, path,
+                          self.feature_cache, on_batch=self._on_batch, on_end=self._on_end,
+                          parent=self)
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         self.worker.start()
@@ -272,35 +311,31 @@ class TrainingWidget(QWidget):
 
     def stop(self) -> None:
         """Ask the run to stop at the next batch."""
-        if self.worker is None or self._stop:
+        if self.worker is None or self.worker.stopping:
             return
-        self._stop = True
+        self.worker.stop()
         self.status.setText("stopping at the next batch…")
 
-    def _on_yield(self, message) -> None:
-        kind, payload, meta = message
-        if kind == "failed":
-            self._on_error(payload)
-            return
-        if kind == "model":
-            self._model = payload
-            return
-        event = payload
-        self.last_event = event
-        if event.stage == "features":
-            self.eta_label.setText(f"backbone features: {event.batch}/{event.batches} items")
-            return
-        self.progress.setValue((event.epoch - 1) * event.batches + event.batch)
-        if event.stage in ("done", "stopped"):
-            self.eta_label.setText(f"{event.stage} after {_format_eta(event.elapsed_s)}")
-        else:
-            self.eta_label.setText(f"epoch {event.epoch}/{event.epochs}, batch {event.batch}/"
-                                   f"{event.batches} · ETA {_format_eta(event.eta_s)}")
-        if event.stage == "epoch":
-            self.history.append(event.record)
+    def _on_batch(self, batch: Batch) -> None:
+        """What the run did since the last tick: curves redrawn once, progress once."""
+        epochs = False
+        for result in batch.results:
+            if isinstance(result, tuple):
+                self._model = result[0]  # the meta that goes with it comes with the end
+                continue
+            self.last_event = result
+            if result.stage == "epoch":
+                self.history.append(result.record)
+                epochs = True
+        if batch.progress is not None:
+            self.progress.setRange(0, batch.progress.total)
+            self.progress.setValue(batch.progress.done)
+            self.eta_label.setText(batch.progress.text)
+        if epochs:
             self._update_curves()
-        elif event.stage in ("done", "stopped"):
-            self._finish(event)
+        if batch.failed is not None:
+            self._failed = True
+            self._fail(batch.failed.message, batch.failed.details)
 
     def _update_curves(self) -> None:
         epochs = [r["epoch"] for r in self.history]
@@ -309,10 +344,17 @@ class TrainingWidget(QWidget):
         for ax in self.axes:
             ax.relim()
             ax.autoscale_view()
+        last = max(epochs)
+        self.axes[-1].set_xlim(0.5, last + 0.5)  # one epoch still shows its points
         self.canvas.draw_idle()
 
-    def _finish(self, event) -> None:
-        if self._failed:
+    def _on_end(self, stopped: bool) -> None:
+        """The run is over and everything it yielded is shown: say how it ended."""
+        self.worker = None
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        event = self.last_event
+        if self._failed or event is None or event.stage not in ("done", "stopped"):
             return
         if event.best_epoch is None:
             self.status.setText(f"{event.stage} before the first epoch ended: no new checkpoint; "
@@ -335,27 +377,13 @@ class TrainingWidget(QWidget):
         show_info("new model in use" + ("; predicting again" if refreshed else
                                         " (open 'Predict infection' to see its overlays)"))
 
-    def _on_error(self, exc) -> None:
-        if isinstance(exc, PretrainedWeightsUnavailable):
-            message = f"{exc}\nPick 'random' under 'start from' to train without them."
-        elif isinstance(exc, (TrainingError, ValueError, OSError)):
-            message = str(exc)
-        else:
-            message = f"training failed: {type(exc).__name__}: {exc}"
-        self._failed = True
-        self._fail(message)
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.start_button.setEnabled(True)
-        self.stop_button.setEnabled(False)
-
-    def _fail(self, message: str) -> bool:
-        self.status.setText(message)
-        show_error(message)
+    def _fail(self, message: str, details: str = "") -> bool:
+        show(self.status, message, details)
+        show_error(short(message))
         return False
 
     def cleanup(self) -> None:
         """Stop a running training and leave the session (the dock was closed)."""
-        self._stop = True
+        if self.worker is not None:
+            self.worker.stop()
         self.session.model_changed.disconnect(self._model_changed)

@@ -1,0 +1,194 @@
+"""Longest GUI-thread stalls while the docks work (issue 9, item 3); prints one markdown table.
+
+A 20 ms QTimer ticks on the GUI thread while each activity runs; a stall is the gap between
+two ticks. Per activity the table gives the longest gap, the 99th percentile and the ratio
+of the longest to the idle baseline measured in the same run. Every activity is started
+the way a person does it, with the dock's button, in a shown viewer with all docks open:
+
+    whole-frame prediction of N small frames, "Use new model" (the refresh it starts),
+    tiled prediction, heads-only training, full training, evaluation, ranking.
+
+Usage (a display is needed; the numbers depend on the machine, compare ratios)::
+
+    xvfb-run -a python benchmarks/gui_stalls.py [--frames 48] [--size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TICK_MS = 20
+ACTIVITIES = ("whole", "tiled", "heads", "full", "use", "evaluate", "rank")
+PLUGIN = "napari-infection-clock"
+
+
+def _parse():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=48, help="frames per well")
+    parser.add_argument("--size", type=int, default=64, help="frame side (px)")
+    parser.add_argument("--tile", type=int, default=16, help="tile side of the tiled run (px)")
+    parser.add_argument("--idle-s", type=float, default=3.0, help="idle baseline length (s)")
+    parser.add_argument("--only", nargs="+", choices=ACTIVITIES, default=list(ACTIVITIES),
+                        help="activities to run (training runs anyway when later ones need it)")
+    return parser.parse_args()
+
+
+class StallMeter:
+    """Ticks of a 20 ms QTimer; the gaps between them are the GUI thread's stalls."""
+
+    def __init__(self):
+        from qtpy.QtCore import QTimer
+
+        self.ticks: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(TICK_MS)
+        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+
+    def measure(self, app, start, done, timeout_s: float = 900.0) -> np.ndarray:
+        """Start the timer, call ``start()``, spin the event loop until ``done()``."""
+        from qtpy.QtCore import QEventLoop, QTimer
+
+        self.ticks = [time.perf_counter()]
+        self.timer.start()
+        start()
+        loop = QEventLoop()
+        poll = QTimer()
+        poll.setInterval(50)
+        deadline = time.monotonic() + timeout_s
+        poll.timeout.connect(lambda: (done() or time.monotonic() > deadline) and loop.quit())
+        poll.start()
+        loop.exec()
+        poll.stop()
+        self.timer.stop()
+        self.ticks.append(time.perf_counter())
+        if not done():
+            raise TimeoutError("the activity did not end in time")
+        return np.diff(self.ticks) * 1000.0
+
+
+def main() -> None:
+    args = _parse()
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    docks = {}
+    for name in ("Predict infection", "Infection time-series plot", "Annotate frames and crops",
+                 "Retrain on labels", "Evaluate the model", "What to label next"):
+        docks[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
+    app.processEvents()
+
+    # the data and a tiny model (the core is imported only now, after the viewer: the order
+    # a user's session has)
+    from napari_infection_clock.core.annotations import open_annotations
+    from napari_infection_clock.core.checkpoint import CheckpointMeta, save_checkpoint
+    from napari_infection_clock.core.model import ModelConfig, build_model
+    from napari_infection_clock.core.preprocess import Preprocessing
+    from napari_infection_clock.core.synthetic import write_research_dataset
+    from napari_infection_clock.core.targets import TimePolicy
+    from napari_infection_clock.ui.state import session_for
+
+    work = Path(tempfile.mkdtemp(prefix="gui_stalls_"))
+    paths = write_research_dataset(work / "wells", n_infected=2, n_mock=2, n_frames=args.frames,
+                                   size=args.size, seed=3)
+    config = ModelConfig("resnet18", hidden_dim=16)
+    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(32), time=TimePolicy())
+    checkpoint = save_checkpoint(work / "tiny.pt", build_model(config, init="random"), meta)
+    session = session_for(viewer)
+    for path in paths:
+        store, sidecar = open_annotations(path, args.frames)
+        infected = path.parent.name == "infected"
+        store.set_condition("infected" if infected else "mock", onset_h=1.0)
+        store.label_frames(range(args.frames), "infected" if infected else "uninfected")
+        store.save(sidecar)
+        session.annotations[store.stack] = store
+    well = viewer.open(paths[0], plugin=PLUGIN)[0]
+
+    predict = docks["Predict infection"]
+    train = docks["Retrain on labels"]
+    evaluate = docks["Evaluate the model"]
+    rank = docks["What to label next"]
+    predict.image.value = well
+    predict.checkpoint.value = checkpoint
+    predict.device.value = "cpu"
+    train.start_combo.setCurrentText("random")
+    train.arch_combo.setCurrentText("resnet18")
+    train.size_spin.setValue(32)
+    train.epochs_spin.setValue(2)
+    train.batch_spin.setValue(16)
+    train.device_combo.setCurrentText("cpu")
+    train.output_edit.setText(str(work / "trained.pt"))
+    rank.image_combo.setCurrentText(well.name)
+
+    meter = StallMeter()
+    rows = []
+
+    def record(name, gaps):
+        rows.append((name, gaps))
+        print(f"  {name}: max {gaps.max():.0f} ms", flush=True)
+
+    def idle():
+        end = time.monotonic() + args.idle_s
+        return meter.measure(app, lambda: None, lambda: time.monotonic() > end)
+
+    def prediction(mode, click):
+        predict.mode.value = mode
+        if mode == "tile grid":
+            predict.tile_size.value = args.tile
+        ended = []
+        predict.finished.connect(ended.append)
+        gaps = meter.measure(app, click, lambda: bool(ended))
+        predict.finished.disconnect(ended.append)
+        assert ended[0].startswith("done"), ended
+        return gaps
+
+    def training(mode):
+        train.mode_combo.setCurrentText(mode)
+        gaps = meter.measure(app, train.start_button.click, lambda: train.worker is None)
+        assert train.use_button.isEnabled(), train.status.text()
+        return gaps
+
+    idle()  # let the viewer settle (first paints of the docks and the image)
+    record("idle (baseline)", idle())
+    only = set(args.only)
+    if "whole" in only:
+        record(f"whole-frame prediction, {args.frames} frames",
+               prediction("whole frame", predict.run_button.native.click))
+    if "tiled" in only:
+        record(f"tiled prediction, {args.frames} frames x {(args.size // args.tile) ** 2} tiles",
+               prediction("tile grid", predict.run_button.native.click))
+    if "heads" in only or only & {"use", "evaluate", "rank"}:
+        record("heads-only training, 2 epochs", training("heads"))
+    if "full" in only:
+        record("full training, 2 epochs", training("full"))
+    if "use" in only:
+        record('"Use new model" and the refresh it starts',
+               prediction("whole frame", train.use_button.click))
+    if "evaluate" in only:
+        evaluate.source_combo.setCurrentIndex(0)
+        record("evaluation", meter.measure(app, evaluate.run_button.click,
+                                           lambda: evaluate.worker is None))
+    if "rank" in only:
+        if session.model is None:
+            train.use_button.click()
+        record("ranking (what to label next)", meter.measure(app, rank.rank_button.click,
+                                                             lambda: rank.worker is None))
+    idle_max = rows[0][1].max()
+    print(f"\nGUI-thread stalls ({TICK_MS} ms timer; {args.frames} frames of {args.size} px, "
+          "resnet18 at 32 px, cpu)\n")
+    print("| activity | longest stall | p99 stall | longest / idle longest |")
+    print("| --- | --- | --- | --- |")
+    for name, gaps in rows:
+        print(f"| {name} | {gaps.max():.0f} ms | {np.percentile(gaps, 99):.0f} ms | "
+              f"{gaps.max() / idle_max:.1f} |")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""A readout on the canvas: the current time in hours, and the tile under the cursor.
+
+napari's slider counts frames and its status bar shows only the active layer's raw value;
+the readout (napari's text overlay, bottom left, just above the slider) says in hours where
+the slider is, and for the tile under the mouse its p(infected), class, duration and onset.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..core.targets import INFECTED
+from .overlays import CLASS_LABEL, CLASS_NAME, PredictionLayers
+
+
+class Readout:
+    """Keeps ``viewer.text_overlay`` up to date for one run's output layers."""
+
+    def __init__(self, viewer, layers: PredictionLayers, frame_interval_h: float,
+                 start_offset_h: float = 0.0):
+        self.viewer = viewer
+        self.layers = layers
+        self.interval = float(frame_interval_h)
+        self.offset = float(start_offset_h)
+        self._cursor = None
+        overlay = viewer.text_overlay
+        overlay.position = "bottom_left"
+        overlay.font_size = 10
+        overlay.visible = True
+        viewer.dims.events.current_step.connect(self.update)
+        viewer.mouse_move_callbacks.append(self._on_mouse_move)
+        self.update()
+
+    def close(self) -> None:
+        """Stop updating (a new run, or the dock went away); the text stays as it was."""
+        self.viewer.dims.events.current_step.disconnect(self.update)
+        if self._on_mouse_move in self.viewer.mouse_move_callbacks:
+            self.viewer.mouse_move_callbacks.remove(self._on_mouse_move)
+
+    def _on_mouse_move(self, viewer, event) -> None:
+        self._cursor = tuple(event.position)
+        self.update()
+
+    def frame(self) -> int:
+        image = self.layers.image
+        axis = self.viewer.dims.ndim - image.ndim
+        world = self.viewer.dims.point[axis]
+        return int(round((world - image.translate[0]) / image.scale[0]))
+
+    def hours(self, frame: int) -> float:
+        return frame * self.interval + self.offset
+
+    def text(self) -> str:
+        frame = self.frame()
+        lines = [f"t = {self.hours(frame):.2f} h  (frame {frame} of {self.layers.n_frames})"]
+        tile = self.tile_text()
+        if tile:
+            lines.append(tile)
+        return "\n".join(lines)
+
+    def tile_text(self) -> str:
+        """p(infected), class, duration and onset of the cell under the cursor ('' if none)."""
+        layers = self.layers
+        if self._cursor is None or not layers.ready:
+            return ""
+        ndim = layers.probability.ndim
+        position = np.asarray(self._cursor[-ndim:], float)
+        cell = np.round(layers.probability.world_to_data(position)).astype(int)
+        frame, row, col = int(cell[0]), int(cell[-2]), int(cell[-1])
+        shape = layers.probability.data.shape
+        if not (0 <= frame < shape[0] and 0 <= row < shape[1] and 0 <= col < shape[2]):
+            return ""
+        p = float(layers.probability.data[frame, row, col])
+        if math.isnan(p):
+            return ""
+        label = int(layers.classes.data[frame, row, col])
+        text = f"p(infected) {p:.2f} · {CLASS_NAME.get(label, 'not predicted')}"
+        if label == CLASS_LABEL[INFECTED]:
+            duration = float(layers.duration.data[frame, row, col])
+            onset = self.hours(frame) - duration
+            text += f" · infected for {duration:.1f} h · onset {onset:.1f} h"
+        return text
+
+    def update(self, *_) -> None:
+        self.viewer.text_overlay.text = self.text()

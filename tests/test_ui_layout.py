@@ -1,0 +1,46 @@
+"""All docks open together fit one 1920 x 1080 screen, and a long message never widens
+napari's window (issue 9, item 5)."""
+
+from __future__ import annotations
+
+from npe2 import PluginManager
+from qtpy.QtWidgets import QApplication
+
+from napari_infection_clock.core.synthetic import sample_pair
+
+PLUGIN = "napari-infection-clock"
+
+
+def test_all_docks_fit_a_full_hd_screen_and_a_long_error_does_not_widen_it(
+    make_napari_viewer, qtbot, tmp_path
+):
+    viewer = make_napari_viewer(show=True)
+    data, meta = sample_pair(n_frames=4, size=64)["infected"]
+    viewer.add_image(data, name="well", metadata=meta)
+    manifest = PluginManager.instance().get_manifest(PLUGIN)
+    docks = {}
+    for contribution in manifest.contributions.widgets:
+        name = contribution.display_name
+        docks[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
+    window = viewer.window._qt_window
+    QApplication.processEvents()
+    needed = window.minimumSizeHint()
+    assert needed.width() <= 1920 and needed.height() <= 1080, needed
+    window.resize(1920, 1080)
+    QApplication.processEvents()
+    assert (window.width(), window.height()) == (1920, 1080)
+
+    # a text file given as checkpoint: torch's long paragraph must not widen anything
+    notes = tmp_path / "notes.pt"
+    notes.write_text("my notes " * 400)
+    predict = docks["Predict infection"]
+    predict.checkpoint.value = notes
+    predict.device.value = "cpu"
+    ended = []
+    predict.finished.connect(ended.append)
+    predict.run_button.native.click()
+    qtbot.waitUntil(lambda: bool(ended), timeout=60_000)
+    QApplication.processEvents()
+    assert ended[0].startswith("prediction failed")
+    assert window.width() == 1920 and window.height() == 1080
+    assert predict.status.native.toolTip()  # the whole cause, on demand
