@@ -203,8 +203,8 @@ def test_plot_follows_the_prediction_legends_hide_nothing_exports_name_it(plotte
 
     mock = viewer.add_image(np.zeros((N_FRAMES, 64, 64), np.uint16), name="mock")
     table = _table(tile_grid(64, 64, TileSpec(32))).assign(image="mock")
-    session_for(viewer).set_results("mock", table, {"frame_interval_h": INTERVAL,
-                                                    "n_frames": N_FRAMES})
+    session_for(viewer).set_results(
+        "mock", table, PredictionRun(n_frames=N_FRAMES, frame_interval_h=INTERVAL))
     assert plot.image_name == "mock"  # a new prediction is followed
     assert plot.figure._suptitle.get_text() == "mock"
     viewer.layers.selection.active = viewer.layers[layer_name("well", "probability")]

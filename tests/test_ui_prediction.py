@@ -457,5 +457,6 @@ def test_a_failed_model_load_leaves_no_empty_layers(make_napari_viewer, qtbot, t
     message = _run(qtbot, widget)
     assert message.startswith("prediction failed")
     assert [layer.name for layer in viewer.layers] == ["well"]
-    assert len(widget.status.native.text()) <= 300  # short; the whole text on hover
-    assert "notes.pt" in widget.status.native.toolTip()
+    status = widget.status.native
+    assert len(status.text()) <= 300 and status.wordWrap()  # short, wrapped
+    assert "notes.pt" in status.text() + status.toolTip()  # the whole text on hover

@@ -20,7 +20,6 @@ from qtpy.QtWidgets import (
     QListWidget,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -29,6 +28,7 @@ from ..core.stack import stack_from_array
 from ..core.tiles import TileSpec
 from ..core.uncertainty import METHODS, iter_stack_uncertainty, rank_uncertain
 from .layer_roles import annotation_key, input_images, output_metadata, time_setting
+from .figures import scrolling_layout
 from .state import session_for
 from .teardown import on_dock_closed
 from .workers import Batch, Progress, Result, Run, Stop
@@ -65,7 +65,7 @@ class LabelNextWidget(QWidget):
         self._whole = True
         self._failed = False
         self._tables: list[pd.DataFrame] = []
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)  # fits beside the other docks
         form = QFormLayout()
         self.image_combo = QComboBox()
         self.method_combo = QComboBox()

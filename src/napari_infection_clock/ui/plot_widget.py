@@ -48,7 +48,7 @@ class TimeSeriesPlot(DockedFigure):
     """
 
     def __init__(self, napari_viewer):
-        super().__init__(figsize=(5, 4), min_height=260)
+        super().__init__(figsize=(5, 4), min_height=160)
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
         self.summary = pd.DataFrame()

@@ -117,7 +117,7 @@ class PredictionWidget(Container):
     finished = Signal(str)
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)  # fits beside the other docks
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
         self.worker = None
@@ -217,6 +217,12 @@ class PredictionWidget(Container):
         self._on_mode_changed()
         self._on_source_changed()
         self._on_image_changed()
+
+    @property
+    def native(self):
+        """The scroll area around the form: napari docks ``native``, and a dock that scrolls
+        asks for little height, so that it fits one screen with the other docks."""
+        return self.root_native_widget
 
     # -- reacting to inputs ----------------------------------------------------------------
     def _on_image_changed(self, *_):
