@@ -25,18 +25,22 @@ def _number(text: str) -> float:
 
 
 def test_small_benchmark_run_prints_the_whole_table(tmp_path):
+    stacks = tmp_path / "not" / "yet"  # --stack-dir need not exist: it is made
     cmd = [sys.executable, str(SCRIPT), "--quick", "--arch", "resnet18", "--frames", "2",
-           "--frame-size", "1024", "--tiles", "8", "--device", "cpu", "--stack-dir", str(tmp_path)]
+           "--frame-size", "1024", "--tiles", "8", "--device", "cpu", "--stack-dir", str(stacks)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     rows = _rows(out.stdout)
     by_start = {name.split(":")[0].split(" (")[0]: value for name, value in rows.items()}
     for name in ("baseline", "predictor defaults", "predictor / baseline", "matmul rate bf16 / fp32",
                  "compute roof", "predictor share of the roof", "end to end",
-                 "end to end / pure model", "peak resident memory", "feature cache, cold",
+                 "end to end / pure model", "peak resident memory",
+                 "peak after the first 1 frames", "peak after the first 2 frames",
+                 "growth of the peak from 1 to 2 frames",
+                 "feature cache, cold",
                  "heads-only retraining, warm cache", "one full fine-tune step"):
         assert name in by_start, f"row {name!r} missing from:\n{out.stdout}"
     assert _number(by_start["baseline"]) > 0 and _number(by_start["predictor defaults"]) > 0
     assert "(8 hits)" in by_start["heads-only retraining, warm cache"]
     assert "2 x 1024^2 uint16, 8 tiles of 512" in out.stdout
-    assert (tmp_path / "infection_clock_bench_2x1024.tif").is_file()
+    assert (stacks / "infection_clock_bench_2x1024.tif").is_file()

@@ -1,3 +1,6 @@
+import gc
+import weakref
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,15 +12,20 @@ from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
 from napari_infection_clock.core.predictor import Predictor
 from napari_infection_clock.core.preprocess import Preprocessing
 from napari_infection_clock.core.results import RESULT_COLUMNS
+from napari_infection_clock.core.runtime import release_gpu_library_pages
 from napari_infection_clock.core.stack import open_stack, stack_from_array, write_stack
 from napari_infection_clock.core.targets import TimePolicy, frame_time_policy
 from napari_infection_clock.core.tiles import TileSpec
 
 
 @pytest.fixture(scope="module")
-def predictor():
+def model():
     torch.manual_seed(0)
-    model = MultitaskResNet(ModelConfig(arch="resnet18", hidden_dim=16))
+    return MultitaskResNet(ModelConfig(arch="resnet18", hidden_dim=16))
+
+
+@pytest.fixture(scope="module")
+def predictor(model):
     meta = CheckpointMeta(
         model=model.config,
         preprocessing=Preprocessing(image_size=32),
@@ -90,8 +98,8 @@ def test_metadata_interval_wins_over_checkpoint(tmp_path, predictor, frames):
         assert frame_time_policy(stack, predictor.meta).frame_interval_h == 0.25
 
 
-def test_bf16_stays_close_to_fp32(predictor, frames):
-    fast = Predictor(predictor.model, predictor.meta, device="cpu", precision="bf16")
+def test_bf16_stays_close_to_fp32(model, predictor, frames):
+    fast = Predictor(model, predictor.meta, device="cpu", precision="bf16")
     stack = stack_from_array(frames)
     a = predictor.predict_stack(stack)
     b = fast.predict_stack(stack)
@@ -129,3 +137,27 @@ def test_predictor_leaves_the_callers_model_alone(precision):
     for key, value in model.state_dict().items():
         assert value.dtype == before[key].dtype and value.is_contiguous()
         assert torch.equal(value, before[key]), key
+
+
+def test_the_predictor_does_not_keep_the_callers_model(predictor, frames):
+    """Only the network that runs is held: a caller that lets go of its model (as
+    ``infection-clock predict`` does) frees those weights (issue 14)."""
+    torch.manual_seed(0)
+    model = MultitaskResNet(ModelConfig(arch="resnet18", hidden_dim=16))
+    alive = weakref.ref(model)
+    fast = Predictor(model, predictor.meta, device="cpu")
+    del model
+    gc.collect()
+    assert alive() is None
+    table = fast.predict_stack(stack_from_array(frames))
+    assert np.isfinite(table[["p_infected", "pred_time_h"]].to_numpy()).all()
+
+
+def test_released_gpu_library_pages_come_back_when_used():
+    """Released pages of the CUDA libraries are mapped again from the file when touched."""
+    before = (torch.cuda.is_available(), torch.backends.cudnn.version())
+    release_gpu_library_pages()
+    assert (torch.cuda.is_available(), torch.backends.cudnn.version()) == before
+    release_gpu_library_pages()
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(torch.nn.functional.relu(x), x.clamp_min(0))

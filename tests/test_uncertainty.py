@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
     meta = CheckpointMeta(model=config, preprocessing=PREP, time=TimePolicy())
     run_training(model, ItemDataset(items, PREP, augment=False), None,
                  TrainConfig(epochs=4, batch_size=32, lr=1e-3, device="cpu"), meta)
-    return Predictor(model, meta, device="cpu", batch_size=32, precision="fp32"), paths
+    return Predictor(model, meta, device="cpu", batch_size=32, precision="fp32"), paths, model
 
 
 def test_entropy_is_highest_at_one_half():
@@ -49,7 +49,7 @@ def test_entropy_is_highest_at_one_half():
 
 
 def test_ambiguous_frame_ranks_before_a_clear_one(trained):
-    predictor, paths = trained
+    predictor, paths, _ = trained
     with open_stack(paths[0]) as stack:  # an infected well: frame 0 equals its mock twin
         table = pd.concat(iter_stack_uncertainty(predictor, stack, frames=[0, 1, 29]))
     ranked = rank_uncertain(table)
@@ -61,8 +61,8 @@ def test_ambiguous_frame_ranks_before_a_clear_one(trained):
 
 
 def test_mc_dropout_spread_and_tiles(trained):
-    predictor, paths = trained
-    model = predictor.model
+    predictor, paths, model = trained
+    model.eval()  # as a loaded checkpoint is; the predictor leaves the caller's model alone
     with dropout_active(model) as n:
         assert n > 0 and all(m.training for m in model.modules() if isinstance(m, torch.nn.Dropout))
         assert not model.backbone.bn1.training
@@ -78,9 +78,9 @@ def test_mc_dropout_spread_and_tiles(trained):
 
 def test_mc_dropout_spreads_on_the_fast_bf16_path_too(trained):
     """The fast path runs a folded copy of the model; dropout must act on that copy."""
-    predictor, paths = trained
-    fast = Predictor(predictor.model, predictor.meta, device="cpu", precision="bf16")
-    assert fast.network is not fast.model
+    predictor, paths, model = trained
+    fast = Predictor(model, predictor.meta, device="cpu", precision="bf16")
+    assert fast.network is not model
     with open_stack(paths[0]) as stack:
         rows = pd.concat(iter_stack_uncertainty(fast, stack, frames=[29], method="mc_dropout",
                                                 passes=6))

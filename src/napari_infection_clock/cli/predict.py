@@ -27,6 +27,7 @@ def predict(opts: PredictOptions) -> int:
         model, meta, device=opts.device, batch_size=opts.batch_size, precision=opts.precision,
         compile=opts.compile,
     )
+    del model  # the predictor runs its own copy: these weights can go (docs/benchmarks.md)
     tiles = tile_spec(opts)
     tables = []
     for index, path in enumerate(opts.stacks):

@@ -27,7 +27,12 @@ from .device import select_device
 from .model import MultitaskResNet
 from .preprocess import preprocess, to_device
 from .results import empty_results, result_rows
-from .runtime import InferenceNetwork, prediction_dtype, release_free_heap
+from .runtime import (
+    InferenceNetwork,
+    prediction_dtype,
+    release_free_heap,
+    release_gpu_library_pages,
+)
 from .stack import TimelapseStack
 from .targets import TimePolicy, frame_time_policy
 from .tiles import TileSpec, check_boxes, crop, cut_tiles, tile_boxes
@@ -80,7 +85,9 @@ class Predictor:
 
     It runs a copy of the model with BatchNorm folded into the convolutions and fp32
     heads (:class:`.runtime.InferenceNetwork`); ``model`` itself is left as it was. The
-    copy is taken here: later changes to ``model`` need a new Predictor. ``compile=True`` wraps it in ``torch.compile`` (first batches are slow
+    copy is taken here: later changes to ``model`` need a new Predictor. Only the copy is
+    kept, so a caller that lets go of ``model`` frees its weights (``predict`` does).
+    ``compile=True`` wraps it in ``torch.compile`` (first batches are slow
     while it compiles; see docs/benchmarks.md for whether it pays on a machine).
     """
 
@@ -103,8 +110,8 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.prefetch = default_prefetch(self.device) if prefetch is None else max(int(prefetch), 0)
         self.amp_dtype = prediction_dtype(self.device, precision)
-        #: The caller's model, never moved, switched to eval or converted here.
-        self.model = model
+        if self.device.type == "cpu":
+            release_gpu_library_pages()  # ~200 MB that ``import torch`` touched for nothing
         fast = InferenceNetwork(model, self.device, self.amp_dtype)
         #: The module that really runs: a copy of ``model`` (see :class:`.runtime.InferenceNetwork`).
         self.network = fast

@@ -1,8 +1,8 @@
 """How models run on this machine, shared by prediction and training.
 
 Which reduced precision a device has kernels for and which one prediction may use, the
-network prediction runs (BatchNorm folded, heads in fp32), and handing freed heap memory
-back to the system.
+network prediction runs (BatchNorm folded, heads in fp32), and handing memory back to
+the system: freed heap memory, and the pages of GPU libraries a CPU-only run never uses.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import copy
 import ctypes
 import ctypes.util
 import functools
+import mmap
+import re
 
 import torch
 from torch import nn
@@ -119,3 +121,68 @@ def release_free_heap() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+#: Libraries that only a GPU uses, as the default (CUDA) torch wheel maps them: NVIDIA's
+#: (cuBLAS, cuDNN, NCCL, ...), torch's CUDA parts, and triton (torch.compile on GPUs).
+GPU_LIBRARIES = re.compile(
+    r"/nvidia/|/triton/|/lib(torch_cuda|c10_cuda|caffe2_nvrtc|torch_nvshmem)"
+)
+
+
+def release_gpu_library_pages() -> int:
+    """Unmap the resident pages of GPU libraries from this process; returns the bytes.
+
+    The default torch wheel links its CUDA libraries, so ``import torch`` maps them even
+    where no GPU is used and their static initialisers touch ~200 MB of their code and
+    data (docs/benchmarks.md). Only read-only mappings with no private (copy-on-write)
+    pages are released: every page there is an unmodified page of the file, which the
+    kernel maps again from the page cache if it is ever touched. Nothing happens where
+    ``/proc/self/smaps`` or ``madvise`` is missing (not Linux).
+    """
+    madvise = _madvise()
+    if madvise is None:
+        return 0
+    try:
+        with open("/proc/self/smaps") as f:
+            text = f.read()
+    except OSError:
+        return 0
+    released = 0
+    for start, stop, perms, path, rss_kb, private_kb in _mappings(text):
+        if (rss_kb and not private_kb and "w" not in perms and GPU_LIBRARIES.search(path)
+                and madvise(start, stop - start, mmap.MADV_DONTNEED) == 0):
+            released += rss_kb * 1024
+    return released
+
+
+def _mappings(smaps: str):
+    """(start, stop, permissions, path, resident kB, anonymous kB) per mapping of smaps."""
+    mapping = None
+    for line in smaps.splitlines():
+        key, _, rest = line.partition(" ")
+        if not key.endswith(":"):
+            if mapping:
+                yield mapping
+            fields = line.split(maxsplit=5)
+            start, stop = (int(v, 16) for v in fields[0].split("-"))
+            mapping = [start, stop, fields[1], fields[5] if len(fields) > 5 else "", 0, 0]
+        elif key == "Rss:":
+            mapping[4] = int(rest.split()[0])
+        elif key == "Anonymous:":
+            mapping[5] = int(rest.split()[0])
+    if mapping:
+        yield mapping
+
+
+@functools.cache
+def _madvise():
+    """The C library's ``madvise`` (address, length, advice) -> 0 on success, or None."""
+    name = ctypes.util.find_library("c")
+    try:
+        function = getattr(ctypes.CDLL(name), "madvise", None) if name else None
+    except OSError:
+        return None
+    if function is not None:
+        function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return function
