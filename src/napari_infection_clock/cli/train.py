@@ -108,27 +108,26 @@ def train_and_report(model, meta, config, train, val, test, out: Path) -> int:
     train_ds = ItemDataset(train, meta.preprocessing, augment=config.augment)
     val_ds = ItemDataset(val, meta.preprocessing)
     ckpt = out / "model.pt"
-    bar = tqdm(
+    with tqdm(  # closed on errors too, so a message starts on a line of its own
         total=config.epochs * max(1, -(-len(train) // config.batch_size)),
         unit="batch",
         desc="train",
-    )
-    last = None
-    for last in iter_train(model, train_ds, val_ds, config, meta, checkpoint_path=ckpt):
-        if last.stage == "batch":
-            bar.update(1)
-            bar.set_postfix(loss=f"{last.loss:.3f}")
-        elif last.stage == "epoch":
-            r = last.record
-            tqdm.write(
-                f"epoch {r['epoch']}: train loss {r['train_loss']:.3f}"
-                + (
-                    f", val AUC {r['val_roc_auc']:.3f}, val MAE {r['val_mae']:.2f} h"
-                    if "val_mae" in r
-                    else ""
+    ) as bar:
+        last = None
+        for last in iter_train(model, train_ds, val_ds, config, meta, checkpoint_path=ckpt):
+            if last.stage == "batch":
+                bar.update(1)
+                bar.set_postfix(loss=f"{last.loss:.3f}")
+            elif last.stage == "epoch":
+                r = last.record
+                tqdm.write(
+                    f"epoch {r['epoch']}: train loss {r['train_loss']:.3f}"
+                    + (
+                        f", val AUC {r['val_roc_auc']:.3f}, val MAE {r['val_mae']:.2f} h"
+                        if "val_mae" in r
+                        else ""
+                    )
                 )
-            )
-    bar.close()
     history = pd.DataFrame(last.history)
     write_atomic(out / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
     print(f"best epoch {last.best_epoch}; checkpoint {ckpt}")
