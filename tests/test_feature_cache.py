@@ -136,13 +136,13 @@ def test_in_memory_stacks_are_keyed_on_their_pixels(root):
     path = items[0].stack
     frames = generate_stack(True, seed=1, n_frames=6, size=64, dtype="uint8")
     mine = [i for i in items if i.stack == path]
-    ds = ItemDataset(mine, PREP, stacks={path: stack_from_array(frames)})
+    ds = ItemDataset(mine, PREP, stacks={(path, None): stack_from_array(frames)})
     cache.features(model.backbone, ds, CPU)
-    cache.features(model.backbone, ItemDataset(mine, PREP, stacks={path: stack_from_array(frames)}), CPU)
+    cache.features(model.backbone, ItemDataset(mine, PREP, stacks={(path, None): stack_from_array(frames)}), CPU)
     assert cache.misses == 0
     edited = frames.copy()
     edited[mine[0].frame, :8, :8] = 0
-    cache.features(model.backbone, ItemDataset(mine, PREP, stacks={path: stack_from_array(edited)}), CPU)
+    cache.features(model.backbone, ItemDataset(mine, PREP, stacks={(path, None): stack_from_array(edited)}), CPU)
     assert cache.misses == 1  # the one tile whose pixels changed
 
 

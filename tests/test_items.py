@@ -118,9 +118,12 @@ def test_label_table_items(tmp_path):
         }
     )
     items = label_table_items(df, clamp=(0.0, 9.0))
-    assert items[0] == Item(str(a), 4, (2, 3, 10, 12), INFECTED, 1.0, 0.5, "p4")
-    assert items[1] == Item(str(a), 2, None, UNINFECTED, 0.5, 0.5, "p4")
-    assert items[2] == Item(str(b), 5, None, INFECTED, 10.0, 9.0, str(b))  # clamped
+    # Each item keeps its stack's clock as read: metadata 0.25 h for a, the row's 2 h for b.
+    assert items[0] == Item(str(a), 4, (2, 3, 10, 12), INFECTED, 1.0, 0.5, "p4",
+                            frame_interval_h=0.25, onset_h=0.5)
+    assert items[1] == Item(str(a), 2, None, UNINFECTED, 0.5, 0.5, "p4", frame_interval_h=0.25)
+    assert items[2] == Item(str(b), 5, None, INFECTED, 10.0, 9.0, str(b),  # clamped
+                            frame_interval_h=2.0, onset_h=1.0)
 
     tiled = label_table_items(df, tiles=TileSpec(tile_size=8))
     assert [it.box for it in tiled if it.frame == 4] == [(2, 3, 10, 12)]

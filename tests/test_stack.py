@@ -126,12 +126,14 @@ def test_tcyx_channel_choice_and_out_of_range(tmp_path):
     data = ramp((5, 3, 8, 8))
     path = tmp_path / "tcyx.tif"
     tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TCYX"})
-    with open_stack(path) as stack:
+    with pytest.raises(StackError, match=r"no channel was chosen.*3 channels: 0, 1, 2"):
+        open_stack(path)
+    with open_stack(path, channel=0) as stack:
         assert (stack.channel, stack.n_channels, stack.n_frames) == (0, 3, 5)
         np.testing.assert_array_equal(stack.frame(1), data[1, 0])
     with open_stack(path, channel=2) as stack:
         np.testing.assert_array_equal(stack.frame(4), data[4, 2])
-    with pytest.raises(StackError, match=r"channel 3 does not exist.*3 channel"):
+    with pytest.raises(StackError, match=r"channel 3 does not exist.*3 channels"):
         open_stack(path, channel=3)
 
 
@@ -146,13 +148,15 @@ def test_explicit_axes_resolve_ambiguous_file(tmp_path):
         np.testing.assert_array_equal(stack.frame(3), data[1, 3])
 
 
-def test_explicit_axes_override_metadata(tmp_path):
+def test_explicit_axes_contradicting_metadata_need_force(tmp_path):
     data = ramp((4, 6, 6))
     path = tmp_path / "cyx.tif"
     tifffile.imwrite(path, data, imagej=True, metadata={"axes": "CYX"})
-    with open_stack(path) as stack:
+    with open_stack(path, channel=1) as stack:
         assert (stack.n_frames, stack.n_channels) == (1, 4)
-    with open_stack(path, axes="TYX") as stack:
+    with pytest.raises(StackError, match=r"contradict.*'CYX'.*C axis \(size 4\) would be read as T"):
+        open_stack(path, axes="TYX")
+    with open_stack(path, axes="TYX", force_axes=True) as stack:
         assert (stack.n_frames, stack.channel) == (4, None)
         np.testing.assert_array_equal(stack.frame(3), data[3])
 

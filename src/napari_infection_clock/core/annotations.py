@@ -79,11 +79,13 @@ def _undoable(method):
 
 @dataclass
 class AnnotationStore:
-    """Labels of one stack. ``stack`` is the image file's absolute path."""
+    """Labels of one stack. ``stack`` is the image file's absolute path; ``channel`` the
+    channel of a multichannel file the labels train on (the layer they were made on)."""
 
     stack: str
     n_frames: int
     frame_shape: tuple[int, int] | None = None
+    channel: int | None = None
     condition: str = "unknown"
     onset_h: float = DEFAULT_ONSET_H
     frame_interval_h: float = DEFAULT_FRAME_INTERVAL_H
@@ -259,7 +261,8 @@ class AnnotationStore:
 
     def _row(self, frame: int, box: Box | None, label: str) -> list:
         onset = self.onset_h if self.condition == "infected" or label == "infected" else np.nan
-        return [self.stack, frame, *(box or (pd.NA,) * 4), label, onset, self.frame_interval_h]
+        return [self.stack, frame, *(box or (pd.NA,) * 4), label, onset, self.frame_interval_h,
+                self.channel]
 
     @_undoable
     def merge_label_table(self, df: pd.DataFrame) -> int:
@@ -272,6 +275,9 @@ class AnnotationStore:
         mine = df[[_same_file(s, self.stack) for s in df["stack"]]]
         for row in mine.itertuples(index=False):
             self._check_frame(row.frame)
+        chosen = {c for c in mine["channel"] if isinstance(c, int)}
+        if self.channel is None and len(chosen) == 1:
+            self.channel = chosen.pop()
         for row in mine.itertuples(index=False):
             if pd.notna(row.y0):
                 box = tuple(int(getattr(row, c)) for c in BOX_COLUMNS)
@@ -292,6 +298,7 @@ class AnnotationStore:
             "stack": self.stack,
             "n_frames": self.n_frames,
             "frame_shape": list(self.frame_shape) if self.frame_shape else None,
+            "channel": self.channel,
             "condition": self.condition,
             "onset_h": self.onset_h,
             "frame_interval_h": self.frame_interval_h,
@@ -306,7 +313,8 @@ class AnnotationStore:
         if d.get("format") != SIDECAR_FORMAT:
             raise AnnotationError(f"not an infection-clock annotation file (format {d.get('format')!r})")
         store = cls(stack=stack or d["stack"], n_frames=int(d["n_frames"]),
-                    frame_shape=tuple(d["frame_shape"]) if d.get("frame_shape") else None)
+                    frame_shape=tuple(d["frame_shape"]) if d.get("frame_shape") else None,
+                    channel=d.get("channel"))
         store.set_condition(d["condition"], d["onset_h"], d["frame_interval_h"])
         for row in d["frames"]:
             store.label_frames(row["frame"], row["label"])

@@ -51,6 +51,12 @@ class CheckpointMeta:
     epoch: int | None = None
     #: Temperature and conformal time half-widths fitted on validation (core.calibration).
     calibration: dict = field(default_factory=dict)
+    #: What chose ``epoch``: a validation metric (``val_roc_auc``...) or, without
+    #: validation data, ``train_loss``.
+    best_epoch_by: str | None = None
+    #: The stacks it was trained on, as read (:func:`.items.stack_records`): path, channel
+    #: index and description, frame interval and onset.
+    stacks: list[dict] = field(default_factory=list)
     #: Settings the file did not give, filled with defaults (research files without config).
     assumed: list[str] = field(default_factory=list)
     source: str = "napari-infection-clock"

@@ -17,8 +17,8 @@ from .tiles import crop
 class ItemDataset(Dataset):
     """One preprocessed crop per item, with its class and time target.
 
-    Stacks are opened on first use and kept open; the last frame read is kept so the tiles
-    of one frame cost one read.
+    Stacks are opened on first use (in the item's channel) and kept open; the last frame
+    read is kept so the tiles of one frame cost one read.
     """
 
     def __init__(
@@ -26,28 +26,29 @@ class ItemDataset(Dataset):
         items: Sequence[Item],
         prep: Preprocessing,
         augment: bool = False,
-        stacks: dict[str, TimelapseStack] | None = None,
+        stacks: dict[tuple[str, int | None], TimelapseStack] | None = None,
     ):
         self.items = list(items)
         self.prep = prep
         self.augment = training_augmentation() if augment else None
-        self._stacks: dict[str, TimelapseStack] = dict(stacks or {})
-        self._last: tuple[str, int, np.ndarray] | None = None
+        self._stacks: dict[tuple[str, int | None], TimelapseStack] = dict(stacks or {})
+        self._last: tuple[str, int | None, int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def stack(self, path: str) -> TimelapseStack:
-        if path not in self._stacks:
-            self._stacks[path] = open_stack(path)
-        return self._stacks[path]
+    def stack(self, path: str, channel: int | None = None) -> TimelapseStack:
+        if (path, channel) not in self._stacks:
+            self._stacks[path, channel] = open_stack(path, channel=channel)
+        return self._stacks[path, channel]
 
     def raw_crop(self, index: int) -> np.ndarray:
         """The item's pixels as stored: (h, w) or (h, w, 3)."""
         item = self.items[index]
-        if self._last is None or self._last[:2] != (item.stack, item.frame):
-            self._last = (item.stack, item.frame, self.stack(item.stack).frame(item.frame))
-        frame = self._last[2]
+        key = (item.stack, item.channel, item.frame)
+        if self._last is None or self._last[:3] != key:
+            self._last = (*key, self.stack(item.stack, item.channel).frame(item.frame))
+        frame = self._last[3]
         return frame if item.box is None else crop(frame, item.box)
 
     def __getitem__(self, index: int):

@@ -24,19 +24,21 @@ def predict_items(
 ) -> Iterator[pd.DataFrame]:
     """Predict labelled items frame by frame; rows carry the truth (``true_class``,
     ``true_time_h``) so the table feeds :func:`.metrics.evaluate_table` directly."""
-    by_frame: dict[tuple[str, int], list[int]] = {}
+    by_frame: dict[tuple[str, int | None, int], list[int]] = {}
     for i, item in enumerate(items):
-        by_frame.setdefault((item.stack, item.frame), []).append(i)
+        by_frame.setdefault((item.stack, item.channel, item.frame), []).append(i)
     reader = ItemDataset(items, predictor.meta.preprocessing)
-    for (stack_path, frame), members in by_frame.items():
+    for (stack_path, _, frame), members in by_frame.items():
         if should_stop is not None and should_stop():
             return
         p, t = predictor.predict_many([reader.raw_crop(i) for i in members])
-        h, w = reader.stack(stack_path).frame_shape
+        first = items[members[0]]
+        h, w = reader.stack(stack_path, first.channel).frame_shape
         boxes = np.array([items[i].box or (0, 0, h, w) for i in members])
         sizes = np.maximum(boxes[:, 2:] - boxes[:, :2], 1)
         table = result_rows(
-            Path(stack_path).stem, frame, items[members[0]].hours, boxes, boxes[:, :2] // sizes, p, t
+            Path(stack_path).stem, frame, first.hours, boxes, boxes[:, :2] // sizes, p, t,
+            frame_shape=(h, w), channel=first.channel, channel_name=first.channel_desc,
         )
         table["true_class"] = [items[i].label for i in members]
         table["true_time_h"] = [items[i].time_target for i in members]

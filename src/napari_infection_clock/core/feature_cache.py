@@ -175,17 +175,18 @@ class FeatureCache:
         prep = dataset.prep
         common = (backbone_digest(backbone), prep.image_size, tuple(prep.mean), tuple(prep.std),
                   str(amp_dtype))
-        sources: dict[str, tuple | None] = {}
+        sources: dict[tuple, tuple | None] = {}
         keys = []
         for i, item in enumerate(dataset.items):
-            if item.stack not in sources:
-                known = item.stack in getattr(dataset, "_stacks", {})
-                in_memory = known and dataset.stack(item.stack).path is None
-                sources[item.stack] = None if in_memory else file_identity(item.stack)
-            source = sources[item.stack]
+            where = (item.stack, item.channel)
+            if where not in sources:
+                known = where in getattr(dataset, "_stacks", {})
+                in_memory = known and dataset.stack(*where).path is None
+                sources[where] = None if in_memory else file_identity(item.stack)
+            source = sources[where]
             if source is None:  # no file to stat: the pixels themselves are the identity
                 source = ("content", _content_hash(dataset.raw_crop(i)))
-            keys.append((*common, source, item.frame, item.box))
+            keys.append((*common, source, item.channel, item.frame, item.box))
         return keys
 
 

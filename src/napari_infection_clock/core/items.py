@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-from .labels import BOX_COLUMNS, normalize_labels
-from .stack import open_stack, parse_position
+from .labels import BOX_COLUMNS, LabelTableError, normalize_labels
+from .stack import StackError, open_stack, parse_position
 from .targets import (
     CLASS_NAMES,
     DEFAULT_CLAMP,
@@ -36,7 +36,11 @@ _EPS_H = 1e-9
 
 @dataclass(frozen=True)
 class Item:
-    """One training/evaluation sample: a frame (``box=None``) or a box of it."""
+    """One training/evaluation sample: a frame (``box=None``) or a box of it.
+
+    It keeps what its stack was read as (channel, frame interval, onset), so checkpoints
+    and split tables can record it.
+    """
 
     stack: str
     frame: int
@@ -45,6 +49,10 @@ class Item:
     hours: float
     time_target: float
     group: str
+    channel: int | None = None
+    channel_desc: str = "single channel"
+    frame_interval_h: float = DEFAULT_FRAME_INTERVAL_H
+    onset_h: float | None = None
 
 
 @dataclass(frozen=True)
@@ -108,14 +116,16 @@ def _tiff_files(folder: Path) -> list[Path]:
 
 
 def research_items(
-    root, policy: FramePolicy = FramePolicy(), tiles: TileSpec = TileSpec()
+    root, policy: FramePolicy = FramePolicy(), tiles: TileSpec = TileSpec(),
+    channel: int | str | None = None,
 ) -> list[Item]:
     """Items from ``ROOT/infected/*.tif[f]`` and ``ROOT/uninfected/*.tif[f]`` (SPEC 2).
 
     Frames whose hours lie inside the class's window (inclusive) are taken, every
     ``stride``-th one from the first; with tiles, each frame gives one item per tile. The
     group is the well position ``p<N>`` from the file name, else the file stem. Only the
-    files' headers are read, never pixels.
+    files' headers are read, never pixels. Multichannel files need ``channel`` (index, or
+    a name when files differ in channel order).
     """
     root = Path(root)
     if not root.is_dir():
@@ -140,8 +150,9 @@ def research_items(
         n_before = len(items)
         for path in files:
             interval = None if policy.use_metadata_interval else policy.frame_interval_h
-            with open_stack(path, frame_interval_h=interval) as stack:
+            with open_stack(path, channel=channel, frame_interval_h=interval) as stack:
                 n_frames, shape = stack.n_frames, stack.frame_shape
+                read_as = (stack.channel, stack.channel_desc)
                 if stack.frame_interval_source == "default":
                     interval = policy.frame_interval_h
                 else:
@@ -155,8 +166,10 @@ def research_items(
             targets = time_target(hours[chosen], label == INFECTED, policy.onset_h, policy.clamp)
             group = _position_group(path) or path.stem
             boxes = _boxes(shape, tiles)
+            onset = policy.onset_h if label == INFECTED else None
             items.extend(
-                Item(str(path), int(f), box, label, float(hours[f]), float(t), group)
+                Item(str(path), int(f), box, label, float(hours[f]), float(t), group,
+                     *read_as, float(interval), onset)
                 for f, t in zip(chosen, targets)
                 for box in boxes
             )
@@ -173,25 +186,41 @@ def label_table_items(
     tiles: TileSpec | None = None,
     default_frame_interval_h: float = DEFAULT_FRAME_INTERVAL_H,
     clamp: tuple[float, float] = DEFAULT_CLAMP,
+    channel: int | str | None = None,
 ) -> list[Item]:
     """Items from a label table (see :mod:`.labels`).
 
     Boxed rows give that box; whole-frame rows give the whole frame, or one item per tile
     when ``tiles`` is given. An empty frame interval is taken from the stack's metadata,
-    else ``default_frame_interval_h``. The group is the well position when the file name
-    has one, else the stack path.
+    else ``default_frame_interval_h``. A row's ``channel`` (index or name) picks the
+    channel of a multichannel stack, else ``channel`` (the run's choice) does; with
+    neither, such a stack is refused with its channels listed. The group is the well
+    position when the file name has one, else the stack path.
     """
+    folder = df.attrs.get("table_folder")
     df = normalize_labels(df)
-    stacks: dict[str, tuple[int, tuple[int, int], float | None]] = {}
+    stacks: dict[tuple, tuple] = {}
     items: list[Item] = []
     for i, row in enumerate(df.itertuples(index=False)):
         where = f"row {i + 1} (CSV line {i + 2})"
-        if row.stack not in stacks:
-            with open_stack(row.stack) as stack:
+        choice = channel if row.channel is None else row.channel
+        if (row.stack, choice) not in stacks and not Path(row.stack).is_file():
+            raise StackError(
+                f"{where}: stack {row.stack} does not exist; relative stack paths in a label "
+                "table are resolved against the table's folder"
+                + (f" ({folder})" if folder else "") + ", not the current folder: fix the path"
+            )
+        if (row.stack, choice) not in stacks:
+            try:
+                stack = open_stack(row.stack, channel=choice)
+            except StackError as exc:
+                raise StackError(f"{where}: {exc}") from exc
+            with stack:
                 from_file = stack.frame_interval_source == "metadata"
                 meta = stack.frame_interval_h if from_file else None
-                stacks[row.stack] = (stack.n_frames, stack.frame_shape, meta)
-        n_frames, (height, width), meta_interval = stacks[row.stack]
+                read_as = (stack.channel, stack.channel_desc)
+                stacks[row.stack, choice] = (stack.n_frames, stack.frame_shape, meta, read_as)
+        n_frames, (height, width), meta_interval, read_as = stacks[row.stack, choice]
         if row.frame >= n_frames:
             raise ValueError(
                 f"{where}: frame {row.frame} does not exist in {row.stack}, which has "
@@ -216,10 +245,73 @@ def label_table_items(
         target = float(time_target(hours, label == INFECTED, onset, clamp))
         group = _position_group(row.stack) or row.stack
         items.extend(
-            Item(row.stack, int(row.frame), box, label, float(hours), target, group)
+            Item(row.stack, int(row.frame), box, label, float(hours), target, group,
+                 *read_as, float(interval), float(onset) if label == INFECTED else None)
             for box in boxes
         )
     return items
+
+
+def stack_records(items) -> list[dict]:
+    """One record per stack (and channel) the items come from: what it was read as.
+
+    Checkpoints keep these, so a later prediction can say when it reads another channel.
+    """
+    records: dict[tuple, dict] = {}
+    for it in items:
+        record = records.setdefault((it.stack, it.channel), {
+            "stack": it.stack, "channel": it.channel, "channel_desc": it.channel_desc,
+            "frame_interval_h": it.frame_interval_h, "onset_h": None,
+        })
+        if it.onset_h is not None:
+            record["onset_h"] = it.onset_h
+    return list(records.values())
+
+
+def items_time_policy(
+    items, clamp: tuple[float, float] = DEFAULT_CLAMP, onset_h: float | None = None,
+    frame_interval_h: float | None = None,
+) -> TimePolicy:
+    """The one frame interval and onset a checkpoint stores, as the items' stacks give them.
+
+    A stack whose rows disagree is refused (one stack has one clock); stacks that differ
+    from each other need the value given (``onset_h``, ``frame_interval_h``), since one
+    checkpoint holds one; each stack's own is kept in :func:`stack_records` anyway.
+    """
+    per_stack: dict[str, tuple[set, set]] = {}
+    for it in items:
+        intervals, onsets = per_stack.setdefault(it.stack, (set(), set()))
+        intervals.add(round(it.frame_interval_h, 9))
+        if it.onset_h is not None:
+            onsets.add(round(it.onset_h, 9))
+    for stack, (intervals, onsets) in per_stack.items():
+        for what, values in (("frame intervals", intervals), ("infection onsets", onsets)):
+            if len(values) > 1:
+                raise LabelTableError(
+                    f"the rows of {stack} give different {what} "
+                    f"({', '.join(f'{v:g} h' for v in sorted(values))}); one stack has one "
+                    "clock: make its rows agree"
+                )
+
+    def one(values_of, given, what, option):
+        if given is not None:
+            return float(given)
+        found = {s: v for s, vals in per_stack.items() for v in values_of(vals)}
+        if len(set(found.values())) > 1:
+            shown = "; ".join(f"{Path(s).name}: {v:g} h" for s, v in sorted(found.items()))
+            raise LabelTableError(
+                f"the stacks have different {what} ({shown}); a checkpoint holds one "
+                f"(each stack's own is recorded in it too): give it explicitly ({option})"
+            )
+        return next(iter(found.values()), None)
+
+    interval = one(lambda v: v[0], frame_interval_h, "frame intervals", "CLI: --frames-per-hour")
+    onset = one(lambda v: v[1], onset_h, "infection onsets", "CLI: --onset")
+    return TimePolicy(
+        frame_interval_h=DEFAULT_FRAME_INTERVAL_H if interval is None else interval,
+        onset_h=DEFAULT_ONSET_H if onset is None else onset,
+        clamp=tuple(clamp),
+    )
 
 
 def items_frame(items) -> pd.DataFrame:
@@ -238,6 +330,9 @@ def items_frame(items) -> pd.DataFrame:
             "hours": np.array([it.hours for it in items], dtype=np.float64),
             "time_target": np.array([it.time_target for it in items], dtype=np.float64),
             "group": [it.group for it in items],
+            "channel": pd.array([it.channel for it in items], dtype="Int64"),
+            "channel_desc": [it.channel_desc for it in items],
+            "frame_interval_h": np.array([it.frame_interval_h for it in items], dtype=np.float64),
         }
     )
 

@@ -25,6 +25,7 @@ LABEL_COLUMNS = (
     "label",
     "onset_h",
     "frame_interval_h",
+    "channel",
 )
 BOX_COLUMNS = ("y0", "x0", "y1", "x1")
 REQUIRED_COLUMNS = ("stack", "frame", "label")
@@ -59,6 +60,7 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     out["label"] = out["label"].astype(object)
     for c in ("onset_h", "frame_interval_h"):
         out[c] = out[c].astype(np.float64)
+    out["channel"] = out["channel"].astype(object)
     return out
 
 
@@ -77,8 +79,9 @@ def normalize_labels(df: pd.DataFrame) -> pd.DataFrame:
     """Validate a label table and return it with normalised values and dtypes.
 
     Labels 1/0, infected/uninfected/mock (any case) become "infected"/"uninfected"; the
-    box columns are all-or-nothing per row; infected rows need an onset. Extra columns are
-    kept after the standard ones. Raises :class:`LabelTableError` naming every bad row.
+    box columns are all-or-nothing per row; infected rows need an onset; ``channel`` (for
+    multichannel stacks) is an index or a channel name, None where empty. Extra columns
+    are kept after the standard ones. Raises :class:`LabelTableError` naming every bad row.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -131,6 +134,10 @@ def normalize_labels(df: pd.DataFrame) -> pd.DataFrame:
         "frame_interval_h must be a positive number of hours (or empty)",
     )
 
+    channel = raw["channel"].map(_channel_cell)
+    flag(channel.map(lambda c: isinstance(c, int) and c < 0), "channel must be >= 0 or a name")
+    flag(channel.map(lambda c: isinstance(c, float)), "channel must be a whole number or a name")
+
     if problems:
         problems.sort()
         lines = [f"row {i + 1} (CSV line {i + 2}): {msg}" for i, msg in problems]
@@ -146,11 +153,28 @@ def normalize_labels(df: pd.DataFrame) -> pd.DataFrame:
             "label": label,
             "onset_h": onset,
             "frame_interval_h": interval,
+            "channel": channel,
         }
     )
     out = _typed(out)
     extra = [c for c in df.columns if c not in LABEL_COLUMNS]
     return pd.concat([out, df[extra]], axis=1) if extra else out
+
+
+def _channel_cell(value):
+    """A channel cell: None (empty), an index (int) or a name (str); floats are flagged."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() else number
 
 
 def read_label_table(path) -> pd.DataFrame:
@@ -180,6 +204,7 @@ def read_label_table(path) -> pd.DataFrame:
     df["stack"] = [
         s if Path(s).is_absolute() else str((folder / s).resolve()) for s in df["stack"]
     ]
+    df.attrs["table_folder"] = str(folder)  # for messages about stacks that are not there
     return df
 
 

@@ -240,6 +240,8 @@ class Predictor:
                         stack.name, frame, float(time.hours(frame)), boxes, grid_rc,
                         torch.cat([a for a, _ in parts]).numpy(),
                         torch.cat([b for _, b in parts]).numpy(),
+                        frame_shape=stack.frame_shape, channel=stack.channel,
+                        channel_name=stack.channel_desc,
                     )
                     next_out += 1
                     release_free_heap()

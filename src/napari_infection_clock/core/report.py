@@ -170,10 +170,13 @@ def _save_png(fig: Figure, path: Path) -> None:
 
 
 def save_report(df: pd.DataFrame, out_dir, *, bin_hours: float = 6.0,
-                threshold: float = 0.5) -> dict[str, Path]:
+                threshold: float = 0.5, training: dict | None = None) -> dict[str, Path]:
     """Evaluate a labelled prediction table and write metrics.json, per_bin.csv and the
-    five figures into ``out_dir``; returns {name: path}."""
+    five figures into ``out_dir``; returns {name: path}. ``training`` (how the model was
+    chosen, e.g. its best epoch and what picked it) is kept in metrics.json."""
     metrics = evaluate_table(df, bin_hours=bin_hours, threshold=threshold)
+    if training:
+        metrics["training"] = training
     bins = pd.DataFrame(metrics["per_bin"], columns=list(PER_BIN_COLUMNS))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,16 @@ import pandas as pd
 
 from .targets import CLASS_NAMES, INFECTED, TIME_MEANING, onset_estimate
 
-#: Columns of every prediction table, in order. Boxes are pixel coordinates in the frame,
-#: half-open: rows y0:y1, columns x0:x1; whole-frame items span the frame.
+#: Columns of every prediction table, in order. ``channel`` is the index read from a
+#: multichannel stack (empty for single-channel ones), ``channel_name`` its name where the
+#: file names it (see :mod:`.channels`). Boxes are pixel coordinates in the frame,
+#: half-open: rows y0:y1, columns x0:x1; whole-frame items span the frame. ``padded``
+#: marks boxes that reach past the frame, whose outside pixels were made up by reflection
+#: (``--border pad``); it is empty where the frame size was not known.
 RESULT_COLUMNS = (
     "stack",
+    "channel",
+    "channel_name",
     "frame",
     "hours",
     "tile_row",
@@ -19,6 +25,7 @@ RESULT_COLUMNS = (
     "x0",
     "y1",
     "x1",
+    "padded",
     "p_infected",
     "pred_class",
     "pred_label",
@@ -31,8 +38,10 @@ RESULT_COLUMNS = (
 TRUTH_COLUMNS = ("true_class", "true_time_h")
 
 
-def result_rows(stack, frame, hours, boxes, grid_rc, p_infected, pred_time_h, threshold=0.5):
-    """Rows for one frame's items: ``boxes`` (N, 4) as y0, x0, y1, x1; ``grid_rc`` (N, 2)."""
+def result_rows(stack, frame, hours, boxes, grid_rc, p_infected, pred_time_h, threshold=0.5,
+                frame_shape=None, channel=None, channel_name="single channel"):
+    """Rows for one frame's items: ``boxes`` (N, 4) as y0, x0, y1, x1; ``grid_rc`` (N, 2);
+    ``frame_shape`` (height, width) tells which boxes were padded."""
     p = np.asarray(p_infected, dtype=np.float64)
     t = np.asarray(pred_time_h, dtype=np.float64)
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
@@ -40,9 +49,17 @@ def result_rows(stack, frame, hours, boxes, grid_rc, p_infected, pred_time_h, th
     cls = (p >= threshold).astype(np.int64)
     hours_arr = np.full(len(p), float(hours))
     onset = np.where(cls == INFECTED, onset_estimate(hours_arr, t), np.nan)
+    if frame_shape is None:
+        padded = pd.array([pd.NA] * len(p), dtype="boolean")
+    else:
+        height, width = frame_shape
+        outside = (boxes[:, :2] < 0).any(1) | (boxes[:, 2] > height) | (boxes[:, 3] > width)
+        padded = pd.array(outside, dtype="boolean")
     return pd.DataFrame(
         {
             "stack": stack,
+            "channel": pd.array([channel] * len(p), dtype="Int64"),
+            "channel_name": channel_name,
             "frame": int(frame),
             "hours": hours_arr,
             "tile_row": grid_rc[:, 0],
@@ -51,6 +68,7 @@ def result_rows(stack, frame, hours, boxes, grid_rc, p_infected, pred_time_h, th
             "x0": boxes[:, 1],
             "y1": boxes[:, 2],
             "x1": boxes[:, 3],
+            "padded": padded,
             "p_infected": p,
             "pred_class": cls,
             "pred_label": [CLASS_NAMES[c] for c in cls],

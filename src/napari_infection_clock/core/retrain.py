@@ -18,7 +18,7 @@ from .blocks import BlockSplit, split_for_training
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .dataset import ItemDataset
 from .evaluation import calibrate
-from .items import label_table_items
+from .items import items_time_policy, label_table_items, stack_records
 from .model import ModelConfig, MultitaskResNet, build_model
 from .predictor import Predictor
 from .preprocess import Preprocessing
@@ -48,17 +48,11 @@ def plan_from_labels(table: pd.DataFrame, val_fraction: float = 0.2, split_mode:
     return split
 
 
-def time_policy_of(table: pd.DataFrame) -> TimePolicy:
-    """A checkpoint's default time policy from the labels: first infected row's onset and
-    the most common frame interval."""
-    interval = table["frame_interval_h"].dropna()
-    onset = table.loc[table["label"] == "infected", "onset_h"].dropna()
-    kwargs = {}
-    if len(interval):
-        kwargs["frame_interval_h"] = float(interval.mode().iloc[0])
-    if len(onset):
-        kwargs["onset_h"] = float(onset.iloc[0])
-    return TimePolicy(**kwargs)
+def time_policy_of(table: pd.DataFrame, clamp=DEFAULT_CLAMP) -> TimePolicy:
+    """A checkpoint's time policy from the labels: the frame interval and onset their
+    stacks share (refused, with each stack's, where they differ; see
+    :func:`.items.items_time_policy`)."""
+    return items_time_policy(label_table_items(table, clamp=clamp), clamp)
 
 
 def start_model(start: str, config: ModelConfig, image_size: int, time: TimePolicy,
@@ -77,7 +71,9 @@ def start_model(start: str, config: ModelConfig, image_size: int, time: TimePoli
             raise TrainingError("there is no loaded model to start from; load a checkpoint "
                                 "in the prediction widget, or start from ImageNet or random")
         model, meta = current
-        meta = replace(copy.deepcopy(meta), history=[], val_metrics={}, epoch=None)
+        # The labels' clock, not the old one: the checkpoint describes what it learned.
+        clock = replace(meta.time, frame_interval_h=time.frame_interval_h, onset_h=time.onset_h)
+        meta = replace(copy.deepcopy(meta), history=[], val_metrics={}, epoch=None, time=clock)
         return copy.deepcopy(model).cpu(), meta
     model = build_model(config, init=start)
     meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=image_size),
@@ -94,6 +90,7 @@ def iter_retrain(model: MultitaskResNet, meta: CheckpointMeta, plan: BlockSplit,
     A finished run with validation items is then calibrated on them (core.calibration,
     core.novelty): the final event's metadata, and the checkpoint, carry it."""
     prep = meta.preprocessing
+    meta.stacks = stack_records([*plan.train, *plan.val])
     train_ds = ItemDataset(plan.train, prep, augment=config.augment)
     val_ds = ItemDataset(plan.val, prep) if plan.val else None
     for event in iter_train(model, train_ds, val_ds, config, meta, checkpoint_path, should_stop,

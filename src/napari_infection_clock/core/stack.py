@@ -23,6 +23,7 @@ import numpy as np
 import tifffile
 
 from .atomic import mark_input, write_atomic
+from .channels import choice_message, describe, resolve_channel, tiff_channel_names
 from .targets import DEFAULT_FRAME_INTERVAL_H
 
 
@@ -32,6 +33,14 @@ class StackError(ValueError):
 
 class DamagedStackError(StackError):
     """A TIFF that is truncated, corrupt or whose header disagrees with its data."""
+
+
+class ChannelNotChosen(StackError):
+    """A multichannel stack opened without saying which channel; ``names`` lists them."""
+
+    def __init__(self, message: str, names: tuple):
+        super().__init__(message)
+        self.names = names
 
 
 class FrameIndexError(StackError, IndexError):
@@ -89,6 +98,8 @@ class TimelapseStack:
     #: The channel index selected from a multichannel source, None for single-channel.
     channel: int | None = None
     n_channels: int = 1
+    #: One name (None where unknown) per channel of a multichannel source.
+    channel_names: tuple = ()
     _source: Any = field(default=None, repr=False)
     _source_axes: str = field(default="", repr=False)
     _time_axis: int | None = field(default=None, repr=False)
@@ -98,6 +109,11 @@ class TimelapseStack:
     @property
     def is_rgb(self) -> bool:
         return self.axes == "TYXS"
+
+    @property
+    def channel_desc(self) -> str:
+        """The chosen channel by name where the file names it (see :mod:`.channels`)."""
+        return describe(self.channel, self.channel_names)
 
     def frame(self, index: int) -> np.ndarray:
         """Frame ``index`` as (H, W) or (H, W, 3), in the stored dtype (native byte order)."""
@@ -249,11 +265,19 @@ class _TiffPages:
 def open_stack(
     path: str | os.PathLike,
     axes: str | None = None,
-    channel: int | None = None,
+    channel: int | str | None = None,
     frame_interval_h: float | None = None,
     start_offset_h: float = 0.0,
+    force_axes: bool = False,
 ) -> TimelapseStack:
-    """Open a TIFF time-lapse lazily; ``axes`` overrides the file's own axes metadata."""
+    """Open a TIFF time-lapse lazily.
+
+    A multichannel file needs ``channel`` (index or name, see :mod:`.channels`); without
+    one it is refused with :class:`ChannelNotChosen`, which lists the channels. ``axes``
+    replaces axes the file does not name (plain TIFFs); contradicting the axes its
+    ImageJ/OME metadata names (channels read as time, say) is refused unless
+    ``force_axes``.
+    """
     path = Path(path)
     if not path.is_file():
         raise StackError(f"stack file not found (or not a file): {path}; check the path")
@@ -280,11 +304,14 @@ def open_stack(
             raise StackError(f"{path} contains no image data; check the file")
         _check_imagej_count(tif, series, path)
         source_axes = _validated_axes(axes, len(series.shape)) if axes else series.axes
+        if not force_axes:
+            _check_axes_against_file(source_axes, series, path)
         interval, interval_source = _frame_interval(tif, frame_interval_h)
+        names = tiff_channel_names(tif, series.axes, tuple(series.shape), source_axes)
         source, keep_tiff = _tiff_source(tif, series, path)
         stack = _build_stack(
             source, source_axes, path.stem, path, channel, interval, interval_source,
-            start_offset_h,
+            start_offset_h, names,
         )
     except BaseException:
         tif.close()
@@ -304,7 +331,8 @@ def stack_from_array(
     channel: int | None = None,
     start_offset_h: float = 0.0,
 ) -> TimelapseStack:
-    """Wrap an in-memory (numpy, dask or zarr) array without copying or computing it."""
+    """Wrap an in-memory (numpy, dask or zarr) array without copying or computing it;
+    a C axis longer than 1 needs ``channel``, as in :func:`open_stack`."""
     if not (hasattr(array, "shape") and hasattr(array, "dtype") and hasattr(array, "__getitem__")):
         array = np.asarray(array)
     source_axes = _validated_axes(axes, len(array.shape))
@@ -350,7 +378,8 @@ def write_stack(
 
 
 def _build_stack(
-    source, source_axes, name, path, channel, interval, interval_source, start_offset_h
+    source, source_axes, name, path, channel, interval, interval_source, start_offset_h,
+    names: tuple = (),
 ) -> TimelapseStack:
     where = str(path) if path else f"array {name!r}"
     dtype = np.dtype(source.dtype)
@@ -369,17 +398,23 @@ def _build_stack(
         )
     channel_axis = source_axes.index("C") if "C" in source_axes else None
     n_channels = shape[channel_axis] if channel_axis is not None else 1
+    names = tuple(names) if len(names) == n_channels else (None,) * n_channels
     if n_channels == 1:
-        channel_axis = None
-    if channel is not None and not 0 <= channel < n_channels:
-        raise StackError(
-            f"{where}: channel {channel} does not exist; the stack has {n_channels} channel(s), "
-            f"choose 0..{n_channels - 1}"
-        )
-    if channel_axis is None:
+        channel_axis, names = None, ()
+        if channel is not None and resolve_channel(channel, (None,)) is None:
+            raise StackError(
+                f"{where}: channel {channel!r} does not exist; the stack has one channel"
+            )
         channel = None
     elif channel is None:
-        channel = 0
+        raise ChannelNotChosen(
+            choice_message(where, "this is a multichannel stack and no channel was chosen",
+                           names), names)
+    else:
+        index = resolve_channel(channel, names)
+        if index is None:
+            raise StackError(choice_message(where, f"channel {channel!r} does not exist", names))
+        channel = index
     time_axis = _time_axis(source_axes, shape, where)
     rgb = "S" in source_axes and shape[source_axes.index("S")] in (3, 4)
     return TimelapseStack(
@@ -394,10 +429,31 @@ def _build_stack(
         start_offset_h=float(start_offset_h),
         channel=channel,
         n_channels=n_channels,
+        channel_names=names,
         _source=source,
         _source_axes=source_axes,
         _time_axis=time_axis,
         _channel_axis=channel_axis,
+    )
+
+
+def _check_axes_against_file(axes: str, series, path: Path) -> None:
+    """Refuse axes that contradict the ones the file's metadata names.
+
+    Letters Q and I mean the file does not say; any other letter is the file's word.
+    """
+    named = series.axes
+    wrong = [
+        (i, f, a) for i, (f, a) in enumerate(zip(named, axes)) if f not in "QI" and f != a
+    ]
+    if not wrong:
+        return
+    shape = tuple(int(n) for n in series.shape)
+    what = "; ".join(f"its {f} axis (size {shape[i]}) would be read as {a}" for i, f, a in wrong)
+    raise StackError(
+        f"{path}: axes {axes!r} contradict the file's metadata, which names its axes "
+        f"{named!r} (shape {shape}): {what}. Leave the axes to the file, or force them "
+        "(CLI: --force-axes) only if the metadata is wrong"
     )
 
 

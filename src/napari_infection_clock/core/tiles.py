@@ -20,14 +20,17 @@ class TileSpec:
 
     ``tile_size=None`` means the whole frame is one item. ``stride`` defaults to the tile
     size (no overlap). ``border`` decides what happens where the tiles do not fit exactly:
-    ``"pad"`` keeps a last row/column of tiles that extends past the frame (cropping pads
-    it by reflection), ``"drop"`` keeps only full tiles inside the frame, ``"shift"`` moves
-    the last tile back inside so every tile is full and the whole frame is covered.
+    ``"shift"`` (the default) moves the last tile back inside so every tile is full of
+    real pixels and the whole frame is covered (the last tile overlaps its neighbour);
+    ``"pad"`` keeps a last row/column of tiles that extends past the frame, cropping
+    pads it by reflection (mirrored cells the model never sees in real wells: up to all
+    but one pixel of a tile is made up; prediction tables mark such tiles ``padded``);
+    ``"drop"`` keeps only full tiles inside the frame and leaves the edge unseen.
     """
 
     tile_size: int | None = None
     stride: int | None = None
-    border: str = "pad"
+    border: str = "shift"
 
     def __post_init__(self):
         if self.tile_size is not None and not _positive_int(self.tile_size):

@@ -86,6 +86,8 @@ class TrainProgress:
     checkpoint: str | None = None
     history: list[dict] = field(default_factory=list)
     meta: CheckpointMeta | None = None  # "done"/"stopped": the best weights' metadata
+    #: What chose the best epoch so far (see :func:`best_epoch_note`).
+    best_by: str | None = None
 
 
 class TrainingError(ValueError):
@@ -122,6 +124,8 @@ class RunState:
     best_epoch: int | None = None
     best_state: dict | None = None
     best_metrics: dict = field(default_factory=dict)
+    #: What chose the best epoch: the validation metric, or ``train_loss`` without one.
+    best_by: str | None = None
 
     def consider(self, record: dict, model: nn.Module, config: TrainConfig) -> bool:
         """Record an epoch; keep its weights if it is the best so far (True then)."""
@@ -136,7 +140,7 @@ class RunState:
         value = (sign * record[key], -record.get("val_loss", record["train_loss"]))
         if not np.isfinite(value[0]) or (self.best_value is not None and not value > self.best_value):
             return False
-        self.best_value, self.best_epoch = value, record["epoch"]
+        self.best_value, self.best_epoch, self.best_by = value, record["epoch"], key
         heads_only = config.mode == "heads"
         self.best_state = copy.deepcopy({  # a frozen backbone needs no copy
             k: v.detach().cpu() for k, v in model.state_dict().items()
@@ -148,7 +152,7 @@ class RunState:
     def best_meta(self, meta: CheckpointMeta) -> CheckpointMeta:
         """``meta`` for the best weights, with the history so far (``meta`` is left alone)."""
         return replace(meta, history=list(self.history), epoch=self.best_epoch,
-                       val_metrics=dict(self.best_metrics))
+                       val_metrics=dict(self.best_metrics), best_epoch_by=self.best_by)
 
 
 class MultitaskLoss(nn.Module):
@@ -217,6 +221,14 @@ def train_one_epoch(forward, params, criterion: MultitaskLoss, optimizer, scaler
     return dict(zip(("train_loss", "train_cls_loss", "train_reg_loss"), means.tolist()))
 
 
+def best_epoch_note(best_by: str | None) -> str | None:
+    """What to tell the user when no validation data chose the best epoch."""
+    if best_by != "train_loss":
+        return None
+    return ("no validation data: the best epoch is chosen by training loss, which favours "
+            "the most overfitted epoch; label more wells or raise the validation share")
+
+
 def iter_train(
     model: MultitaskResNet,
     train_ds: ItemDataset,
@@ -272,7 +284,7 @@ def iter_train(
         _restore(model, state.best_state)
         return TrainProgress(
             stage, epoch, config.epochs, batch, clock.batches, elapsed_s=clock.elapsed(),
-            best_epoch=state.best_epoch, history=state.history,
+            best_epoch=state.best_epoch, history=state.history, best_by=state.best_by,
             checkpoint=_str(checkpoint_path) if state.best_epoch else None,
             meta=state.best_meta(meta) if state.best_epoch else None)
 
@@ -298,7 +310,7 @@ def iter_train(
                             loss=record["train_loss"], cls_loss=record["train_cls_loss"],
                             reg_loss=record["train_reg_loss"], record=record,
                             elapsed_s=clock.elapsed(), eta_s=clock.eta(epoch, clock.batches),
-                            best_epoch=state.best_epoch,
+                            best_epoch=state.best_epoch, best_by=state.best_by,
                             checkpoint=_str(checkpoint_path) if state.best_epoch else None)
     done = finished("done", config.epochs, clock.batches)
     if checkpoint_path is not None and done.meta is not None:

@@ -309,6 +309,8 @@ class AnnotationWidget(QWidget):
                 self.store.forget_history()  # what the file says, not a change to undo
             except AnnotationError:
                 pass
+        if meta.get("channel") is not None and (self.store.empty or self.store.channel is None):
+            self.store.channel = int(meta["channel"])  # labels train on the channel shown
         self.session.annotations[self.store.stack] = self.store
         self.status.setText(self._where_saved())
 

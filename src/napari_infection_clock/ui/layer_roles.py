@@ -29,7 +29,10 @@ INFECTED = "infected"
 START_OFFSET_H = "start_offset_h"
 #: The TIFF file an image layer shows (our reader, or a copy saved to a project folder).
 SOURCE_PATH = "source_path"
+#: Which channel of a multichannel file the layer shows: index, and name where the file
+#: names it (what labels made on it train on, and what predictions record).
 CHANNEL = "channel"
+CHANNEL_DESC = "channel_desc"
 N_FRAMES = "n_frames"
 
 # where a time setting came from, as the docks say it

@@ -13,9 +13,16 @@ import dask.array as da
 import numpy as np
 from dask import delayed
 
-from ..core.stack import DamagedStackError, StackError, TimelapseStack, open_stack
+from ..core.stack import (
+    ChannelNotChosen,
+    DamagedStackError,
+    StackError,
+    TimelapseStack,
+    open_stack,
+)
 from .layer_roles import (
     CHANNEL,
+    CHANNEL_DESC,
     FRAME_INTERVAL_H,
     FRAME_INTERVAL_SOURCE,
     N_FRAMES,
@@ -36,7 +43,7 @@ def get_reader(path):
     if path.suffix.lower() not in SUFFIXES or not path.is_file():
         return None
     try:
-        with open_stack(path) as stack:
+        with open_stack(path, channel=_first_channel(path)) as stack:
             if stack.n_frames < 2:
                 return None
     except DamagedStackError:
@@ -46,15 +53,33 @@ def get_reader(path):
     return read_timelapse
 
 
+def _first_channel(path) -> int | None:
+    """0 for a multichannel file (enough to look at its shape), else None."""
+    try:
+        open_stack(path).close()
+    except ChannelNotChosen:
+        return 0
+    return None
+
+
 def read_timelapse(path) -> list[tuple]:
-    """Layer data tuples: one image layer per channel, (T, Y, X[, 3]), frames read lazily."""
+    """Layer data tuples: one image layer per channel, (T, Y, X[, 3]), frames read lazily.
+
+    Each layer's metadata says which channel it shows (index, and name where the file
+    names it), so labels made on it train on that channel.
+    """
     path = Path(path[0] if isinstance(path, list) else path)
-    with open_stack(path) as probe:
-        n_channels = probe.n_channels
+    channels: list[int | None] = [None]
+    try:
+        open_stack(path).close()
+    except ChannelNotChosen as exc:
+        channels = list(range(len(exc.names)))
     layers = []
-    for channel in range(n_channels) if n_channels > 1 else [None]:
+    for channel in channels:
         stack = open_stack(path, channel=channel)
         name = path.stem if channel is None else f"{path.stem} [ch {channel}]"
+        if channel is not None and stack.channel_names[channel]:
+            name = f"{path.stem} [ch {channel} {stack.channel_names[channel]}]"
         first = stack.frame(0)
         kwargs = {
             "name": name,
@@ -67,6 +92,7 @@ def read_timelapse(path) -> list[tuple]:
                 START_OFFSET_H: stack.start_offset_h,
                 SOURCE_PATH: str(path),
                 CHANNEL: stack.channel,
+                CHANNEL_DESC: stack.channel_desc,
                 N_FRAMES: stack.n_frames,
             },
         }
