@@ -246,8 +246,9 @@ def test_console_script_is_installed():
     assert "--mode" in result.stdout and "--checkpoint" in result.stdout
 
 
-def test_fine_tuning_keeps_the_checkpoint_onset_and_reads_label_tables(trained, tmp_path):
-    """A research checkpoint trained with a 2 h onset stays at 2 h unless told otherwise."""
+def test_fine_tuning_takes_the_label_tables_clock(trained, tmp_path):
+    """A research checkpoint trained with a 2 h onset, fine-tuned on a table whose rows say
+    1 h: the new checkpoint holds the table's clock (issue 13), not the old one's."""
     from .research import ResearchMultitask, research_config, save_research_checkpoint
 
     research = tmp_path / "research.pth"
@@ -260,7 +261,8 @@ def test_fine_tuning_keeps_the_checkpoint_onset_and_reads_label_tables(trained, 
                  "--test-fraction", "0"])
     assert code == 0
     _, meta = load_checkpoint(out / "model.pt")
-    assert meta.time.onset_h == 2.0 and meta.model.hidden_dim == 16
+    assert (meta.time.onset_h, meta.time.frame_interval_h) == (1.0, 0.5)
+    assert meta.model.hidden_dim == 16
     assert meta.source == "napari-infection-clock" and meta.package_version != "research pipeline"
     code = main(["evaluate", str(out / "model.pt"), str(labels), "--out", str(tmp_path / "ev"),
                  "--device", "cpu"])

@@ -185,3 +185,91 @@ def test_training_without_validation_says_the_best_epoch_is_by_training_loss(wel
     assert last.best_by == last.meta.best_epoch_by == "train_loss"
     assert "training loss" in best_epoch_note(last.best_by)
     assert best_epoch_note("val_roc_auc") is None
+
+
+# --- the command line ------------------------------------------------------------------
+
+TRAIN = ["--arch", "resnet18", "--init", "random", "--image-size", "32", "--hidden-dim", "8",
+         "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--val-fraction", "0",
+         "--test-fraction", "0"]
+
+
+@pytest.fixture
+def labels_csv(wells):
+    """A label table beside its images, relative paths, clock 0.25 h / onset 0.5 h."""
+    root, paths = wells
+    table = root / "labels.csv"
+    pd.DataFrame({
+        "stack": [f"images/{p.name}" for p in paths for _ in (0, 1)],
+        "frame": [1, 4] * 4,
+        "label": [lab for lab in ("mock", "infected") * 2 for _ in (0, 1)],
+        "onset_h": [v for v in ("", 0.5) * 2 for _ in (0, 1)],
+        "frame_interval_h": 0.25,
+    }).to_csv(table, index=False)
+    return table
+
+
+def test_cli_train_refuses_unchosen_channel_then_records_it(labels_csv, tmp_path, capsys):
+    from napari_infection_clock.cli import main
+    from napari_infection_clock.core.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    assert main(["train", str(labels_csv), "--out", str(out), *TRAIN]) == 2
+    err = capsys.readouterr().err
+    assert "no channel was chosen" in err and "2 'DAPI'" in err and "Traceback" not in err
+    assert main(["train", str(labels_csv), "--out", str(out), "--channel", "DAPI", *TRAIN]) == 0
+    captured = capsys.readouterr()
+    # said at the start (before the first epoch) and at the end
+    assert captured.err.count("best epoch is chosen by training loss") == 2
+    assert "best epoch 1 (by train_loss)" in captured.out
+    _, meta = load_checkpoint(out / "model.pt")
+    assert {(r["channel"], r["channel_desc"]) for r in meta.stacks} == {(2, "DAPI"), (0, "DAPI")}
+    assert (meta.time.frame_interval_h, meta.time.onset_h) == (0.25, 0.5)
+    assert meta.best_epoch_by == "train_loss"
+    splits = pd.read_csv(out / "splits.csv")
+    assert set(zip(splits.channel, splits.channel_desc)) == {(2, "DAPI"), (0, "DAPI")}
+
+
+def test_cli_predict_channel_column_mismatch_warning_and_axes(labels_csv, wells, tmp_path,
+                                                              capsys):
+    from napari_infection_clock.cli import main
+
+    root, paths = wells
+    out = tmp_path / "run"
+    assert main(["train", str(labels_csv), "--out", str(out), "--channel", "DAPI", *TRAIN]) == 0
+    capsys.readouterr()
+    ckpt, table = str(out / "model.pt"), tmp_path / "p.csv"
+    args = ["--out", str(table), "--device", "cpu", "--tile-size", "20"]
+    assert main(["predict", ckpt, str(paths[0]), *args]) == 2
+    assert "no channel was chosen" in capsys.readouterr().err
+    assert main(["predict", ckpt, str(paths[0]), str(paths[3]), "--channel", "dapi", *args]) == 0
+    assert "warning" not in capsys.readouterr().err
+    result = pd.read_csv(table)
+    assert list(result.groupby("stack").channel.first()) == [2, 0]
+    assert set(result.channel_name) == {"DAPI"}
+    assert not result.padded.any() and result.x1.max() == 32  # default border: shift
+    assert main(["predict", ckpt, str(paths[0]), "--channel", "mito", *args]) == 0
+    assert "trained on DAPI, but this stack is read as mito" in capsys.readouterr().err
+    assert main(["predict", ckpt, str(paths[0]), "--channel", "2", "--border", "pad", *args]) == 0
+    assert pd.read_csv(table).padded.sum() == 6 * 3  # 3 of 4 tiles per frame reach past 32 px
+    cyx = write_fiji(tmp_path / "cyx.tif", ORDER_A)
+    assert main(["predict", ckpt, str(cyx), "--axes", "TYX", *args]) == 2
+    assert "its C axis (size 4) would be read as T" in capsys.readouterr().err
+    assert main(["predict", ckpt, str(cyx), "--axes", "TYX", "--force-axes", *args]) == 0
+
+
+def test_cli_evaluate_takes_channel_and_reports_the_table_folder(labels_csv, tmp_path, capsys):
+    from napari_infection_clock.cli import main
+
+    moved = tmp_path / "elsewhere" / "labels.csv"
+    moved.parent.mkdir()
+    moved.write_text(labels_csv.read_text())
+    out = tmp_path / "run"
+    assert main(["train", str(moved), "--out", str(out), "--channel", "DAPI", *TRAIN]) == 2
+    err = capsys.readouterr().err
+    assert "resolved against the table's folder" in err and str(moved.parent) in err
+    assert main(["train", str(labels_csv), "--out", str(out), "--channel", "DAPI", *TRAIN]) == 0
+    assert main(["evaluate", str(out / "model.pt"), str(labels_csv), "--out",
+                 str(tmp_path / "ev"), "--device", "cpu", "--channel", "DAPI"]) == 0
+    predictions = pd.read_csv(tmp_path / "ev" / "predictions.csv")
+    assert set(predictions.channel_name) == {"DAPI"} and len(predictions) == 8

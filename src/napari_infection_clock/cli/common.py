@@ -62,16 +62,18 @@ def frame_policy(opts: PolicyOptions, base: TimePolicy | None = None) -> FramePo
     )
 
 
-def load_items(data: Path, policy: FramePolicy, tiles: TileSpec):
-    """Items from a label table (``.csv``) or a research folder."""
+def load_items(data: Path, policy: FramePolicy, tiles: TileSpec, channel: str | None = None):
+    """Items from a label table (``.csv``) or a research folder; ``channel`` (``--channel``)
+    for multichannel stacks, where a table's ``channel`` column does not say."""
     if data.suffix.lower() == ".csv":
         return label_table_items(
             read_label_table(data),
             tiles=None if tiles.whole_frame else tiles,
             default_frame_interval_h=policy.frame_interval_h,
             clamp=policy.clamp,
+            channel=channel,
         )
-    return research_items(data, policy, tiles)
+    return research_items(data, policy, tiles, channel=channel)
 
 
 def print_headline(metrics_path: Path) -> None:

@@ -11,7 +11,8 @@ from ..core.checkpoint import load_checkpoint
 from ..core.evaluation import predict_items
 from ..core.predictor import Predictor
 from ..core.report import save_report
-from .common import frame_policy, load_items, print_headline, tile_spec, warn_assumed
+from ..core.channels import channel_mismatch
+from .common import frame_policy, load_items, print_headline, tile_spec, warn, warn_assumed
 from .options import EvaluateOptions
 
 
@@ -22,7 +23,11 @@ def evaluate(opts: EvaluateOptions) -> int:
     model, meta = load_checkpoint(opts.checkpoint)
     warn_assumed(meta)
     policy = frame_policy(opts, base=meta.time)
-    items = load_items(opts.data, policy, tile_spec(opts))
+    items = load_items(opts.data, policy, tile_spec(opts), opts.channel)
+    for desc in sorted({it.channel_desc for it in items}):
+        mismatch = channel_mismatch(meta.stacks, desc)
+        if mismatch:
+            warn(mismatch.replace("this stack is", "stacks here are"))
     predictor = Predictor(
         model, meta, device=opts.device, batch_size=opts.batch_size, precision=opts.precision,
         compile=opts.compile,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.items import FramePolicy
+from ..core.tiles import TileSpec
 from ..core.trainer import TrainConfig
 
 _T = TrainConfig
@@ -20,7 +21,7 @@ _T = TrainConfig
 class TileOptions:
     tile_size: int | None = None
     stride: int | None = None
-    border: str = "pad"
+    border: str = TileSpec.border
 
 
 @dataclass(kw_only=True)
@@ -43,6 +44,8 @@ class PolicyOptions:
     infected_window: tuple[float, float] = FramePolicy.infected_window_h
     uninfected_window: tuple[float, float] = FramePolicy.uninfected_window_h
     stride_frames: int = 1
+    #: Channel of multichannel stacks, by index or name; a label table's column wins.
+    channel: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -92,7 +95,8 @@ class PredictOptions(RunOptions, TileOptions):
     out: Path
     maps: Path | None = None
     axes: str | None = None
-    channel: int | None = None
+    force_axes: bool = False
+    channel: str | None = None
     interval: float | None = None
     frames: str | None = None
 

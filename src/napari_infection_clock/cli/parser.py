@@ -14,7 +14,7 @@ from .. import __version__
 from ..core.model import ARCHITECTURES, INIT_CHOICES
 from ..core.runtime import PRECISIONS
 from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
-from ..core.tiles import BORDERS
+from ..core.tiles import BORDERS, TileSpec
 from ..core.trainer import BEST_METRICS, TRAIN_MODES
 from .demo import demo
 from .evaluate import evaluate
@@ -120,7 +120,12 @@ def positive_hours(text: str) -> float:
 
 def _stack_args(p):
     p.add_argument("--axes", help="axes of the TIFF, e.g. TYX or TCYX (default: from metadata)")
-    p.add_argument("--channel", type=int, help="channel index for multichannel stacks")
+    p.add_argument(
+        "--force-axes",
+        action="store_true",
+        help="use --axes even where they contradict the axes the file's metadata names",
+    )
+    _channel_arg(p)
     p.add_argument(
         "--interval",
         type=positive_hours,
@@ -128,10 +133,24 @@ def _stack_args(p):
     )
 
 
+def _channel_arg(p):
+    p.add_argument(
+        "--channel",
+        help="channel of multichannel stacks, by index or name (e.g. 2 or DAPI; names come "
+        "from the file's ImageJ/OME metadata or LUT colours); required for such stacks",
+    )
+
+
 def _tile_args(p):
     p.add_argument("--tile-size", type=int, help="tile size in pixels (default: whole frames)")
     p.add_argument("--stride", type=int, help="tile stride in pixels (default: tile size)")
-    p.add_argument("--border", choices=BORDERS, help="tiles at the frame edge (default pad)")
+    p.add_argument(
+        "--border",
+        choices=BORDERS,
+        help=f"tiles at the frame edge (default {TileSpec.border}: the last tile moves back "
+        "inside the frame; pad makes up the pixels past the edge by reflection, and the "
+        "table marks those tiles padded; drop leaves the edge out)",
+    )
 
 
 def _run_args(p):
@@ -189,6 +208,7 @@ def _policy_args(p):
         help="hours of mock stacks to use",
     )
     p.add_argument("--stride-frames", type=int, help="take every Nth frame")
+    _channel_arg(p)
 
 
 def _train_args(p):

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from ..core.atomic import check_writable, mark_input, write_atomic
 from ..core.calibration import finish_table
+from ..core.channels import channel_mismatch
 from ..core.checkpoint import load_checkpoint
 from ..core.maps import write_maps
 from ..core.predictor import Predictor
@@ -32,11 +33,12 @@ def predict(opts: PredictOptions) -> int:
     tables = []
     for index, path in enumerate(opts.stacks):
         with open_stack(
-            path, axes=opts.axes, channel=opts.channel, frame_interval_h=opts.interval
+            path, axes=opts.axes, channel=opts.channel, frame_interval_h=opts.interval,
+            force_axes=opts.force_axes,
         ) as stack:
-            if stack.n_channels > 1 and opts.channel is None:
-                warn(f"{path} has {stack.n_channels} channels; predicting on channel "
-                     f"{stack.channel} (choose another with --channel N)")
+            mismatch = channel_mismatch(meta.stacks, stack.channel_desc)
+            if mismatch:
+                warn(f"{path}: {mismatch}")
             frames = frame_range(opts.frames, stack.n_frames)
             run = predictor.iter_stack(stack, tiles, frames=frames)
             total = len(frames) if frames else stack.n_frames

@@ -12,14 +12,20 @@ from .. import __version__
 from ..core.atomic import check_writable, write_atomic
 from ..core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, utc_now
 from ..core.dataset import ItemDataset
-from ..core.items import items_frame, kfold_by_group, split_by_group
+from ..core.items import (
+    items_frame,
+    items_time_policy,
+    kfold_by_group,
+    split_by_group,
+    stack_records,
+)
 from ..core.model import ModelConfig, build_model
 from ..core.calibration import finish_table
 from ..core.evaluation import calibrate, predict_items
 from ..core.predictor import Predictor
 from ..core.preprocess import Preprocessing
 from ..core.report import save_report
-from ..core.trainer import TrainConfig, iter_train
+from ..core.trainer import TrainConfig, best_epoch_note, iter_train
 from .common import frame_policy, load_items, print_headline, tile_spec, warn, warn_assumed
 from .options import TrainOptions
 
@@ -34,7 +40,10 @@ def train(opts: TrainOptions) -> int:
         base = meta.time
     policy = frame_policy(opts, base=base)
     tiles = tile_spec(opts)
-    items = load_items(opts.data, policy, tiles)
+    items = load_items(opts.data, policy, tiles, opts.channel)
+    # The clock the data were read with (a label table's onset and interval), not defaults.
+    given_interval = None if opts.frames_per_hour is None else 1.0 / opts.frames_per_hour
+    clock = items_time_policy(items, policy.clamp, opts.onset, given_interval)
     if opts.folds:
         folds = kfold_by_group(items, opts.folds, opts.seed)
         if not 0 <= opts.fold < len(folds):
@@ -53,7 +62,7 @@ def train(opts: TrainOptions) -> int:
         meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=opts.image_size))
     meta = replace(
         meta,
-        time=policy.time_policy(),
+        time=clock,
         tile_size=tiles.tile_size,
         source="napari-infection-clock",
         package_version=__version__,
@@ -92,6 +101,7 @@ def _warn_ignored_model_options(opts: TrainOptions, meta: CheckpointMeta) -> Non
 def train_and_report(model, meta, config, train, val, test, out: Path) -> int:
     """Train with a progress bar, then write splits, history, checkpoint and test report."""
     out.mkdir(parents=True, exist_ok=True)
+    meta.stacks = stack_records([*train, *val, *test])  # what each stack was read as
     splits = pd.concat(
         [
             items_frame(part).assign(split=name)
@@ -107,6 +117,8 @@ def train_and_report(model, meta, config, train, val, test, out: Path) -> int:
     )
     train_ds = ItemDataset(train, meta.preprocessing, augment=config.augment)
     val_ds = ItemDataset(val, meta.preprocessing)
+    if not val:
+        warn(best_epoch_note("train_loss"))
     ckpt = out / "model.pt"
     with tqdm(  # closed on errors too, so a message starts on a line of its own
         total=config.epochs * max(1, -(-len(train) // config.batch_size)),
@@ -130,7 +142,11 @@ def train_and_report(model, meta, config, train, val, test, out: Path) -> int:
                 )
     history = pd.DataFrame(last.history)
     write_atomic(out / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
-    print(f"best epoch {last.best_epoch}; checkpoint {ckpt}")
+    note = best_epoch_note(last.best_by)
+    chosen = f" (by {last.best_by})" if last.best_by else ""
+    print(f"best epoch {last.best_epoch}{chosen}; checkpoint {ckpt}")
+    if note:
+        warn(note)
     meta = last.meta or meta  # what the trainer saved with the best weights
     predictor = Predictor(model, meta, device=config.device, batch_size=config.batch_size)
     if val and last.best_epoch is not None:
@@ -143,7 +159,9 @@ def train_and_report(model, meta, config, train, val, test, out: Path) -> int:
     if test:
         table = finish_table(pd.concat(predict_items(predictor, test), ignore_index=True), meta)
         write_atomic(out / "test_predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
-        paths = save_report(table, out / "report")
+        training = {"best_epoch": last.best_epoch, "best_epoch_by": last.best_by,
+                    "note": note}
+        paths = save_report(table, out / "report", training=training)
         print(f"test report: {paths['metrics.json'].parent}")
         print_headline(paths["metrics.json"])
     return 0
