@@ -315,7 +315,8 @@ def test_zero_interval_names_the_flag(tmp_path, capsys):
     assert "frame_interval_h" not in err
 
 
-def test_two_channel_stack_says_which_channel_it_predicts(trained, data, tmp_path, capsys):
+def test_two_channel_stack_needs_its_channel_named(trained, data, tmp_path, capsys):
+    """Issue 13: no channel 0 taken silently (nor with a warning): refused, channels listed."""
     import tifffile
 
     one = tifffile.imread(next((data / "infected").glob("*.tif")))
@@ -323,6 +324,8 @@ def test_two_channel_stack_says_which_channel_it_predicts(trained, data, tmp_pat
     tifffile.imwrite(two, np.stack([one, one[:, ::-1]], axis=1), imagej=True,
                      metadata={"axes": "TCYX"})
     out = tmp_path / "o.csv"
-    assert main(["predict", str(trained / "model.pt"), str(two), "--out", str(out)]) == 0
-    assert "two.tif has 2 channels; predicting on channel 0 (choose another with --channel N)" \
-        in capsys.readouterr().err
+    assert main(["predict", str(trained / "model.pt"), str(two), "--out", str(out)]) == 2
+    assert "no channel was chosen; it has 2 channels: 0, 1" in capsys.readouterr().err
+    assert main(["predict", str(trained / "model.pt"), str(two), "--out", str(out),
+                 "--channel", "1"]) == 0
+    assert set(pd.read_csv(out).channel) == {1}

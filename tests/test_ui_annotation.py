@@ -342,3 +342,34 @@ def test_save_message_only_once_the_labels_are_on_disk(make_napari_viewer, qtbot
     assert sidecar.is_file(), sorted(project.iterdir())
     assert AnnotationStore.from_json(sidecar.read_text()).frames == {2: "infected"}
     assert widget.status.text().startswith("saved: 1 frame") and str(sidecar) in widget.status.text()
+
+
+def test_labels_on_a_channel_layer_train_on_that_channel(make_napari_viewer, qtbot, tmp_path):
+    """A Fiji hyperstack opens as one layer per channel; labels made on the DAPI layer
+    carry channel 2 into the label table and the retraining items (issue 13)."""
+    from napari_infection_clock.core.retrain import labels_of, plan_from_labels
+
+    from .fiji import write_fiji
+
+    infected = write_fiji(tmp_path / "a_p1_.tif", ["mito", "actin", "DAPI", "BF"], frames=6)
+    mock = write_fiji(tmp_path / "b_p2_.tif", ["DAPI", "actin", "mito", "BF"], frames=6)
+    viewer = make_napari_viewer()
+    for path in (infected, mock):
+        viewer.open(str(path), plugin="napari-infection-clock")
+    assert "a_p1_ [ch 2 DAPI]" in viewer.layers and "b_p2_ [ch 0 DAPI]" in viewer.layers
+    widget = AnnotationWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    for layer, condition in (("a_p1_ [ch 2 DAPI]", "infected"), ("b_p2_ [ch 0 DAPI]", "mock")):
+        viewer.layers.selection.active = viewer.layers[layer]  # labels go to the image in view
+        for other in viewer.layers:
+            other.visible = other.name == layer
+        assert widget.layer is viewer.layers[layer]
+        widget.condition_combo.setCurrentText(condition)
+        viewer.dims.set_current_step(0, 4)
+        label = "infected" if condition == "infected" else "uninfected"
+        qtbot.mouseClick(widget.buttons[label], Qt.LeftButton)
+    table = labels_of(session_for(viewer).annotations.values())
+    assert sorted(table["channel"]) == [0, 2]
+    plan = plan_from_labels(table, val_fraction=0.0)
+    assert {(it.channel, it.channel_desc) for it in plan.train} == {(2, "DAPI"), (0, "DAPI")}
+    session_for(viewer).annotations.clear()

@@ -460,3 +460,34 @@ def test_a_failed_model_load_leaves_no_empty_layers(make_napari_viewer, qtbot, t
     status = widget.status.native
     assert len(status.text()) <= 300 and status.wordWrap()  # short, wrapped
     assert "notes.pt" in status.text() + status.toolTip()  # the whole text on hover
+
+
+def test_channel_layers_of_a_fiji_file_are_recorded_and_checked(make_napari_viewer, qtbot,
+                                                                tmp_path):
+    """A layer the reader made from one channel of a hyperstack: the table says which
+    channel; a checkpoint trained on DAPI warns on the mito layer (issue 13)."""
+    from napari.utils.notifications import notification_manager
+
+    from .fiji import write_fiji
+
+    config = ModelConfig("resnet18", hidden_dim=0)
+    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(32),
+                          stacks=[{"stack": "x.tif", "channel": 0, "channel_desc": "DAPI"}])
+    ckpt = save_checkpoint(tmp_path / "dapi.pt", build_model(config, init="random"), meta)
+    path = write_fiji(tmp_path / "w.tif", ["mito", "actin", "DAPI", "BF"], frames=3)
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-infection-clock")
+    widget = PredictionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.checkpoint.value = ckpt
+    widget.device.value = "cpu"
+    said = []
+    notification_manager.notification_ready.connect(lambda n: said.append(str(n.message)))
+    for name in ("w [ch 2 DAPI]", "w [ch 0 mito]"):
+        widget.image.value = viewer.layers[name]
+        assert _run(qtbot, widget).startswith("done")
+        table = session_for(viewer).results[name]
+        assert set(table["channel"]) == {int(name[6])}
+        assert set(table["channel_name"]) == {name.split()[-1].rstrip("]")}
+    warned = [m for m in said if "trained on DAPI" in m]
+    assert len(warned) == 1 and "mito" in warned[0]

@@ -75,7 +75,8 @@ def test_viewer_opens_tiff_and_samples(make_napari_viewer, timelapse):
 
 def test_writer_saves_result_features_and_refuses_other_layers(tmp_path):
     boxes = np.array([[0, 0, 32, 32], [0, 32, 32, 64]])
-    table = result_rows("well", 3, 1.5, boxes, [[0, 0], [0, 1]], [0.2, 0.9], [1.5, 0.4])
+    table = result_rows("well", 3, 1.5, boxes, [[0, 0], [0, 1]], [0.2, 0.9], [1.5, 0.4],
+                        frame_shape=(32, 64))
     table["note"] = "extra"
     [written] = write_prediction_csv(str(tmp_path / "p.csv"), None, {"features": table})
     back = pd.read_csv(written)

@@ -100,6 +100,9 @@ class TimelapseStack:
     n_channels: int = 1
     #: One name (None where unknown) per channel of a multichannel source.
     channel_names: tuple = ()
+    #: For an array that is one channel of a multichannel file (a napari layer from the
+    #: reader): that channel's index and description, for tables and checks.
+    source_channel: tuple[int, str] | None = None
     _source: Any = field(default=None, repr=False)
     _source_axes: str = field(default="", repr=False)
     _time_axis: int | None = field(default=None, repr=False)
@@ -113,6 +116,8 @@ class TimelapseStack:
     @property
     def channel_desc(self) -> str:
         """The chosen channel by name where the file names it (see :mod:`.channels`)."""
+        if self.source_channel is not None:
+            return self.source_channel[1]
         return describe(self.channel, self.channel_names)
 
     def frame(self, index: int) -> np.ndarray:
@@ -330,16 +335,22 @@ def stack_from_array(
     frame_interval_h: float = DEFAULT_FRAME_INTERVAL_H,
     channel: int | None = None,
     start_offset_h: float = 0.0,
+    source_channel: tuple[int, str] | None = None,
 ) -> TimelapseStack:
     """Wrap an in-memory (numpy, dask or zarr) array without copying or computing it;
-    a C axis longer than 1 needs ``channel``, as in :func:`open_stack`."""
+    a C axis longer than 1 needs ``channel``, as in :func:`open_stack`.
+    ``source_channel`` (index, description) says which channel of a file the array is."""
     if not (hasattr(array, "shape") and hasattr(array, "dtype") and hasattr(array, "__getitem__")):
         array = np.asarray(array)
     source_axes = _validated_axes(axes, len(array.shape))
     interval = _positive_interval(frame_interval_h, "frame_interval_h")
-    return _build_stack(
+    stack = _build_stack(
         array, source_axes, name, None, channel, interval, "user", start_offset_h
     )
+    if source_channel is not None and stack.channel is None:
+        stack.channel = int(source_channel[0])  # for the table; this array has no C axis
+        stack.source_channel = (int(source_channel[0]), str(source_channel[1]))
+    return stack
 
 
 def write_stack(

@@ -53,6 +53,7 @@ from ..core.labels import LABEL_VALUES, LabelTableError, read_label_table, write
 from ..core.stack import open_stack, write_stack
 from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
 from .layer_roles import (
+    CHANNEL,
     FRAME_INTERVAL_H,
     INFECTED,
     ONSET_H,
@@ -309,8 +310,8 @@ class AnnotationWidget(QWidget):
                 self.store.forget_history()  # what the file says, not a change to undo
             except AnnotationError:
                 pass
-        if meta.get("channel") is not None and (self.store.empty or self.store.channel is None):
-            self.store.channel = int(meta["channel"])  # labels train on the channel shown
+        if meta.get(CHANNEL) is not None and (self.store.empty or self.store.channel is None):
+            self.store.channel = int(meta[CHANNEL])  # labels train on the channel shown
         self.session.annotations[self.store.stack] = self.store
         self.status.setText(self._where_saved())
 

@@ -28,9 +28,10 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Shapes
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
+from ..core.channels import channel_mismatch
 from ..core.checkpoint import CheckpointError, load_checkpoint
 from ..core.clock import region_clocks
 from ..core.device import select_device
@@ -337,8 +338,11 @@ class PredictionWidget(Container):
                 "(T, Y, X, 3) time-lapse - split channels first (right-click the layer > "
                 "Split Stack)"
             )
+        channel = image.metadata.get("channel")  # a channel layer of a multichannel file
         stack = stack_from_array(
-            data, axes=axes, name=image.name, frame_interval_h=self.frame_interval_h.value
+            data, axes=axes, name=image.name, frame_interval_h=self.frame_interval_h.value,
+            source_channel=None if channel is None else (
+                channel, image.metadata.get("channel_desc", f"channel {channel}")),
         )
         height, width = stack.frame_shape
         boxes = None
@@ -461,6 +465,9 @@ class PredictionWidget(Container):
         self.readout = Readout(self.viewer, self.layers, job.frame_interval_h, job.start_offset_h)
         self.swap_button.enabled = True
         self._say("predicting...")
+        mismatch = channel_mismatch(model.meta.stacks, self._job.stack.channel_desc)
+        if mismatch:
+            show_warning(f"{self._job.image.name}: {mismatch}")
 
     def swap_overlay(self) -> None:
         """Show the next continuous overlay (probability, duration, onset map): one at a time,
