@@ -407,6 +407,7 @@ def _build_stack(
             f"{where}: S (samples) axis of size {shape[source_axes.index('S')]}; expected 3 (RGB) "
             "or 4 (RGBA). To treat the samples as channels, pass axes with C in place of S"
         )
+    time_axis = _time_axis(source_axes, shape, where)  # a file that is no time-lapse first
     channel_axis = source_axes.index("C") if "C" in source_axes else None
     n_channels = shape[channel_axis] if channel_axis is not None else 1
     names = tuple(names) if len(names) == n_channels else (None,) * n_channels
@@ -426,7 +427,6 @@ def _build_stack(
         if index is None:
             raise StackError(choice_message(where, f"channel {channel!r} does not exist", names))
         channel = index
-    time_axis = _time_axis(source_axes, shape, where)
     rgb = "S" in source_axes and shape[source_axes.index("S")] in (3, 4)
     return TimelapseStack(
         name=name,
