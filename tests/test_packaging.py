@@ -161,3 +161,34 @@ def test_cli_imports_no_gui(gui_modules):
         "the command line pulled in GUI modules (module -> new GUI modules):\n"
         + json.dumps(report["offenders"], indent=2)
     )
+
+
+#: The oldest release of each dependency that has what the code calls (or, for numpy 2's
+#: ABI, a build that imports under numpy 2): pip may pick any version above the floor.
+NEEDED_FLOORS = {
+    "numpy": "2.0",  # np.quantile(weights=..., method="inverted_cdf") in core/clock.py
+    "scipy": "1.15",  # stats.bootstrap(rng=...) in core/clock.py
+    "torch": "2.6",  # serialization.safe_globals with (object, "module.name") tuples
+    "torchvision": "0.21",  # the release paired with torch 2.6
+    "pandas": "2.2.2",  # first release built for numpy 2
+    "scikit-learn": "1.4.2",  # first release built for numpy 2
+    "matplotlib": "3.8.4",  # first release built for numpy 2
+}
+
+
+def test_dependency_floors_have_the_apis_used(repo_root):
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    with open(Path(repo_root, "pyproject.toml"), "rb") as fh:
+        deps = tomllib.load(fh)["project"]["dependencies"]
+    floors = {}
+    for dep in map(Requirement, deps):
+        floors[dep.name] = [Version(s.version) for s in dep.specifier if s.operator == ">="]
+    too_low = {
+        name: (floors.get(name), need)
+        for name, need in NEEDED_FLOORS.items()
+        if not floors.get(name) or max(floors[name]) < Version(need)
+    }
+    assert not too_low, f"floors below what the code needs (floor, needed): {too_low}"

@@ -121,10 +121,7 @@ def _numpy_scalar_globals() -> list:
     dtype's own class (numpy >= 1.25), the types PyTorch's ``weights_only`` docs say to allow
     for them. Arrays and object, string or void dtypes stay refused.
     """
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import scalar
+    from numpy._core.multiarray import scalar
     codes = "?bhilqBHILQefd"  # bool, signed and unsigned ints, float16/32/64
     return [
         (scalar, "numpy._core.multiarray.scalar"),  # files written under numpy 2
