@@ -115,3 +115,16 @@ def test_evaluate_reports_the_consistent_clock_next_to_the_raw_one():
     # A table without the clock keeps the old layout.
     plain = evaluate_table(table.drop(columns=list(CLOCK_COLUMNS)))
     assert set(plain["per_class"]["infected"]) == {"regression"}
+
+
+def test_one_late_false_alarm_does_not_make_a_region_infected():
+    p = np.full(HOURS.size, 0.1)
+    p[-1] = 0.8  # one false alarm on the last frame, saying 0.4 h
+    mock = fit_region(HOURS, p, np.where(p > 0.5, 0.4, HOURS))
+    assert not mock.infected and np.isnan(mock.onset_h)
+    late = p.copy()
+    late[-3:] = 0.9  # three frames in a row: a late infection, kept
+    fit = fit_region(HOURS, late, np.where(late > 0.5, HOURS - 46.5, HOURS))
+    assert fit.infected and fit.onset_h == pytest.approx(46.5)
+    single = fit_region(HOURS[:1], [0.9], [0.0])  # one frame is all the evidence there is
+    assert single.infected

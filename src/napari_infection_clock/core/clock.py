@@ -9,9 +9,10 @@ of the weight in wild frames cannot drag it. Its interval comes from a bootstrap
 the frames (scipy). The consistent duration of every frame is then ``max(t - onset, 0)``.
 
 A region is infected when, from its fitted onset on, at least half of its frames are
-classified infected (a region stays infected once it is), so a region infected late in
-the experiment keeps its onset while a mock region with a few false alarms does not get
-one. Mock regions get the same treatment for experiment time: ``time = t - start`` with
+classified infected (a region stays infected once it is) and at least ``MIN_VOTES`` of
+them are (fewer only when the stack has fewer frames), so a region infected late in the
+experiment keeps its onset while a mock region with a few false alarms, or one on its last
+frame, does not get one. Mock regions get the same treatment for experiment time: ``time = t - start`` with
 ``start`` the weighted median of their votes (weights 1 - p), so their clock also
 advances one interval per frame.
 """
@@ -38,6 +39,9 @@ REGION_COLUMNS = (*REGION_KEYS, "tile_row", "tile_col", "infected", "onset_h", "
 
 DEFAULT_LEVEL = 0.9
 DEFAULT_RESAMPLES = 999
+#: Infected frames from the onset on that a region needs to be called infected (one late
+#: false alarm is all the frames after its own onset, so the 50 % rule alone would pass it).
+MIN_VOTES = 3
 #: Predicted times this close to a clamp bound are censored (the truth may lie beyond).
 _CENSOR_ATOL_H = 1e-3
 
@@ -106,7 +110,9 @@ def fit_region(hours, p_infected, pred_time_h, *, threshold: float = 0.5, clamp=
     well = ~sick & np.isfinite(votes) & np.isfinite(p)
     start = float(weighted_median(votes[well], 1 - p[well])) if np.any(well & (p < 1)) else np.nan
     after = np.isfinite(p) & (hours >= onset) if np.isfinite(onset) else np.zeros(p.shape, bool)
-    infected = bool(after.any() and np.mean(p[after] >= threshold) >= 0.5)
+    votes_after = np.count_nonzero(p[after] >= threshold)
+    enough = min(MIN_VOTES, np.count_nonzero(np.isfinite(p)))
+    infected = bool(after.any() and votes_after >= enough and votes_after >= 0.5 * after.sum())
     if not infected:
         onset = low = high = np.nan
     if not infected and not np.isfinite(start):
