@@ -6,8 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_infection_clock.core.clock import CLOCK_COLUMNS, fit_region, with_clock
+from napari_infection_clock.core.checkpoint import CheckpointMeta
+from napari_infection_clock.core.clock import CLOCK_COLUMNS, fit_region, region_clocks, with_clock
+from napari_infection_clock.core.evaluation import predict_items
+from napari_infection_clock.core.items import Item
+from napari_infection_clock.core.model import ModelConfig, build_model
+from napari_infection_clock.core.predictor import Predictor
+from napari_infection_clock.core.preprocess import Preprocessing
 from napari_infection_clock.core.results import result_rows
+from napari_infection_clock.core.stack import write_stack
+from napari_infection_clock.core.synthetic import generate_stack
 
 HOURS = np.arange(96) * 0.5
 
@@ -128,3 +136,16 @@ def test_one_late_false_alarm_does_not_make_a_region_infected():
     assert fit.infected and fit.onset_h == pytest.approx(46.5)
     single = fit_region(HOURS[:1], [0.9], [0.0])  # one frame is all the evidence there is
     assert single.infected
+
+
+def test_same_named_stacks_in_two_folders_are_two_regions(tmp_path):
+    items = []
+    for plate, infected in (("plate1", True), ("plate2", False)):
+        path = write_stack(tmp_path / plate / "well_p7.tif",
+                           generate_stack(infected, seed=1, n_frames=4, size=32))
+        items += [Item(str(path), f, None, int(infected), f * 0.5, f * 0.5, plate) for f in range(4)]
+    config = ModelConfig("resnet18", hidden_dim=8)
+    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=32))
+    predictor = Predictor(build_model(config, init="random"), meta, device="cpu", precision="fp32")
+    table = pd.concat(predict_items(predictor, items), ignore_index=True)
+    assert len(region_clocks(table)) == 2  # one clock per well, not one for both

@@ -4,7 +4,6 @@ for calibrating a model on its validation items."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,7 +22,8 @@ def predict_items(
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Predict labelled items frame by frame; rows carry the truth (``true_class``,
-    ``true_time_h``) so the table feeds :func:`.metrics.evaluate_table` directly."""
+    ``true_time_h``) so the table feeds :func:`.metrics.evaluate_table` directly. ``stack`` is
+    the item's path, as in the label table: same-named files in two folders are two wells."""
     by_frame: dict[tuple[str, int | None, int], list[int]] = {}
     for i, item in enumerate(items):
         by_frame.setdefault((item.stack, item.channel, item.frame), []).append(i)
@@ -37,7 +37,7 @@ def predict_items(
         boxes = np.array([items[i].box or (0, 0, h, w) for i in members])
         sizes = np.maximum(boxes[:, 2:] - boxes[:, :2], 1)
         table = result_rows(
-            Path(stack_path).stem, frame, first.hours, boxes, boxes[:, :2] // sizes, p, t,
+            str(stack_path), frame, first.hours, boxes, boxes[:, :2] // sizes, p, t,
             frame_shape=(h, w), channel=first.channel, channel_name=first.channel_desc,
         )
         table["true_class"] = [items[i].label for i in members]
