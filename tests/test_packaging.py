@@ -192,3 +192,20 @@ def test_dependency_floors_have_the_apis_used(repo_root):
         if not floors.get(name) or max(floors[name]) < Version(need)
     }
     assert not too_low, f"floors below what the code needs (floor, needed): {too_low}"
+
+
+@pytest.mark.skipif(not hasattr(os, "RTLD_DEEPBIND"), reason="triton is imported plainly here")
+def test_package_imports_when_triton_fails_to_load(tmp_path):
+    """A triton that raises something other than ImportError on import (a broken driver, a
+    CUDA mismatch) must not stop the plugin from loading, and the dlopen flags come back."""
+    fake = tmp_path / "triton"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise RuntimeError('no usable CUDA driver')\n")
+    code = (
+        "import sys; before = sys.getdlopenflags(); import napari_infection_clock; "
+        "assert sys.getdlopenflags() == before; assert 'triton' not in sys.modules"
+    )
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr

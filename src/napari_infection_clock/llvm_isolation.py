@@ -22,7 +22,8 @@ import sys
 def import_triton_self_bound() -> None:
     """Import triton with ``RTLD_DEEPBIND`` before torch or torchvision can import it.
 
-    Nothing happens where triton is absent (CPU wheels, macOS, Windows), already
+    Nothing happens where triton is absent or fails to import (CPU wheels, macOS, Windows,
+    a broken GPU driver: the plugin must load all the same), already
     imported (too late to change how it was bound), or the platform has no
     ``RTLD_DEEPBIND`` (only glibc has it; elsewhere the symbol clash does not arise).
     """
@@ -33,7 +34,7 @@ def import_triton_self_bound() -> None:
     sys.setdlopenflags(flags | deepbind)
     try:
         import triton  # noqa: F401
-    except ImportError:
+    except Exception:  # noqa: BLE001 - absent, or broken (driver, CUDA mismatch): torch copes
         pass
     finally:
         sys.setdlopenflags(flags)
