@@ -44,3 +44,14 @@ def test_small_benchmark_run_prints_the_whole_table(tmp_path):
     assert "(8 hits)" in by_start["heads-only retraining, warm cache"]
     assert "2 x 1024^2 uint16, 8 tiles of 512" in out.stdout
     assert (stacks / "infection_clock_bench_2x1024.tif").is_file()
+
+
+def test_quality_budget_without_a_finished_epoch_says_so(tmp_path):
+    """The training budget stops the run; with no epoch done the script says what to change
+    instead of dying with a subprocess traceback (no epoch can finish in 60 ms)."""
+    script = Path(__file__).parents[1] / "benchmarks" / "quality.py"
+    cmd = [sys.executable, str(script), "--small", "--budget-min", "0.001", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0
+    assert "no epoch finished within the 0.001 min budget" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
