@@ -226,7 +226,8 @@ def test_nan_weights_are_refused(tmp_path):
 
 def test_another_network_names_the_file(tmp_path):
     path = tmp_path / "densenet.pth"
-    state = {"features.conv0.weight": torch.zeros(4, 3, 7, 7), "classifier.weight": torch.zeros(2, 4)}
+    state = {"features.conv0.weight": torch.zeros(4, 3, 7, 7),
+             "classifier.weight": torch.zeros(2, 4)}
     torch.save({"model_state": state, "val_metrics": {"auc": np.float64(0.9)}}, path)
     with pytest.raises(CheckpointError, match=r"'.*densenet.pth' has no ResNet backbone") as err:
         load_checkpoint(path)

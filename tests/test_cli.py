@@ -329,3 +329,17 @@ def test_two_channel_stack_needs_its_channel_named(trained, data, tmp_path, caps
     assert main(["predict", str(trained / "model.pt"), str(two), "--out", str(out),
                  "--channel", "1"]) == 0
     assert set(pd.read_csv(out).channel) == {1}
+
+
+def test_nan_weights_stop_predict_with_a_message(trained, data, tmp_path, capsys):
+    import torch
+
+    raw = torch.load(trained / "model.pt", weights_only=True)
+    conv1 = next(v for k, v in raw["model_state"].items() if k.endswith("conv1.weight"))
+    conv1.fill_(float("nan"))
+    broken = tmp_path / "diverged.pt"
+    torch.save(raw, broken)
+    stack = next((data / "infected").glob("*.tif"))
+    assert main(["predict", str(broken), str(stack), "--out", str(tmp_path / "o.csv")]) == 2
+    assert "NaN or infinite" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()

@@ -234,7 +234,8 @@ def load_checkpoint(path, device="cpu", expected_arch: str | None = None):
     broken = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
     if broken:
         raise CheckpointError(
-            f"'{path}' has weights that are not numbers (NaN or infinite) in {', '.join(broken[:3])}"
+            f"'{path}' has weights that are not numbers (NaN or infinite) in "
+            f"{', '.join(broken[:3])}"
             ": the training run diverged before this was saved. Use an earlier checkpoint of "
             "that run, or train again (a lower learning rate usually helps)."
         )
