@@ -74,3 +74,35 @@ def test_labels_from_sample_data_train_a_model_that_generalises(tmp_path):
     assert metrics["classification"]["roc_auc"] > 0.9
     assert metrics["regression"]["mae"] < mean_baseline_mae(truth)
     assert np.isfinite(metrics["regression"]["mae"])
+
+
+def test_calibration_after_training_reports_progress_and_stops(tmp_path):
+    """The pass over the validation wells after the last epoch shows progress per frame and
+    honours Stop: the run ends "stopped" and the checkpoint stays the uncalibrated best."""
+    paths = write_research_dataset(tmp_path / "data", n_infected=2, n_mock=2, n_frames=6,
+                                   size=32, seed=3)
+    stores = []
+    for path in paths:
+        store, _ = open_annotations(path, 6, frame_interval_h=0.5)
+        infected = path.parent.name == "infected"
+        store.set_condition("infected" if infected else "mock", onset_h=1.0 if infected else None)
+        store.label_frames(range(6), "infected" if infected else "uninfected")
+        stores.append(store)
+    table = labels_of(stores)
+    plan = plan_from_labels(table, val_fraction=0.5)
+    assert plan.val
+    model, meta = start_model("random", ModelConfig(arch="resnet18", hidden_dim=16), 32,
+                              time_policy_of(table))
+    config = TrainConfig(epochs=1, batch_size=8, seed=0, device="cpu", mode="full")
+    seen = []
+
+    def stop() -> bool:
+        return any(e.stage == "calibrating" for e in seen)
+
+    for event in iter_retrain(model, meta, plan, config, tmp_path / "model.pt", should_stop=stop):
+        seen.append(event)
+    calibrating = [e for e in seen if e.stage == "calibrating"]
+    frames = len({(i.stack, i.channel, i.frame) for i in plan.val})
+    assert [(e.batch, e.batches) for e in calibrating] == [(1, frames)]
+    assert seen[-1].stage == "stopped" and seen[-1].best_epoch == 1
+    assert "n_validation" not in load_checkpoint(tmp_path / "model.pt")[1].calibration

@@ -46,13 +46,15 @@ def predict_items(
 
 
 def calibrate(predictor: Predictor, items, reference=(), level: float = DEFAULT_LEVEL,
-              max_reference: int = 512) -> dict:
+              max_reference: int = 512, table: pd.DataFrame | None = None) -> dict:
     """Calibration (:func:`.calibration.fit_calibration`) from validation ``items``: what
     ``CheckpointMeta.calibration`` stores; with ``reference`` (the training items, at most
-    ``max_reference`` of them, evenly spaced) also the novelty model. Empty without items."""
+    ``max_reference`` of them, evenly spaced) also the novelty model. Empty without items.
+    ``table``: the items' predictions (:func:`predict_items`) when the caller has them."""
     if not items:
         return {}
-    table = pd.concat(predict_items(predictor, items), ignore_index=True)
+    if table is None:
+        table = pd.concat(predict_items(predictor, items), ignore_index=True)
     out = fit_calibration(with_clock(table, clamp=predictor.meta.time.clamp), level)
     if reference:
         picks = np.unique(np.linspace(0, len(reference) - 1, min(len(reference), max_reference))

@@ -17,7 +17,7 @@ import pandas as pd
 from .blocks import BlockSplit, split_for_training
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .dataset import ItemDataset
-from .evaluation import calibrate
+from .evaluation import calibrate, predict_items
 from .items import items_time_policy, label_table_items, stack_records
 from .model import ModelConfig, MultitaskResNet, build_model
 from .predictor import Predictor
@@ -88,7 +88,8 @@ def iter_retrain(model: MultitaskResNet, meta: CheckpointMeta, plan: BlockSplit,
     """:func:`.trainer.iter_train` on the plan's items (augmented training set);
     ``feature_cache`` (a :class:`.feature_cache.FeatureCache`) serves heads-only runs.
     A finished run with validation items is then calibrated on them (core.calibration,
-    core.novelty): the final event's metadata, and the checkpoint, carry it."""
+    core.novelty), with a ``"calibrating"`` event per validation frame: the final event's
+    metadata, and the checkpoint, carry it; Stop meanwhile ends the run ``"stopped"``."""
     prep = meta.preprocessing
     meta.stacks = stack_records([*plan.train, *plan.val])
     train_ds = ItemDataset(plan.train, prep, augment=config.augment)
@@ -97,12 +98,30 @@ def iter_retrain(model: MultitaskResNet, meta: CheckpointMeta, plan: BlockSplit,
                             feature_cache=feature_cache):
         if event.stage == "done" and event.meta is not None and plan.val:
             predictor = Predictor(model, event.meta, device=config.device)
-            calibrated = replace(event.meta, calibration=calibrate(predictor, plan.val,
-                                                                   reference=plan.train))
+            calibration = yield from _calibrating(predictor, event, plan, should_stop)
+            if calibration is None:  # stopped: the checkpoint stays the best epoch's, as saved
+                yield replace(event, stage="stopped")
+                return
+            calibrated = replace(event.meta, calibration=calibration)
             if checkpoint_path is not None:
                 save_checkpoint(checkpoint_path, model, calibrated)
             event = replace(event, meta=calibrated)
         yield event
+
+
+def _calibrating(predictor: Predictor, done: TrainProgress, plan: BlockSplit,
+                 should_stop: Callable[[], bool] | None):
+    """Predict the validation frames, one ``"calibrating"`` event each (``batch`` of
+    ``batches`` frames), then return their calibration; None when stopped before the end."""
+    frames = len({(item.stack, item.channel, item.frame) for item in plan.val})
+    tables = []
+    for table in predict_items(predictor, plan.val, should_stop):
+        tables.append(table)
+        yield replace(done, stage="calibrating", batch=len(tables), batches=frames)
+    if len(tables) < frames:
+        return None
+    return calibrate(predictor, plan.val, reference=plan.train,
+                     table=pd.concat(tables, ignore_index=True))
 
 
 def labels_of(stores) -> pd.DataFrame:

@@ -71,7 +71,7 @@ class TrainProgress:
     """A small event: after each batch (``stage='batch'``), epoch, and at the end."""
 
     stage: str  # "features" (heads-only: backbone passes, batch/batches), "batch", "epoch",
-    # "done" or "stopped"
+    # "done" or "stopped"; iter_retrain adds "calibrating" (validation frames, batch/batches)
     epoch: int
     epochs: int
     batch: int

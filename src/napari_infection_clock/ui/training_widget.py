@@ -78,7 +78,7 @@ def _train(stop: Stop, stores_table, plan, start, model_config, image_size, curr
                                   feature_cache=cache):
             if event.stage in ("epoch", "done", "stopped"):
                 yield Result(event)
-            if event.stage == "features":  # backbone passes before the first epoch
+            if event.stage in ("features", "calibrating"):  # passes before/after the epochs
                 yield Progress(event.batch, event.batches, _progress_text(event))
             else:
                 yield Progress((event.epoch - 1) * event.batches + event.batch,
@@ -100,6 +100,8 @@ def _failure(exc: BaseException) -> Failed:
 def _progress_text(event) -> str:
     if event.stage == "features":
         return f"backbone features: {event.batch}/{event.batches} items"
+    if event.stage == "calibrating":
+        return f"calibrating on the validation wells: {event.batch}/{event.batches} frames"
     if event.stage in ("done", "stopped"):
         return f"{event.stage} after {_format_eta(event.elapsed_s)}"
     return (f"epoch {event.epoch}/{event.epochs}, batch {event.batch}/{event.batches} · "
