@@ -246,6 +246,20 @@ def test_console_script_is_installed():
     assert "--mode" in result.stdout and "--checkpoint" in result.stdout
 
 
+def test_training_without_validation_from_a_calibrated_model_drops_it(trained, tmp_path):
+    """The start checkpoint's temperature, intervals and novelty model describe its errors,
+    not the new model's: without validation items the new checkpoint has none."""
+    _, start = load_checkpoint(trained / "model.pt")
+    assert start.calibration
+    labels = Path(__file__).parent.parent / "sample_data" / "labels_example.csv"
+    out = tmp_path / "tuned"
+    code = main(["train", str(labels), "--out", str(out), "--checkpoint", str(trained / "model.pt"),
+                 "--mode", "heads", "--epochs", "1", "--device", "cpu", "--val-fraction", "0",
+                 "--test-fraction", "0"])
+    assert code == 0
+    assert load_checkpoint(out / "model.pt")[1].calibration == {}
+
+
 def test_fine_tuning_takes_the_label_tables_clock(trained, tmp_path):
     """A research checkpoint trained with a 2 h onset, fine-tuned on a table whose rows say
     1 h: the new checkpoint holds the table's clock (issue 13), not the old one's."""

@@ -23,6 +23,7 @@ from napari_infection_clock.core.retrain import (
     time_policy_of,
 )
 from napari_infection_clock.core.synthetic import write_research_dataset
+from napari_infection_clock.core.targets import TimePolicy
 from napari_infection_clock.core.trainer import TrainConfig
 
 
@@ -106,3 +107,13 @@ def test_calibration_after_training_reports_progress_and_stops(tmp_path):
     assert [(e.batch, e.batches) for e in calibrating] == [(1, frames)]
     assert seen[-1].stage == "stopped" and seen[-1].best_epoch == 1
     assert "n_validation" not in load_checkpoint(tmp_path / "model.pt")[1].calibration
+
+
+def test_a_model_trained_from_the_session_model_does_not_keep_its_calibration():
+    config = ModelConfig(arch="resnet18", hidden_dim=8)
+    time = TimePolicy(frame_interval_h=0.5, onset_h=1.0)
+    model, meta = start_model("random", config, 32, time)
+    meta.calibration = {"temperature": 3.0, "novelty": {"threshold": 2.0}}
+    _, new_meta = start_model("session model", config, 32, time, current=(model, meta))
+    assert new_meta.calibration == {}  # until the new model is calibrated on its own
+    assert meta.calibration["temperature"] == 3.0  # the session's model keeps its own

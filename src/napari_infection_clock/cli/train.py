@@ -63,6 +63,7 @@ def train(opts: TrainOptions) -> int:
     meta = replace(
         meta,
         time=clock,
+        calibration={},  # the start checkpoint's describes its errors; calibrated below if val
         tile_size=tiles.tile_size,
         source="napari-infection-clock",
         package_version=__version__,

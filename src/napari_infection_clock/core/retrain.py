@@ -71,9 +71,11 @@ def start_model(start: str, config: ModelConfig, image_size: int, time: TimePoli
             raise TrainingError("there is no loaded model to start from; load a checkpoint "
                                 "in the prediction widget, or start from ImageNet or random")
         model, meta = current
-        # The labels' clock, not the old one: the checkpoint describes what it learned.
+        # The labels' clock, not the old one: the checkpoint describes what it learned. The
+        # old calibration describes the old model's errors; the new one gets its own or none.
         clock = replace(meta.time, frame_interval_h=time.frame_interval_h, onset_h=time.onset_h)
-        meta = replace(copy.deepcopy(meta), history=[], val_metrics={}, epoch=None, time=clock)
+        meta = replace(copy.deepcopy(meta), history=[], val_metrics={}, epoch=None, time=clock,
+                       calibration={})
         return copy.deepcopy(model).cpu(), meta
     model = build_model(config, init=start)
     meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=image_size),
