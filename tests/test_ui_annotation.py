@@ -373,3 +373,57 @@ def test_labels_on_a_channel_layer_train_on_that_channel(make_napari_viewer, qtb
     plan = plan_from_labels(table, val_fraction=0.0)
     assert {(it.channel, it.channel_desc) for it in plan.train} == {(2, "DAPI"), (0, "DAPI")}
     session_for(viewer).annotations.clear()
+
+
+def _choose_project(widget, folder):
+    widget.project_edit.setText(str(folder))
+    widget.project_edit.editingFinished.emit()
+
+
+def test_a_project_folders_saved_labels_are_read_never_overwritten(make_napari_viewer, qtbot,
+                                                                   stack_file, tmp_path):
+    """Yesterday's labels in a project folder come back when it is chosen, also for an image
+    already shown (its labels so far are merged in, nothing is written over them)."""
+    yesterday, other = tmp_path / "yesterday", tmp_path / "other"
+    for folder, frame, label in ((yesterday, 3, "uninfected"), (other, 7, "infected")):
+        saved = AnnotationStore(stack=str(stack_file.resolve()), n_frames=N_FRAMES)
+        saved.set_condition("infected", 2.0, 0.5)
+        saved.label_frames([frame], label)
+        saved.save(sidecar_path(stack_file, folder))
+    viewer, widget = _open(make_napari_viewer, stack_file, qtbot)  # shown once: no labels
+    _choose_project(widget, yesterday)
+    assert widget.store.frames == {3: "uninfected"}
+    assert "1 frame" in widget.status.text() and "No labels yet" not in widget.status.text()
+    viewer.dims.set_current_step(0, 5)
+    _press(viewer, qtbot, Qt.Key_U)
+    on_disk = AnnotationStore.from_json(sidecar_path(stack_file, yesterday).read_text())
+    assert on_disk.frames == {3: "uninfected", 5: "uninfected"}
+
+    _choose_project(widget, other)  # labels in view and labels in that folder: both kept
+    both = {3: "uninfected", 5: "uninfected", 7: "infected"}
+    assert widget.store.frames == both
+    on_disk = AnnotationStore.from_json(sidecar_path(stack_file, other).read_text())
+    assert on_disk.frames == both
+
+
+def test_a_project_folder_saves_every_image_labelled_in_memory(make_napari_viewer, qtbot,
+                                                               tmp_path):
+    viewer = make_napari_viewer()
+    widget = AnnotationWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    for name, seed in (("first", 1), ("second", 2)):
+        viewer.add_image(generate_stack(True, seed=seed, n_frames=6, size=32, dtype="uint8"),
+                         name=name, metadata={"frame_interval_h": 0.5})
+        viewer.dims.set_current_step(0, seed)
+        _press(viewer, qtbot, Qt.Key_U)  # each image labelled while in view
+    assert widget.layer.name == "second"
+    project = tmp_path / "project"
+    _choose_project(widget, project)
+    for name, seed in (("first", 1), ("second", 2)):
+        copy = project / f"{name}.tif"
+        assert copy.is_file(), sorted(project.iterdir())
+        saved = AnnotationStore.from_json(sidecar_path(copy, project).read_text())
+        assert saved.frames == {seed: "uninfected"}
+    assert not [key for key in session_for(viewer).annotations if key.startswith("memory:")]
+    out = widget.export_csv(tmp_path / "labels.csv")
+    assert sorted(read_label_table(out)["frame"]) == [1, 2]

@@ -12,7 +12,8 @@ from napari_infection_clock.core.annotations import open_annotations
 from napari_infection_clock.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from napari_infection_clock.core.model import ModelConfig, build_model
 from napari_infection_clock.core.preprocess import Preprocessing
-from napari_infection_clock.core.synthetic import write_research_dataset
+from napari_infection_clock.core.synthetic import generate_stack, write_research_dataset
+from napari_infection_clock.ui.annotation_widget import AnnotationWidget
 from napari_infection_clock.ui.state import SessionModel, session_for
 from napari_infection_clock.ui.training_widget import TrainingWidget
 
@@ -136,6 +137,20 @@ def test_bad_input_is_refused_with_a_message(make_napari_viewer, qtbot, wells, t
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     assert "not available" in widget.status.text() and "random" in widget.status.text()
     assert not (tmp_path / "m.pt").exists() and widget.trained is None
+
+
+def test_labels_of_images_with_no_file_are_said_to_be_left_out(make_napari_viewer, tmp_path):
+    viewer, widget = _widget(make_napari_viewer, tmp_path)
+    annotate = AnnotationWidget(viewer)
+    viewer.window.add_dock_widget(annotate)
+    viewer.add_image(generate_stack(True, seed=1, n_frames=6, size=32, dtype="uint8"),
+                     name="sample")  # no file, no project folder: labels stay in memory
+    for frame, label in ((1, "uninfected"), (4, "infected")):
+        viewer.dims.set_current_step(0, frame)
+        annotate.buttons[label].click()
+    assert not widget.start()
+    said = widget.status.text()
+    assert "no labels" in said and "2 labels of images with no file left out" in said, said
 
 
 def test_session_model_is_the_default_start(make_napari_viewer, tmp_path):

@@ -366,5 +366,15 @@ def open_annotations(stack, n_frames: int, frame_shape=None, project_dir=None,
     return store, path
 
 
+def labels_left_out(stores) -> str:
+    """What :func:`.retrain.labels_of` leaves out, said for the user ("" when nothing): labels of
+    images with no file, kept in memory until a project folder is chosen."""
+    n = sum(len(s.frames) + len(s.crops) for s in stores if s.stack.startswith("memory:"))
+    if not n:
+        return ""
+    return (f"{n} label{'s' * (n != 1)} of images with no file left out: choose a project "
+            "folder in the annotation dock to save them")
+
+
 def _same_file(a: str, b: str) -> bool:
     return Path(a).resolve() == Path(b).resolve()

@@ -45,6 +45,7 @@ from ..core.annotations import (
     CONDITIONS,
     AnnotationError,
     AnnotationStore,
+    labels_left_out,
     open_annotations,
     sidecar_path,
 )
@@ -58,6 +59,7 @@ from .layer_roles import (
     INFECTED,
     ONSET_H,
     SOURCE_PATH,
+    annotation_key,
     layer_stack_path,
     output_metadata,
     time_setting,
@@ -115,6 +117,8 @@ class AnnotationWidget(QWidget):
         self.crops_layer: Shapes | None = None
         self._syncing = False
         self._closed = False
+        #: Per stack path: the sidecar its session store was read from (or merged with).
+        self._read_from: dict[str, Path] = {}
         on_dock_closed(self, self.cleanup)
         self._build()
         self.session.image_changed.connect(self._serve)
@@ -246,11 +250,27 @@ class AnnotationWidget(QWidget):
             self.set_project_dir(folder)
 
     def _project_changed(self) -> None:
-        """Labels move with the project folder: those made so far are saved there now."""
+        """Labels move with the project folder: those of every open image are saved there
+        now (images with no file are saved too; the one in view last, so that the status
+        line speaks of it). Labels already in that folder are read and merged first."""
+        for layer in self._labelled_images():
+            try:
+                store, sidecar = self._store_of(layer)
+            except (AnnotationError, OSError) as exc:
+                self._error(f"labels of '{layer.name}' NOT saved (kept in memory): {exc}")
+                continue
+            self._save_labels(layer, store, sidecar)
         if self.layer is not None:
             self._serve(self.layer, force=True)
             if self.store is not None and not self.store.empty:
                 self._save()
+
+    def _labelled_images(self) -> list:
+        """Open images other than the one in view that have labels in this session."""
+        labelled = {key for key, store in self.session.annotations.items() if not store.empty}
+        return [layer for layer in self.viewer.layers
+                if isinstance(layer, Image) and layer is not self.layer
+                and annotation_key(layer) in labelled]
 
     def _serve(self, layer, force: bool = False) -> None:
         """Make ``layer`` (the image in view, or None) the one the labels go to."""
@@ -276,6 +296,14 @@ class AnnotationWidget(QWidget):
         self.target_label.setText(f"<b>{self.layer.name}</b>")
 
     def _open_store(self, layer) -> None:
+        self.store, self.sidecar = self._store_of(layer)
+        self.status.setText(self._where_saved())
+
+    def _store_of(self, layer) -> tuple[AnnotationStore, Path | None]:
+        """The labels of ``layer`` and the sidecar they are saved to (None while the image
+        has no file), registered in the session. A sidecar that exists is always read,
+        never written over unread: labels made in this session are merged into it (where
+        both label a frame, the session's label wins)."""
         n_frames = int(layer.data.shape[0])
         frame_shape = tuple(int(v) for v in layer.data.shape[1:3])
         meta = layer.metadata
@@ -285,35 +313,44 @@ class AnnotationWidget(QWidget):
                 meta[SOURCE_PATH] = str(copy)
         path = layer_stack_path(layer)
         memory = self.session.annotations.get(f"memory:{layer.name}")
+        sidecar = None
         if path is None:
             # An image with no file (sample data): labels live in memory until a project
             # folder is chosen; the first save then writes the image there too.
-            self.store = memory or AnnotationStore(
+            store = memory or AnnotationStore(
                 stack=f"memory:{layer.name}", n_frames=n_frames, frame_shape=frame_shape)
         else:
-            self.store = self.session.annotations.get(path)
-            self.sidecar = sidecar_path(path, self.project_dir)
-            if self.store is None:
-                self.store, self.sidecar = open_annotations(
+            store = self.session.annotations.get(path)
+            sidecar = sidecar_path(path, self.project_dir)
+            if store is None or (self._read_from.get(path) != sidecar and sidecar.is_file()):
+                saved, sidecar = open_annotations(
                     path, n_frames, frame_shape, self.project_dir, meta.get(FRAME_INTERVAL_H))
+                if store is not None and not store.empty:  # labelled here before: kept too
+                    if saved.condition == "unknown":
+                        saved.set_condition(store.condition, store.onset_h,
+                                            store.frame_interval_h)
+                    saved.merge_label_table(store.to_label_table())
+                    saved.forget_history()
+                store = saved
+            self._read_from[path] = sidecar
             if memory is not None:  # labelled before it had a file: nothing is dropped
                 self.session.annotations.pop(memory.stack)
                 memory.stack = path
-                if self.store.empty:
-                    self.store = memory
+                if store.empty:
+                    store = memory
                 elif not memory.empty:
-                    self.store.merge_label_table(memory.to_label_table())
-        if self.store.empty and self.store.condition == "unknown" and INFECTED in meta:
+                    store.merge_label_table(memory.to_label_table())
+        if store.empty and store.condition == "unknown" and INFECTED in meta:
             try:
-                self.store.set_condition("infected" if meta[INFECTED] else "mock",
-                                         meta.get(ONSET_H), meta.get(FRAME_INTERVAL_H))
-                self.store.forget_history()  # what the file says, not a change to undo
+                store.set_condition("infected" if meta[INFECTED] else "mock",
+                                    meta.get(ONSET_H), meta.get(FRAME_INTERVAL_H))
+                store.forget_history()  # what the file says, not a change to undo
             except AnnotationError:
                 pass
-        if meta.get(CHANNEL) is not None and (self.store.empty or self.store.channel is None):
-            self.store.channel = int(meta[CHANNEL])  # labels train on the channel shown
-        self.session.annotations[self.store.stack] = self.store
-        self.status.setText(self._where_saved())
+        if meta.get(CHANNEL) is not None and (store.empty or store.channel is None):
+            store.channel = int(meta[CHANNEL])  # labels train on the channel shown
+        self.session.annotations[store.stack] = store
+        return store, sidecar
 
     def _where_saved(self) -> str:
         store = self.store
@@ -325,10 +362,7 @@ class AnnotationWidget(QWidget):
                     f"to {self.project_dir}.")
         if store.empty:
             return f"No labels yet; they will be saved to {self.sidecar}."
-        return f"{self._how_many()} in {self.sidecar}"
-
-    def _how_many(self) -> str:
-        return f"{len(self.store.frames)} frame and {len(self.store.crops)} crop labels"
+        return f"{_how_many(store)} in {self.sidecar}"
 
     def _find_image_copy(self, layer) -> Path | None:
         """This image's copy in the project folder, if one was saved there: the file of
@@ -614,38 +648,43 @@ class AnnotationWidget(QWidget):
             self.session.labels_changed.emit(store.stack)
 
     def _save(self) -> None:
-        """Write the labels; say "saved" only once the file is on disk and reads back."""
-        store = self.store
-        if self.sidecar is None:
+        self.sidecar = self._save_labels(self.layer, self.store, self.sidecar)
+
+    def _save_labels(self, layer, store: AnnotationStore, sidecar: Path | None) -> Path | None:
+        """Write the labels; say "saved" only once the file is on disk and reads back.
+        Returns the sidecar (None while the image has no file)."""
+        if sidecar is None:
             if self.project_dir is None:
                 self.status.setText("Not saved: this image has no file; choose a project folder "
                                     "(labels are kept in memory until then).")
-                return
+                return None
             try:
-                path = self._save_image_copy(self.layer)
+                path = self._save_image_copy(layer)
             except OSError as exc:  # OutputNotWritable is an OSError
                 self._error(f"labels NOT saved (kept in memory): cannot write the image to "
                             f"{self.project_dir}: {exc}")
-                return
+                return None
             self.session.annotations.pop(store.stack, None)
             store.stack = path
             self.session.annotations[path] = store
-            self.sidecar = sidecar_path(path, self.project_dir)
-        if store.empty and not self.sidecar.exists():
-            self.status.setText(self._where_saved())  # nothing to save before a label exists
-            return
+            sidecar = sidecar_path(path, self.project_dir)
+            self._read_from[path] = sidecar
+        if store.empty and not sidecar.exists():
+            self.status.setText(f"No labels yet; they will be saved to {sidecar}.")
+            return sidecar  # nothing to save before a label exists
         try:
-            store.save(self.sidecar)
-            back = AnnotationStore.from_json(self.sidecar.read_text(encoding="utf-8"),
+            store.save(sidecar)
+            back = AnnotationStore.from_json(sidecar.read_text(encoding="utf-8"),
                                              stack=store.stack)
         except (OSError, ValueError, KeyError) as exc:  # AnnotationError is a ValueError
             self._error(f"labels NOT saved (kept in memory): {exc}")
-            return
+            return sidecar
         if back.to_json() != store.to_json():
-            self._error(f"labels NOT saved (kept in memory): {self.sidecar} reads back "
+            self._error(f"labels NOT saved (kept in memory): {sidecar} reads back "
                         "different labels")
-            return
-        self.status.setText(f"saved: {self._how_many()} in {self.sidecar}")
+            return sidecar
+        self.status.setText(f"saved: {_how_many(store)} in {sidecar}")
+        return sidecar
 
     def _show_marks(self) -> None:
         """Outline each labelled frame on the canvas, in its label's colour."""
@@ -706,8 +745,10 @@ class AnnotationWidget(QWidget):
                 return None
         stores = [s for s in self.session.annotations.values()
                   if not s.empty and not s.stack.startswith("memory:")]
+        left_out = labels_left_out(self.session.annotations.values())
         if not stores:
-            show_warning("no labels of saved images to export yet")
+            show_warning(f"no labels of saved images to export yet{': ' * bool(left_out)}"
+                         f"{left_out}")
             return None
         table = pd.concat([s.to_label_table() for s in stores], ignore_index=True)
         try:
@@ -715,7 +756,8 @@ class AnnotationWidget(QWidget):
         except (OutputNotWritable, LabelTableError) as exc:
             self._error(str(exc))
             return None
-        self.status.setText(f"exported {len(table)} labels to {out}")
+        self.status.setText(f"exported {len(table)} labels to {out}"
+                            + (f"; {left_out}" if left_out else ""))
         return out
 
     def import_csv(self, path=None) -> int:
@@ -756,6 +798,9 @@ class AnnotationWidget(QWidget):
         self.viewer.dims.events.current_step.disconnect(self._show_frame)
         self._disconnect_crops()
 
+
+def _how_many(store: AnnotationStore) -> str:
+    return f"{len(store.frames)} frame and {len(store.crops)} crop labels"
 
 
 def _same_pixels(path: Path, data: np.ndarray) -> bool:

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.annotations import labels_left_out
 from ..core.atomic import OutputNotWritable, check_writable
 from ..core.blocks import SPLIT_MODES
 from ..core.device import select_device
@@ -277,6 +278,8 @@ class TrainingWidget(QWidget):
         except OutputNotWritable as exc:
             return self._fail(str(exc))
         table = labels_of(self.session.annotations.values())
+        left_out = labels_left_out(self.session.annotations.values())
+        left_out = f" ({left_out})" if left_out else ""
         try:
             config = self.train_config()
             plan = plan_from_labels(table, self.val_spin.value(), self.split_combo.currentText(),
@@ -284,7 +287,7 @@ class TrainingWidget(QWidget):
                                     config.seed)
             device = select_device(config.device)
         except (TrainingError, ValueError, RuntimeError) as exc:
-            return self._fail(str(exc))
+            return self._fail(f"{exc}{left_out}")
         start = self.start_combo.currentText()
         current = self.session.model
         if start == "session model" and current is None:
@@ -296,7 +299,7 @@ class TrainingWidget(QWidget):
             line.set_data([], [])
         self.canvas.draw_idle()
         self.device_label.setText(f"device: {device}")
-        self.status.setText(f"training: {plan.summary()}")
+        self.status.setText(f"training: {plan.summary()}{left_out}")
         self.progress.setRange(0, config.epochs * max(1, -(-len(plan.train) // config.batch_size)))
         self.progress.setValue(0)
         self.use_button.setEnabled(False)
