@@ -357,3 +357,20 @@ def test_nan_weights_stop_predict_with_a_message(trained, data, tmp_path, capsys
     assert main(["predict", str(broken), str(stack), "--out", str(tmp_path / "o.csv")]) == 2
     assert "NaN or infinite" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_predict_names_its_own_flag_for_what_the_checkpoint_lacks(tmp_path, capsys):
+    """A research file without its config: predict has --interval, not --onset or
+    --frames-per-hour, so its warning must name that flag."""
+    import torch
+
+    from tests.research import ResearchMultitask
+
+    bare = tmp_path / "bare.pth"
+    torch.save({"model_state_dict": ResearchMultitask("resnet18", hidden=16).state_dict()}, bare)
+    stack = tmp_path / "well.tif"
+    tifffile.imwrite(stack, np.random.default_rng(0).integers(0, 255, (2, 32, 32), np.uint8))
+    assert main(["predict", str(bare), str(stack), "--out", str(tmp_path / "o.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "does not record its" in err and "--interval" in err, err
+    assert "--frames-per-hour" not in err and "--onset" not in err, err

@@ -34,12 +34,21 @@ def warn(message: str) -> None:
     print(f"infection-clock: warning: {message}", file=sys.stderr)
 
 
-def warn_assumed(meta: CheckpointMeta) -> None:
+#: What a user can set, per command, when a checkpoint's clock is defaulted.
+CLOCK_FLAGS = {
+    "predict": "set --interval for stacks without a frame interval in their metadata",
+    "evaluate": "set --onset / --frames-per-hour if they differ",
+    "train": "set --onset / --frames-per-hour if they differ",
+}
+
+
+def warn_assumed(meta: CheckpointMeta, command: str) -> None:
+    """Say which settings a checkpoint lacks and what ``command`` offers to set them."""
     if meta.assumed:
         warn(
             f"the checkpoint does not record its {', '.join(meta.assumed)}; defaults are used "
             f"(frame interval {meta.time.frame_interval_h:g} h, onset {meta.time.onset_h:g} h, "
-            f"{meta.preprocessing.image_size} px): set --onset / --frames-per-hour if they differ"
+            f"{meta.preprocessing.image_size} px): {CLOCK_FLAGS[command]}"
         )
 
 

@@ -21,7 +21,7 @@ def evaluate(opts: EvaluateOptions) -> int:
     if not opts.bin_hours > 0:
         raise ValueError(f"--bin-hours must be positive, got {opts.bin_hours}")
     model, meta = load_checkpoint(opts.checkpoint)
-    warn_assumed(meta)
+    warn_assumed(meta, "evaluate")
     policy = frame_policy(opts, base=meta.time)
     items = load_items(opts.data, policy, tile_spec(opts), opts.channel)
     for desc in sorted({it.channel_desc for it in items}):

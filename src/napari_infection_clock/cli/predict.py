@@ -23,7 +23,7 @@ def predict(opts: PredictOptions) -> int:
         mark_input(path)  # so the table, before any work, may not replace one of them
     check_writable(opts.out)
     model, meta = load_checkpoint(opts.checkpoint)
-    warn_assumed(meta)
+    warn_assumed(meta, "predict")
     predictor = Predictor(
         model, meta, device=opts.device, batch_size=opts.batch_size, precision=opts.precision,
         compile=opts.compile,

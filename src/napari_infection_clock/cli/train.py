@@ -35,7 +35,7 @@ def train(opts: TrainOptions) -> int:
     base = None
     if opts.checkpoint:
         model, meta = load_checkpoint(opts.checkpoint)
-        warn_assumed(meta)
+        warn_assumed(meta, "train")
         _warn_ignored_model_options(opts, meta)
         base = meta.time
     policy = frame_policy(opts, base=base)
