@@ -5,9 +5,14 @@ import pandas as pd
 
 from napari_infection_clock.core.calibration import finish_table
 from napari_infection_clock.core.checkpoint import CheckpointMeta
+from napari_infection_clock.core.evaluation import predict_items
+from napari_infection_clock.core.items import Item
+from napari_infection_clock.core.model import ModelConfig, build_model
 from napari_infection_clock.core.novelty import add_novelty, crop_statistics, fit_novelty
+from napari_infection_clock.core.predictor import Predictor
+from napari_infection_clock.core.preprocess import Preprocessing
 from napari_infection_clock.core.results import result_rows
-from napari_infection_clock.core.stack import stack_from_array
+from napari_infection_clock.core.stack import stack_from_array, write_stack
 from napari_infection_clock.core.synthetic import generate_stack
 
 
@@ -62,3 +67,24 @@ def test_flagged_items_get_no_confident_answer_and_no_vote():
     assert np.isnan(row.p_calibrated) and np.isnan(row.time_low_h) and np.isnan(row.consistent_high_h)
     assert out.drop(index=7)["p_calibrated"].notna().all()
     assert out["onset_h"].iloc[0] == 1.0  # the blank frame's 40 h did not vote
+
+
+def test_constant_frames_are_flagged_without_a_novelty_model(tmp_path):
+    """Research checkpoints and models trained without validation have no novelty model;
+    a blank frame (or a 1x1 one) still gets no confident answer, in predict and evaluate."""
+    frames = generate_stack(True, seed=3, n_frames=4, size=32)
+    frames[2] = 0  # a dropped frame
+    stack = stack_from_array(frames, name="well", frame_interval_h=0.5)
+    table = pd.concat([result_rows("well", f, f * 0.5, [(0, 0, 32, 32), (0, 0, 1, 1)],
+                                   [(0, 0), (0, 1)], [0.99, 0.99], [1.0, 1.0]) for f in range(4)],
+                      ignore_index=True)
+    out = finish_table(table, CheckpointMeta(), stack)
+    assert out["out_of_distribution"].tolist() == [False, True] * 2 + [True, True] + [False, True]
+
+    path = write_stack(tmp_path / "well.tif", frames)
+    items = [Item(str(path), f, None, 1, f * 0.5, f * 0.5, "well") for f in range(4)]
+    config = ModelConfig("resnet18", hidden_dim=8)
+    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=32))
+    predictor = Predictor(build_model(config, init="random"), meta, device="cpu", precision="fp32")
+    evaluated = finish_table(pd.concat(predict_items(predictor, items), ignore_index=True), meta)
+    assert evaluated["out_of_distribution"].tolist() == [False, False, True, False]

@@ -11,7 +11,7 @@ import pandas as pd
 from .calibration import DEFAULT_LEVEL, fit_calibration
 from .clock import with_clock
 from .dataset import ItemDataset
-from .novelty import crop_statistics, fit_novelty
+from .novelty import crop_statistics, fit_novelty, novelty_columns
 from .predictor import Predictor
 from .results import result_rows
 
@@ -23,15 +23,18 @@ def predict_items(
 ) -> Iterator[pd.DataFrame]:
     """Predict labelled items frame by frame; rows carry the truth (``true_class``,
     ``true_time_h``) so the table feeds :func:`.metrics.evaluate_table` directly. ``stack`` is
-    the item's path, as in the label table: same-named files in two folders are two wells."""
+    the item's path, as in the label table: same-named files in two folders are two wells.
+    Each row's novelty (:mod:`.novelty`) comes from the crop the model saw."""
     by_frame: dict[tuple[str, int | None, int], list[int]] = {}
     for i, item in enumerate(items):
         by_frame.setdefault((item.stack, item.channel, item.frame), []).append(i)
     reader = ItemDataset(items, predictor.meta.preprocessing)
+    novelty = predictor.meta.calibration.get("novelty", {})
     for (stack_path, _, frame), members in by_frame.items():
         if should_stop is not None and should_stop():
             return
-        p, t = predictor.predict_many([reader.raw_crop(i) for i in members])
+        crops = [reader.raw_crop(i) for i in members]
+        p, t = predictor.predict_many(crops)
         first = items[members[0]]
         h, w = reader.stack(stack_path, first.channel).frame_shape
         boxes = np.array([items[i].box or (0, 0, h, w) for i in members])
@@ -42,6 +45,8 @@ def predict_items(
         )
         table["true_class"] = [items[i].label for i in members]
         table["true_time_h"] = [items[i].time_target for i in members]
+        table["novelty"], table["out_of_distribution"] = novelty_columns(
+            np.stack([crop_statistics(c) for c in crops]), novelty)
         yield table
 
 

@@ -9,7 +9,8 @@ the training crops (1st-99th percentile), in units of their interquartile range;
 flagging threshold is the split-conformal ``level`` quantile of the validation crops'
 scores (at least Tukey's 1.5), so at most about ``1 - level`` of in-distribution items are
 flagged by chance. A constant
-crop carries no information at all and is always flagged.
+crop carries no information at all and is always flagged, also by a checkpoint without a
+novelty model.
 """
 
 from __future__ import annotations
@@ -73,20 +74,30 @@ def fit_novelty(reference: np.ndarray, validation: np.ndarray, level: float = DE
     return model
 
 
+def novelty_columns(stats: np.ndarray, model: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``novelty`` and ``out_of_distribution`` of crops with statistics ``stats``. Without a
+    model (research checkpoints, models trained without validation) only constant crops
+    are scored (inf) and flagged; the others' novelty is unknown (NaN)."""
+    stats = np.atleast_2d(stats)
+    if model:
+        scores = novelty_scores(stats, model)
+        return scores, scores > model["threshold"]
+    constant = ~np.isfinite(stats).all(axis=1)
+    return np.where(constant, np.inf, np.nan), constant
+
+
 def add_novelty(table: pd.DataFrame, stack, model: dict) -> pd.DataFrame:
-    """``table`` with each item's ``novelty`` and ``out_of_distribution`` flag, its crops
-    read again from ``stack`` (one frame at a time). Nothing added without a model."""
-    if not model or table.empty:
+    """``table`` with each item's ``novelty`` and ``out_of_distribution`` flag
+    (:func:`novelty_columns`), its crops read again from ``stack`` (one frame at a time)."""
+    if table.empty:
         return table
-    scores = np.empty(len(table))
+    stats = np.empty((len(table), len(STATISTICS)))
     boxes = table[["y0", "x0", "y1", "x1"]].to_numpy(np.int64)
     frames = table["frame"].to_numpy(np.int64)
     for frame in np.unique(frames):
         image = stack.frame(int(frame))
         rows = np.flatnonzero(frames == frame)
-        stats = np.stack([crop_statistics(image[y0:y1, x0:x1]) for y0, x0, y1, x1 in boxes[rows]])
-        scores[rows] = novelty_scores(stats, model)
+        stats[rows] = [crop_statistics(image[y0:y1, x0:x1]) for y0, x0, y1, x1 in boxes[rows]]
     out = table.copy()
-    out["novelty"] = scores
-    out["out_of_distribution"] = scores > model["threshold"]
+    out["novelty"], out["out_of_distribution"] = novelty_columns(stats, model)
     return out
