@@ -73,3 +73,44 @@ def test_a_killed_write_leaves_nothing_the_next_write_does_not_remove(tmp_path):
     write_atomic(target, lambda tmp: tmp.write_bytes(b"new"), suffix=".pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
     assert target.read_bytes() == b"new"
+
+
+def test_stale_temporaries_are_this_hosts_and_an_undeletable_one_does_not_fail_writes(tmp_path):
+    """On a shared folder (a cluster's filesystem) a pid only means something on the host
+    that wrote it: another host's temporary is left alone. A leftover that cannot be removed
+    does not fail the write."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    target = tmp_path / "table.csv"
+    other_host = tmp_path / f".table.csv.another-node.{gone.pid}.tmp"
+    other_host.write_text("a live writer on another node")
+    stuck = tmp_path / f".table.csv.{socket.gethostname().replace('.', '-')}.{gone.pid}.x"
+    (stuck / "inside").mkdir(parents=True)  # a folder: unlink fails
+    names = []
+    write_atomic(target, lambda tmp: names.append(tmp.name) or tmp.write_text("new"))
+    assert target.read_text() == "new"
+    assert other_host.exists()
+    assert names[0].startswith(f".table.csv.{socket.gethostname().replace('.', '-')}.{os.getpid()}.")
+
+
+def test_a_deleted_inputs_inode_reused_by_an_output_is_not_refused(tmp_path):
+    """Inputs are remembered by inode for the whole session; once the input is gone, a
+    later output that the filesystem gives the same inode is not the input."""
+    import os
+
+    from napari_infection_clock.core.atomic import mark_input
+
+    stack, output = tmp_path / "stack.tif", tmp_path / "table.csv"
+    stack.write_bytes(b"frames")
+    mark_input(stack)
+    with pytest.raises(OutputNotWritable, match="is an input"):
+        write_text_atomic(stack, "x")
+    os.link(stack, output)  # the output now holds the input's inode ...
+    stack.unlink()  # ... and the input is gone, as after a delete and an inode reuse
+    write_text_atomic(output, "results")
+    assert output.read_text() == "results"

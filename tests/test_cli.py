@@ -374,3 +374,23 @@ def test_predict_names_its_own_flag_for_what_the_checkpoint_lacks(tmp_path, caps
     err = capsys.readouterr().err
     assert "does not record its" in err and "--interval" in err, err
     assert "--frames-per-hour" not in err and "--onset" not in err, err
+
+
+def test_train_refuses_to_replace_its_start_checkpoint_before_training(data, tmp_path, capsys):
+    """`train --checkpoint run/model.pt --out run` would write over the model it starts
+    from: refused at once, before an epoch is spent."""
+    from napari_infection_clock.core.checkpoint import CheckpointMeta, save_checkpoint
+    from napari_infection_clock.core.model import ModelConfig, build_model
+    from napari_infection_clock.core.preprocess import Preprocessing
+
+    config = ModelConfig("resnet18", hidden_dim=16)
+    start = tmp_path / "run" / "model.pt"
+    save_checkpoint(start, build_model(config, init="random"),
+                    CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=32)))
+    before = start.read_bytes()
+    code = main(["train", str(data), "--checkpoint", str(start), "--out", str(start.parent),
+                 "--epochs", "1", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "is an input" in err, err
+    assert "training on" not in out
+    assert start.read_bytes() == before

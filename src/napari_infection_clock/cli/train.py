@@ -9,7 +9,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .. import __version__
-from ..core.atomic import check_writable, write_atomic
+from ..core.atomic import check_writable, mark_input, write_atomic
 from ..core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, utc_now
 from ..core.dataset import ItemDataset
 from ..core.items import (
@@ -31,6 +31,8 @@ from .options import TrainOptions
 
 
 def train(opts: TrainOptions) -> int:
+    if opts.checkpoint:
+        mark_input(opts.checkpoint)  # so --out may not replace it, checked before any work
     check_writable(opts.out / "model.pt")
     base = None
     if opts.checkpoint:

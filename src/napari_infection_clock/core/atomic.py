@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +24,13 @@ def _process_umask() -> int:
 # Read once at import: changing the umask later, from a worker thread, would race.
 _FILE_MODE = 0o666 & ~_process_umask()
 
-#: (device, inode) of every file read as input in this process: no output may replace one.
-_INPUTS: set[tuple[int, int]] = set()
+#: (device, inode) of every file read as input in this process, with the paths it was read
+#: at: no output may replace one while such a path still holds that inode.
+_INPUTS: dict[tuple[int, int], set[str]] = {}
+
+#: This host in temporary names (no dots: they separate the name's fields), so a folder
+#: shared between cluster nodes tells whose process id a temporary carries.
+_HOST = socket.gethostname().replace(".", "-") or "host"
 
 
 def mark_input(path) -> None:
@@ -33,7 +40,18 @@ def mark_input(path) -> None:
         st = os.stat(path)
     except OSError:
         return
-    _INPUTS.add((st.st_dev, st.st_ino))
+    _INPUTS.setdefault((st.st_dev, st.st_ino), set()).add(os.path.abspath(path))
+
+
+def _is_input(st: os.stat_result) -> bool:
+    """Whether a marked input still holds this inode (once deleted, it may be reused)."""
+    key = (st.st_dev, st.st_ino)
+    for path in _INPUTS.get(key, ()):
+        with contextlib.suppress(OSError):
+            now = os.stat(path)
+            if (now.st_dev, now.st_ino) == key:
+                return True
+    return False
 
 
 def _refuse_input(path: Path) -> None:
@@ -41,7 +59,7 @@ def _refuse_input(path: Path) -> None:
         st = os.stat(path)
     except OSError:
         return
-    if (st.st_dev, st.st_ino) in _INPUTS:
+    if _is_input(st):
         raise OutputNotWritable(
             f"'{path}' is an input of this session (a stack, checkpoint or label table that "
             "was read); writing a result there would replace it. Choose another output name."
@@ -85,7 +103,8 @@ def write_atomic(path, write: Callable[[Path], None], suffix: str = "") -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(path)
         fd, name = tempfile.mkstemp(
-            prefix=f".{path.name}.{os.getpid()}.", suffix=suffix or ".tmp", dir=path.parent
+            prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=suffix or ".tmp",
+            dir=path.parent,
         )
     except OSError as exc:
         raise OutputNotWritable(
@@ -109,13 +128,18 @@ def write_atomic(path, write: Callable[[Path], None], suffix: str = "") -> Path:
 def _remove_stale_temporaries(path: Path) -> None:
     """Remove what earlier writes of ``path`` left when they were killed midway.
 
-    A temporary file's name carries its writer's process id; one whose process is gone is
-    stale (a live writer's file is left alone).
+    A temporary file's name carries its writer's host and process id; one of this host whose
+    process is gone is stale. Other hosts' files (a shared folder), live writers' files and
+    files that cannot be removed are left alone. POSIX only: elsewhere ``os.kill(pid, 0)``
+    does not just probe (on Windows it sends CTRL_C_EVENT).
     """
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*"):
-        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+    if os.name != "posix":
+        return
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(_HOST)}.*"):
+        pid = tmp.name[len(path.name) + len(_HOST) + 3 :].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 def _process_alive(pid: int) -> bool:
