@@ -124,3 +124,31 @@ def test_the_annotation_dock_says_when_the_user_set_the_time(make_napari_viewer,
     annotate.onset_spin.setValue(2.0)
     annotate.onset_spin.editingFinished.emit()
     assert annotate.time_source.text() == "0.5 h/frame, onset 2 h: set here"
+
+
+def test_output_layers_leave_the_labelling_target_alone(make_napari_viewer, qtbot, checkpoint,
+                                                        tmp_path):
+    """Predicting one image while labelling another: the layers the run makes never take
+    the selection, so the labels keep going to the image the user chose."""
+    viewer = make_napari_viewer()
+    for name, seed in (("predicted", 1), ("labelled", 2)):
+        viewer.add_image(generate_stack(True, seed=seed, n_frames=4, size=32, dtype="uint8"),
+                         name=name, metadata={"frame_interval_h": 0.5})
+    predict = PredictionWidget(viewer)
+    annotate = AnnotationWidget(viewer)
+    for dock in (predict, annotate):
+        viewer.window.add_dock_widget(dock)
+    labelled = viewer.layers["labelled"]
+    viewer.layers.selection.active = labelled
+    predict.image.value = viewer.layers["predicted"]
+    predict.checkpoint.value = checkpoint
+    predict.device.value = "cpu"
+    predict.mode.value = MODE_TILES
+    predict.tile_size.value = 16
+    assert not _predict(qtbot, predict).startswith("prediction failed")
+    assert layer_name("predicted", "onset") in viewer.layers  # every output layer is made
+    assert viewer.layers.selection.active is labelled
+    assert annotate.layer is labelled and "labelled" in annotate.target_label.text()
+    viewer.dims.set_current_step(0, 1)
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key_U, Qt.ShiftModifier)
+    assert annotate.store.stack == "memory:labelled" and annotate.store.frames == {1: "uninfected"}

@@ -10,6 +10,7 @@ by the user are painted onto a raster of the image's pixels (coarsened for big f
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +73,21 @@ class Grid:
             slice(int(y0 // fy), int(math.ceil(y1 / fy))),
             slice(int(x0 // fx), int(math.ceil(x1 / fx))),
         )
+
+
+@contextmanager
+def keeping_selection(layers):
+    """Add layers without moving the user's selection: napari makes a new layer the active
+    one, and the active layer decides the image the docks serve (labels would go to the
+    predicted image while the user labels another). The passing change is not announced."""
+    selection = layers.selection
+    before = set(selection)
+    with selection.events.active.blocker():
+        try:
+            yield
+        finally:
+            selection.intersection_update(before)
+            selection.update(before)
 
 
 def tile_grid(height: int, width: int, spec: TileSpec) -> Grid:
@@ -213,8 +229,10 @@ class PredictionLayers:
         layer = self._existing(kind)
         if not isinstance(layer, Image):
             self._remove(layer)
-            layer = self.viewer.add_image(data, name=layer_name(self.image.name, kind),
-                                          metadata=output_metadata(self.image.name), **kwargs)
+            with keeping_selection(self.viewer.layers):
+                layer = self.viewer.add_image(data, name=layer_name(self.image.name, kind),
+                                              metadata=output_metadata(self.image.name),
+                                              **kwargs)
             layer.colorbar.visible = True
             layer.colorbar.tick_length = 3
             layer.events.visible.connect(lambda event, shown=layer: self._show_alone(shown))
@@ -228,16 +246,18 @@ class PredictionLayers:
         layer = self._existing("class")
         if not isinstance(layer, Labels):
             self._remove(layer)
-            return self.viewer.add_labels(
-                data,
-                name=layer_name(self.image.name, "class"),
-                colormap=DirectLabelColormap(color_dict=CLASS_COLORS),
-                opacity=0.4,
-                visible=False,
-                metadata=output_metadata(self.image.name),
-                features=pd.DataFrame({"index": list(CLASS_NAME), "class": CLASS_NAME.values()}),
-                **placed,
-            )
+            with keeping_selection(self.viewer.layers):
+                return self.viewer.add_labels(
+                    data,
+                    name=layer_name(self.image.name, "class"),
+                    colormap=DirectLabelColormap(color_dict=CLASS_COLORS),
+                    opacity=0.4,
+                    visible=False,
+                    metadata=output_metadata(self.image.name),
+                    features=pd.DataFrame({"index": list(CLASS_NAME),
+                                           "class": CLASS_NAME.values()}),
+                    **placed,
+                )
         layer.data = data
         layer.scale, layer.translate = placed["scale"], placed["translate"]
         return layer
@@ -250,18 +270,19 @@ class PredictionLayers:
             layer.scale, layer.translate = tuple(self.image.scale), tuple(self.image.translate)
             return layer
         self._remove(layer)
-        return self.viewer.add_shapes(
-            ndim=3,
-            name=layer_name(self.image.name, "tiles"),
-            scale=tuple(self.image.scale),
-            translate=tuple(self.image.translate),
-            face_color="transparent",
-            edge_color="white",
-            edge_width=0.5,
-            opacity=0.5,
-            features=pd.DataFrame(columns=list(RESULT_COLUMNS)),
-            metadata=output_metadata(self.image.name),
-        )
+        with keeping_selection(self.viewer.layers):
+            return self.viewer.add_shapes(
+                ndim=3,
+                name=layer_name(self.image.name, "tiles"),
+                scale=tuple(self.image.scale),
+                translate=tuple(self.image.translate),
+                face_color="transparent",
+                edge_color="white",
+                edge_width=0.5,
+                opacity=0.5,
+                features=pd.DataFrame(columns=list(RESULT_COLUMNS)),
+                metadata=output_metadata(self.image.name),
+            )
 
     def _show_alone(self, shown) -> None:
         """``shown`` was made visible: hide this image's other continuous overlays."""
