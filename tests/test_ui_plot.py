@@ -145,6 +145,13 @@ def test_a_selected_tile_shows_its_clock_with_its_band(plotted):
     assert plot.answer_label.text() == (
         f"at 5.0 h: tile (1, 1): infected for {now.consistent_time_h:.1f} h "
         f"({now.consistent_time_h - 0.5:.1f}-{now.consistent_time_h + 0.5:.1f} h, 90 %)")
+    # a frame unlike the training data (core.novelty): no answer, not "nan-nan h"
+    table["out_of_distribution"] = (table.tile_row == 1) & (table.tile_col == 1) & (table.frame == 8)
+    session_for(viewer).set_results("well", apply_calibration(table, calibration),
+                                    replace(plot.info, interval_level=0.9))
+    tiles.selected_data = {int(pick[0])}
+    viewer.dims.set_point(0, 8)
+    assert plot.answer_label.text() == "at 4.0 h: tile (1, 1): no answer: unlike the training data"
 
 
 def test_regions_selected_in_their_layer(make_napari_viewer):

@@ -64,6 +64,8 @@ def item_series(table: pd.DataFrame, item: tuple[int, int]) -> pd.DataFrame:
     for column in (*CLOCK_COLUMNS, *INTERVAL_COLUMNS):
         if column in rows.columns:
             series[column] = rows[column].to_numpy(float)
+    if "out_of_distribution" in rows.columns:
+        series["out_of_distribution"] = rows["out_of_distribution"].to_numpy(bool)
     return series
 
 
@@ -79,14 +81,18 @@ def estimate_onset(summary: pd.DataFrame) -> RegionClock | None:
 
 def answer_at(series: pd.DataFrame, frame: int, level: float | None) -> str:
     """What an item's clock says at ``frame``: "infected for 7.5 h (5.9-9.1 h, 90 %)" (the
-    interval when the model is calibrated), "not infected", or "" before the clock is fitted."""
+    interval when the model is calibrated), "not infected", "no answer: ..." for an item
+    flagged out of distribution (core.novelty), or "" before the clock is fitted."""
     rows = series[series["frame"] == frame]
     if rows.empty or "consistent_time_h" not in rows:
         return ""
     row = rows.iloc[0]
+    if row.get("out_of_distribution", False):
+        return "no answer: unlike the training data"
     if not np.isfinite(row["onset_h"]):
         return "not infected"
-    if level is not None and "consistent_low_h" in row:
+    bounds = [row.get("consistent_low_h", np.nan), row.get("consistent_high_h", np.nan)]
+    if level is not None and np.isfinite(bounds).all():
         return "infected for " + interval_text(row["consistent_time_h"], row["consistent_low_h"],
                                                row["consistent_high_h"], level)
     return f"infected for {row['consistent_time_h']:.1f} h"
