@@ -355,3 +355,56 @@ def test_z_planes_beside_time_are_named_not_blamed_on_axes(tmp_path):
         with pytest.raises(StackError, match=r"besides time \(T=3, Z=4.*Z Project") as err:
             open_stack(path, axes=axes)
         assert "pass axes" not in str(err.value)
+
+
+def test_recoverable_tiff_oddity_opens_with_a_warning(tmp_path):
+    """tifffile logs an ERROR for a private tag of an unknown type, skips the tag and reads
+    every image: such a file (microscope software writes odd private tags) is not damaged."""
+    import struct
+
+    data = np.random.default_rng(1).integers(0, 4000, (16, 32, 32)).astype(np.uint16)
+    path = tmp_path / "odd_tag.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TYX"},
+                     extratags=[(65000, "s", 0, "vendor", True)])
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].tags[65000].offset
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<H", raw, offset + 2, 99)  # the tag's type: 99 is no TIFF type
+    path.write_bytes(raw)
+    with pytest.warns(UserWarning, match=r"odd_tag.tif.*invalid data type 99.*read anyway"):
+        stack = open_stack(path)
+    with stack:
+        assert stack.n_frames == 16
+        np.testing.assert_array_equal(stack.frames(range(16)), data)
+
+
+def test_another_threads_tifffile_error_is_not_this_files(tmp_path, monkeypatch):
+    """The handler listens to tifffile's process-wide logger: what another thread's reader
+    logs meanwhile is not evidence about this file."""
+    import logging
+    import threading
+
+    path = tmp_path / "fine.tif"
+    tifffile.imwrite(path, np.zeros((16, 32, 32), np.uint16), imagej=True,
+                     metadata={"axes": "TYX"})
+    opened = threading.Event()
+    done = threading.Event()
+
+    def other_reader():
+        opened.wait(5)
+        logging.getLogger("tifffile").error("<tifffile.TiffPages @8> invalid page offset 99")
+        done.set()
+
+    thread = threading.Thread(target=other_reader)
+    thread.start()
+    original = tifffile.TiffFile.__init__
+
+    def slow_open(self, *args, **kwargs):  # the other thread logs while this one opens
+        original(self, *args, **kwargs)
+        opened.set()
+        done.wait(5)
+
+    monkeypatch.setattr(tifffile.TiffFile, "__init__", slow_open)
+    with open_stack(path) as stack:
+        assert stack.n_frames == 16
+    thread.join()

@@ -14,6 +14,7 @@ import mmap
 import os
 import re
 import threading
+import warnings
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,16 +198,24 @@ _DAMAGED_HINT = "Copy or export it again (e.g. in Fiji: File > Save As > Tiff)."
 
 
 class _TiffProblems(logging.Handler):
-    """Collects what tifffile logs while it opens a file: it logs, rather than raises,
-    when a file is truncated or its headers disagree, and then offers fewer frames."""
+    """Collects what tifffile logs while this thread opens a file: it logs, rather than
+    raises, both when a file is truncated (and then offers fewer frames) and when it skips
+    something it recovers from (an odd private tag, invalid ImageJ/OME metadata). The
+    logger is process-wide, so other threads' records are not this file's."""
 
     def __init__(self):
         super().__init__(logging.ERROR)
         self.messages: list[str] = []
+        self._thread = threading.get_ident()
 
     def emit(self, record):
-        text = record.getMessage()
-        self.messages.append(re.sub(r"^<tifffile\.[^>]*>\s*", "", text))
+        if record.thread == self._thread:
+            self.messages.append(re.sub(r"^<tifffile\.[^>]*>\s*", "", record.getMessage()))
+
+    def damage(self) -> str | None:
+        """The first record that shows real damage: the chain of images points past the
+        end of the file (tifffile then drops the images after it)."""
+        return next((m for m in self.messages if "invalid page offset" in m), None)
 
     def __enter__(self):
         logging.getLogger("tifffile").addHandler(self)
@@ -259,6 +268,8 @@ class _TiffPages:
         try:
             with self._lock:
                 data = self._tif.asarray(key=page, series=0)
+        except MemoryError:
+            raise  # the machine's limit, not the file's fault
         except Exception as err:  # zlib.error, ValueError, ...: a damaged page
             raise DamagedStackError(
                 f"{self._tif.filename}: image {page} cannot be read ({type(err).__name__}: "
@@ -300,14 +311,16 @@ def open_stack(
         except Exception:  # noqa: BLE001 - reported below with what tifffile logged
             series = None
     try:
-        if problems.messages:
+        damage = problems.damage() or (series is None and next(iter(problems.messages), None))
+        if damage:
             raise DamagedStackError(
-                f"{path} is damaged (truncated or corrupt): {problems.messages[0]}. "
-                f"{_DAMAGED_HINT}"
+                f"{path} is damaged (truncated or corrupt): {damage}. {_DAMAGED_HINT}"
             )
         if series is None:
             raise StackError(f"{path} contains no image data; check the file")
         _check_imagej_count(tif, series, path)
+        for message in problems.messages:  # what tifffile skipped and recovered from
+            warnings.warn(f"{path}: {message}; read anyway", stacklevel=2)
         source_axes = _validated_axes(axes, len(series.shape)) if axes else series.axes
         if not force_axes:
             _check_axes_against_file(source_axes, series, path)
