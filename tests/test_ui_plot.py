@@ -222,3 +222,20 @@ def test_plot_follows_the_prediction_legends_hide_nothing_exports_name_it(plotte
     assert plot.export_csv(tmp_path / "plot") == tmp_path / "plot.csv"
     assert (tmp_path / "plot.csv").is_file() and not (tmp_path / "plot").exists()
     assert plot.export_png(tmp_path / "figure").name == "figure.png"
+
+
+def test_selecting_tiles_does_not_refit_the_images_clock(plotted, monkeypatch):
+    """The whole image's bootstrap fit runs on the GUI thread: once per table, not again on
+    every redraw that a selection or the chooser causes."""
+    from napari_infection_clock.ui import timeseries
+
+    viewer, plot, _ = plotted
+    fits = []
+    real = timeseries.fit_region
+    monkeypatch.setattr(timeseries, "fit_region", lambda *a, **k: fits.append(1) or real(*a, **k))
+    onset = plot.onset
+    tiles = viewer.layers[layer_name("well", "tiles")]
+    for pick in ({0}, {1}, {0, 1}):
+        tiles.selected_data = pick
+    assert len(plot.items) == 2 and plot.onset == onset
+    assert fits == []

@@ -53,6 +53,7 @@ class TimeSeriesPlot(DockedFigure):
         self.session = session_for(napari_viewer)
         self.summary = pd.DataFrame()
         self.items: dict[str, pd.DataFrame] = {}
+        self._onset_of: pd.DataFrame | None = None  # the table self.onset was fitted on
         self.onset: RegionClock | None = None
         self._watched: list = []
         self._closed = False
@@ -177,7 +178,7 @@ class TimeSeriesPlot(DockedFigure):
                 if artist not in self.markers:
                     artist.remove()
         if table is None or table.empty:
-            self.summary, self.items, self.onset = pd.DataFrame(), {}, None
+            self.summary, self.items, self.onset, self._onset_of = pd.DataFrame(), {}, None, None
             self.figure.suptitle("")
             for ax in (self.ax_p, self.ax_t):
                 legend_above(ax)
@@ -213,7 +214,8 @@ class TimeSeriesPlot(DockedFigure):
                 first = series.iloc[0]
                 self._draw_clock(series["hours"], first["onset_h"], first["onset_low_h"],
                                  first["onset_high_h"], color, f"{label} clock")
-        self.onset = estimate_onset(s)
+        if self._onset_of is not table:  # the bootstrap runs on the GUI thread: once per table
+            self._onset_of, self.onset = table, estimate_onset(s)
         self._describe_onset(onset_h)
         self.ax_t.set_xlabel("experiment time (h)")
         self.ax_t.set_ylabel("duration (h)")
