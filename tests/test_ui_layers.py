@@ -152,3 +152,28 @@ def test_output_layers_leave_the_labelling_target_alone(make_napari_viewer, qtbo
     viewer.dims.set_current_step(0, 1)
     qtbot.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key_U, Qt.ShiftModifier)
     assert annotate.store.stack == "memory:labelled" and annotate.store.frames == {1: "uninfected"}
+
+
+def test_a_run_uses_the_checkpoints_time_unless_the_user_set_it(make_napari_viewer, qtbot,
+                                                                 checkpoint, tmp_path):
+    """The first run with a checkpoint file times its frames by the checkpoint's onset (the
+    dock only knew defaults before the file was loaded); a value the user set stays."""
+    viewer = make_napari_viewer()
+    viewer.add_image(generate_stack(True, seed=1, n_frames=4, size=32, dtype="uint8"),
+                     name="plain")  # no time metadata
+    predict = PredictionWidget(viewer)
+    viewer.window.add_dock_widget(predict)
+    session = predict.session
+    predict.checkpoint.value = checkpoint
+    predict.device.value = "cpu"
+    assert not _predict(qtbot, predict).startswith("prediction failed")
+    assert "onset 3 h from checkpoint" in predict.time_source.value
+    assert session.runs["plain"].onset_h == 3.0  # what the plot puts on the time axis
+
+    predict.onset_h.value = 2.0  # the user's own onset, then another checkpoint file
+    other = tmp_path / "other.pt"
+    other.write_bytes(checkpoint.read_bytes())
+    predict.checkpoint.value = other
+    assert not _predict(qtbot, predict).startswith("prediction failed")
+    assert predict.onset_h.value == 2.0 and predict.time_source.value == "set here"
+    assert session.runs["plain"].onset_h == 2.0

@@ -10,7 +10,7 @@ stop between batches.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ from ..core.stack import StackError, stack_from_array
 from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
 from ..core.tiles import TileSpec
 from .devices import device_choices
-from .layer_roles import START_OFFSET_H, is_output, time_setting
+from .layer_roles import FROM_FILE, START_OFFSET_H, is_output, time_setting
 from .messages import fit_messages, short, show
 from .overlays import (
     CLASS_COLORS,
@@ -88,9 +88,16 @@ class Job:
     device: str
     batch_size: int
     compile: bool
-    frame_interval_h: float
-    onset_h: float
+    #: None: the model's (else the default), known once the model is loaded.
+    frame_interval_h: float | None
+    onset_h: float | None
     start_offset_h: float
+
+    def times_for(self, meta) -> tuple[float, float]:
+        """The run's frame interval and onset with the model's ``meta`` (a CheckpointMeta)."""
+        model = time_setting(None, meta)
+        return (model.frame_interval_h if self.frame_interval_h is None else self.frame_interval_h,
+                model.onset_h if self.onset_h is None else self.onset_h)
 
 
 @dataclass
@@ -242,13 +249,19 @@ class PredictionWidget(Container):
     def _region_layers(self, _widget=None) -> list:
         return [ly for ly in self.viewer.layers if isinstance(ly, Shapes) and not is_output(ly)]
 
-    def _fill_time(self) -> None:
+    def _fill_time(self, keep_edited: bool = False) -> None:
         """Frame interval and onset from the layer, else the model, else defaults; the
-        line below them says which, and warns about a default."""
-        model = self.session.model
+        line below them says which, and warns about a default. ``keep_edited`` (a new
+        model): a value the user set stays."""
+        model, shown = self.session.model, getattr(self, "_time", None)
         self._time = time_setting(self.image.value, model.meta if model else None)
-        self.frame_interval_h.value = self._time.frame_interval_h
-        self.onset_h.value = self._time.onset_h
+        for box, value, before in (
+            (self.frame_interval_h, self._time.frame_interval_h,
+             shown.frame_interval_h if shown else None),
+            (self.onset_h, self._time.onset_h, shown.onset_h if shown else None),
+        ):
+            if not (keep_edited and shown is not None and box.value != before):
+                box.value = value
         self._show_time_source()
 
     def _show_time_source(self, *_) -> None:
@@ -277,8 +290,9 @@ class PredictionWidget(Container):
             self._prefill_from_model(model)
 
     def _prefill_from_model(self, model: SessionModel):
-        """Fill frame interval and onset from the model unless the layer carries them."""
-        self._fill_time()
+        """Fill frame interval and onset from the model unless the layer carries them or
+        the user set them."""
+        self._fill_time(keep_edited=True)
         self.model_info.value = model.description
 
     def close_down(self) -> None:
@@ -394,10 +408,20 @@ class PredictionWidget(Container):
             device=self.device.value,
             batch_size=self.batch_size.value,
             compile=self.compile.value,
-            frame_interval_h=self.frame_interval_h.value,
-            onset_h=self.onset_h.value,
+            frame_interval_h=self._dock_value(self.frame_interval_h.value, "frame_interval_h",
+                                              "interval_source"),
+            onset_h=self._dock_value(self.onset_h.value, "onset_h", "onset_source"),
             start_offset_h=float(image.metadata.get(START_OFFSET_H, 0.0)),
         )
+
+    def _dock_value(self, value: float, key: str, source: str) -> float | None:
+        """``value`` when the user set it or the image's file gave it; None when the dock
+        shows a default or a model's value: the run then takes its own model's (a
+        checkpoint file is read only in the worker)."""
+        shown = getattr(self, "_time", None)
+        if shown is None or getattr(shown, source) == FROM_FILE or value != getattr(shown, key):
+            return value
+        return None
 
     def _current_frame(self, image: Image) -> int:
         axis = self.viewer.dims.ndim - image.ndim
@@ -456,6 +480,8 @@ class PredictionWidget(Container):
         if model is not self.session.model:
             self.session.set_model(model)
         self.model_info.value = model.description
+        interval, onset = job.times_for(model.meta)
+        self._job = job = replace(job, frame_interval_h=interval, onset_h=onset)
         self.layers = PredictionLayers(
             self.viewer, job.image, job.grid, job.stack.n_frames, float(model.meta.time.clamp[1])
         )
@@ -561,9 +587,10 @@ def _predict(stop: Stop, job: Job):
         yield Failed.of(err)
         return
     yield Result(model)
+    interval, onset = job.times_for(model.meta)
     policy = TimePolicy(
-        frame_interval_h=job.frame_interval_h,
-        onset_h=job.onset_h,
+        frame_interval_h=interval,
+        onset_h=onset,
         clamp=model.meta.time.clamp,
         start_offset_h=job.start_offset_h,
     )
