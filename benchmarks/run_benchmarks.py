@@ -45,7 +45,7 @@ from napari_infection_clock.core.items import Item
 from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
 from napari_infection_clock.core.predictor import Predictor
 from napari_infection_clock.core.preprocess import Preprocessing, preprocess
-from napari_infection_clock.core.runtime import autocast_dtype
+from napari_infection_clock.core.runtime import autocast_dtype, prediction_dtype
 from napari_infection_clock.core.stack import open_stack
 from napari_infection_clock.core.tiles import TileSpec, tile_boxes
 from napari_infection_clock.core.trainer import TrainConfig, iter_train
@@ -371,7 +371,7 @@ def _retrain(model, meta, device, path: Path, n_tiles: int, quick: bool):
         items.append(Item(str(path), frame, box, label, frame * 0.5, float(rng.uniform(0, 48)), "g"))
     prep = meta.preprocessing
     cache = FeatureCache()
-    amp = autocast_dtype(device, "auto")
+    amp = prediction_dtype(device, "auto")  # what heads-only training keys on
     model = model.to(device)
     start = time.perf_counter()
     cache.features(model.backbone, ItemDataset(items, prep), device, amp, batch_size=8)

@@ -11,6 +11,7 @@ from napari_infection_clock.core.feature_cache import FeatureCache, backbone_dig
 from napari_infection_clock.core.items import FramePolicy, research_items
 from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
 from napari_infection_clock.core.preprocess import Preprocessing, preprocess
+from napari_infection_clock.core.runtime import prediction_dtype
 from napari_infection_clock.core.stack import open_stack, stack_from_array, write_stack
 from napari_infection_clock.core.synthetic import generate_stack, write_research_dataset
 from napari_infection_clock.core.targets import TimePolicy
@@ -173,6 +174,9 @@ def test_heads_only_training_computes_features_once_per_item(root):
     for k, v in model.backbone.state_dict().items():
         assert torch.equal(v, backbone[k]), k
     assert not torch.equal(model.classifier[-1].weight, heads)
+    # The heads learnt on the features prediction gives them (fp32 on the CPU), not bf16 ones.
+    cache.features(model.backbone, ItemDataset(train, PREP), CPU, prediction_dtype(CPU, "auto"))
+    assert (cache.hits, cache.misses) == (len(train), 0)
 
     second = list(iter_train(model, ItemDataset(train, PREP), ItemDataset(val, PREP), config, meta,
                              feature_cache=cache))

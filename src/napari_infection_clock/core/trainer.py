@@ -30,7 +30,7 @@ from .device import select_device
 from .feature_cache import FeatureCache
 from .metrics import classification_metrics, regression_metrics
 from .model import MultitaskResNet
-from .runtime import autocast_dtype
+from .runtime import prediction_dtype
 
 TRAIN_MODES = ("full", "heads")
 #: Validation metric name -> whether larger is better.
@@ -323,7 +323,9 @@ def _backbone_features(model, train_ds, val_ds, config, device, cache, should_st
                        ) -> Generator[TrainProgress, None, dict[str, torch.Tensor] | None]:
     """Heads-only: backbone features of the training and validation items (None if stopped)."""
     cache = cache if cache is not None else FeatureCache()
-    amp_dtype = autocast_dtype(device, "auto" if config.amp else "fp32")
+    # The precision prediction runs the backbone in (fp32 on the CPU, fp16 on CUDA), so the
+    # heads learn on the features they will be given; the cache keys on it.
+    amp_dtype = prediction_dtype(device, "auto" if config.amp else "fp32")
     features: dict[str, torch.Tensor] = {}
     for name, ds in (("train", train_ds), ("val", val_ds)):
         if ds is None or not len(ds):
