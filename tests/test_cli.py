@@ -394,3 +394,72 @@ def test_train_refuses_to_replace_its_start_checkpoint_before_training(data, tmp
     assert code == 2 and "is an input" in err, err
     assert "training on" not in out
     assert start.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_header_only_label_table_names_the_file(trained, tmp_path, capsys, command):
+    """Issue 11: a label CSV with a header and no rows said "No objects to concatenate"."""
+    from napari_infection_clock.core.labels import LABEL_COLUMNS
+
+    table = tmp_path / "labels.csv"
+    table.write_text(",".join(LABEL_COLUMNS) + "\n")
+    out = tmp_path / "out"
+    args = {"train": ["train", str(table), "--out", str(out), "--device", "cpu"],
+            "evaluate": ["evaluate", str(trained / "model.pt"), str(table), "--out", str(out)]}
+    assert main(args[command]) == 2
+    err = capsys.readouterr().err
+    assert f"label table {table} has no rows" in err and "add labels" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def _truncated_single_frame(path):
+    """An uncompressed one-frame TIFF cut inside its pixel data (tifffile: "failed to read
+    2048 bytes, got 44")."""
+    tifffile.imwrite(path, np.arange(32 * 32, dtype=np.uint16).reshape(32, 32))
+    path.write_bytes(path.read_bytes()[:300])
+
+
+def _truncated_compressed_stack(path):
+    """A zlib-compressed stack cut inside its last frame."""
+    frames = np.random.default_rng(0).integers(0, 4000, (8, 32, 32), dtype=np.uint16)
+    tifffile.imwrite(path, frames, compression="zlib")
+    path.write_bytes(path.read_bytes()[:-200])
+
+
+@pytest.mark.parametrize("damage", [_truncated_single_frame, _truncated_compressed_stack])
+def test_damaged_tiff_stops_predict_naming_the_file(trained, tmp_path, damage):
+    """Issue 11: a damaged TIFF gives one line naming the file and what to do, exit 2, no
+    table (was a zlib traceback, or "failed to read 2048 bytes, got 0" naming no file)."""
+    stack = tmp_path / "damaged.tif"
+    damage(stack)
+    out = tmp_path / "o.csv"
+    run = subprocess.run(
+        [sys.executable, "-m", "napari_infection_clock", "predict", str(trained / "model.pt"),
+         str(stack), "--out", str(out), "--device", "cpu"],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 2, run.stderr
+    error = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert len(error) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert error[0].startswith("infection-clock predict: error:") and str(stack) in error[0]
+    assert "damaged" in error[0] and "export it again" in error[0]
+    assert not out.exists()
+
+
+def test_one_class_training_error_starts_its_own_line(data, tmp_path):
+    """Issue 11: the one-class error was printed after the progress bar, on its line."""
+    stacks = sorted(data.glob("*/*.tif"))
+    table = tmp_path / "labels.csv"
+    table.write_text("stack,frame,label\n" + "".join(
+        f"{s},{f},uninfected\n" for s in stacks for f in range(12)))
+    run = subprocess.run(
+        [sys.executable, "-m", "napari_infection_clock", "train", str(table), "--out",
+         str(tmp_path / "out"), "--arch", "resnet18", "--init", "random", "--image-size", "32",
+         "--epochs", "1", "--hidden-dim", "16", "--device", "cpu"],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.splitlines()
+    error = [line for line in lines if "error:" in line]
+    assert error == [error[0]] and error[0].startswith("infection-clock train: error: all "), lines
+    assert "uninfected" in error[0]

@@ -75,8 +75,12 @@ def load_items(data: Path, policy: FramePolicy, tiles: TileSpec, channel: str | 
     """Items from a label table (``.csv``) or a research folder; ``channel`` (``--channel``)
     for multichannel stacks, where a table's ``channel`` column does not say."""
     if data.suffix.lower() == ".csv":
+        table = read_label_table(data)
+        if table.empty:
+            raise LabelTableError(f"label table {data} has no rows, only its header: add labels "
+                                  "(one row per labelled frame or crop) and retry")
         return label_table_items(
-            read_label_table(data),
+            table,
             tiles=None if tiles.whole_frame else tiles,
             default_frame_interval_h=policy.frame_interval_h,
             clamp=policy.clamp,

@@ -272,7 +272,7 @@ class _TiffPages:
             raise  # the machine's limit, not the file's fault
         except Exception as err:  # zlib.error, ValueError, ...: a damaged page
             raise DamagedStackError(
-                f"{self._tif.filename}: image {page} cannot be read ({type(err).__name__}: "
+                f"{self._tif.filehandle.path}: image {page} cannot be read ({type(err).__name__}: "
                 f"{err}); the file is damaged (truncated or corrupt). {_DAMAGED_HINT}"
             ) from err
         return data[key[n_lead:]]
