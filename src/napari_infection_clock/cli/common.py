@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..core.atomic import OutputNotWritable
 from ..core.checkpoint import CheckpointError, CheckpointMeta
+from ..core.distributed import ranks_from_env
 from ..core.items import FramePolicy, label_table_items, research_items
 from ..core.labels import LabelTableError, read_label_table
 from ..core.model import PretrainedWeightsUnavailable
@@ -31,6 +32,9 @@ USER_ERRORS = (
 
 
 def warn(message: str) -> None:
+    """A warning on stderr (from rank 0 only under torchrun)."""
+    if not ranks_from_env().is_main:
+        return
     print(f"infection-clock: warning: {message}", file=sys.stderr)
 
 

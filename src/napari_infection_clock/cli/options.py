@@ -86,6 +86,9 @@ class TrainOptions(PolicyOptions, TileOptions):
     test_fraction: float = 0.2
     seed: int = _T.seed
     device: str = "auto"
+    sync_bn: bool = False
+    resume: bool = False
+    overwrite: bool = False
 
 
 @dataclass(kw_only=True)
@@ -99,6 +102,18 @@ class PredictOptions(RunOptions, TileOptions):
     channel: str | None = None
     interval: float | None = None
     frames: str | None = None
+    shard: str | None = None
+
+
+@dataclass(kw_only=True)
+class MergeOptions:
+    out: Path
+
+
+@dataclass(kw_only=True)
+class CVReportOptions:
+    runs: list[Path]
+    out: Path
 
 
 @dataclass(kw_only=True)

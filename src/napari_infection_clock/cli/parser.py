@@ -16,10 +16,19 @@ from ..core.runtime import PRECISIONS
 from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
 from ..core.tiles import BORDERS, TileSpec
 from ..core.trainer import BEST_METRICS, TRAIN_MODES
+from .cv_report import cv_report
 from .demo import demo
 from .evaluate import evaluate
-from .options import DemoOptions, EvaluateOptions, PredictOptions, SampleOptions, TrainOptions
-from .predict import predict
+from .options import (
+    CVReportOptions,
+    DemoOptions,
+    EvaluateOptions,
+    MergeOptions,
+    PredictOptions,
+    SampleOptions,
+    TrainOptions,
+)
+from .predict import merge_predictions, predict
 from .sample import sample
 from .train import train
 
@@ -30,6 +39,8 @@ COMMANDS = {
     "predict": (PredictOptions, predict),
     "evaluate": (EvaluateOptions, evaluate),
     "demo": (DemoOptions, demo),
+    "merge-predictions": (MergeOptions, merge_predictions),
+    "cv-report": (CVReportOptions, cv_report),
 }
 
 
@@ -77,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     _tile_args(p)
     _run_args(p)
     p.add_argument("--frames", help="frame range START:STOP (Python style, STOP excluded)")
+    p.add_argument(
+        "--shard",
+        help="I/N: predict every N-th stack from the I-th (0-based) into OUT.parts; the last "
+        "shard merges. Also from torchrun (RANK/WORLD_SIZE) or SLURM_ARRAY_TASK_ID/COUNT",
+    )
 
     p = command("evaluate", "metrics, per-bin table and plots on labelled data")
     p.add_argument("checkpoint", type=Path)
@@ -86,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     _policy_args(p)
     _tile_args(p)
     _run_args(p)
+
+    p = command("merge-predictions", "combine the finished parts of a sharded predict run")
+    p.add_argument("out", type=Path, help="the --out of the sharded predict run")
+
+    p = command("cv-report", "merge the held-out reports of CV folds: mean ± sd per metric")
+    p.add_argument(
+        "runs", type=Path, nargs="+", help="the --out folders of the folds (or metrics.json files)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder (or .csv) for cv_summary.csv")
 
     p = command("demo", "the whole loop on synthetic data on a CPU in a few minutes")
     p.add_argument("--out", type=Path, help="output folder (default infection-clock-demo)")
@@ -226,8 +251,12 @@ def _train_args(p):
     g.add_argument("--image-size", type=int)
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        help="the global batch: under torchrun split evenly over the processes (default 32)",
+    )
+    g.add_argument("--lr", type=float, help="learning rate for the global batch (default 1e-4)")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--cls-weight", type=float)
     g.add_argument("--reg-weight", type=float)
@@ -244,3 +273,18 @@ def _train_args(p):
     g.add_argument("--test-fraction", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument("--device")
+    g = p.add_argument_group("several processes and restarts (see docs/cluster.md)")
+    g.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun: BatchNorm statistics over the global batch, not per process",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run state in --out (run_state.pt, saved every epoch); without one, "
+        "start afresh, so one command serves the first start and every restart",
+    )
+    g.add_argument(
+        "--overwrite", action="store_true", help="start again, replacing a run state in --out"
+    )

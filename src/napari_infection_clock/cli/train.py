@@ -9,6 +9,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .. import __version__
+from ..core import distributed
 from ..core.atomic import check_writable, mark_input, write_atomic
 from ..core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, utc_now
 from ..core.dataset import ItemDataset
@@ -25,15 +26,27 @@ from ..core.evaluation import calibrate, predict_items
 from ..core.predictor import Predictor
 from ..core.preprocess import Preprocessing
 from ..core.report import save_report
-from ..core.trainer import TrainConfig, best_epoch_note, iter_train
+from ..core.run_state import RUN_STATE, run_state_to_resume
+from ..core.trainer import TrainConfig, best_epoch_note, iter_train, seed_everything
 from .common import frame_policy, load_items, print_headline, tile_spec, warn, warn_assumed
 from .options import TrainOptions
 
 
 def train(opts: TrainOptions) -> int:
+    """Train; under torchrun every process runs this and only rank 0 writes."""
+    ranks, _ = distributed.start(opts.device)
+    try:
+        return _train(opts, ranks)
+    finally:
+        distributed.stop()
+
+
+def _train(opts: TrainOptions, ranks) -> int:
     if opts.checkpoint:
         mark_input(opts.checkpoint)  # so --out may not replace it, checked before any work
-    check_writable(opts.out / "model.pt")
+    if ranks.is_main:
+        check_writable(opts.out / "model.pt")
+    resume = run_state_to_resume(opts.out / RUN_STATE, opts.resume, opts.overwrite)
     base = None
     if opts.checkpoint:
         model, meta = load_checkpoint(opts.checkpoint)
@@ -59,6 +72,7 @@ def train(opts: TrainOptions) -> int:
             items, opts.val_fraction, opts.test_fraction, opts.seed
         )
     if not opts.checkpoint:  # built after the data checks: ImageNet weights may be missing
+        seed_everything(opts.seed)  # the same --seed, the same new heads and random weights
         config = ModelConfig(opts.arch, opts.hidden_dim, opts.dropout, opts.cls_conditioning)
         model = build_model(config, init=opts.init)
         meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=opts.image_size))
@@ -84,8 +98,10 @@ def train(opts: TrainOptions) -> int:
         best_metric=opts.best_metric,
         seed=opts.seed,
         device=opts.device,
+        sync_bn=opts.sync_bn,
     )
-    return train_and_report(model, meta, config, train_items, val, test, opts.out)
+    return train_and_report(model, meta, config, train_items, val, test, opts.out,
+                            run_state=True, resume=resume)
 
 
 def _warn_ignored_model_options(opts: TrainOptions, meta: CheckpointMeta) -> None:
@@ -101,8 +117,20 @@ def _warn_ignored_model_options(opts: TrainOptions, meta: CheckpointMeta) -> Non
         warn(f"{', '.join(differing)} ignored: the model comes from {opts.checkpoint}")
 
 
-def train_and_report(model, meta, config, train, val, test, out: Path) -> int:
-    """Train with a progress bar, then write splits, history, checkpoint and test report."""
+def train_and_report(model, meta, config, train, val, test, out: Path, run_state: bool = False,
+                     resume: dict | None = None) -> int:
+    """Train with a progress bar, then write splits, history, checkpoint and test report.
+
+    With ``run_state`` the run state is saved every epoch (``resume`` continues one). Under
+    torchrun only rank 0 prints and writes.
+    """
+    ranks = distributed.current_ranks()
+    if not ranks.is_main:
+        for _ in iter_train(model, ItemDataset(train, meta.preprocessing, augment=config.augment),
+                            ItemDataset(val, meta.preprocessing), config, meta,
+                            run_state_path=out / RUN_STATE if run_state else None, resume=resume):
+            pass
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     meta.stacks = stack_records([*train, *val, *test])  # what each stack was read as
     splits = pd.concat(
@@ -118,18 +146,28 @@ def train_and_report(model, meta, config, train, val, test, out: Path) -> int:
         f"training on {len(train)} items, validating on {len(val)}, testing on {len(test)} "
         f"({meta.model.arch}, {config.mode}, {config.epochs} epochs, {meta.preprocessing.image_size} px)"
     )
+    print(
+        f"global batch {config.batch_size} = {ranks.world_size} process(es) x "
+        f"{config.batch_size // ranks.world_size}; learning rate {config.lr:g} is for this global "
+        "batch (the same command on any number of processes trains the same recipe)"
+    )
+    if resume is not None:
+        print(f"resuming after epoch {resume['epoch']} from {out / RUN_STATE}")
     train_ds = ItemDataset(train, meta.preprocessing, augment=config.augment)
     val_ds = ItemDataset(val, meta.preprocessing)
     if not val:
         warn(best_epoch_note("train_loss"))
     ckpt = out / "model.pt"
     with tqdm(  # closed on errors too, so a message starts on a line of its own
-        total=config.epochs * max(1, -(-len(train) // config.batch_size)),
+        total=(config.epochs - (resume["epoch"] if resume else 0))
+        * max(1, -(-len(train) // config.batch_size)),
         unit="batch",
         desc="train",
     ) as bar:
         last = None
-        for last in iter_train(model, train_ds, val_ds, config, meta, checkpoint_path=ckpt):
+        for last in iter_train(model, train_ds, val_ds, config, meta, checkpoint_path=ckpt,
+                               run_state_path=out / RUN_STATE if run_state else None,
+                               resume=resume):
             if last.stage == "batch":
                 bar.update(1)
                 bar.set_postfix(loss=f"{last.loss:.3f}")

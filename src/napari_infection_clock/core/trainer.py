@@ -16,20 +16,22 @@ import random
 import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .dataset import ItemDataset
-from .device import select_device
+from . import distributed
 from .feature_cache import FeatureCache
 from .metrics import classification_metrics, regression_metrics
 from .model import MultitaskResNet
+from .run_state import RunStateError, rng_state, save_run_state, set_rng_state
 from .runtime import prediction_dtype
 
 TRAIN_MODES = ("full", "heads")
@@ -56,6 +58,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     num_workers: int = 0
+    sync_bn: bool = False  # BatchNorm statistics over the global batch under torchrun
 
     def __post_init__(self):
         if self.mode not in TRAIN_MODES:
@@ -174,14 +177,15 @@ class _Clock:
 
     epochs: int
     batches: int
+    done_before: int = 0  # epochs finished before this process started (resume)
     start: float = field(default_factory=time.perf_counter)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
     def eta(self, epoch: int, batch: int) -> float:
-        done = (epoch - 1) * self.batches + batch
-        return self.elapsed() / done * (self.epochs * self.batches - done)
+        done = (epoch - 1 - self.done_before) * self.batches + batch
+        return self.elapsed() / done * ((self.epochs - self.done_before) * self.batches - done)
 
 
 def train_one_epoch(forward, params, criterion: MultitaskLoss, optimizer, scaler, loader, device,
@@ -217,7 +221,8 @@ def train_one_epoch(forward, params, criterion: MultitaskLoss, optimizer, scaler
                             loss=losses[0], cls_loss=losses[1], reg_loss=losses[2],
                             elapsed_s=clock.elapsed(), eta_s=clock.eta(epoch, batch),
                             best_epoch=state.best_epoch)
-    means = sums / max(seen, 1)
+    totals = distributed.sum_across(torch.tensor([*sums, seen])).numpy()
+    means = totals[:3] / max(totals[3], 1)
     return dict(zip(("train_loss", "train_cls_loss", "train_reg_loss"), means.tolist()))
 
 
@@ -238,21 +243,34 @@ def iter_train(
     checkpoint_path: str | Path | None = None,
     should_stop: Callable[[], bool] | None = None,
     feature_cache: FeatureCache | None = None,
+    run_state_path: str | Path | None = None,
+    resume: dict | None = None,
 ) -> Iterator[TrainProgress]:
     """Train ``model`` in place, yielding progress; ends with the best weights loaded.
 
     The loop of torchvision's reference ``train.py``: per epoch :func:`train_one_epoch`,
     the scheduler step, :func:`evaluate`, then the best weights are kept and, when
     ``checkpoint_path`` is given, saved with ``meta`` (which itself is not changed; the
-    final event carries the metadata that was saved).
+    final event carries the metadata that was saved). With ``run_state_path`` the whole
+    run state is saved after every epoch; ``resume`` (such a state, loaded) continues it.
+
+    Under torchrun every process runs this with the same arguments: the model is wrapped
+    in DistributedDataParallel, each rank trains on its share of every global batch
+    (``config.batch_size`` is the global batch), validation is gathered from all ranks,
+    and only rank 0 writes files.
 
     ``feature_cache`` (heads-only mode) is reused across calls; without one a fresh cache
     serves this run. Heads-only training sees un-augmented crops (their features are
     cached), whatever the dataset's augmentation.
     """
     check_trainable(train_ds)
-    device = select_device(config.device)
-    generator = seed_everything(config.seed)
+    ranks, device = distributed.start(config.device)
+    if config.batch_size % ranks.world_size:
+        raise TrainingError(
+            f"the batch size {config.batch_size} is the global batch; it must be a multiple "
+            f"of the {ranks.world_size} processes")
+    rank_batch = config.batch_size // ranks.world_size
+    seed_everything(config.seed)
     model.to(device)
     heads_only = config.mode == "heads"
     model.freeze_backbone(heads_only)
@@ -262,21 +280,30 @@ def iter_train(
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
     criterion = MultitaskLoss(config.cls_weight, config.reg_weight)
     state = RunState()
-    clock = _Clock(config.epochs, 0)
+    if resume is not None:
+        state = _resume(resume, config, ranks, model, optimizer, scheduler, scaler)
+    clock = _Clock(config.epochs, 0, done_before=state.epoch)
     if heads_only:
         features = yield from _backbone_features(model, train_ds, val_ds, config, device,
                                                  feature_cache, should_stop, clock)
         if features is None:
             yield TrainProgress("stopped", 1, config.epochs, 0, 0, elapsed_s=clock.elapsed())
             return
-        loader = _FeatureBatches(features["train"], train_ds, config.batch_size, generator)
-        forward = model.forward_heads
+        labels, times = train_ds.targets()
+        train_set = TensorDataset(features["train"], torch.as_tensor(labels),
+                                  torch.as_tensor(times, dtype=torch.float32))
+        net = _Heads(model)
     else:
-        loader = DataLoader(
-            train_ds, batch_size=config.batch_size, shuffle=True, generator=generator,
-            num_workers=config.num_workers, pin_memory=device.type == "cuda", drop_last=False,
-        )
-        forward = model
+        train_set = train_ds
+        net = distributed.sync_batchnorm(model, device) if config.sync_bn else model
+    if ranks.world_size > 1:
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    # The same permutation of the training set per epoch whatever the number of processes:
+    # rank r takes every r-th item of it, so a global batch is the same items as in one process.
+    sampler = DistributedSampler(train_set, ranks.world_size, ranks.rank, shuffle=True,
+                                 seed=config.seed, drop_last=False)
+    loader = DataLoader(train_set, batch_size=rank_batch, sampler=sampler,
+                        num_workers=config.num_workers, pin_memory=device.type == "cuda")
     clock.batches = len(loader)
 
     def finished(stage: str, epoch: int, batch: int) -> TrainProgress:
@@ -289,10 +316,11 @@ def iter_train(
             meta=state.best_meta(meta) if state.best_epoch else None)
 
     for epoch in range(state.epoch + 1, config.epochs + 1):
-        model.train()
+        sampler.set_epoch(epoch)
+        net.train()
         if heads_only:
             model.backbone.eval()  # frozen BatchNorm statistics stay as loaded
-        losses = yield from train_one_epoch(forward, params, criterion, optimizer, scaler, loader,
+        losses = yield from train_one_epoch(net, params, criterion, optimizer, scaler, loader,
                                             device, epoch, config, clock, state, should_stop)
         if isinstance(losses, int):
             yield finished("stopped", epoch, losses)
@@ -304,8 +332,14 @@ def iter_train(
         elif val_ds is not None and len(val_ds):
             record.update(evaluate(model, val_ds, config, device, meta))
         record["seconds"] = clock.elapsed()
-        if state.consider(record, model, config) and checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model, state.best_meta(meta))
+        improved = state.consider(record, model, config)
+        rngs = distributed.all_gather(rng_state()) if run_state_path is not None else None
+        if ranks.is_main:
+            if improved and checkpoint_path is not None:
+                save_checkpoint(checkpoint_path, model, state.best_meta(meta))
+            if run_state_path is not None:
+                save_run_state(run_state_path, _run_state(state, config, model, optimizer,
+                                                          scheduler, scaler, rngs))
         yield TrainProgress("epoch", epoch, config.epochs, clock.batches, clock.batches,
                             loss=record["train_loss"], cls_loss=record["train_cls_loss"],
                             reg_loss=record["train_reg_loss"], record=record,
@@ -313,10 +347,66 @@ def iter_train(
                             best_epoch=state.best_epoch, best_by=state.best_by,
                             checkpoint=_str(checkpoint_path) if state.best_epoch else None)
     done = finished("done", config.epochs, clock.batches)
-    if checkpoint_path is not None and done.meta is not None:
+    if checkpoint_path is not None and done.meta is not None and ranks.is_main:
         # The history in the file covers the whole run, not only up to the best epoch.
         save_checkpoint(checkpoint_path, model, done.meta)
     yield done
+
+
+class _Heads(nn.Module):
+    """The heads of ``model`` as a module of their own (features in), for DDP to wrap."""
+
+    def __init__(self, model: MultitaskResNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features):
+        return self.model.forward_heads(features)
+
+
+#: Settings that must match for a run state to be continued (the device may change).
+_RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "eta_min", "cls_weight",
+                "reg_weight", "grad_clip", "mode", "augment", "best_metric", "seed", "sync_bn")
+
+
+def _run_state(state: RunState, config, model, optimizer, scheduler, scaler, rngs) -> dict:
+    return {
+        "config": asdict(config),
+        "epoch": state.epoch,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rngs,
+        "history": state.history,
+        "best_value": state.best_value,
+        "best_epoch": state.best_epoch,
+        "best_state": state.best_state,
+        "best_metrics": state.best_metrics,
+    }
+
+
+def _resume(saved: dict, config: TrainConfig, ranks, model, optimizer, scheduler,
+            scaler) -> RunState:
+    """Load a saved run state into the model, optimizer, scheduler, scaler and RNGs."""
+    differ = [k for k in _RESUME_KEYS if saved["config"].get(k) != getattr(config, k)]
+    if differ:
+        raise RunStateError(
+            "the run state was saved with other settings ("
+            + ", ".join(f"{k} {saved['config'].get(k)!r} now {getattr(config, k)!r}" for k in differ)
+            + "): resume with the same settings, or start again with --overwrite")
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    rngs = saved["rng"]
+    if rngs and ranks.rank < len(rngs):  # exact only with as many processes as before
+        set_rng_state(rngs[ranks.rank])
+    best = saved["best_value"]
+    return RunState(epoch=saved["epoch"], history=list(saved["history"]),
+                    best_value=None if best is None else tuple(best),
+                    best_epoch=saved["best_epoch"], best_state=saved["best_state"],
+                    best_metrics=dict(saved["best_metrics"]))
 
 
 def _backbone_features(model, train_ds, val_ds, config, device, cache, should_stop, clock,
@@ -343,9 +433,16 @@ def _backbone_features(model, train_ds, val_ds, config, device, cache, should_st
 
 
 def evaluate(model, val_ds: ItemDataset, config: TrainConfig, device, meta: CheckpointMeta) -> dict:
-    """Validation losses and metrics, prefixed ``val_``."""
+    """Validation losses and metrics over the whole validation set, prefixed ``val_``.
+
+    Under torchrun each rank predicts every world-size-th item and the outputs are gathered,
+    so every item counts exactly once (no padding duplicates) and all ranks get one record.
+    """
     model.eval()
-    loader = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
+    ranks = distributed.current_ranks()
+    index = list(range(ranks.rank, len(val_ds), ranks.world_size))
+    loader = DataLoader(Subset(val_ds, index), batch_size=config.batch_size, shuffle=False,
+                        num_workers=config.num_workers)
     logits_all, t_all, y_all, target_all = [], [], [], []
     with torch.inference_mode():
         for x, y, t in loader:
@@ -354,8 +451,12 @@ def evaluate(model, val_ds: ItemDataset, config: TrainConfig, device, meta: Chec
             t_all.append(t_pred.float().cpu())
             y_all.append(y)
             target_all.append(t)
-    logits, t_pred = torch.cat(logits_all), torch.cat(t_all)
-    y, t = torch.cat(y_all), torch.cat(target_all)
+    mine = [torch.as_tensor(index, dtype=torch.long)] + [
+        torch.cat(parts) if parts else torch.empty(0)
+        for parts in (logits_all, t_all, y_all, target_all)]
+    gathered = [part for part in distributed.all_gather(mine) if len(part[0])]
+    order = torch.argsort(torch.cat([part[0] for part in gathered]))
+    logits, t_pred, y, t = (torch.cat([part[i] for part in gathered])[order] for i in range(1, 5))
     return _val_record(logits, t_pred, y, t, config, meta)
 
 
@@ -395,28 +496,6 @@ def run_training(*args, **kwargs) -> TrainProgress:
     for last in iter_train(*args, **kwargs):
         pass
     return last
-
-
-class _FeatureBatches:
-    """Shuffled batches of (features, class, time target), as the DataLoader gives images."""
-
-    def __init__(self, features: torch.Tensor, dataset: ItemDataset, batch_size: int,
-                 generator: torch.Generator):
-        labels, times = dataset.targets()
-        self.features = features
-        self.y = torch.as_tensor(labels)
-        self.t = torch.as_tensor(times, dtype=torch.float32)
-        self.batch_size = batch_size
-        self.generator = generator
-
-    def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
-
-    def __iter__(self):
-        order = torch.randperm(len(self.y), generator=self.generator)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield self.features[idx], self.y[idx], self.t[idx]
 
 
 def _restore(model: nn.Module, state: dict | None) -> None:
