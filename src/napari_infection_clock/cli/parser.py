@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shard",
         help="I/N: predict every N-th stack from the I-th (0-based) into OUT.parts; the last "
-        "shard merges. Also from torchrun (RANK/WORLD_SIZE) or SLURM_ARRAY_TASK_ID/COUNT",
+        "shard merges. Also from torchrun (RANK/WORLD_SIZE) or SLURM_ARRAY_TASK_ID/COUNT; "
+        "--shard 0/1 predicts all stacks in an array job whose tasks do other plates",
     )
 
     p = command("evaluate", "metrics, per-bin table and plots on labelled data")

@@ -52,7 +52,9 @@ def predict(opts: PredictOptions) -> int:
     parts.claim()
     mine = shard.mine(len(opts.stacks))
     todo = [i for i in mine if not parts.finished(i)]
-    print(f"shard {shard.index}/{shard.count}: {len(mine)} of {len(opts.stacks)} stacks, "
+    source = "--shard" if opts.shard else ("torchrun" if torchrun else "SLURM_ARRAY_TASK_ID")
+    print(f"shard {shard.index}/{shard.count} (from {source}): {len(mine)} of "
+          f"{len(opts.stacks)} stacks, "
           f"{len(mine) - len(todo)} already finished (skipped)")
     for i in todo:
         parts.write(i, _predict_stack(predictor, i, opts), shard)

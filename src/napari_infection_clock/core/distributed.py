@@ -140,7 +140,8 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
         mean = mean.to(x.dtype)
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
-            m = self.momentum
+            # momentum None means a cumulative average, as in BatchNorm2d
+            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
             self.running_mean.mul_(1 - m).add_(m * mean.detach())
             self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
         shape = (1, channels, 1, 1)
