@@ -383,6 +383,7 @@ def _run_state(state: RunState, config, model, optimizer, scheduler, scaler, rng
         "best_epoch": state.best_epoch,
         "best_state": state.best_state,
         "best_metrics": state.best_metrics,
+        "best_by": state.best_by,
     }
 
 
@@ -406,7 +407,7 @@ def _resume(saved: dict, config: TrainConfig, ranks, model, optimizer, scheduler
     return RunState(epoch=saved["epoch"], history=list(saved["history"]),
                     best_value=None if best is None else tuple(best),
                     best_epoch=saved["best_epoch"], best_state=saved["best_state"],
-                    best_metrics=dict(saved["best_metrics"]))
+                    best_metrics=dict(saved["best_metrics"]), best_by=saved.get("best_by"))
 
 
 def _backbone_features(model, train_ds, val_ds, config, device, cache, should_stop, clock,
