@@ -437,7 +437,11 @@ def test_outputs_can_be_read(make_napari_viewer, qtbot, sample, checkpoint):
     name = "infected" if row.pred_class == 1 else "uninfected"
     assert f"· {name}" in text
     if row.pred_class == 1:
-        assert f"infected for {row.pred_time_h:.1f} h · onset {1.5 - row.pred_time_h:.1f} h" in text
+        assert f"infected for {row.pred_time_h:.1f} h" in text, text
+    # the onset is the tile's fitted clock, as in the onset map, the table and the plot
+    # (not this frame's time minus its duration), on every frame of the tile
+    fitted = f"onset {row.onset_h:.1f} h" if np.isfinite(row.onset_h) else "no onset"
+    assert fitted in text and text.count("onset") == 1, text
     cls.visible = True  # the class layer shown: napari's status names the class
     status = cls.get_status(world, world=True)
     assert f"class: {name}" in status["coordinates"], status

@@ -176,6 +176,8 @@ class PredictionLayers:
         cell_translate = (t_translate, ty + grid.translate[0] * iy, tx + grid.translate[1] * ix)
         self._placed = {"scale": cell_scale, "translate": cell_translate}
         self.probability = self.duration = self.classes = self.tiles = None
+        #: Whether :meth:`set_clocks` has given the table and the onset map their clocks.
+        self.clocks_in = False
         self.onset = self._existing("onset")
         if isinstance(self.onset, Image):  # a previous run's map must not pass for this one's
             self.onset.data = np.full(grid.shape, np.nan, np.float32)
@@ -368,6 +370,7 @@ class PredictionLayers:
                                  opacity=0.7, blending="translucent", visible=False, **placed)
         self.onset.metadata[OUTPUT_OF] = self.image.name
         self.onset.colorbar.visible = True
+        self.clocks_in = True
 
     @property
     def table(self) -> pd.DataFrame:

@@ -535,6 +535,8 @@ class PredictionWidget(Container):
             clocks, self._clocks = self._clocks, None
             self.layers.set_clocks(clocks.regions, clocks.clamp, clocks.calibration,
                                    clocks.novelty)
+            if self.readout is not None:
+                self.readout.update()  # the fitted onset under the cursor
         if self.layers is not None and not self._failed:
             self._publish()
         elif self.layers is not None:

@@ -2,7 +2,8 @@
 
 napari's slider counts frames and its status bar shows only the active layer's raw value;
 the readout (napari's text overlay, bottom left, just above the slider) says in hours where
-the slider is, and for the tile under the mouse its p(infected), class, duration and onset.
+the slider is, and for the tile under the mouse its p(infected), class, duration and onset
+(the tile's fitted onset once the run's clocks are in, as the onset map says).
 """
 
 from __future__ import annotations
@@ -77,10 +78,15 @@ class Readout:
             return ""
         label = int(layers.classes.data[frame, row, col])
         text = f"p(infected) {p:.2f} · {CLASS_NAME.get(label, 'not predicted')}"
-        if label == CLASS_LABEL[INFECTED]:
+        infected = label == CLASS_LABEL[INFECTED]
+        if infected:
             duration = float(layers.duration.data[frame, row, col])
-            onset = self.hours(frame) - duration
-            text += f" · infected for {duration:.1f} h · onset {onset:.1f} h"
+            text += f" · infected for {duration:.1f} h"
+        if layers.clocks_in:  # the tile's fitted onset, as the onset map, table and plot say
+            onset = float(layers.onset.data[row, col])
+            text += f" · onset {onset:.1f} h" if math.isfinite(onset) else " · no onset"
+        elif infected:  # the run is not over: this frame's own estimate
+            text += f" · onset {self.hours(frame) - duration:.1f} h (this frame)"
         return text
 
     def update(self, *_) -> None:
