@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 
 import numpy as np
@@ -495,3 +498,30 @@ def test_channel_layers_of_a_fiji_file_are_recorded_and_checked(make_napari_view
         assert set(table["channel_name"]) == {name.split()[-1].rstrip("]")}
     warned = [m for m in said if "trained on DAPI" in m]
     assert len(warned) == 1 and "mito" in warned[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_a_run_leaves_naparis_worker_threads_at_their_priority(make_napari_viewer, qtbot, sample,
+                                                               checkpoint):
+    """A run yields the CPU to the GUI (nice), but a nice cannot be undone without
+    privileges: the threads napari lends every plugin's workers must never get it."""
+    from napari.qt.threading import create_worker
+    from qtpy.QtCore import QThreadPool
+
+    viewer, image, widget = _setup(make_napari_viewer, sample, checkpoint)
+    assert _run(qtbot, widget).startswith("done")
+    gui_priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    n = QThreadPool.globalInstance().maxThreadCount()
+    everyone_started = threading.Barrier(n)  # one job on every thread of the pool
+
+    def priority():
+        everyone_started.wait(timeout=20)
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen = []
+    for _ in range(n):
+        worker = create_worker(priority, _start_thread=False)
+        worker.returned.connect(seen.append)
+        worker.start()
+    qtbot.waitUntil(lambda: len(seen) == n, timeout=30_000)
+    assert seen == [gui_priority] * n

@@ -1,8 +1,8 @@
 """One way for every dock to run long work: a generator in a thread, typed updates, coalesced.
 
 A run's body is a generator that gets a :class:`Stop` and yields :class:`Progress`,
-:class:`Result` and :class:`Failed`. It runs in a napari thread worker and puts its updates
-on a queue; it never signals the GUI per item. A :class:`QTimer` on the GUI thread drains
+:class:`Result` and :class:`Failed`. It runs on a niced thread of its own (a napari thread
+worker starts it and waits for it) and puts its updates on a queue; it never signals the GUI per item. A :class:`QTimer` on the GUI thread drains
 the queue a few times per second and hands the dock one :class:`Batch`: all results since
 the last tick, the latest progress, the first failure. So the GUI thread does a bounded
 amount of work per tick however fast the worker goes, events never pile up behind a slow
@@ -25,7 +25,7 @@ from qtpy.QtCore import QObject, QTimer
 
 #: Milliseconds between two hand-overs of a run's updates to its dock.
 DRAIN_MS = 250
-#: Nice increment of a run's thread (Linux): when the CPU is busy the GUI thread goes first.
+#: Nice of a run's body thread (Linux): when the CPU is busy the GUI thread goes first.
 WORKER_NICE = 10
 
 
@@ -122,7 +122,16 @@ class Run(QObject):
         self.worker.finished.connect(self._on_body_ended)
 
     def _pump(self, body, args) -> None:
-        """Worker thread: run the body, queue what it yields (a deque append is atomic)."""
+        """Worker thread: run the body on a thread of its own and wait for it. The body's
+        thread is niced, and a nice cannot be undone without privileges: napari's pool
+        threads, which every plugin's workers reuse, must keep their priority."""
+        thread = threading.Thread(target=self._run_body, args=(body, args), daemon=True,
+                                  name="infection-clock run")
+        thread.start()
+        thread.join()
+
+    def _run_body(self, body, args) -> None:
+        """The body's thread: run it, queue what it yields (a deque append is atomic)."""
         _yield_cpu_to_the_gui()
         try:
             for update in body(self.stop_requested, *args):
