@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import tifffile
 import torch
 
 from napari_infection_clock.core.checkpoint import CheckpointMeta
@@ -12,7 +13,7 @@ from napari_infection_clock.core.items import FramePolicy, research_items
 from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
 from napari_infection_clock.core.preprocess import Preprocessing, preprocess
 from napari_infection_clock.core.runtime import prediction_dtype
-from napari_infection_clock.core.stack import open_stack, stack_from_array, write_stack
+from napari_infection_clock.core.stack import open_stack, stack_from_array
 from napari_infection_clock.core.synthetic import generate_stack, write_research_dataset
 from napari_infection_clock.core.targets import TimePolicy
 from napari_infection_clock.core.tiles import TileSpec
@@ -123,7 +124,8 @@ def test_rewritten_image_misses_only_its_items(tmp_path):
     target = items[0].stack
     with open_stack(target) as stack:
         data = stack.frames(range(stack.n_frames))
-    write_stack(target, 255 - data, frame_interval_h=0.5)
+    # The user re-exports the stack from another program (this process never writes an input).
+    tifffile.imwrite(target, 255 - data, imagej=True, metadata={"axes": "TYX", "finterval": 1800})
     st = os.stat(target)
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # coarse-clock file systems
     cache.features(model.backbone, ItemDataset(items, PREP), CPU)
