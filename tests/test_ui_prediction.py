@@ -15,6 +15,7 @@ from napari import save_layers
 from napari_infection_clock.core.checkpoint import CheckpointMeta, save_checkpoint
 from napari_infection_clock.core.clock import CLOCK_COLUMNS
 from napari_infection_clock.core.model import ModelConfig, build_model
+from napari_infection_clock.core.novelty import NOVELTY_COLUMNS
 from napari_infection_clock.core.preprocess import Preprocessing
 from napari_infection_clock.core.results import RESULT_COLUMNS
 from napari_infection_clock.core.synthetic import sample_pair
@@ -86,7 +87,7 @@ def test_tile_grid_layers_sit_on_their_tiles(
     assert message.startswith("done: 8 frames"), message
     prob, dur, cls, tiles = (viewer.layers[layer_name("well", k)] for k in KINDS)
     table = tiles.features
-    assert list(table.columns) == [*RESULT_COLUMNS, *CLOCK_COLUMNS]
+    assert list(table.columns) == [*RESULT_COLUMNS, *NOVELTY_COLUMNS, *CLOCK_COLUMNS]
     assert len(table) == len(tiles.data) == 8 * 4
     assert table["frame"].iloc[0] == 5  # the frame on screen came first
     assert prob.data.shape == dur.data.shape == cls.data.shape == (8, 2, 2)

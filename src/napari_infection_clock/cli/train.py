@@ -44,9 +44,10 @@ def train(opts: TrainOptions) -> int:
 def _train(opts: TrainOptions, ranks) -> int:
     if opts.checkpoint:
         mark_input(opts.checkpoint)  # so --out may not replace it, checked before any work
+    # A run state in --out is the first thing to settle (resume it, or say how to replace it).
+    resume = run_state_to_resume(opts.out / RUN_STATE, opts.resume, opts.overwrite)
     if ranks.is_main:
         check_writable(opts.out / "model.pt")
-    resume = run_state_to_resume(opts.out / RUN_STATE, opts.resume, opts.overwrite)
     base = None
     if opts.checkpoint:
         model, meta = load_checkpoint(opts.checkpoint)
