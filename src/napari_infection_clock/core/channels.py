@@ -39,12 +39,19 @@ def tiff_channel_names(tif, series_axes: str, shape: tuple, source_axes: str) ->
     return (None,) * n
 
 
-def _ome_names(tif, n: int) -> list[str] | None:
+def ome_root(tif):
+    """The parsed OME-XML of a TIFF (None when it has none, or none that parses)."""
     if not tif.is_ome or not tif.ome_metadata:
         return None
     try:
-        root = ElementTree.fromstring(tif.ome_metadata)
+        return ElementTree.fromstring(tif.ome_metadata)
     except ElementTree.ParseError:
+        return None
+
+
+def _ome_names(tif, n: int) -> list[str] | None:
+    root = ome_root(tif)
+    if root is None:
         return None
     channels = root.findall("{*}Image/{*}Pixels/{*}Channel")
     if len(channels) != n:

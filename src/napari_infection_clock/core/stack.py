@@ -15,7 +15,6 @@ import os
 import re
 import threading
 import warnings
-import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 import tifffile
 
 from .atomic import mark_input, write_atomic
-from .channels import choice_message, describe, resolve_channel, tiff_channel_names
+from .channels import choice_message, describe, ome_root, resolve_channel, tiff_channel_names
 from .targets import DEFAULT_FRAME_INTERVAL_H
 
 
@@ -583,11 +582,8 @@ def _imagej_interval_h(tif: tifffile.TiffFile) -> float | None:
 
 def _ome_interval_h(tif: tifffile.TiffFile) -> float | None:
     """``Pixels TimeIncrement`` of the first image, else the median step of Plane ``DeltaT``."""
-    if not tif.is_ome or not tif.ome_metadata:
-        return None
-    try:
-        root = ElementTree.fromstring(tif.ome_metadata)
-    except ElementTree.ParseError:
+    root = ome_root(tif)
+    if root is None:
         return None
     pixels = root.find("{*}Image/{*}Pixels")
     if pixels is None:
