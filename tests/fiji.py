@@ -50,3 +50,17 @@ def write_fiji(path, order, frames: int | None = None, size: int = 32, names=Tru
         metadata["finterval"] = frame_interval_s
     tifffile.imwrite(path, data, imagej=True, metadata=metadata)
     return path
+
+
+def write_with_unknown_tag_type(path, data) -> None:
+    """An ImageJ stack whose private tag has a type code TIFF does not define (99), as odd
+    microscope software writes: tifffile logs an ERROR, skips the tag and reads every image."""
+    import struct
+
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TYX"},
+                     extratags=[(65000, "s", 0, "vendor", True)])
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].tags[65000].offset
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<H", raw, offset + 2, 99)
+    path.write_bytes(raw)

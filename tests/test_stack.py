@@ -17,6 +17,8 @@ from napari_infection_clock.core.stack import (
 )
 from napari_infection_clock.core.targets import DEFAULT_FRAME_INTERVAL_H
 
+from .fiji import write_with_unknown_tag_type
+
 
 def ramp(shape, dtype=np.uint16):
     return (np.arange(np.prod(shape)) % 4000).reshape(shape).astype(dtype)
@@ -360,17 +362,9 @@ def test_z_planes_beside_time_are_named_not_blamed_on_axes(tmp_path):
 def test_recoverable_tiff_oddity_opens_with_a_warning(tmp_path):
     """tifffile logs an ERROR for a private tag of an unknown type, skips the tag and reads
     every image: such a file (microscope software writes odd private tags) is not damaged."""
-    import struct
-
     data = np.random.default_rng(1).integers(0, 4000, (16, 32, 32)).astype(np.uint16)
     path = tmp_path / "odd_tag.tif"
-    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TYX"},
-                     extratags=[(65000, "s", 0, "vendor", True)])
-    with tifffile.TiffFile(path) as tif:
-        offset = tif.pages[0].tags[65000].offset
-    raw = bytearray(path.read_bytes())
-    struct.pack_into("<H", raw, offset + 2, 99)  # the tag's type: 99 is no TIFF type
-    path.write_bytes(raw)
+    write_with_unknown_tag_type(path, data)
     with pytest.warns(UserWarning, match=r"odd_tag.tif.*invalid data type 99.*read anyway"):
         stack = open_stack(path)
     with stack:

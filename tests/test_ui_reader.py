@@ -13,6 +13,8 @@ from napari_infection_clock.core.stack import StackError, write_stack
 from napari_infection_clock.ui.reader import get_reader
 from napari_infection_clock.ui.writer import write_prediction_csv
 
+from .fiji import write_with_unknown_tag_type
+
 PLUGIN = "napari-infection-clock"
 
 
@@ -104,17 +106,9 @@ def test_reader_claims_a_truncated_tiff_to_say_what_is_wrong(tmp_path):
 def test_reader_opens_a_file_tifffile_recovers_from(tmp_path):
     """A private tag of an unknown type makes tifffile log an ERROR, yet every image reads:
     the reader opens it (saying what was skipped) instead of calling it damaged."""
-    import struct
-
     data = np.arange(16 * 32 * 32, dtype=np.uint16).reshape(16, 32, 32)
     path = tmp_path / "odd_tag.tif"
-    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TYX"},
-                     extratags=[(65000, "s", 0, "vendor", True)])
-    with tifffile.TiffFile(path) as tif:
-        offset = tif.pages[0].tags[65000].offset
-    raw = bytearray(path.read_bytes())
-    struct.pack_into("<H", raw, offset + 2, 99)
-    path.write_bytes(raw)
+    write_with_unknown_tag_type(path, data)
     with pytest.warns(UserWarning, match="read anyway"):
         reader = get_reader(str(path))
         assert reader is not None
