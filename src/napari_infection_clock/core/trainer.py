@@ -97,11 +97,10 @@ class TrainingError(ValueError):
     """Training cannot start with what it was given."""
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def check_trainable(dataset: ItemDataset, what: str = "training") -> None:
