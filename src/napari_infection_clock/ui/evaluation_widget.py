@@ -131,7 +131,7 @@ class EvaluationWidget(QWidget):
         self.tabs.addTab(self.metrics_table, "metrics")
         self.figures = {}
         for name in ("ROC", "confusion", "time", "per bin"):
-            docked = DockedFigure(figsize=(4.0, 4.0), min_height=280)
+            docked = DockedFigure(self.viewer, figsize=(4.0, 4.0), min_height=280, dock=self)
             self.figures[name] = (docked.figure, docked.canvas)
             self.tabs.addTab(docked, name)
         layout.addWidget(self.tabs)

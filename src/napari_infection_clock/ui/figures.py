@@ -3,16 +3,25 @@ scroll areas so that every dock fits one screen with the others.
 
 As napari-matplotlib does, the plot, training and evaluation docks share one widget that
 owns the figure, its Qt canvas and matplotlib's navigation toolbar (zoom, pan, save), with
-sizes that let it sit beside the other docks on a 1920 x 1080 screen. Figures keep
-matplotlib's light style in both napari themes: it is what an exported PNG looks like.
+sizes that let it sit beside the other docks on a 1920 x 1080 screen. The figure wears
+napari's current theme (background, text, axes, legends) and follows a theme change; the
+docks draw as usual and the canvas recolours what they drew just before each draw, so no
+drawing code needs to know the theme. Exported PNGs are light (:func:`save_light`): what
+a paper or a slide takes, whichever theme the viewer has.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg, NavigationToolbar2QT
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from napari.utils.theme import get_theme
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+
+from .teardown import on_dock_closed
 
 
 def legend_above(ax, ncol: int = 2) -> None:
@@ -26,13 +35,93 @@ def legend_above(ax, ncol: int = 2) -> None:
               mode="expand", ncol=ncol, fontsize="x-small", borderaxespad=0.0, frameon=False)
 
 
-class DockedFigure(QWidget):
-    """A figure with its canvas and toolbar; docks add their own controls above it."""
+def _contrasting(colour, background) -> tuple | None:
+    """A neutral grey or black drawn on ``background`` (markers, reference lines) mirrored
+    in lightness when it would vanish on it; None for colours the data carries."""
+    r, g, b = to_rgb(colour)
+    if not (r == g == b):
+        return None
+    dark_background = sum(to_rgb(background)) / 3 < 0.5
+    if (r < 0.5) == dark_background:
+        return (1 - r,) * 3
+    return None
 
-    def __init__(self, figsize=(4.5, 3.5), min_height: int = 220, parent=None):
+
+def apply_theme(figure: Figure, theme_name: str) -> None:
+    """Colour ``figure``'s face, axes, labels, ticks and legends as napari's theme
+    ``theme_name`` does; colours that carry data (curves, points, images) stay."""
+    theme = get_theme(theme_name)
+    background, edges, text = (theme.background.as_hex(), theme.secondary.as_hex(),
+                               theme.text.as_hex())
+    figure.patch.set_facecolor(background)
+    figure.patch.set_edgecolor(background)
+    for label in figure.texts:  # suptitle and other figure text
+        label.set_color(text)
+    for ax in figure.axes:
+        ax.set_facecolor(background)
+        for spine in ax.spines.values():
+            spine.set_edgecolor(edges)
+        ax.tick_params(which="both", colors=edges, labelcolor=text)
+        for label in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label,
+                      ax.yaxis.label, ax.xaxis.offsetText, ax.yaxis.offsetText):
+            label.set_color(text)
+        _mirror_greys(ax.lines, background)
+    legends = [ax.get_legend() for ax in figure.axes] + list(figure.legends)
+    for legend in filter(None, legends):
+        legend.get_frame().set_facecolor(background)
+        legend.get_frame().set_edgecolor(edges)
+        legend.get_title().set_color(text)
+        for label in legend.get_texts():
+            label.set_color(text)
+        _mirror_greys(legend.get_lines(), background)
+
+
+def _mirror_greys(lines, background) -> None:
+    for line in lines:
+        flipped = _contrasting(line.get_color(), background)
+        if flipped is not None:
+            line.set_color(flipped)
+
+
+class ThemedCanvas(FigureCanvasQTAgg):
+    """A Qt canvas that colours its figure as the viewer's theme before every draw."""
+
+    def __init__(self, figure: Figure, theme: str = "light"):
+        self.theme = theme
+        super().__init__(figure)
+
+    def draw(self) -> None:
+        apply_theme(self.figure, self.theme)
+        super().draw()
+
+
+@contextmanager
+def light(figure: Figure):
+    """``figure`` in napari's light theme for the time of the block (an export), then
+    back in its canvas's theme."""
+    apply_theme(figure, "light")
+    try:
+        yield figure
+    finally:
+        apply_theme(figure, getattr(figure.canvas, "theme", "light"))
+
+
+def save_light(figure: Figure, path, **kwargs) -> None:
+    """``figure.savefig`` in the light theme, whatever the viewer's theme is."""
+    with light(figure):
+        figure.savefig(path, **kwargs)
+
+
+class DockedFigure(QWidget):
+    """A figure with its canvas and toolbar, in ``viewer``'s theme; docks add their own
+    controls above it. It stops following the theme when ``dock`` (default: itself), the
+    dock it sits in, is closed."""
+
+    def __init__(self, viewer, figsize=(4.5, 3.5), min_height: int = 220, parent=None,
+                 dock: QWidget | None = None):
         super().__init__(parent)
         self.figure = Figure(figsize=figsize, layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas = ThemedCanvas(self.figure, viewer.theme)
         self.canvas.setMinimumSize(240, min_height)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.toolbar = NavigationToolbar2QT(self.canvas, self, coordinates=False)
@@ -41,6 +130,16 @@ class DockedFigure(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.toolbar)
         layout.addWidget(self.canvas, stretch=1)
+        self._viewer_events = viewer.events
+        viewer.events.theme.connect(self._on_theme)
+        on_dock_closed(dock or self, self._stop_following)
+
+    def _on_theme(self, event) -> None:
+        self.canvas.theme = event.value
+        self.canvas.draw_idle()
+
+    def _stop_following(self) -> None:
+        self._viewer_events.theme.disconnect(self._on_theme)
 
 
 def scrolling_layout(dock: QWidget) -> QVBoxLayout:

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 
 from ..core.atomic import OutputNotWritable, write_atomic
 from ..core.clock import DEFAULT_LEVEL, RegionClock
-from .figures import DockedFigure, legend_above
+from .figures import DockedFigure, legend_above, save_light
 from .layer_roles import OUTPUT_OF
 from .messages import fit_messages
 from .overlays import layer_name, rectangles_to_boxes
@@ -48,7 +48,7 @@ class TimeSeriesPlot(DockedFigure):
     """
 
     def __init__(self, napari_viewer):
-        super().__init__(figsize=(5, 4), min_height=160)
+        super().__init__(napari_viewer, figsize=(5, 4), min_height=160)
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
         self.summary = pd.DataFrame()
@@ -314,10 +314,11 @@ class TimeSeriesPlot(DockedFigure):
         return out
 
     def export_png(self, path) -> Path:
-        """The figure as shown (its title names the image) as a PNG file."""
+        """The figure as shown (its title names the image) as a PNG file, light whatever
+        napari's theme is (what a paper or slide takes)."""
         return write_atomic(
             _with_suffix(path, ".png"),
-            lambda tmp: self.figure.savefig(tmp, dpi=150, format="png"),
+            lambda tmp: save_light(self.figure, tmp, dpi=150, format="png"),
             ".png",
         )
 

@@ -227,7 +227,7 @@ class TrainingWidget(QWidget):
         for w in (self.eta_label, self.device_label, self.status):
             layout.addWidget(w)
 
-        self.curves = DockedFigure(figsize=(4.5, 5.0), min_height=300)
+        self.curves = DockedFigure(self.viewer, figsize=(4.5, 5.0), min_height=300, dock=self)
         self.figure, self.canvas = self.curves.figure, self.curves.canvas
         axes = self.figure.subplots(3, 1, sharex=True)
         self.axes = axes

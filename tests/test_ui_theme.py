@@ -1,0 +1,66 @@
+"""Docked figures follow napari's theme, and a theme change (issue 9: figures in the
+dark theme kept matplotlib's white face and black text)."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.colors import to_hex
+from matplotlib.text import Text
+from napari.utils.theme import get_theme
+from qtpy.QtWidgets import QApplication
+
+PLUGIN = "napari-infection-clock"
+FIGURE_DOCKS = ("Infection time-series plot", "Retrain on labels", "Evaluate the model")
+
+
+def _figures(dock):
+    return [figure for figure, _ in dock.figures.values()] if hasattr(dock, "figures") \
+        and isinstance(dock.figures, dict) else [dock.figure]
+
+
+def _labels(figure):
+    """Every piece of text a person reads around the data (not annotations in the data)."""
+    inside = {id(t) for ax in figure.axes for t in ax.texts}
+    return [t for t in figure.findobj(Text)
+            if t.get_visible() and t.get_text() and id(t) not in inside]
+
+
+def _shown_background(figure) -> str:
+    """The colour of the figure's top-left pixel as the Qt canvas painted it."""
+    figure.canvas.draw()
+    pixel = np.asarray(figure.canvas.buffer_rgba())[1, 1, :3] / 255
+    return to_hex(pixel)
+
+
+def test_docked_figures_follow_the_theme_and_its_changes(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.theme = "dark"
+    docks = [viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in FIGURE_DOCKS]
+    QApplication.processEvents()
+    for name in ("dark", "light", "dark"):
+        viewer.theme = name  # what Preferences > Appearance > theme does
+        QApplication.processEvents()
+        theme = get_theme(name)
+        for dock in docks:
+            for figure in _figures(dock):
+                assert _shown_background(figure) == theme.background.as_hex(), (name, dock)
+                texts = _labels(figure)
+                assert texts or not figure.axes
+                for text in texts:
+                    assert to_hex(text.get_color()) == theme.text.as_hex(), (name, text)
+                for ax in figure.axes:
+                    for label in ax.get_xticklabels() + ax.get_yticklabels():
+                        assert to_hex(label.get_color()) == theme.text.as_hex()
+
+
+def test_an_exported_plot_is_light_in_the_dark_theme(make_napari_viewer, tmp_path):
+    """Export PNG gives what a paper takes; the dock itself stays dark."""
+    from matplotlib.image import imread
+
+    viewer = make_napari_viewer()
+    viewer.theme = "dark"
+    plot = viewer.window.add_plugin_dock_widget(PLUGIN, FIGURE_DOCKS[0])[1]
+    path = plot.export_png(tmp_path / "plot")
+    exported = to_hex(imread(path)[1, 1, :3])
+    assert exported == get_theme("light").background.as_hex()
+    assert _shown_background(plot.figure) == get_theme("dark").background.as_hex()
