@@ -31,6 +31,8 @@ from napari_infection_clock.ui.prediction_widget import (
 from napari_infection_clock.ui.state import SessionModel, session_for
 from napari_infection_clock.ui.writer import write_prediction_csv
 
+from .layer_list import click_eye, click_layer
+
 KINDS = ("probability", "duration", "class", "tiles")
 
 
@@ -526,3 +528,34 @@ def test_a_run_leaves_naparis_worker_threads_at_their_priority(make_napari_viewe
         worker.start()
     qtbot.waitUntil(lambda: len(seen) == n, timeout=30_000)
     assert seen == [gui_priority] * n
+
+
+def test_the_image_chooser_follows_the_image_in_view(make_napari_viewer, qtbot, checkpoint):
+    """The dock serves the image the user looks at (selected, or the only one shown), as the
+    annotation dock does; the chooser still lets the user pick, and never offers outputs."""
+    viewer = make_napari_viewer(show=True)
+    wells = sample_pair(n_frames=4, size=64, seed=3)
+    infected = viewer.add_image(wells["infected"][0], name="infected")
+    mock = viewer.add_image(wells["mock"][0], name="mock")  # napari selects the new layer
+    widget = viewer.window.add_plugin_dock_widget("napari-infection-clock", "Predict infection")[1]
+    assert widget.image.value is mock
+    click_layer(viewer, infected)
+    assert widget.image.value is infected
+    click_eye(viewer, infected)  # hidden: the mock well is the only one in view
+    assert widget.image.value is mock
+    click_eye(viewer, infected)  # shown again, and still the selected one
+    assert widget.image.value is infected
+
+    widget.image.value = mock  # the user's own pick stands until the view changes
+    widget.checkpoint.value = checkpoint
+    widget.device.value = "cpu"
+    assert _run(qtbot, widget).startswith("done")
+    assert widget.image.value is mock
+    assert list(widget.image.choices) == [infected, mock]  # no output layer offered
+    click_layer(viewer, viewer.layers[layer_name("mock", "probability")])
+    assert widget.image.value is mock  # an output stands for its image
+    click_layer(viewer, infected)
+    assert widget.image.value is infected
+    assert list(widget.image.choices) == [infected, mock]
+    late = viewer.add_image(wells["infected"][0], name="opened later")  # selected by napari
+    assert widget.image.value is late

@@ -220,10 +220,12 @@ class PredictionWidget(Container):
         self.swap_button.clicked.connect(self.swap_overlay)
         self.session.model_changed.connect(self._on_session_model)
         self.session.prediction_requested.connect(self.refresh)
+        self.session.image_changed.connect(self._follow_view)
         on_dock_closed(self.native, self.close_down)
         self.reset_choices()
         self._on_mode_changed()
         self._on_source_changed()
+        self._follow_view(self.session.image)
         self._on_image_changed()
 
     @property
@@ -241,6 +243,12 @@ class PredictionWidget(Container):
         self.first.max = self.last.max = n - 1
         self.first.value, self.last.value = 0, n - 1
         self._fill_time()
+
+    def _follow_view(self, image) -> None:
+        """The image the user now looks at (the session's image in view) becomes the
+        chooser's; with none in view (several shown, none selected) the choice stays."""
+        if image is not None and image in self.image.choices:
+            self.image.value = image
 
     def _input_images(self, _widget=None) -> list:
         # 2D images stay listed: choosing one says why it cannot be predicted
@@ -299,6 +307,7 @@ class PredictionWidget(Container):
         """Leave the session and stop a running prediction (the dock was closed)."""
         self.session.model_changed.disconnect(self._on_session_model)
         self.session.prediction_requested.disconnect(self.refresh)
+        self.session.image_changed.disconnect(self._follow_view)
         if self.readout is not None:
             self.readout.close()
         self.cancel()

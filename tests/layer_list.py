@@ -1,0 +1,47 @@
+"""napari's layer list as a person uses it: a click on a layer's name selects it, a click
+on its eye hides or shows it, the trash button deletes the selected layers."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import QPoint, Qt
+from qtpy.QtTest import QTest
+from qtpy.QtWidgets import QApplication, QStyle, QStyleOptionViewItem
+
+LEFT = Qt.MouseButton.LeftButton
+
+
+def _row(viewer, layer):
+    view = viewer.window._qt_viewer.layers
+    model = view.model()  # rows run top layer first, as a person sees them
+    rows = [model.index(row, 0) for row in range(model.rowCount())]
+    index = next(i for i in rows if i.data(Qt.ItemDataRole.DisplayRole) == layer.name)
+    view.scrollTo(index)
+    return view, index
+
+
+def click_layer(viewer, layer) -> None:
+    """Click the layer's name in the layer list: it alone is selected, and active."""
+    view, index = _row(viewer, layer)
+    rect = view.visualRect(index)
+    QTest.mouseClick(view.viewport(), LEFT, pos=QPoint(rect.left() + rect.width() * 2 // 3,
+                                                       rect.center().y()))
+    QApplication.processEvents()
+
+
+def click_eye(viewer, layer) -> None:
+    """Click the layer's eye (its visibility box) in the layer list."""
+    view, index = _row(viewer, layer)
+    option = QStyleOptionViewItem()
+    option.rect = view.visualRect(index)
+    option.widget = view
+    view.itemDelegate().initStyleOption(option, index)
+    eye = view.style().subElementRect(QStyle.SubElement.SE_ItemViewItemCheckIndicator,
+                                      option, view)
+    QTest.mouseClick(view.viewport(), LEFT, pos=eye.center())
+    QApplication.processEvents()
+
+
+def delete_selected(viewer) -> None:
+    """The layer list's trash button: deletes the selected layers."""
+    QTest.mouseClick(viewer.window._qt_viewer.layerButtons.deleteButton, LEFT)
+    QApplication.processEvents()
