@@ -19,12 +19,14 @@ def _row(viewer, layer):
     return view, index
 
 
-def click_layer(viewer, layer) -> None:
-    """Click the layer's name in the layer list: it alone is selected, and active."""
+def click_layer(viewer, layer, add: bool = False) -> None:
+    """Click the layer's name in the layer list: it alone is selected, and active (with
+    ``add``, a Ctrl+click: it joins the selection)."""
     view, index = _row(viewer, layer)
     rect = view.visualRect(index)
-    QTest.mouseClick(view.viewport(), LEFT, pos=QPoint(rect.left() + rect.width() * 2 // 3,
-                                                       rect.center().y()))
+    modifier = Qt.KeyboardModifier.ControlModifier if add else Qt.KeyboardModifier.NoModifier
+    QTest.mouseClick(view.viewport(), LEFT, modifier,
+                     QPoint(rect.left() + rect.width() * 2 // 3, rect.center().y()))
     QApplication.processEvents()
 
 

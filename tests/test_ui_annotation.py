@@ -5,16 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QApplication
 
 from napari_infection_clock.core.annotations import AnnotationStore, sidecar_path
+from napari_infection_clock.core.checkpoint import CheckpointMeta, save_checkpoint
 from napari_infection_clock.core.labels import read_label_table
+from napari_infection_clock.core.model import ModelConfig, build_model
+from napari_infection_clock.core.preprocess import Preprocessing
 from napari_infection_clock.core.stack import open_stack, write_stack
 from napari_infection_clock.core.synthetic import generate_stack
 from napari_infection_clock.ui.annotation_widget import AnnotationWidget
-from napari_infection_clock.ui.layer_roles import layer_stack_path
+from napari_infection_clock.ui.layer_roles import OUTPUT_OF, is_output, layer_stack_path
 from napari_infection_clock.ui.state import session_for
 
+from .layer_list import click_layer, delete_selected
+
 N_FRAMES = 20
+PLUGIN = "napari-infection-clock"
 
 
 @pytest.fixture
@@ -427,3 +434,62 @@ def test_a_project_folder_saves_every_image_labelled_in_memory(make_napari_viewe
     assert not [key for key in session_for(viewer).annotations if key.startswith("memory:")]
     out = widget.export_csv(tmp_path / "labels.csv")
     assert sorted(read_label_table(out)["frame"]) == [1, 2]
+
+
+def test_removing_an_image_removes_its_layers_and_keeps_its_labels(make_napari_viewer, qtbot,
+                                                                    stack_file, tmp_path):
+    """Trash an image in the layer list: its crops, labelled-frame outlines and prediction
+    layers go with it (no orphans), its labels stay on disk and come back with the file."""
+    config = ModelConfig("resnet18", hidden_dim=16)
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", build_model(config, init="random"),
+                                 CheckpointMeta(model=config, preprocessing=Preprocessing(32)))
+    other = tmp_path / "images" / "other_well.tif"
+    write_stack(other, generate_stack(False, seed=4, n_frames=6, size=48, dtype="uint8"),
+                "TYX", 0.5)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(other), plugin=PLUGIN)
+    viewer.open(str(stack_file), plugin=PLUGIN)
+    well, kept = viewer.layers[stack_file.stem], viewer.layers[other.stem]
+    kept.visible = False  # the user looks at the new well only
+    widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotate frames and crops")[1]
+    predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict infection")[1]
+    for frame, key in ((0, Qt.Key_U), (3, Qt.Key_I)):
+        viewer.dims.set_current_step(0, frame)
+        _press(viewer, qtbot, key)
+    crops = widget.show_crops_layer()
+    crops.add_rectangles([np.array([[3, 2, 3], [3, 2, 20], [3, 18, 20], [3, 18, 3]])])
+    predict.checkpoint.value, predict.device.value = checkpoint, "cpu"
+    ended = []
+    predict.finished.connect(ended.append)
+    qtbot.mouseClick(predict.run_button.native, Qt.LeftButton)
+    qtbot.waitUntil(lambda: bool(ended), timeout=60_000)
+    derived = [layer.name for layer in viewer.layers if is_output(layer)]
+    assert {f"{well.name} crops", f"{well.name} labelled frames",
+            f"{well.name} infection probability"} <= set(derived), derived
+    frames, crop_labels = dict(widget.store.frames), dict(widget.store.crops)
+
+    kept.visible = True  # the other well, labelled too: its layers must stay
+    click_layer(viewer, kept)
+    _press(viewer, qtbot, Qt.Key_I)
+    assert f"{kept.name} labelled frames" in viewer.layers
+
+    click_layer(viewer, well)
+    delete_selected(viewer)  # the trash button
+    qtbot.waitUntil(lambda: not any(is_output(layer) and layer.metadata[OUTPUT_OF] == well.name
+                                    for layer in viewer.layers), timeout=5_000)
+    assert [layer.name for layer in viewer.layers] == [kept.name, f"{kept.name} labelled frames"]
+    saved = AnnotationStore.from_json(sidecar_path(stack_file).read_text())
+    assert (saved.frames, saved.crops) == (frames, crop_labels)
+
+    viewer.open(str(stack_file), plugin=PLUGIN)  # the labels come back with the file
+    assert widget.store.frames == frames and widget.store.crops == crop_labels
+    assert len(viewer.layers[f"{well.name} crops"].data) == 1
+    assert len(viewer.layers[f"{well.name} labelled frames"].data) == 2
+
+    # the image and its outline layer selected together, then the trash: no error, no orphan
+    click_layer(viewer, kept)
+    click_layer(viewer, viewer.layers[f"{kept.name} labelled frames"], add=True)
+    delete_selected(viewer)
+    QApplication.processEvents()
+    assert kept.name not in viewer.layers
+    assert not any(layer.metadata.get(OUTPUT_OF) == kept.name for layer in viewer.layers)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from napari import save_layers
+from qtpy.QtCore import Qt
 
 from napari_infection_clock.core.checkpoint import CheckpointMeta, save_checkpoint
 from napari_infection_clock.core.clock import CLOCK_COLUMNS
@@ -31,7 +32,7 @@ from napari_infection_clock.ui.prediction_widget import (
 from napari_infection_clock.ui.state import SessionModel, session_for
 from napari_infection_clock.ui.writer import write_prediction_csv
 
-from .layer_list import click_eye, click_layer
+from .layer_list import click_eye, click_layer, delete_selected
 
 KINDS = ("probability", "duration", "class", "tiles")
 
@@ -559,3 +560,20 @@ def test_the_image_chooser_follows_the_image_in_view(make_napari_viewer, qtbot, 
     assert list(widget.image.choices) == [infected, mock]
     late = viewer.add_image(wells["infected"][0], name="opened later")  # selected by napari
     assert widget.image.value is late
+
+
+def test_removing_the_image_of_a_running_prediction_stops_it_and_leaves_no_layers(
+        make_napari_viewer, qtbot, sample, checkpoint):
+    viewer, image, widget = _setup(make_napari_viewer, sample, checkpoint, mode=MODE_TILES,
+                                   tile_size=16, stride=0)
+    viewer.window._qt_window.show()
+    messages = []
+    widget.finished.connect(messages.append)
+    qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)
+    click_layer(viewer, image)
+    delete_selected(viewer)  # the trash button, while the run goes on
+    qtbot.waitUntil(lambda: bool(messages), timeout=30_000)
+    qtbot.wait(300)  # a tick of the worker's timer after the end
+    assert messages[0].startswith(("cancelled", "done")), messages
+    assert [layer.name for layer in viewer.layers] == [], [ly.name for ly in viewer.layers]
+    assert widget.run_button.enabled

@@ -221,6 +221,7 @@ class PredictionWidget(Container):
         self.session.model_changed.connect(self._on_session_model)
         self.session.prediction_requested.connect(self.refresh)
         self.session.image_changed.connect(self._follow_view)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
         on_dock_closed(self.native, self.close_down)
         self.reset_choices()
         self._on_mode_changed()
@@ -308,9 +309,23 @@ class PredictionWidget(Container):
         self.session.model_changed.disconnect(self._on_session_model)
         self.session.prediction_requested.disconnect(self.refresh)
         self.session.image_changed.disconnect(self._follow_view)
+        self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
         if self.readout is not None:
             self.readout.close()
         self.cancel()
+
+    def _on_layer_removed(self, event) -> None:
+        """The image of the run (or of the readout) was removed: stop the run and make no
+        more layers for it (the session removes the ones there are)."""
+        if self.readout is not None and event.value is self.readout.layers.image:
+            self.readout.close()
+            self.readout = None
+            self.viewer.text_overlay.text = ""
+        if self._orphaned():
+            self.cancel()
+
+    def _orphaned(self) -> bool:
+        return self._job is not None and self._job.image not in self.viewer.layers
 
     # -- running ---------------------------------------------------------------------------
     @property
@@ -456,6 +471,8 @@ class PredictionWidget(Container):
 
     # -- results arriving (GUI thread, a few times per second) --------------------------------
     def _on_batch(self, batch: Batch) -> None:
+        if self._orphaned():
+            return
         for item in batch.results:
             if isinstance(item, SessionModel):
                 self._on_model_ready(item)
@@ -536,6 +553,8 @@ class PredictionWidget(Container):
 
     def _on_end(self, stopped: bool) -> None:
         """Everything the run yielded is in: show the rest, then say how it ended."""
+        if self._orphaned():  # its image was removed: nothing to show
+            self.layers, self._waiting, self._clocks = None, [], None
         while self.layers is not None and not self.layers.ready:
             self.layers.make_next()  # a run shorter than the layers take to make
         if self._waiting:

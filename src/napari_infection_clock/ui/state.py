@@ -3,7 +3,8 @@
 The docks each hold a reference to the same :class:`Session`; they observe its signals
 instead of calling each other. The session follows the viewer's layer list and says which
 image the user is looking at (:attr:`Session.image`, :attr:`Session.image_changed`), so
-every dock serves that image, not the first one it saw.
+every dock serves that image, not the first one it saw. When an image is removed, the
+layers the plugin made for it go too (its labels stay).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 from psygnal import Signal
+from qtpy.QtCore import QTimer
 
 from ..core.annotations import AnnotationStore
 from ..core.checkpoint import CheckpointMeta
 from ..core.model import MultitaskResNet
-from .layer_roles import image_in_view
+from .layer_roles import OUTPUT_OF, image_in_view, input_images, is_input_image
 
 
 @dataclass
@@ -82,6 +84,7 @@ class Session:
         self.image = None
         self.image_reason = "no viewer"
         self._viewer = weakref.ref(viewer) if viewer is not None else None
+        self._removed_images: set[str] = set()
         if viewer is not None:
             self._follow(viewer)
 
@@ -90,7 +93,7 @@ class Session:
         layers = viewer.layers
         layers.selection.events.active.connect(self._update_image)
         layers.events.inserted.connect(self._layer_inserted)
-        layers.events.removed.connect(self._update_image)
+        layers.events.removed.connect(self._layer_removed)
         for layer in layers:
             layer.events.visible.connect(self._update_image)
         self._update_image()
@@ -98,6 +101,26 @@ class Session:
     def _layer_inserted(self, event) -> None:
         event.value.events.visible.connect(self._update_image)
         self._update_image()
+
+    def _layer_removed(self, event) -> None:
+        if is_input_image(event.value):
+            self._removed_images.add(event.value.name)
+            QTimer.singleShot(0, self._remove_orphans)
+        self._update_image()
+
+    def _remove_orphans(self) -> None:
+        """The layers made for a removed image (crops, labelled-frame outlines, prediction
+        outputs, "label next" markers) go too. Its labels stay (on disk, and in
+        :attr:`annotations`), so opening the image again brings them back; its prediction
+        table stays in :attr:`results`. Run after napari's removal is over: the trash
+        button removes the selection in a loop, which may hold some of these layers."""
+        viewer = self._viewer() if self._viewer is not None else None
+        gone, self._removed_images = self._removed_images, set()
+        if viewer is None:
+            return
+        gone -= {layer.name for layer in input_images(viewer)}  # opened again meanwhile
+        for layer in [ly for ly in viewer.layers if ly.metadata.get(OUTPUT_OF) in gone]:
+            viewer.layers.remove(layer)
 
     def _update_image(self, event=None) -> None:
         viewer = self._viewer() if self._viewer is not None else None
