@@ -55,3 +55,32 @@ def test_quality_budget_without_a_finished_epoch_says_so(tmp_path):
     assert out.returncode != 0
     assert "no epoch finished within the 0.001 min budget" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr, out.stderr
+
+
+def _quality_result(tag: str, seed: int, auc: float, mae: float, stopped: bool) -> dict:
+    """A result as benchmarks/quality.py writes it, cut to what the table reads."""
+    block = {"mae": mae, "slope": 0.9, "intercept": 1.5, "coverage": 0.875}
+    return {"tag": tag, "args": {"seed": seed, "epochs": 4},
+            "training": {"seconds": 600.0, "stopped_at_budget": stopped, "epochs_done": 4,
+                         "best_epoch": 3, "images_per_s": 12.5, "load": {"mean": 11.2}},
+            "summary": {"roc_auc": auc, "accuracy": 0.9, "ece_raw": 0.05, "ece_scaled": None,
+                        "infected_raw": block, "infected_consistent": block,
+                        "mock_raw": block, "mock_consistent": block}}
+
+
+def test_quality_table_has_one_row_per_result_baseline_first(tmp_path):
+    """--table turns a folder of run results into the ablation table: one row per file,
+    the baseline first, a missing number as n/a and a run cut by the budget starred."""
+    import json
+    script = Path(__file__).parents[1] / "benchmarks" / "quality.py"
+    (tmp_path / "ema_s0.json").write_text(json.dumps(_quality_result("--ema 0.999", 0, 0.97, 2.5, True)))
+    (tmp_path / "baseline_s1.json").write_text(json.dumps(_quality_result("baseline", 1, 0.95, 4.25, False)))
+    out = subprocess.run([sys.executable, str(script), "--table", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| option(s) | epochs (best) | seed | AUC |")
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows[2:]]
+    assert [c[:4] for c in cells] == [["baseline", "4 (3)", "1", "0.950"],
+                                      ["--ema 0.999", "4* (3)", "0", "0.970"]]
+    assert cells[0][5] == "4.25 / 4.25" and cells[1][9] == "0.050 / n/a"
