@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..core import distributed
-from ..core.atomic import check_writable, mark_input, write_atomic
+from ..core.atomic import check_writable, mark_input, remove_temporaries, write_atomic
 from ..core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, utc_now
 from ..core.dataset import ItemDataset
 from ..core.items import (
@@ -32,6 +32,10 @@ from .common import frame_policy, load_items, print_headline, tile_spec, warn, w
 from .options import TrainOptions
 
 
+#: The files a run writes into --out (besides report/).
+OUTPUTS = (RUN_STATE, "model.pt", "history.csv", "splits.csv", "test_predictions.csv")
+
+
 def train(opts: TrainOptions) -> int:
     """Train; under torchrun every process runs this and only rank 0 writes."""
     ranks, _ = distributed.start(opts.device)
@@ -48,6 +52,10 @@ def _train(opts: TrainOptions, ranks) -> int:
     resume = run_state_to_resume(opts.out / RUN_STATE, opts.resume, opts.overwrite)
     if ranks.is_main:
         check_writable(opts.out / "model.pt")
+        # The run owns --out from here (its run state is settled): what writes killed in an
+        # earlier attempt left goes now, whichever node or process id wrote it.
+        for name in OUTPUTS:
+            remove_temporaries(opts.out / name, any_writer=True)
     base = None
     if opts.checkpoint:
         model, meta = load_checkpoint(opts.checkpoint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import socket
 import tempfile
 from collections.abc import Callable
@@ -101,7 +102,7 @@ def write_atomic(path, write: Callable[[Path], None], suffix: str = "") -> Path:
     _refuse_input(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(path)
+        remove_temporaries(path)
         fd, name = tempfile.mkstemp(
             prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=suffix or ".tmp",
             dir=path.parent,
@@ -125,19 +126,29 @@ def write_atomic(path, write: Callable[[Path], None], suffix: str = "") -> Path:
     return path
 
 
-def _remove_stale_temporaries(path: Path) -> None:
+def remove_temporaries(path, any_writer: bool = False) -> None:
     """Remove what earlier writes of ``path`` left when they were killed midway.
 
-    A temporary file's name carries its writer's host and process id; one of this host whose
-    process is gone is stale. Other hosts' files (a shared folder), live writers' files and
-    files that cannot be removed are left alone. POSIX only: elsewhere ``os.kill(pid, 0)``
-    does not just probe (on Windows it sends CTRL_C_EVENT).
+    A temporary file's name carries its writer's host and process id; by default only one
+    of this host whose process is gone is stale. Other hosts' files (a shared folder), live
+    writers' files and files that cannot be removed are left alone. POSIX only: elsewhere
+    ``os.kill(pid, 0)`` does not just probe (on Windows it sends CTRL_C_EVENT).
+
+    ``any_writer`` removes every temporary of ``path`` whoever wrote it, for a folder that
+    one job owns while it runs (a training run's ``--out``): there host and process id do
+    not tell a dead writer, since a requeued job may run on another node, or in a new
+    container whose processes get the same ids as the killed ones.
     """
-    if os.name != "posix":
+    path = Path(path)
+    named = re.compile(rf"\.{re.escape(path.name)}\.([^.]+)\.(\d+)\..+")
+    if not path.parent.is_dir() or not (any_writer or os.name == "posix"):
         return
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(_HOST)}.*"):
-        pid = tmp.name[len(path.name) + len(_HOST) + 3 :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        match = named.fullmatch(tmp.name)
+        if match is None:
+            continue
+        host, pid = match[1], int(match[2])
+        if any_writer or (host == _HOST and pid != os.getpid() and not _process_alive(pid)):
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
 

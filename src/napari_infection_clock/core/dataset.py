@@ -37,6 +37,13 @@ class ItemDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def subset(self, indices) -> ItemDataset:
+        """The items at ``indices``, with this dataset's preprocessing, augmentation and open
+        stacks (a process's share of the items under torchrun)."""
+        part = ItemDataset([self.items[i] for i in indices], self.prep, stacks=self._stacks)
+        part.augment = self.augment
+        return part
+
     def stack(self, path: str, channel: int | None = None) -> TimelapseStack:
         if (path, channel) not in self._stacks:
             self._stacks[path, channel] = open_stack(path, channel=channel)

@@ -130,23 +130,25 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         channels = x.shape[1]
-        wide = x.double()  # sums of squares in float64: E[x^2] - E[x]^2 cancels digits
+        # All in float64, cast once at the end: the backward pass sums three nearly
+        # cancelling terms per element (direct, through the mean, through the variance),
+        # which float32 leaves off by more than AdamW's eps for small gradients.
+        wide = x.double()
         local = torch.cat([wide.sum((0, 2, 3)), (wide * wide).sum((0, 2, 3)),
                            wide.new_full((1,), x.numel() / channels)])
         total = _AllReduceSum.apply(local)
         n = total[-1]
         mean = total[:channels] / n
-        var = (total[channels:2 * channels] / n - mean * mean).to(x.dtype)
-        mean = mean.to(x.dtype)
+        var = total[channels:2 * channels] / n - mean * mean
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             # momentum None means a cumulative average, as in BatchNorm2d
             m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            self.running_mean.mul_(1 - m).add_(m * mean.detach())
-            self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
+            self.running_mean.mul_(1 - m).add_(m * mean.to(x.dtype))
+            self.running_var.mul_(1 - m).add_(m * (var * n / (n - 1)).to(x.dtype))
         shape = (1, channels, 1, 1)
-        y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
-        return y * self.weight.view(shape) + self.bias.view(shape)
+        y = (wide - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        return (y * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)
 
 
 def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:

@@ -411,15 +411,23 @@ def _resume(saved: dict, config: TrainConfig, ranks, model, optimizer, scheduler
 
 def _backbone_features(model, train_ds, val_ds, config, device, cache, should_stop, clock,
                        ) -> Generator[TrainProgress, None, dict[str, torch.Tensor] | None]:
-    """Heads-only: backbone features of the training and validation items (None if stopped)."""
+    """Heads-only: backbone features of the training and validation items (None if stopped).
+
+    Under torchrun each process computes the features of a contiguous share of the items
+    (progress counts its share) and the shares are gathered, so every process holds all
+    features: the sampler hands each process other items every epoch.
+    """
     cache = cache if cache is not None else FeatureCache()
     # The precision prediction runs the backbone in (fp32 on the CPU, fp16 on CUDA), so the
     # heads learn on the features they will be given; the cache keys on it.
     amp_dtype = prediction_dtype(device, "auto" if config.amp else "fp32")
+    ranks = distributed.current_ranks()
     features: dict[str, torch.Tensor] = {}
     for name, ds in (("train", train_ds), ("val", val_ds)):
         if ds is None or not len(ds):
             continue
+        if ranks.world_size > 1:
+            ds = ds.subset(np.array_split(np.arange(len(ds)), ranks.world_size)[ranks.rank])
         for event in cache.iter_features(model.backbone, ds, device, amp_dtype,
                                          config.batch_size, should_stop):
             if isinstance(event, torch.Tensor):
@@ -429,6 +437,9 @@ def _backbone_features(model, train_ds, val_ds, config, device, cache, should_st
                                     elapsed_s=clock.elapsed())
         if name not in features:
             return None
+        if ranks.world_size > 1:  # rank order is item order; a share may be empty
+            features[name] = torch.cat([f for f in distributed.all_gather(features[name])
+                                        if len(f)])
     return features
 
 
