@@ -144,7 +144,11 @@ def test_two_nodes_meeting_at_a_rendezvous_train_like_one_node(data, two_process
              "-m", "napari_infection_clock", "train", str(data), "--out", str(out), *TRAIN]
     nodes = [subprocess.Popen(agent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, env=_env()) for _ in range(2)]
-    logs = [node.communicate(timeout=600)[0] for node in nodes]
+    try:
+        logs = [node.communicate(timeout=600)[0] for node in nodes]
+    finally:  # one agent failing leaves the other waiting at the rendezvous
+        for node in nodes:
+            node.kill()
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
     assert sum(log.count("global batch 8 = 2 process(es) x 4") for log in logs) == 1
     assert sum(log.count("epoch 2:") for log in logs) == 1  # global rank 0 alone logs
