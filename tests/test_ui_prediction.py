@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from napari import save_layers
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QPoint, Qt
+from qtpy.QtTest import QTest
+from qtpy.QtWidgets import QApplication
 
 from napari_infection_clock.core.checkpoint import CheckpointMeta, save_checkpoint
 from napari_infection_clock.core.clock import CLOCK_COLUMNS
@@ -55,8 +57,8 @@ def sample():
     return data, meta
 
 
-def _setup(make_napari_viewer, sample, checkpoint, **values):
-    viewer = make_napari_viewer()
+def _setup(make_napari_viewer, sample, checkpoint, show=False, **values):
+    viewer = make_napari_viewer(show=show)
     data, meta = sample
     image = viewer.add_image(data, name="well", metadata=dict(meta))
     widget = PredictionWidget(viewer)
@@ -411,11 +413,21 @@ def _run_started(qtbot, widget, timeout=60_000):
     return messages[0]
 
 
+def _move_mouse_to(viewer, world) -> None:
+    """A real mouse move over the canvas, to the pixel that shows ``world`` (t, y, x)."""
+    canvas = viewer.window._qt_viewer.canvas
+    to_pixels = canvas.view.transform * canvas.view.scene.transform
+    x, y = to_pixels.map([world[-1], world[-2]])[:2]
+    QTest.mouseMove(canvas.native, QPoint(round(x), round(y)))
+    QApplication.processEvents()
+
+
 def test_outputs_can_be_read(make_napari_viewer, qtbot, sample, checkpoint):
     """Colorbars, one continuous overlay at a time (the other one click away), class names
     on hover, and a readout with the time in hours and the tile under the cursor (item 4)."""
     viewer, image, widget = _setup(
-        make_napari_viewer, sample, checkpoint, mode=MODE_TILES, tile_size=32, stride=0
+        make_napari_viewer, sample, checkpoint, show=True, mode=MODE_TILES, tile_size=32,
+        stride=0,
     )
     assert _run(qtbot, widget).startswith("done")
     prob, dur, cls, _ = (viewer.layers[layer_name("well", k)] for k in KINDS)
@@ -433,12 +445,11 @@ def test_outputs_can_be_read(make_napari_viewer, qtbot, sample, checkpoint):
     assert viewer.text_overlay.visible
     assert viewer.text_overlay.text.startswith("t = 1.50 h  (frame 3 of 8)")  # 0.5 h a frame
 
-    # the mouse over tile (1, 0) (napari hands its mouse-move callbacks the cursor's world
-    # position): its values in the readout, its class on hover
+    # the mouse moved over tile (1, 0) of the canvas: its values in the readout
     world = image.data_to_world((3, 48, 16))
-    viewer.cursor.position = world
-    for callback in list(viewer.mouse_move_callbacks):
-        callback(viewer, type("Event", (), {"position": world})())
+    _move_mouse_to(viewer, world)
+    qtbot.waitUntil(lambda: "p(infected)" in viewer.text_overlay.text, timeout=5_000)
+    np.testing.assert_allclose(viewer.cursor.position[1:], world[1:], atol=1.0)
     text = viewer.text_overlay.text
     assert f"p(infected) {row.p_infected:.2f}" in text, text
     name = "infected" if row.pred_class == 1 else "uninfected"
@@ -450,7 +461,7 @@ def test_outputs_can_be_read(make_napari_viewer, qtbot, sample, checkpoint):
     fitted = f"onset {row.onset_h:.1f} h" if np.isfinite(row.onset_h) else "no onset"
     assert fitted in text and text.count("onset") == 1, text
     cls.visible = True  # the class layer shown: napari's status names the class
-    status = cls.get_status(world, world=True)
+    status = cls.get_status(viewer.cursor.position, world=True)  # where the mouse is
     assert f"class: {name}" in status["coordinates"], status
 
 
