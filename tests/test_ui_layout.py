@@ -4,11 +4,19 @@ napari's window (issue 9, item 5)."""
 from __future__ import annotations
 
 from npe2 import PluginManager
-from qtpy.QtWidgets import QApplication
+from qtpy.QtWidgets import QApplication, QDockWidget
 
 from napari_infection_clock.core.synthetic import sample_pair
 
 PLUGIN = "napari-infection-clock"
+PLOT = "Infection time-series plot"
+
+
+def _dock_of(widget) -> QDockWidget:
+    widget = getattr(widget, "native", widget)  # a magicgui Container's Qt widget
+    while not isinstance(widget, QDockWidget):
+        widget = widget.parentWidget()
+    return widget
 
 
 def test_all_docks_fit_a_full_hd_screen_and_a_long_error_does_not_widen_it(
@@ -29,6 +37,18 @@ def test_all_docks_fit_a_full_hd_screen_and_a_long_error_does_not_widen_it(
     window.resize(1920, 1080)
     QApplication.processEvents()
     assert (window.width(), window.height()) == (1920, 1080)
+
+    # usable together: the forms share one tab group (napari's menu would stack all six in
+    # slices of two rows each), the plot beside them; every dock shown gets real height
+    plot = docks.pop(PLOT)
+    tabs = {_dock_of(dock) for dock in docks.values()}
+    for dock in tabs:
+        assert set(window.tabifiedDockWidgets(dock)) == tabs - {dock}, dock.windowTitle()
+    for dock in [*tabs, _dock_of(plot)]:
+        dock.raise_()
+        QApplication.processEvents()
+        assert dock.height() >= 300, (dock.windowTitle(), dock.height())
+    assert plot.canvas.height() >= 160
 
     # a text file given as checkpoint: a long message must not widen anything
     notes = tmp_path / "notes.pt"

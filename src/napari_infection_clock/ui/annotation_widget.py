@@ -64,6 +64,7 @@ from .layer_roles import (
     output_metadata,
     time_setting,
 )
+from .docking import place_form
 from .figures import scrolling_layout
 from .state import session_for
 from .teardown import on_dock_closed
@@ -130,6 +131,7 @@ class AnnotationWidget(QWidget):
 
     # --- layout ----------------------------------------------------------------------
     def _build(self) -> None:
+        place_form(self)
         layout = scrolling_layout(self)  # fits beside the other docks
         form = QFormLayout()
         # what the labels go to: the image in view (select another in the layer list)

@@ -41,6 +41,7 @@ from ..core.report import (
     time_scatter_figure,
 )
 from ..core.retrain import labels_of
+from .docking import place_form
 from .figures import DockedFigure, scrolling_layout
 from .messages import fit_messages, short, show
 from .state import session_for
@@ -104,6 +105,7 @@ class EvaluationWidget(QWidget):
         self.table: pd.DataFrame | None = None
         self.metrics: dict | None = None
         self._failed = False
+        place_form(self)
         layout = scrolling_layout(self)
         form = QFormLayout()
         self.source_combo = QComboBox()

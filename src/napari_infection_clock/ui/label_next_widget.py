@@ -28,6 +28,7 @@ from ..core.stack import stack_from_array
 from ..core.tiles import TileSpec
 from ..core.uncertainty import METHODS, iter_stack_uncertainty, rank_uncertain
 from .layer_roles import annotation_key, input_images, output_metadata, time_setting
+from .docking import place_form
 from .figures import scrolling_layout
 from .state import session_for
 from .teardown import on_dock_closed
@@ -65,6 +66,7 @@ class LabelNextWidget(QWidget):
         self._whole = True
         self._failed = False
         self._tables: list[pd.DataFrame] = []
+        place_form(self)
         layout = scrolling_layout(self)  # fits beside the other docks
         form = QFormLayout()
         self.image_combo = QComboBox()

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 
 from ..core.atomic import OutputNotWritable, write_atomic
 from ..core.clock import DEFAULT_LEVEL, RegionClock
+from .docking import place_figure
 from .figures import DockedFigure, legend_above, save_light
 from .layer_roles import OUTPUT_OF
 from .messages import fit_messages
@@ -58,6 +59,7 @@ class TimeSeriesPlot(DockedFigure):
         self._watched: list = []
         self._closed = False
         on_dock_closed(self, self.cleanup)
+        place_figure(self)
 
         self.choice = QComboBox()
         self.choice.setToolTip("the image whose prediction is plotted")

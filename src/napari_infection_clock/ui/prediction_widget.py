@@ -41,6 +41,7 @@ from ..core.stack import StackError, stack_from_array
 from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
 from ..core.tiles import TileSpec
 from .devices import device_choices
+from .docking import place_form
 from .layer_roles import FROM_FILE, START_OFFSET_H, is_output, time_setting
 from .messages import fit_messages, short, show
 from .overlays import (
@@ -209,6 +210,7 @@ class PredictionWidget(Container):
             ]
         )
         fit_messages(self.status.native)
+        place_form(self.native)
 
         self.image.changed.connect(self._on_image_changed)
         self.frame_interval_h.changed.connect(self._show_time_source)

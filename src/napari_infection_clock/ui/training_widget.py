@@ -45,6 +45,7 @@ from ..core.retrain import (
 )
 from ..core.trainer import BEST_METRICS, TrainConfig, TrainingError
 from .devices import device_choices
+from .docking import place_form
 from .figures import DockedFigure, legend_above, scrolling_layout
 from .messages import fit_messages, short, show
 from .state import SessionModel, session_for
@@ -150,6 +151,7 @@ class TrainingWidget(QWidget):
 
     # --- layout ----------------------------------------------------------------------
     def _build(self) -> None:
+        place_form(self)
         layout = scrolling_layout(self)
         form = QFormLayout()
         self.start_combo = QComboBox()

@@ -1,0 +1,93 @@
+"""Where the plugin's docks go: the forms share one tab group, so that all fit one screen.
+
+napari's Plugins menu adds each dock to the right-hand area below the others (npe2 has no
+way to ask for a tab): with six docks on a 1920 x 1080 screen four of them get two rows
+each. The form docks (prediction, annotation, training, evaluation, label next) therefore
+join the tab group of the first form already docked there, each with the whole group's
+height; the plot keeps its own place below them, so the curves stay in view while one
+predicts or labels, and the two share the area's height (60 % forms, 40 % plot). The
+person can still drag a tab out, float it, or move the splitter.
+"""
+
+from __future__ import annotations
+
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
+
+#: Set on the docks that hold one of the plugin's widgets: "form" or "figure".
+ROLE = "infection_clock_dock"
+FORM, FIGURE = "form", "figure"
+#: The forms' share of the height of the area they share with the plot.
+FORMS_SHARE = 0.6
+
+
+def dock_of(widget: QWidget) -> QDockWidget | None:
+    """The dock ``widget`` sits in, or None."""
+    while widget is not None and not isinstance(widget, QDockWidget):
+        widget = widget.parentWidget()
+    return widget
+
+
+class _PlaceWhenDocked(QObject):
+    """Waits for napari to put the widget into a dock of its main window, then places it."""
+
+    def __init__(self, widget: QWidget, role: str):
+        super().__init__(widget)
+        self._widget = widget
+        self._role = role
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:
+        if event.type() == QEvent.Type.ParentChange and obj.parent() is not None:
+            # napari docks the widget first and adds the dock to its window right after;
+            # the timer is ours, so it goes with the widget if that is deleted first
+            timer = QTimer(self)
+            timer.setSingleShot(True)
+            timer.timeout.connect(self._place)
+            timer.timeout.connect(timer.deleteLater)
+            timer.start(0)
+        return False
+
+    def _place(self) -> None:
+        dock = dock_of(self._widget)
+        window = dock.parentWidget() if dock is not None else None
+        if not isinstance(window, QMainWindow):
+            return
+        dock.setProperty(ROLE, self._role)
+        if dock.isFloating() or window.tabifiedDockWidgets(dock):
+            return  # the user's (or napari's restored) place stays
+        if self._role == FORM:
+            others = _ours(window, window.dockWidgetArea(dock), FORM)
+            others = [other for other in others if other is not dock]
+            if others:
+                window.tabifyDockWidget(others[0], dock)
+                dock.show()
+                dock.raise_()
+        _share_height(window, window.dockWidgetArea(dock))
+
+
+def _ours(window: QMainWindow, area, role: str) -> list[QDockWidget]:
+    """The plugin's docks of ``role`` shown in ``area`` (of a tab group, the current one)."""
+    return [dock for dock in window.findChildren(QDockWidget)
+            if dock.property(ROLE) == role and dock.isVisible() and not dock.isFloating()
+            and window.dockWidgetArea(dock) == area]
+
+
+def _share_height(window: QMainWindow, area) -> None:
+    forms, figures = _ours(window, area, FORM), _ours(window, area, FIGURE)
+    if not forms or not figures:
+        return
+    height = window.centralWidget().height()
+    rest = int(height * (1 - FORMS_SHARE) / len(figures))
+    window.resizeDocks([forms[0], *figures], [int(height * FORMS_SHARE)] + [rest] * len(figures),
+                       Qt.Orientation.Vertical)
+
+
+def place_form(widget: QWidget) -> None:
+    """``widget`` (a form dock's Qt widget) joins the plugin's form tab group once docked."""
+    _PlaceWhenDocked(widget, FORM)
+
+
+def place_figure(widget: QWidget) -> None:
+    """``widget`` (the plot) keeps its own place beside the forms' tab group once docked."""
+    _PlaceWhenDocked(widget, FIGURE)
