@@ -249,14 +249,18 @@ def test_leftovers_of_a_save_killed_by_sigterm_go_when_the_run_starts_again(data
     assert (out / "run_state.pt").read_bytes() == before
 
 
-def test_heads_only_training_runs_under_two_processes(data, two_process_run, tmp_path):
+def test_heads_only_training_runs_under_two_processes(data, two_process_run, tmp_path, capsys):
     """Each process computes the backbone features of its half of the items; the gathered
     features train the heads as one process does."""
     args = [a for a in TRAIN if a not in ("--sync-bn",)]
     ckpt = two_process_run[0] / "model.pt"
     common = ["train", data, *args, "--checkpoint", ckpt, "--mode", "heads"]
-    _run(_torchrun(2, *common, "--out", tmp_path / "two"))
+    log = _run(_torchrun(2, *common, "--out", tmp_path / "two"))
+    # 22 training and 22 validation items: rank 0 computed 11 of each
+    assert log.count("backbone features: 11 items computed by this process (its share of 2)") == 2
+    capsys.readouterr()
     _here(*common, "--out", tmp_path / "one")
+    assert capsys.readouterr().out.count("backbone features: 22 items computed by this process\n") == 2
     one, two = _weights(tmp_path / "one" / "model.pt"), _weights(tmp_path / "two" / "model.pt")
     for key in one:  # the frozen backbone is the checkpoint's; the heads trained alike
         torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-4, msg=key)

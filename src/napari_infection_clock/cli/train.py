@@ -180,6 +180,10 @@ def train_and_report(model, meta, config, train, val, test, out: Path, run_state
             if last.stage == "batch":
                 bar.update(1)
                 bar.set_postfix(loss=f"{last.loss:.3f}")
+            elif last.stage == "features" and last.batch == last.batches:
+                shared = f" (its share of {ranks.world_size})" if ranks.world_size > 1 else ""
+                tqdm.write(f"backbone features: {last.batches} items computed by this "
+                           f"process{shared}")
             elif last.stage == "epoch":
                 r = last.record
                 tqdm.write(
