@@ -114,6 +114,32 @@ def test_train_writes_checkpoint_history_and_report(trained):
     assert "temperature_scaled" in metrics["overall"]["calibration"]
 
 
+def test_clock_recipe_on_native_tiles_is_recorded_and_reported(data, tmp_path, capsys):
+    """--native-tiles: each labelled frame gives its tiles, as they are, with its label and
+    time; the checkpoint records the recipe, and evaluate names it and the tiles to use."""
+    out = tmp_path / "run"
+    code = main(["train", str(data), "--out", str(out), "--arch", "resnet18", "--init",
+                 "random", "--epochs", "2", "--batch-size", "16", "--hidden-dim", "8",
+                 "--device", "cpu", "--test-fraction", "0", "--recipe", "clock",
+                 "--native-tiles", "24", "--ema", "0.9"])
+    assert code == 0
+    assert "recipe clock: augment microscopy" in capsys.readouterr().out
+    splits = pd.read_csv(out / "splits.csv")
+    per_frame = splits.groupby(["stack", "frame"])
+    assert (per_frame.size() == 4).all()  # 48 px frames: 2 x 2 tiles of 24 px
+    assert (per_frame.label.nunique() == 1).all() and (per_frame.time_target.nunique() == 1).all()
+    assert ((splits.y1 - splits.y0 == 24) & (splits.x1 - splits.x0 == 24)).all()
+    _, meta = load_checkpoint(out / "model.pt")
+    assert meta.tile_size == meta.preprocessing.image_size == 24
+    assert meta.recipe["name"] == "clock" and meta.recipe["native_tiles"] == 24
+    assert meta.recipe["ema"] == 0.9 and meta.recipe["select"] == "smoothed"
+    assert main(["evaluate", str(out / "model.pt"), str(data), "--out", str(tmp_path / "ev"),
+                 "--device", "cpu", "--tile-size", "24"]) == 0
+    printed = capsys.readouterr()
+    assert "recipe clock, native tiles 24, ema 0.9" in printed.out
+    assert "--tile-size" not in printed.err
+
+
 def test_kfold_holds_out_one_fold_of_wells(data, tmp_path):
     code = main(["train", str(data), "--out", str(tmp_path), "--arch", "resnet18", "--init",
                  "random", "--image-size", "32", "--epochs", "1", "--hidden-dim", "8",

@@ -12,6 +12,7 @@ from ..core.distributed import ranks_from_env
 from ..core.items import FramePolicy, label_table_items, research_items
 from ..core.labels import LabelTableError, read_label_table
 from ..core.model import PretrainedWeightsUnavailable
+from ..core.recipes import describe_recorded
 from ..core.stack import StackError
 from ..core.targets import TimePolicy
 from ..core.tiles import TileSpec
@@ -54,6 +55,17 @@ def warn_assumed(meta: CheckpointMeta, command: str) -> None:
             f"(frame interval {meta.time.frame_interval_h:g} h, onset {meta.time.onset_h:g} h, "
             f"{meta.preprocessing.image_size} px): {CLOCK_FLAGS[command]}"
         )
+
+
+def report_recipe(meta: CheckpointMeta, opts: TileOptions) -> None:
+    """Say which recipe trained the checkpoint, and the tiles a native-tile model expects."""
+    if ranks_from_env().is_main:
+        print(f"checkpoint: {meta.model.arch}, {meta.preprocessing.image_size} px, recipe "
+              f"{describe_recorded(meta.recipe)}")
+    tiles = (meta.recipe or {}).get("native_tiles")
+    if tiles and opts.tile_size != tiles:
+        warn(f"the model was trained on native {tiles} px tiles: predict the same way with "
+             f"--tile-size {tiles}")
 
 
 def tile_spec(opts: TileOptions) -> TileSpec:

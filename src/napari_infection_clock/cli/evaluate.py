@@ -12,7 +12,15 @@ from ..core.evaluation import predict_items
 from ..core.predictor import Predictor
 from ..core.report import save_report
 from ..core.channels import channel_mismatch
-from .common import frame_policy, load_items, print_headline, tile_spec, warn, warn_assumed
+from .common import (
+    frame_policy,
+    load_items,
+    print_headline,
+    report_recipe,
+    tile_spec,
+    warn,
+    warn_assumed,
+)
 from .options import EvaluateOptions
 
 
@@ -22,6 +30,7 @@ def evaluate(opts: EvaluateOptions) -> int:
         raise ValueError(f"--bin-hours must be positive, got {opts.bin_hours}")
     model, meta = load_checkpoint(opts.checkpoint)
     warn_assumed(meta, "evaluate")
+    report_recipe(meta, opts)
     policy = frame_policy(opts, base=meta.time)
     items = load_items(opts.data, policy, tile_spec(opts), opts.channel)
     for desc in sorted({it.channel_desc for it in items}):

@@ -87,6 +87,16 @@ class TrainOptions(PolicyOptions, TileOptions):
     seed: int = _T.seed
     device: str = "auto"
     sync_bn: bool = False
+    #: The training recipe (core.recipes); the options below, when given, override it.
+    recipe: str = "research"
+    augment: str | None = None
+    bf16_train: bool | None = None
+    native_tiles: int | None = None
+    warmup_epochs: int | None = None
+    balanced: bool | None = None
+    ema: float | None = None
+    bn: str | None = None
+    select: str | None = None
     resume: bool = False
     overwrite: bool = False
 

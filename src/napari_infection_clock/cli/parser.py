@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..core.model import ARCHITECTURES, INIT_CHOICES
+from ..core.recipes import AUGMENTATIONS, BN_MODES, RECIPES, SELECTIONS, SMOOTHING_WINDOW
 from ..core.runtime import PRECISIONS
 from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
 from ..core.tiles import BORDERS, TileSpec
@@ -262,7 +263,6 @@ def _train_args(p):
     g.add_argument("--cls-weight", type=float)
     g.add_argument("--reg-weight", type=float)
     g.add_argument("--mode", choices=TRAIN_MODES, help="full fine-tune or heads only")
-    g.add_argument("--no-augment", action="store_true")
     g.add_argument("--best-metric", choices=tuple(BEST_METRICS))
     g.add_argument("--val-fraction", type=float)
     g.add_argument(
@@ -274,6 +274,7 @@ def _train_args(p):
     g.add_argument("--test-fraction", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument("--device")
+    _recipe_args(p)
     g = p.add_argument_group("several processes and restarts (see docs/cluster.md)")
     g.add_argument(
         "--sync-bn",
@@ -289,3 +290,44 @@ def _train_args(p):
     g.add_argument(
         "--overwrite", action="store_true", help="start again, replacing a run state in --out"
     )
+
+
+def _recipe_args(p):
+    g = p.add_argument_group(
+        "recipe (docs/quality.md)", "a named preset of the options below; each option given "
+        "overrides the preset's value")
+    g.add_argument(
+        "--recipe", choices=tuple(RECIPES),
+        help="research (default): the research pipeline's recipe, SPEC 5-6; clock: the "
+        "combination recommended for wells the model never saw")
+    g.add_argument(
+        "--augment", choices=AUGMENTATIONS,
+        help="spec: flips and rotation (SPEC 5); microscopy: also intensity gain/offset, "
+        "contrast, gamma, blur, noise and scale jitter; none")
+    g.add_argument("--no-augment", action="store_true", help="the same as --augment none")
+    g.add_argument(
+        "--bf16-train", action=argparse.BooleanOptionalAction,
+        help="bf16 autocast for the backbone (CUDA, or a CPU with AVX-512 BF16/AMX); heads and "
+        "losses stay fp32")
+    g.add_argument(
+        "--native-tiles", type=int, metavar="SIZE",
+        help="train on SIZE px tiles cut from the full-resolution frames (each with its "
+        "frame's label and time; no resizing); predict with --tile-size SIZE")
+    g.add_argument(
+        "--warmup-epochs", type=int, metavar="N",
+        help="linear learning-rate warm-up over N epochs (per step), then cosine annealing")
+    g.add_argument(
+        "--balanced", action=argparse.BooleanOptionalAction,
+        help="sample items evenly over class and 6 h time bin (with replacement)")
+    g.add_argument(
+        "--ema", type=float, metavar="DECAY",
+        help="validate and save an exponential moving average of the weights (per step, "
+        "e.g. 0.99; 0 turns it off)")
+    g.add_argument(
+        "--bn", choices=BN_MODES,
+        help="batch: BatchNorm learns from each batch; frozen: running statistics fixed "
+        "(small batches, fine-tuning)")
+    g.add_argument(
+        "--select", choices=SELECTIONS,
+        help=f"best: the best validated epoch; smoothed: the best mean over {SMOOTHING_WINDOW} "
+        "neighbouring epochs (not one lucky epoch)")

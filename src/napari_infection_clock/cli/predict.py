@@ -20,7 +20,7 @@ from ..core.maps import write_maps
 from ..core.predictor import Predictor
 from ..core.shards import Parts, merge_parts, parse_shard, parts_dir, shard_from_env
 from ..core.stack import open_stack
-from .common import tile_spec, warn, warn_assumed
+from .common import report_recipe, tile_spec, warn, warn_assumed
 from .options import MergeOptions, PredictOptions
 
 
@@ -36,6 +36,7 @@ def predict(opts: PredictOptions) -> int:
         device = str(chosen)
     model, meta = load_checkpoint(opts.checkpoint)
     warn_assumed(meta, "predict")
+    report_recipe(meta, opts)
     predictor = Predictor(
         model, meta, device=device, batch_size=opts.batch_size, precision=opts.precision,
         compile=opts.compile,

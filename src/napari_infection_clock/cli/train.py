@@ -25,8 +25,10 @@ from ..core.calibration import finish_table
 from ..core.evaluation import calibrate, predict_items
 from ..core.predictor import Predictor
 from ..core.preprocess import Preprocessing
+from ..core.recipes import SMOOTHING_WINDOW, Recipe, recipe
 from ..core.report import save_report
 from ..core.run_state import RUN_STATE, run_state_to_resume
+from ..core.tiles import TileSpec
 from ..core.trainer import TrainConfig, best_epoch_note, iter_train, seed_everything
 from .common import frame_policy, load_items, print_headline, tile_spec, warn, warn_assumed
 from .options import TrainOptions
@@ -56,14 +58,16 @@ def _train(opts: TrainOptions, ranks) -> int:
         # earlier attempt left goes now, whichever node or process id wrote it.
         for name in OUTPUTS:
             remove_temporaries(opts.out / name, any_writer=True)
+    chosen = training_recipe(opts)
     base = None
     if opts.checkpoint:
         model, meta = load_checkpoint(opts.checkpoint)
         warn_assumed(meta, "train")
-        _warn_ignored_model_options(opts, meta)
+        _warn_ignored_model_options(opts, meta, chosen)
         base = meta.time
     policy = frame_policy(opts, base=base)
-    tiles = tile_spec(opts)
+    tiles = (tile_spec(opts) if chosen.native_tiles is None
+             else TileSpec(chosen.native_tiles, border=opts.border))
     items = load_items(opts.data, policy, tiles, opts.channel)
     # The clock the data were read with (a label table's onset and interval), not defaults.
     given_interval = None if opts.frames_per_hour is None else 1.0 / opts.frames_per_hour
@@ -85,6 +89,9 @@ def _train(opts: TrainOptions, ranks) -> int:
         config = ModelConfig(opts.arch, opts.hidden_dim, opts.dropout, opts.cls_conditioning)
         model = build_model(config, init=opts.init)
         meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=opts.image_size))
+    if chosen.native_tiles is not None:  # the tiles are the model's input, as they are
+        meta = replace(meta, preprocessing=replace(meta.preprocessing,
+                                                   image_size=chosen.native_tiles))
     meta = replace(
         meta,
         time=clock,
@@ -103,17 +110,34 @@ def _train(opts: TrainOptions, ranks) -> int:
         cls_weight=opts.cls_weight,
         reg_weight=opts.reg_weight,
         mode=opts.mode,
-        augment=not opts.no_augment,
         best_metric=opts.best_metric,
         seed=opts.seed,
         device=opts.device,
         sync_bn=opts.sync_bn,
+        recipe=chosen,
     )
     return train_and_report(model, meta, config, train_items, val, test, opts.out,
                             run_state=True, resume=resume)
 
 
-def _warn_ignored_model_options(opts: TrainOptions, meta: CheckpointMeta) -> None:
+def training_recipe(opts: TrainOptions) -> Recipe:
+    """The --recipe preset with the recipe options given on the command line."""
+    augment = opts.augment
+    if opts.no_augment:
+        if augment not in (None, "none"):
+            raise ValueError(f"--no-augment contradicts --augment {augment}: give one of them")
+        augment = "none"
+    chosen = recipe(opts.recipe, augment=augment, bf16=opts.bf16_train,
+                    native_tiles=opts.native_tiles, warmup_epochs=opts.warmup_epochs,
+                    balanced=opts.balanced, ema=opts.ema, bn=opts.bn, select=opts.select)
+    tiles = chosen.native_tiles
+    if tiles is not None and (opts.tile_size not in (None, tiles) or opts.stride is not None):
+        raise ValueError(f"native tiles of {tiles} px are cut side by side and are the model's "
+                         "input: leave --tile-size and --stride out (or train without them)")
+    return chosen
+
+
+def _warn_ignored_model_options(opts: TrainOptions, meta: CheckpointMeta, chosen: Recipe) -> None:
     """With --checkpoint the architecture and input size are the checkpoint's."""
     given = {
         "--arch": (opts.arch, meta.model.arch),
@@ -121,6 +145,11 @@ def _warn_ignored_model_options(opts: TrainOptions, meta: CheckpointMeta) -> Non
         "--cls-conditioning": (opts.cls_conditioning, meta.model.cls_conditioning),
         "--image-size": (opts.image_size, meta.preprocessing.image_size),
     }
+    if chosen.native_tiles is not None:  # the input size is the tiles'
+        del given["--image-size"]
+        if chosen.native_tiles != meta.preprocessing.image_size:
+            warn(f"native tiles: the model input becomes {chosen.native_tiles} px "
+                 f"({opts.checkpoint} was trained on {meta.preprocessing.image_size} px)")
     differing = [flag for flag, (ours, theirs) in given.items() if ours != theirs]
     if differing:
         warn(f"{', '.join(differing)} ignored: the model comes from {opts.checkpoint}")
@@ -135,7 +164,8 @@ def train_and_report(model, meta, config, train, val, test, out: Path, run_state
     """
     ranks = distributed.current_ranks()
     if not ranks.is_main:
-        for _ in iter_train(model, ItemDataset(train, meta.preprocessing, augment=config.augment),
+        for _ in iter_train(model, ItemDataset(train, meta.preprocessing,
+                                               augment=config.augmentation),
                             ItemDataset(val, meta.preprocessing), config, meta,
                             run_state_path=out / RUN_STATE if run_state else None, resume=resume):
             pass
@@ -155,6 +185,7 @@ def train_and_report(model, meta, config, train, val, test, out: Path, run_state
         f"training on {len(train)} items, validating on {len(val)}, testing on {len(test)} "
         f"({meta.model.arch}, {config.mode}, {config.epochs} epochs, {meta.preprocessing.image_size} px)"
     )
+    print(f"recipe {config.applied_recipe.name}: {config.applied_recipe.summary()}")
     print(
         f"global batch {config.batch_size} = {ranks.world_size} process(es) x "
         f"{config.batch_size // ranks.world_size}; learning rate {config.lr:g} is for this global "
@@ -162,7 +193,7 @@ def train_and_report(model, meta, config, train, val, test, out: Path, run_state
     )
     if resume is not None:
         print(f"resuming after epoch {resume['epoch']} from {out / RUN_STATE}")
-    train_ds = ItemDataset(train, meta.preprocessing, augment=config.augment)
+    train_ds = ItemDataset(train, meta.preprocessing, augment=config.augmentation)
     val_ds = ItemDataset(val, meta.preprocessing)
     if not val:
         warn(best_epoch_note("train_loss"))
@@ -197,7 +228,9 @@ def train_and_report(model, meta, config, train, val, test, out: Path, run_state
     history = pd.DataFrame(last.history)
     write_atomic(out / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
     note = best_epoch_note(last.best_by)
-    chosen = f" (by {last.best_by})" if last.best_by else ""
+    smoothed = config.recipe.select == "smoothed"
+    chosen = (f" (by {last.best_by}" + (f", mean over {SMOOTHING_WINDOW} epochs" if smoothed else "")
+              + ")") if last.best_by else ""
     print(f"best epoch {last.best_epoch}{chosen}; checkpoint {ckpt}")
     if note:
         warn(note)

@@ -57,6 +57,8 @@ class CheckpointMeta:
     #: The stacks it was trained on, as read (:func:`.items.stack_records`): path, channel
     #: index and description, frame interval and onset.
     stacks: list[dict] = field(default_factory=list)
+    #: The training recipe (:class:`.recipes.Recipe` as a dict); empty: not recorded.
+    recipe: dict = field(default_factory=dict)
     #: Settings the file did not give, filled with defaults (research files without config).
     assumed: list[str] = field(default_factory=list)
     source: str = "napari-infection-clock"
@@ -103,11 +105,13 @@ def _dataclass_from(cls, values: dict):
     )
 
 
-def save_checkpoint(path, model: MultitaskResNet, meta: CheckpointMeta) -> Path:
-    """Write weights and metadata atomically; the file at ``path`` is replaced only when whole."""
+def save_checkpoint(path, model: MultitaskResNet | dict, meta: CheckpointMeta) -> Path:
+    """Write weights (a model's, or a state dict) and metadata atomically; the file at
+    ``path`` is replaced only when whole."""
+    state = model if isinstance(model, dict) else model.state_dict()
     payload = {
         "format": FORMAT,
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_state": {k: v.detach().cpu() for k, v in state.items()},
         "meta": meta.to_dict(),
     }
     return write_atomic(path, lambda tmp: torch.save(payload, tmp), suffix=".pt")

@@ -17,6 +17,8 @@ from .tiles import crop
 class ItemDataset(Dataset):
     """One preprocessed crop per item, with its class and time target.
 
+    ``augment``: False, True (SPEC 5's flips and rotation) or an augmentation's name.
+
     Stacks are opened on first use (in the item's channel) and kept open; the last frame
     read is kept so the tiles of one frame cost one read.
     """
@@ -25,12 +27,14 @@ class ItemDataset(Dataset):
         self,
         items: Sequence[Item],
         prep: Preprocessing,
-        augment: bool = False,
+        augment: bool | str = False,
         stacks: dict[tuple[str, int | None], TimelapseStack] | None = None,
     ):
         self.items = list(items)
         self.prep = prep
-        self.augment = training_augmentation() if augment else None
+        # True is SPEC 5's augmentation; a name picks one (preprocess.training_augmentation).
+        kind = {True: "spec", False: "none"}.get(augment, augment)
+        self.augment = training_augmentation(kind)
         self._stacks: dict[tuple[str, int | None], TimelapseStack] = dict(stacks or {})
         self._last: tuple[str, int | None, int, np.ndarray] | None = None
 

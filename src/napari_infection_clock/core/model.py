@@ -91,7 +91,11 @@ class MultitaskResNet(nn.Module):
         return logits, self.regressor(reg_in).squeeze(1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forward_heads(self.backbone(x))
+        features = self.backbone(x)
+        if torch.is_autocast_enabled(x.device.type):  # mixed-precision training: heads in fp32
+            with torch.autocast(x.device.type, enabled=False):
+                return self.forward_heads(features.float())
+        return self.forward_heads(features)
 
     def freeze_backbone(self, frozen: bool = True) -> None:
         for p in self.backbone.parameters():

@@ -87,15 +87,65 @@ def preprocess(frames: torch.Tensor, prep: Preprocessing, augment=None) -> torch
     return TF.normalize(x, list(prep.mean), list(prep.std))
 
 
-def training_augmentation() -> v2.Compose:
-    """SPEC 5 augmentation: random flips and a random rotation of up to 15 degrees."""
+def training_augmentation(kind: str = "spec") -> v2.Compose | None:
+    """The training augmentation ``kind`` (see :data:`.recipes.AUGMENTATIONS`), or None.
+
+    ``spec`` is SPEC 5's: random flips and a rotation of up to 15 degrees. ``microscopy``
+    adds what differs between microscopes and wells: a scale jitter of the image, then,
+    on the intensities, a gain and an offset, contrast, gamma, blur and camera noise. Both
+    act on the resized uint8 image and return one.
+    """
+    if kind == "none":
+        return None
+    flips = [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+    if kind == "spec":
+        return v2.Compose([*flips, v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR)])
+    if kind != "microscopy":
+        raise ValueError(f"augmentation must be spec, microscopy or none, got {kind!r}")
     return v2.Compose(
         [
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(),
-            v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR),
+            *flips,
+            v2.RandomAffine(15, scale=(0.8, 1.25), interpolation=v2.InterpolationMode.BILINEAR),
+            v2.ToDtype(torch.float32, scale=True),
+            IntensityJitter(),
+            v2.RandomApply([v2.ColorJitter(contrast=0.3)], p=0.5),
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.2))], p=0.3),
+            v2.RandomApply([CameraNoise(0.03)], p=0.5),
+            v2.ToDtype(torch.uint8, scale=True),
         ]
     )
+
+
+class IntensityJitter(torch.nn.Module):
+    """Random gain, offset and gamma of a [0, 1] float image (v2 has no transform for them).
+
+    The same draw for every channel, so replicated grayscale stays grayscale.
+    """
+
+    def __init__(self, gain=(0.7, 1.3), offset=(-0.1, 0.1), gamma=(0.7, 1.4)):
+        super().__init__()
+        self.gain, self.offset, self.gamma = gain, offset, gamma
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        def draw(low_high):
+            low, high = low_high
+            return low + (high - low) * torch.rand(()).item()
+
+        out = image.clamp(0, 1) ** draw(self.gamma)
+        return (out * draw(self.gain) + draw(self.offset)).clamp_(0, 1)
+
+
+class CameraNoise(torch.nn.Module):
+    """Gaussian noise of a [0, 1] float image, the same in every channel (v2.GaussianNoise
+    draws per channel, which would colour replicated grayscale)."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn_like(image[..., :1, :, :]) * self.sigma
+        return (image + noise).clamp_(0, 1)
 
 
 def to_device(raw: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -23,6 +23,7 @@ from .model import ModelConfig, MultitaskResNet, build_model
 from .predictor import Predictor
 from .preprocess import Preprocessing
 from .targets import CLASS_NAMES, DEFAULT_CLAMP, TimePolicy
+from .tiles import TileSpec
 from .trainer import TrainConfig, TrainingError, TrainProgress, iter_train
 
 STARTS = ("session model", "imagenet", "random")
@@ -30,11 +31,15 @@ STARTS = ("session model", "imagenet", "random")
 
 def plan_from_labels(table: pd.DataFrame, val_fraction: float = 0.2, split_mode: str = "auto",
                      block_frames: int = 8, gap_frames: int = 1, seed: int = 0,
-                     clamp=DEFAULT_CLAMP) -> BlockSplit:
-    """Items of a label table and their split; refuses what cannot be trained."""
+                     clamp=DEFAULT_CLAMP, native_tiles: int | None = None) -> BlockSplit:
+    """Items of a label table and their split; refuses what cannot be trained.
+
+    ``native_tiles`` (a recipe's): whole-frame labels give one item per tile of that size.
+    """
     if table is None or len(table) == 0:
         raise TrainingError("no labels yet: label some frames or crops (both classes) first")
-    items = label_table_items(table, clamp=clamp)
+    tiles = None if native_tiles is None else TileSpec(native_tiles)
+    items = label_table_items(table, tiles=tiles, clamp=clamp)
     classes = {i.label for i in items}
     if len(classes) < 2:
         only = CLASS_NAMES[classes.pop()]
@@ -91,10 +96,16 @@ def iter_retrain(model: MultitaskResNet, meta: CheckpointMeta, plan: BlockSplit,
     ``feature_cache`` (a :class:`.feature_cache.FeatureCache`) serves heads-only runs.
     A finished run with validation items is then calibrated on them (core.calibration,
     core.novelty), with a ``"calibrating"`` event per validation frame: the final event's
-    metadata, and the checkpoint, carry it; Stop meanwhile ends the run ``"stopped"``."""
+    metadata, and the checkpoint, carry it; Stop meanwhile ends the run ``"stopped"``.
+    A recipe with native tiles needs a plan of such tiles (:func:`plan_from_labels`); the
+    tiles become the model's input as they are."""
+    tiles = config.recipe.native_tiles
+    if tiles is not None:
+        meta.tile_size = tiles
+        meta.preprocessing = replace(meta.preprocessing, image_size=tiles)
     prep = meta.preprocessing
     meta.stacks = stack_records([*plan.train, *plan.val])
-    train_ds = ItemDataset(plan.train, prep, augment=config.augment)
+    train_ds = ItemDataset(plan.train, prep, augment=config.augmentation)
     val_ds = ItemDataset(plan.val, prep) if plan.val else None
     for event in iter_train(model, train_ds, val_ds, config, meta, checkpoint_path, should_stop,
                             feature_cache=feature_cache):

@@ -12,6 +12,7 @@ validated, so a stop never leaves a half-written or worse checkpoint behind.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .dataset import ItemDataset
@@ -31,8 +33,10 @@ from . import distributed
 from .feature_cache import FeatureCache
 from .metrics import classification_metrics, regression_metrics
 from .model import MultitaskResNet
+from .recipes import RESEARCH, SMOOTHING_WINDOW, Recipe
 from .run_state import RunStateError, rng_state, save_run_state, set_rng_state
-from .runtime import prediction_dtype
+from .runtime import cpu_supports_bf16, prediction_dtype
+from .sampling import training_sampler
 
 TRAIN_MODES = ("full", "heads")
 #: Validation metric name -> whether larger is better.
@@ -41,7 +45,11 @@ BEST_METRICS = {"roc_auc": True, "accuracy": True, "f1": True, "mae": False, "lo
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """SPEC 6 defaults, except a CPU-friendly batch size."""
+    """SPEC 6 defaults, except a CPU-friendly batch size; ``recipe`` the rest (core.recipes).
+
+    ``augment=False`` turns the recipe's augmentation off; ``amp`` allows fp16 autocast on
+    CUDA (the recipe's ``bf16`` asks for bf16 instead, on CUDA or a CPU that has it).
+    """
 
     epochs: int = 10
     batch_size: int = 32
@@ -59,6 +67,7 @@ class TrainConfig:
     amp: bool = True
     num_workers: int = 0
     sync_bn: bool = False  # BatchNorm statistics over the global batch under torchrun
+    recipe: Recipe = RESEARCH
 
     def __post_init__(self):
         if self.mode not in TRAIN_MODES:
@@ -67,6 +76,16 @@ class TrainConfig:
             raise ValueError(f"best_metric must be one of {tuple(BEST_METRICS)}, got {self.best_metric!r}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("epochs and batch size must be at least 1 and the learning rate positive")
+
+    @property
+    def augmentation(self) -> str:
+        """The augmentation training items get (an :data:`.recipes.AUGMENTATIONS` name)."""
+        return self.recipe.augment if self.augment else "none"
+
+    @property
+    def applied_recipe(self) -> Recipe:
+        """The recipe as this configuration applies it (what the checkpoint records)."""
+        return replace(self.recipe, augment=self.augmentation)
 
 
 @dataclass
@@ -128,33 +147,94 @@ class RunState:
     best_metrics: dict = field(default_factory=dict)
     #: What chose the best epoch: the validation metric, or ``train_loss`` without one.
     best_by: str | None = None
+    #: Smoothed selection: weights of the epochs whose score waits for later epochs.
+    pending: dict[int, dict] = field(default_factory=dict)
 
     def consider(self, record: dict, model: nn.Module, config: TrainConfig) -> bool:
-        """Record an epoch; keep its weights if it is the best so far (True then)."""
+        """Record an epoch; keep the weights of an epoch that is now the best (True then).
+
+        With the ``smoothed`` rule an epoch's score needs the epochs after it: its weights
+        wait in ``pending`` until they have been validated (or the run ends, :meth:`settle`).
+        """
         self.epoch = record["epoch"]
         self.history.append(record)
-        key, larger = f"val_{config.best_metric}", BEST_METRICS[config.best_metric]
-        if not np.isfinite(record.get(key, np.nan)):  # no validation, or one class in it
-            key = "val_loss" if np.isfinite(record.get("val_loss", np.nan)) else "train_loss"
-            larger = False
-        # Ties (a saturated AUC, say) go to the lower loss, so later, better epochs still win.
-        sign = 1.0 if larger else -1.0
-        value = (sign * record[key], -record.get("val_loss", record["train_loss"]))
-        if not np.isfinite(value[0]) or (self.best_value is not None and not value > self.best_value):
-            return False
-        self.best_value, self.best_epoch, self.best_by = value, record["epoch"], key
-        heads_only = config.mode == "heads"
-        self.best_state = copy.deepcopy({  # a frozen backbone needs no copy
-            k: v.detach().cpu() for k, v in model.state_dict().items()
-            if not (heads_only and k.startswith("backbone."))
-        })
-        self.best_metrics = {k: v for k, v in record.items() if k.startswith("val_")}
-        return True
+        half = selection_window(config) // 2
+        self.pending[self.epoch] = _weights(model, config) if half else None
+        return self._decide(self.epoch - half, model, config)
+
+    def settle(self, model: nn.Module, config: TrainConfig) -> bool:
+        """The run ends: score the epochs still waiting on the epochs that there are."""
+        return self._decide(self.epoch, model, config)
+
+    def _decide(self, upto: int, model: nn.Module, config: TrainConfig) -> bool:
+        improved = False
+        for epoch in sorted(e for e in self.pending if e <= upto):
+            weights = self.pending.pop(epoch)
+            value, key = selection_value(self.history, epoch, config.best_metric,
+                                         selection_window(config))
+            if not np.isfinite(value[0]) or (self.best_value is not None and not value > self.best_value):
+                continue
+            self.best_value, self.best_epoch, self.best_by = value, epoch, key
+            self.best_state = weights if weights is not None else _weights(model, config)
+            record = next(r for r in self.history if r["epoch"] == epoch)
+            self.best_metrics = {k: v for k, v in record.items() if k.startswith("val_")}
+            improved = True
+        return improved
 
     def best_meta(self, meta: CheckpointMeta) -> CheckpointMeta:
         """``meta`` for the best weights, with the history so far (``meta`` is left alone)."""
         return replace(meta, history=list(self.history), epoch=self.best_epoch,
                        val_metrics=dict(self.best_metrics), best_epoch_by=self.best_by)
+
+
+def _weights(model: nn.Module, config: TrainConfig) -> dict:
+    """A CPU copy of the weights to keep (a frozen backbone needs none)."""
+    heads_only = config.mode == "heads"
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()
+                          if not (heads_only and k.startswith("backbone."))})
+
+
+def selection_window(config: TrainConfig) -> int:
+    """Epochs whose validation is averaged to score one: 1 (``best``) or the smoothing window."""
+    return SMOOTHING_WINDOW if config.recipe.select == "smoothed" else 1
+
+
+def selection_value(history: list[dict], epoch: int, metric: str, window: int = 1,
+                    ) -> tuple[tuple[float, float], str]:
+    """How good ``epoch`` is, as a tuple to maximise, and the history key it is measured by.
+
+    The validation ``metric``, or without it (no validation, or one class in it) the
+    validation loss, else the training loss; averaged over the ``window`` epochs centred on
+    ``epoch`` that the history holds. Ties (a saturated AUC, say) go to the lower loss, so
+    later, better epochs still win.
+    """
+    by_epoch = {r["epoch"]: r for r in history}
+    record = by_epoch[epoch]
+    key, larger = f"val_{metric}", BEST_METRICS[metric]
+    if not np.isfinite(record.get(key, np.nan)):
+        key = "val_loss" if np.isfinite(record.get("val_loss", np.nan)) else "train_loss"
+        larger = False
+    half = window // 2
+    near = [by_epoch[e] for e in range(epoch - half, epoch + half + 1) if e in by_epoch]
+
+    def mean(values):
+        values = [v for v in values if np.isfinite(v)]
+        return float(np.mean(values)) if values else float("nan")
+
+    sign = 1.0 if larger else -1.0
+    value = mean([r.get(key, np.nan) for r in near])
+    loss = mean([r.get("val_loss", r["train_loss"]) for r in near])
+    return (sign * value, -loss), key
+
+
+def select_epoch(history: list[dict], metric: str, window: int = 1) -> int | None:
+    """The epoch the trainer keeps for ``history``: the first with the best score."""
+    best, chosen = None, None
+    for record in history:
+        value, _ = selection_value(history, record["epoch"], metric, window)
+        if np.isfinite(value[0]) and (best is None or value > best):
+            best, chosen = value, record["epoch"]
+    return chosen
 
 
 class MultitaskLoss(nn.Module):
@@ -189,13 +269,16 @@ class _Clock:
 
 def train_one_epoch(forward, params, criterion: MultitaskLoss, optimizer, scaler, loader, device,
                     epoch: int, config: TrainConfig, clock: _Clock, state: RunState,
-                    should_stop: Callable[[], bool] | None = None,
+                    should_stop: Callable[[], bool] | None = None, autocast: torch.dtype | None = None,
+                    after_step: Callable[[], None] | None = None,
                     ) -> Generator[TrainProgress, None, dict | int]:
     """One pass over ``loader``, yielding a ``batch`` event per step.
 
+    ``autocast``: the dtype the forward pass runs in (None: fp32); the model keeps its heads
+    in fp32 and the losses are computed in fp32. ``after_step`` runs after every optimizer
+    step (a per-step learning-rate schedule, the weights' moving average).
     Returns the epoch's mean training losses, or the 1-based batch it was asked to stop at.
     """
-    use_amp = scaler.is_enabled()
     sums = np.zeros(3)
     seen = 0
     for batch, (x, y, t) in enumerate(loader, start=1):
@@ -204,15 +287,17 @@ def train_one_epoch(forward, params, criterion: MultitaskLoss, optimizer, scaler
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         t = t.to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+        with torch.autocast(device.type, dtype=autocast) if autocast else nullcontext():
             logits, t_pred = forward(x)
-            loss, cls_loss, reg_loss = criterion(logits, t_pred, y, t)
+        loss, cls_loss, reg_loss = criterion(logits, t_pred, y, t)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(params, config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if after_step is not None:
+            after_step()
         losses = loss.item(), cls_loss.item(), reg_loss.item()
         sums += len(y) * np.array(losses)
         seen += len(y)
@@ -223,6 +308,48 @@ def train_one_epoch(forward, params, criterion: MultitaskLoss, optimizer, scaler
     totals = distributed.sum_across(torch.tensor([*sums, seen])).numpy()
     means = totals[:3] / max(totals[3], 1)
     return dict(zip(("train_loss", "train_cls_loss", "train_reg_loss"), means.tolist()))
+
+
+def training_autocast(device: torch.device, config: TrainConfig) -> torch.dtype | None:
+    """The dtype training's forward pass autocasts to: the recipe's bf16 where the device has
+    it, fp16 on CUDA with ``amp`` (and a gradient scaler), else None (fp32).
+
+    bf16 is refused where it would only be emulated (a CPU without bf16 kernels, MPS): it
+    would be slower than fp32 and less exact.
+    """
+    if config.recipe.bf16:
+        native = (device.type == "cuda" and torch.cuda.is_bf16_supported()) or (
+            device.type == "cpu" and cpu_supports_bf16())
+        if not native:
+            raise TrainingError(
+                f"bf16 training needs a CUDA GPU or a CPU with bf16 instructions (AVX-512 BF16 "
+                f"or AMX); {device} has none: train without --bf16-train")
+        return torch.bfloat16
+    return torch.float16 if config.amp and device.type == "cuda" else None
+
+
+def lr_schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
+    """The learning-rate schedule and whether it is stepped per step (else per epoch).
+
+    SPEC 6: cosine annealing per epoch. With warm-up, a linear ramp over the warm-up
+    epochs' steps (from lr / steps to lr), then cosine annealing per step to ``eta_min``.
+    """
+    warm = config.recipe.warmup_epochs * steps_per_epoch
+    if not warm:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=config.epochs, eta_min=config.eta_min), False
+    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warm, end_factor=1.0,
+                                             total_iters=warm)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(config.epochs * steps_per_epoch - warm, 1), eta_min=config.eta_min)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warm]), True
+
+
+def freeze_batchnorm(net: nn.Module) -> None:
+    """BatchNorm layers to eval mode: running statistics fixed, affine weights still trained."""
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def best_epoch_note(best_by: str | None) -> str | None:
@@ -261,8 +388,21 @@ def iter_train(
     ``feature_cache`` (heads-only mode) is reused across calls; without one a fresh cache
     serves this run. Heads-only training sees un-augmented crops (their features are
     cached), whatever the dataset's augmentation.
+
+    ``config.recipe`` (core.recipes) sets the rest: the precision, warm-up, balanced
+    sampling, an EMA of the weights (validated and saved instead of the raw weights),
+    frozen BatchNorm statistics and the selection rule; the saved metadata records it.
+    Native tiles are cut by the caller (the items); ``meta`` must say so (tile and input
+    size).
     """
     check_trainable(train_ds)
+    recipe = config.applied_recipe
+    tiles = recipe.native_tiles
+    if tiles is not None and (meta.tile_size != tiles or meta.preprocessing.image_size != tiles):
+        raise TrainingError(
+            f"native {tiles} px tiles need items cut into {tiles} px tiles and a {tiles} px "
+            f"model input; got tiles of {meta.tile_size} px and {meta.preprocessing.image_size} px")
+    meta = replace(meta, recipe=recipe.to_dict())
     ranks, device = distributed.start(config.device)
     if config.batch_size % ranks.world_size:
         raise TrainingError(
@@ -275,12 +415,19 @@ def iter_train(
     model.freeze_backbone(heads_only)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.eta_min)
-    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+    # As many steps per epoch as the loader below gives every rank.
+    steps = math.ceil(math.ceil(len(train_ds) / ranks.world_size) / rank_batch)
+    scheduler, per_step = lr_schedule(optimizer, config, steps)
+    autocast = None if heads_only else training_autocast(device, config)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
     criterion = MultitaskLoss(config.cls_weight, config.reg_weight)
+    # The average follows the weights and BatchNorm statistics; validated and saved.
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
+           if recipe.ema else None)
+    scored = model if ema is None else ema.module
     state = RunState()
     if resume is not None:
-        state = _resume(resume, config, ranks, model, optimizer, scheduler, scaler)
+        state = _resume(resume, config, ranks, model, optimizer, scheduler, scaler, ema)
     clock = _Clock(config.epochs, 0, done_before=state.epoch)
     if heads_only:
         features = yield from _backbone_features(model, train_ds, val_ds, config, device,
@@ -297,15 +444,28 @@ def iter_train(
         net = distributed.sync_batchnorm(model, device) if config.sync_bn else model
     if ranks.world_size > 1:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    # The same permutation of the training set per epoch whatever the number of processes:
+    # The same order of the training set per epoch whatever the number of processes:
     # rank r takes every r-th item of it, so a global batch is the same items as in one process.
-    sampler = DistributedSampler(train_set, ranks.world_size, ranks.rank, shuffle=True,
-                                 seed=config.seed, drop_last=False)
+    sampler = training_sampler(train_set, *train_ds.targets(), recipe.balanced,
+                               ranks.world_size, ranks.rank, config.seed)
     loader = DataLoader(train_set, batch_size=rank_batch, sampler=sampler,
                         num_workers=config.num_workers, pin_memory=device.type == "cuda")
     clock.batches = len(loader)
 
+    def after_step() -> None:
+        if per_step:
+            scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+
+    def save_best() -> None:
+        if ranks.is_main and checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, {**model.state_dict(), **state.best_state},
+                            state.best_meta(meta))
+
     def finished(stage: str, epoch: int, batch: int) -> TrainProgress:
+        if state.settle(scored, config):  # smoothed selection: the last epochs' scores
+            save_best()
         # Best weights first: whoever reads the event may use the model at once.
         _restore(model, state.best_state)
         return TrainProgress(
@@ -319,26 +479,29 @@ def iter_train(
         net.train()
         if heads_only:
             model.backbone.eval()  # frozen BatchNorm statistics stay as loaded
+        if recipe.bn == "frozen":
+            freeze_batchnorm(net)
         losses = yield from train_one_epoch(net, params, criterion, optimizer, scaler, loader,
-                                            device, epoch, config, clock, state, should_stop)
+                                            device, epoch, config, clock, state, should_stop,
+                                            autocast, after_step if per_step or ema else None)
         if isinstance(losses, int):
             yield finished("stopped", epoch, losses)
             return
-        scheduler.step()
+        if not per_step:
+            scheduler.step()
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **losses}
         if heads_only and "val" in features:
-            record.update(evaluate_features(model, features["val"], val_ds, config, device, meta))
+            record.update(evaluate_features(scored, features["val"], val_ds, config, device, meta))
         elif val_ds is not None and len(val_ds):
-            record.update(evaluate(model, val_ds, config, device, meta))
+            record.update(evaluate(scored, val_ds, config, device, meta))
         record["seconds"] = clock.elapsed()
-        improved = state.consider(record, model, config)
+        improved = state.consider(record, scored, config)
         rngs = distributed.all_gather(rng_state()) if run_state_path is not None else None
-        if ranks.is_main:
-            if improved and checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, model, state.best_meta(meta))
-            if run_state_path is not None:
-                save_run_state(run_state_path, _run_state(state, config, model, optimizer,
-                                                          scheduler, scaler, rngs))
+        if improved:
+            save_best()
+        if ranks.is_main and run_state_path is not None:
+            save_run_state(run_state_path, _run_state(state, config, model, optimizer,
+                                                      scheduler, scaler, rngs, ema))
         yield TrainProgress("epoch", epoch, config.epochs, clock.batches, clock.batches,
                             loss=record["train_loss"], cls_loss=record["train_cls_loss"],
                             reg_loss=record["train_reg_loss"], record=record,
@@ -365,12 +528,15 @@ class _Heads(nn.Module):
 
 #: Settings that must match for a run state to be continued (the device may change).
 _RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "eta_min", "cls_weight",
-                "reg_weight", "grad_clip", "mode", "augment", "best_metric", "seed", "sync_bn")
+                "reg_weight", "grad_clip", "mode", "augment", "best_metric", "seed", "sync_bn",
+                "recipe")
 
 
-def _run_state(state: RunState, config, model, optimizer, scheduler, scaler, rngs) -> dict:
+def _run_state(state: RunState, config, model, optimizer, scheduler, scaler, rngs, ema) -> dict:
     return {
         "config": asdict(config),
+        "ema": None if ema is None else ema.state_dict(),
+        "pending": state.pending,
         "epoch": state.epoch,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
@@ -387,15 +553,19 @@ def _run_state(state: RunState, config, model, optimizer, scheduler, scaler, rng
 
 
 def _resume(saved: dict, config: TrainConfig, ranks, model, optimizer, scheduler,
-            scaler) -> RunState:
-    """Load a saved run state into the model, optimizer, scheduler, scaler and RNGs."""
-    differ = [k for k in _RESUME_KEYS if saved["config"].get(k) != getattr(config, k)]
+            scaler, ema) -> RunState:
+    """Load a saved run state into the model, optimizer, scheduler, scaler, EMA and RNGs."""
+    now = asdict(config)
+    was = {"recipe": asdict(RESEARCH), **saved["config"]}  # states saved before recipes
+    differ = [k for k in _RESUME_KEYS if was.get(k) != now[k]]
     if differ:
         raise RunStateError(
             "the run state was saved with other settings ("
-            + ", ".join(f"{k} {saved['config'].get(k)!r} now {getattr(config, k)!r}" for k in differ)
+            + ", ".join(f"{k} {was.get(k)!r} now {now[k]!r}" for k in differ)
             + "): resume with the same settings, or start again with --overwrite")
     model.load_state_dict(saved["model"])
+    if ema is not None:
+        ema.load_state_dict(saved["ema"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     scaler.load_state_dict(saved["scaler"])
@@ -406,7 +576,8 @@ def _resume(saved: dict, config: TrainConfig, ranks, model, optimizer, scheduler
     return RunState(epoch=saved["epoch"], history=list(saved["history"]),
                     best_value=None if best is None else tuple(best),
                     best_epoch=saved["best_epoch"], best_state=saved["best_state"],
-                    best_metrics=dict(saved["best_metrics"]), best_by=saved.get("best_by"))
+                    best_metrics=dict(saved["best_metrics"]), best_by=saved.get("best_by"),
+                    pending=dict(saved.get("pending") or {}))
 
 
 def _backbone_features(model, train_ds, val_ds, config, device, cache, should_stop, clock,

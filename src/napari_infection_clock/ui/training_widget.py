@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -43,6 +44,7 @@ from ..core.retrain import (
     start_model,
     time_policy_of,
 )
+from ..core.recipes import RECIPES
 from ..core.trainer import BEST_METRICS, TrainConfig, TrainingError
 from .devices import device_choices
 from .docking import place_form
@@ -168,7 +170,15 @@ class TrainingWidget(QWidget):
         self.batch_spin = QSpinBox(minimum=1, maximum=1024, value=32)
         self.cls_spin = QDoubleSpinBox(decimals=2, maximum=100.0, value=1.0)
         self.reg_spin = QDoubleSpinBox(decimals=2, maximum=100.0, value=1.0)
-        self.augment_check = QCheckBox("flips and rotation")
+        self.recipe_combo = QComboBox()
+        for name, preset in RECIPES.items():
+            self.recipe_combo.addItem(name)
+            self.recipe_combo.setItemData(self.recipe_combo.count() - 1, preset.summary(),
+                                          Qt.ToolTipRole)
+        self.recipe_combo.setToolTip("research: the research pipeline's recipe; clock: the "
+                                     "one recommended for wells the model never saw "
+                                     "(docs/quality.md)")
+        self.augment_check = QCheckBox("as the recipe says")
         self.augment_check.setChecked(True)
         self.val_spin = QDoubleSpinBox(decimals=2, maximum=0.9, singleStep=0.05, value=0.2)
         self.split_combo = QComboBox()
@@ -198,7 +208,8 @@ class TrainingWidget(QWidget):
         for label, w in (("start from", self.start_combo), ("backbone", self.arch_combo),
                          ("image size", self.size_spin), ("train", self.mode_combo),
                          ("epochs", self.epochs_spin), ("learning rate", self.lr_spin),
-                         ("batch size", self.batch_spin), ("class loss weight", self.cls_spin),
+                         ("batch size", self.batch_spin), ("recipe", self.recipe_combo),
+                         ("class loss weight", self.cls_spin),
                          ("time loss weight", self.reg_spin), ("augmentation", self.augment_check),
                          ("validation share", self.val_spin), ("split", self.split_combo),
                          ("frames per block", self.block_spin),
@@ -262,7 +273,8 @@ class TrainingWidget(QWidget):
                            reg_weight=self.reg_spin.value(), mode=self.mode_combo.currentText(),
                            augment=self.augment_check.isChecked(),
                            best_metric=self.best_combo.currentText(),
-                           device=self.device_combo.currentData())
+                           device=self.device_combo.currentData(),
+                           recipe=RECIPES[self.recipe_combo.currentText()])
 
     def start(self) -> bool:
         """Check everything cheap on the GUI thread, then train in a worker."""
@@ -286,7 +298,7 @@ class TrainingWidget(QWidget):
             config = self.train_config()
             plan = plan_from_labels(table, self.val_spin.value(), self.split_combo.currentText(),
                                     self.block_spin.value(), self.guard_spin.value(),
-                                    config.seed)
+                                    config.seed, native_tiles=config.recipe.native_tiles)
             device = select_device(config.device)
         except (TrainingError, ValueError, RuntimeError) as exc:
             return self._fail(f"{exc}{left_out}")

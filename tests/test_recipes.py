@@ -1,0 +1,191 @@
+"""The training recipe's options (core.recipes), each checked for what it does."""
+
+from dataclasses import fields, replace
+
+import numpy as np
+import pytest
+import torch
+
+from napari_infection_clock.cli.parser import parse
+from napari_infection_clock.cli.train import training_recipe
+from napari_infection_clock.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from napari_infection_clock.core.dataset import ItemDataset
+from napari_infection_clock.core.items import FramePolicy, research_items, split_by_group
+from napari_infection_clock.core.model import ModelConfig, build_model
+from napari_infection_clock.core.preprocess import Preprocessing, training_augmentation
+from napari_infection_clock.core.recipes import CLOCK, RECIPES, RESEARCH, Recipe, describe_recorded
+from napari_infection_clock.core.runtime import cpu_supports_bf16
+from napari_infection_clock.core.sampling import DistributedWeightedSampler, balanced_weights
+from napari_infection_clock.core.synthetic import write_research_dataset
+from napari_infection_clock.core.targets import TimePolicy
+from napari_infection_clock.core.trainer import (
+    TrainConfig,
+    lr_schedule,
+    run_training,
+    select_epoch,
+    training_autocast,
+)
+
+PREP = Preprocessing(image_size=32)
+
+
+def test_research_preset_is_todays_training():
+    """The default recipe changes nothing: SPEC 6 as before, every option off."""
+    assert TrainConfig().recipe == RESEARCH == RECIPES["research"]
+    assert RESEARCH == Recipe(augment="spec", bf16=False, native_tiles=None, warmup_epochs=0,
+                              balanced=False, ema=0.0, bn="batch", select="best")
+    config = TrainConfig()
+    assert (config.epochs, config.batch_size, config.lr, config.weight_decay, config.eta_min,
+            config.augmentation) == (10, 32, 1e-4, 1e-4, 1e-6, "spec")
+    _, opts, _ = parse(["train", "data", "--out", "out"])
+    assert training_recipe(opts) == RESEARCH
+    # --no-augment is --augment none; a flag overrides the preset it is given with.
+    _, opts, _ = parse(["train", "data", "--out", "o", "--recipe", "clock", "--no-augment",
+                        "--no-balanced", "--ema", "0.9"])
+    chosen = training_recipe(opts)
+    assert chosen == replace(CLOCK, augment="none", balanced=False, ema=0.9)
+    assert chosen.describe() == "clock, augment none, balanced False, ema 0.9"
+
+
+def test_warmup_ramps_per_step_then_cosine():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    config = TrainConfig(epochs=3, lr=1.0, eta_min=0.0, recipe=replace(RESEARCH, warmup_epochs=1))
+    scheduler, per_step = lr_schedule(optimizer, config, steps_per_epoch=4)
+    assert per_step
+    lrs = []
+    for _ in range(12):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    ramp, rest = np.array(lrs[:4]), np.array(lrs[4:])
+    assert ramp[0] == pytest.approx(0.25) and np.allclose(np.diff(ramp), np.diff(ramp)[0])
+    assert np.all(np.diff(ramp) > 0) and ramp[-1] < 1.0
+    assert rest[0] == pytest.approx(1.0) and np.all(np.diff(rest) < 0)  # cosine from lr down
+    assert rest[-1] == pytest.approx(0.5 * (1 + np.cos(np.pi * 7 / 8)))
+    # Without warm-up: SPEC 6's cosine per epoch, as before.
+    scheduler, per_step = lr_schedule(optimizer, TrainConfig(epochs=3), steps_per_epoch=4)
+    assert not per_step and isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+
+
+def test_balanced_sampling_evens_class_and_time_and_splits_over_ranks():
+    # 60 mock items late in the run, 10 infected early ones, 30 infected late ones.
+    labels = np.array([0] * 60 + [1] * 10 + [1] * 30)
+    times = np.array([20.0] * 60 + [2.0] * 10 + [20.0] * 30)
+    weights = balanced_weights(labels, times)
+    drawn = []
+    sampler = DistributedWeightedSampler(weights, seed=3)
+    for epoch in range(40):
+        sampler.set_epoch(epoch)
+        drawn += list(sampler)
+    cell = np.where(labels == 0, 0, np.where(times < 6, 1, 2))[drawn]
+    shares = np.bincount(cell, minlength=3) / len(drawn)
+    assert np.allclose(shares, 1 / 3, atol=0.03), shares
+    # Two ranks take turns in the same draw that one process makes: the same global batches.
+    sampler.set_epoch(7)
+    whole = list(sampler)
+    halves = []
+    for rank in range(2):
+        part = DistributedWeightedSampler(weights, num_replicas=2, rank=rank, seed=3)
+        part.set_epoch(7)
+        halves.append(list(part))
+    assert [i for pair in zip(*halves) for i in pair] == whole
+
+
+def test_smoothed_selection_is_not_fooled_by_one_lucky_epoch():
+    aucs = [0.60, 0.99, 0.60, 0.85, 0.90, 0.92, 0.90, 0.70]
+    history = [{"epoch": e, "train_loss": 1.0, "val_loss": 1.0, "val_roc_auc": a}
+               for e, a in enumerate(aucs, start=1)]
+    assert select_epoch(history, "roc_auc", window=1) == 2
+    assert select_epoch(history, "roc_auc", window=3) == 6
+    # Losses are minimised; the last epoch is scored on the window that exists.
+    losses = [{"epoch": e, "train_loss": 1.0, "val_loss": v}
+              for e, v in enumerate([3.0, 2.0, 1.5, 1.0, 0.5], start=1)]
+    assert select_epoch(losses, "loss", window=3) == 5
+
+
+def test_microscopy_augmentation_changes_intensities_within_bounds():
+    torch.manual_seed(0)
+    ramp = torch.linspace(40, 200, 32).round().to(torch.uint8)
+    image = ramp.expand(32, 32).expand(1, 3, 32, 32).contiguous()
+
+    def stats(kind):
+        outs = [training_augmentation(kind)(image) for _ in range(40)]
+        assert all(o.dtype == torch.uint8 and o.shape == image.shape for o in outs)
+        assert all(torch.equal(o[:, 0], o[:, 1]) for o in outs)  # grayscale stays grayscale
+        return np.array([o.float().mean().item() for o in outs]), np.array(
+            [o.float().std().item() for o in outs])
+
+    spec_mean, spec_std = stats("spec")
+    mean, std = stats("microscopy")
+    assert mean.std() > 3 * spec_mean.std() and std.std() > 2 * spec_std.std()
+    base = image.float().mean().item()
+    assert np.all((mean > 0.3 * base) & (mean < 1.7 * base))
+    assert training_augmentation("none") is None
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="needs a CPU with bf16 instructions")
+def test_bf16_training_keeps_heads_and_losses_fp32():
+    config = TrainConfig(device="cpu", recipe=replace(RESEARCH, bf16=True))
+    dtype = training_autocast(torch.device("cpu"), config)
+    assert dtype == torch.bfloat16
+    model = build_model(ModelConfig(arch="resnet18", hidden_dim=16), init="random")
+    with torch.autocast("cpu", dtype=dtype):
+        assert model.backbone(torch.rand(2, 3, 32, 32)).dtype == torch.bfloat16
+        logits, hours = model(torch.rand(2, 3, 32, 32))
+    assert logits.dtype == hours.dtype == torch.float32
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipes")
+    write_research_dataset(root, n_infected=2, n_mock=2, n_frames=8, size=32, seed=4)
+    items = research_items(root, FramePolicy())
+    return split_by_group(items, 0.25, 0.0, seed=0)[:2]
+
+
+def _train(split, recipe, path):
+    train, val = split
+    torch.manual_seed(0)
+    config = ModelConfig(arch="resnet18", hidden_dim=16)
+    model = build_model(config, init="random")
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    meta = CheckpointMeta(model=config, preprocessing=PREP, time=TimePolicy())
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, device="cpu", recipe=recipe)
+    last = run_training(model, ItemDataset(train, PREP, augment=cfg.augmentation),
+                        ItemDataset(val, PREP), cfg, meta, checkpoint_path=path)
+    return start, model, last
+
+
+def test_ema_is_validated_and_saved_and_frozen_bn_keeps_its_statistics(split, tmp_path):
+    """The raw trajectory is the same with and without the average (same seed): the saved
+    weights of the EMA run are the average, much nearer the start than the raw ones."""
+    raw_recipe = replace(RESEARCH, name="clock", bn="frozen")
+    start, raw, _ = _train(split, raw_recipe, tmp_path / "raw.pt")
+    _, averaged, last = _train(split, replace(raw_recipe, ema=0.99), tmp_path / "ema.pt")
+    buffers = [k for k in start if "running_" in k]
+    assert buffers and all(torch.equal(raw.state_dict()[k], start[k]) for k in buffers)
+    saved, meta = load_checkpoint(tmp_path / "ema.pt")
+    weights = [k for k, v in start.items() if v.is_floating_point() and k not in buffers]
+
+    def moved(state):
+        return sum((state[k].float() - start[k].float()).norm().item() for k in weights)
+
+    assert 0 < moved(saved.state_dict()) < 0.6 * moved(raw.state_dict())
+    assert all(torch.equal(saved.state_dict()[k], averaged.state_dict()[k]) for k in weights)
+    # The checkpoint records its recipe as plain data: it loads with weights_only=True.
+    assert meta.recipe == replace(raw_recipe, ema=0.99).to_dict() == last.meta.recipe
+    payload = torch.load(tmp_path / "ema.pt", weights_only=True)
+    assert Recipe.from_dict(payload["meta"]["recipe"]) == replace(raw_recipe, ema=0.99)
+
+
+def test_checkpoint_without_a_recipe_loads_as_unknown(tmp_path):
+    config = ModelConfig(arch="resnet18", hidden_dim=16)
+    meta = CheckpointMeta(model=config, preprocessing=PREP)
+    path = save_checkpoint(tmp_path / "old.pt", build_model(config, init="random"), meta)
+    payload = torch.load(path, weights_only=True)
+    del payload["meta"]["recipe"]  # as files written before recipes were recorded
+    torch.save(payload, path)
+    _, loaded = load_checkpoint(path)
+    assert loaded.recipe == {} and describe_recorded(loaded.recipe).startswith("unknown")
+    assert {f.name for f in fields(Recipe)} == set(CLOCK.to_dict())
