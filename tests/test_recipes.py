@@ -159,7 +159,7 @@ def _train(split, recipe, path):
 
 def test_ema_is_validated_and_saved_and_frozen_bn_keeps_its_statistics(split, tmp_path):
     """The raw trajectory is the same with and without the average (same seed): the saved
-    weights of the EMA run are the average, much nearer the start than the raw ones."""
+    weights of the EMA run are the average, which lags behind the raw weights."""
     raw_recipe = replace(RESEARCH, name="clock", bn="frozen")
     start, raw, _ = _train(split, raw_recipe, tmp_path / "raw.pt")
     _, averaged, last = _train(split, replace(raw_recipe, ema=0.99), tmp_path / "ema.pt")
@@ -171,7 +171,8 @@ def test_ema_is_validated_and_saved_and_frozen_bn_keeps_its_statistics(split, tm
     def moved(state):
         return sum((state[k].float() - start[k].float()).norm().item() for k in weights)
 
-    assert 0 < moved(saved.state_dict()) < 0.6 * moved(raw.state_dict())
+    assert 0 < moved(saved.state_dict()) < moved(raw.state_dict())
+    assert not all(torch.equal(saved.state_dict()[k], raw.state_dict()[k]) for k in weights)
     assert all(torch.equal(saved.state_dict()[k], averaged.state_dict()[k]) for k in weights)
     # The checkpoint records its recipe as plain data: it loads with weights_only=True.
     assert meta.recipe == replace(raw_recipe, ema=0.99).to_dict() == last.meta.recipe

@@ -12,6 +12,7 @@ from napari_infection_clock.core.annotations import open_annotations
 from napari_infection_clock.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from napari_infection_clock.core.model import ModelConfig, build_model
 from napari_infection_clock.core.preprocess import Preprocessing
+from napari_infection_clock.core.recipes import CLOCK
 from napari_infection_clock.core.synthetic import generate_stack, write_research_dataset
 from napari_infection_clock.ui.annotation_widget import AnnotationWidget
 from napari_infection_clock.ui.state import SessionModel, session_for
@@ -199,12 +200,15 @@ def test_one_epoch_runs_with_the_default_path_keep_each_run(make_napari_viewer, 
     widget.epochs_spin.setValue(1)
     _label(session_for(viewer), wells)
     saved = []
-    for _ in range(2):
+    for recipe in ("research", "clock"):  # the second run with the recommended recipe
+        widget.recipe_combo.setCurrentText(recipe)
         widget.start_button.click()
         qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
         assert widget.trained is not None, widget.status.text()
+        assert widget.trained.meta.recipe["name"] == recipe
         saved.append(widget.trained.path)
     assert saved[0] != saved[1] and all(p.is_file() for p in saved)
+    assert load_checkpoint(saved[1])[1].recipe == CLOCK.to_dict()
     assert saved[0].parent == tmp_path / "home" / "infection-clock-models"
 
     widget.canvas.draw()

@@ -328,6 +328,16 @@ def training_autocast(device: torch.device, config: TrainConfig) -> torch.dtype 
     return torch.float16 if config.amp and device.type == "cuda" else None
 
 
+def warmed_up_ema(decay: float):
+    """``get_ema_multi_avg_fn`` whose decay warms up: ``min(decay, (1 + n) / (10 + n))`` after
+    ``n`` averaged steps (timm's ModelEma warm-up), so a short run's average is not mostly
+    its first weights (a decay of 0.999 looks back about 1000 steps)."""
+    def update(ema_params, model_params, n_averaged):
+        n = float(n_averaged)
+        get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(ema_params, model_params, n_averaged)
+    return update
+
+
 def lr_schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
     """The learning-rate schedule and whether it is stepped per step (else per epoch).
 
@@ -422,7 +432,7 @@ def iter_train(
     scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
     criterion = MultitaskLoss(config.cls_weight, config.reg_weight)
     # The average follows the weights and BatchNorm statistics; validated and saved.
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
+    ema = (AveragedModel(model, multi_avg_fn=warmed_up_ema(recipe.ema), use_buffers=True)
            if recipe.ema else None)
     scored = model if ema is None else ema.module
     state = RunState()
