@@ -489,3 +489,64 @@ def test_one_class_training_error_starts_its_own_line(data, tmp_path):
     error = [line for line in lines if "error:" in line]
     assert error == [error[0]] and error[0].startswith("infection-clock train: error: all "), lines
     assert "uninfected" in error[0]
+
+
+def test_frames_without_information_are_marked_not_classified(tmp_path, capsys):
+    """Issue 11 item 4: a dropped (constant) frame in a Fiji-style TIFF and a stack of 1x1
+    frames, predicted with a research checkpoint (numpy scalars in val_metrics, no novelty
+    model): marked "no information", with no class, probability or time, and counted."""
+    import torch
+
+    from tests.research import ResearchMultitask, research_config, save_research_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "best_model.pth"
+    save_research_checkpoint(ckpt, ResearchMultitask("resnet18", hidden=16),
+                             research_config("resnet18", hidden=16, image_size=32))
+    frames = np.random.default_rng(0).integers(100, 4000, (4, 48, 48), dtype=np.uint16)
+    frames[2] = 1234  # the camera dropped this frame
+    well = tmp_path / "well.tif"
+    tifffile.imwrite(well, frames, imagej=True, metadata={"axes": "TYX"})
+    tiny = tmp_path / "tiny.tif"
+    tifffile.imwrite(tiny, np.arange(3, dtype=np.uint16).reshape(3, 1, 1),
+                     photometric="minisblack", metadata={"axes": "TYX"})
+    out = tmp_path / "o.csv"
+    assert main(["predict", str(ckpt), str(well), str(tiny), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "well: 1 of 4 items had no information" in printed, printed
+    assert "tiny: 3 of 3 items had no information" in printed, printed
+
+    table = pd.read_csv(out)
+    empty = (table["stack"] == "tiny") | (table.frame == 2)
+    assert table["no_information"].tolist() == empty.tolist()
+    blank = table[empty]
+    assert (blank.pred_label == "no information").all()
+    assert (blank.pred_class == -1).all()
+    for column in ("p_infected", "pred_time_h", "est_onset_h", "consistent_time_h"):
+        assert blank[column].isna().all(), column
+    assert table.loc[~empty, "p_infected"].notna().all()
+    assert set(table.loc[~empty, "pred_label"]) <= {"infected", "uninfected"}
+
+
+def test_predict_does_not_import_scikit_learn(tmp_path):
+    """Issue 14: prediction needs no scikit-learn (~18 MB resident); the CLI imported it
+    through the training and evaluation modules."""
+    import torch
+
+    from tests.research import ResearchMultitask, research_config, save_research_checkpoint
+
+    ckpt = tmp_path / "best_model.pth"
+    save_research_checkpoint(ckpt, ResearchMultitask("resnet18", hidden=16),
+                             research_config("resnet18", hidden=16, image_size=32))
+    stack = tmp_path / "well.tif"
+    tifffile.imwrite(stack, np.random.default_rng(0).integers(0, 4000, (2, 32, 32), np.uint16))
+    code = (
+        "import sys\n"
+        "from napari_infection_clock.cli import main\n"
+        f"code = main(['predict', {str(ckpt)!r}, {str(stack)!r}, '--out', "
+        f"{str(tmp_path / 'o.csv')!r}, '--device', 'cpu'])\n"
+        "print('exit', code, 'sklearn' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "exit 0 False" in run.stdout, (run.stdout, run.stderr)

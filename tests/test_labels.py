@@ -156,3 +156,19 @@ def test_no_output_replaces_an_input_label_table(tmp_path):
     with pytest.raises(OutputNotWritable, match="is an input"):
         write_label_table(labels, table)
     assert table.read_text() == "stack,frame,label\nwell.tif,0,uninfected\n"
+
+
+def test_problems_of_a_csv_name_the_file(tmp_path):
+    """Issue 11 item 7: a semicolon CSV with a bad row (and a CSV without a column) said
+    "label table has 1 problem(s)" without saying which table."""
+    bad_row = tmp_path / "excel.csv"
+    bad_row.write_text("stack;frame;label\nwell.tif;0;infected\n")
+    with pytest.raises(LabelTableError) as err:
+        read_label_table(bad_row)
+    assert str(err.value).startswith(f"label table {bad_row} has 1 problem(s)"), err.value
+    assert "infected row needs onset_h" in str(err.value)
+    no_label = tmp_path / "nolabel.csv"
+    no_label.write_text("stack,frame\nwell.tif,0\n")
+    with pytest.raises(LabelTableError) as err:
+        read_label_table(no_label)
+    assert str(err.value).startswith(f"label table {no_label} lacks the column(s)"), err.value

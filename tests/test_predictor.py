@@ -118,10 +118,14 @@ def test_device_selection():
 
 
 def test_nan_frames_give_finite_outputs(predictor):
-    frames = np.full((2, 32, 32), np.nan, dtype=np.float32)
+    frames = np.full((3, 32, 32), np.nan, dtype=np.float32)
     frames[1, :5] = 3.0
+    frames[2, :5] = np.arange(32, dtype=np.float32)
     table = predictor.predict_stack(stack_from_array(frames))
-    assert np.isfinite(table[["p_infected", "pred_time_h"]].to_numpy()).all()
+    # NaN pixels count as the frame's minimum: frame 2 has an image, frames 0 (all NaN) and
+    # 1 (one value and NaN) none, and are marked so rather than answered
+    assert table["no_information"].tolist() == [True, True, False]
+    assert np.isfinite(table.loc[2, ["p_infected", "pred_time_h"]].to_numpy(float)).all()
     assert isinstance(table, pd.DataFrame)
 
 
@@ -161,3 +165,23 @@ def test_released_gpu_library_pages_come_back_when_used():
     release_gpu_library_pages()
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(torch.nn.functional.relu(x), x.clamp_min(0))
+
+
+def test_crops_without_information_are_marked_not_classified(predictor, frames):
+    """Issue 11 item 4: a constant tile, a constant frame and 1x1 frames carry no
+    information: the Python API marks them so, with no class, probability or time."""
+    data = frames[:3].copy()
+    data[1, :20, :20] = 7  # tile (0, 0) of frame 1 is flat
+    data[2] = 0  # frame 2 is blank
+    table = predictor.predict_stack(stack_from_array(data), tiles=TileSpec(tile_size=20))
+    empty = ((table.frame == 1) & (table.tile_row == 0) & (table.tile_col == 0)) | (
+        table.frame == 2)
+    assert table["no_information"].tolist() == empty.tolist()
+    assert (table.pred_label[empty] == "no information").all()
+    assert (table.pred_class[empty] == -1).all() and (table.time_meaning[empty] == "none").all()
+    assert table.loc[empty, ["p_infected", "pred_time_h", "est_onset_h"]].isna().all().all()
+    assert table.loc[~empty, "p_infected"].notna().all()
+
+    tiny = predictor.predict_stack(stack_from_array(np.arange(3, dtype=np.uint16).reshape(3, 1, 1)))
+    assert tiny["no_information"].all() and tiny["p_infected"].isna().all()
+    assert (tiny.pred_label == "no information").all()

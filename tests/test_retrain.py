@@ -117,3 +117,20 @@ def test_a_model_trained_from_the_session_model_does_not_keep_its_calibration():
     _, new_meta = start_model("session model", config, 32, time, current=(model, meta))
     assert new_meta.calibration == {}  # until the new model is calibrated on its own
     assert meta.calibration["temperature"] == 3.0  # the session's model keeps its own
+
+
+def test_an_empty_label_table_says_which_table_and_what_to_do(tmp_path):
+    """Issue 11 item 7: from Python, plan_from_labels said "no labels yet: label some frames"
+    for a header-only CSV: it names the file and the rows it needs."""
+    from napari_infection_clock.core.labels import read_label_table
+    from napari_infection_clock.core.trainer import TrainingError
+
+    path = tmp_path / "labels.csv"
+    path.write_text("stack,frame,label\n")
+    with pytest.raises(TrainingError) as read:
+        plan_from_labels(read_label_table(path))
+    assert f"label table {path} has no rows" in str(read.value)
+    assert "stack, frame, label" in str(read.value), read.value
+    with pytest.raises(TrainingError) as given:
+        plan_from_labels(pd.DataFrame(columns=["stack", "frame", "label"]))
+    assert "stack, frame, label" in str(given.value) and "annotation dock" in str(given.value)

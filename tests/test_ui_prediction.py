@@ -588,3 +588,56 @@ def test_removing_the_image_of_a_running_prediction_stops_it_and_leaves_no_layer
     assert messages[0].startswith(("cancelled", "done")), messages
     assert [layer.name for layer in viewer.layers] == [], [ly.name for ly in viewer.layers]
     assert widget.run_button.enabled
+def test_crops_without_information_stay_empty_in_overlays_readout_and_plot(
+    make_napari_viewer, qtbot, sample, tmp_path
+):
+    """Issue 11 item 4: a dropped (constant) frame and a flat tile, predicted with a research
+    checkpoint (no novelty model): marked in the table, empty in every overlay, "no
+    information" under the cursor, left out of the plot; the dock counts them."""
+    import torch
+
+    from napari_infection_clock.ui.plot_widget import TimeSeriesPlot
+    from tests.research import ResearchMultitask, research_config, save_research_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "best_model.pth"
+    save_research_checkpoint(ckpt, ResearchMultitask("resnet18", hidden=16),
+                             research_config("resnet18", hidden=16, image_size=32))
+    data, meta = sample
+    data = data.copy()
+    data[3] = data[3].min()  # a dropped frame
+    data[5, :32, 32:] = 100  # tile (0, 1) of frame 5 is flat
+    viewer, image, widget = _setup(make_napari_viewer, (data, meta), ckpt, mode=MODE_TILES,
+                                   tile_size=32, stride=0)
+    plot = TimeSeriesPlot(viewer)
+    viewer.window.add_dock_widget(plot)
+    message = _run(qtbot, widget, timeout=120_000)
+    assert message == "done: 8 frames predicted; 5 of 32 items had no information", message
+
+    prob, dur, cls, tiles = (viewer.layers[layer_name("well", k)] for k in KINDS)
+    table = tiles.features
+    empty = (table.frame == 3) | ((table.frame == 5) & (table.tile_row == 0)
+                                  & (table.tile_col == 1))
+    assert table["no_information"].tolist() == empty.tolist()
+    assert table.loc[empty, "p_infected"].isna().all()
+    assert table.loc[empty, "consistent_time_h"].isna().all()
+    for cell in [(3, r, c) for r in (0, 1) for c in (0, 1)] + [(5, 0, 1)]:
+        assert np.isnan(prob.data[cell]) and np.isnan(dur.data[cell]), cell
+        assert cls.data[cell] not in (1, 2), cell  # no class painted
+    assert not np.isnan(prob.data[5, 1, 1]) and not np.isnan(prob.data[4]).any()
+
+    viewer.dims.set_point(0, 3)
+    world = image.data_to_world((3, 48, 16))
+    viewer.cursor.position = world
+    for callback in list(viewer.mouse_move_callbacks):
+        callback(viewer, type("Event", (), {"position": world})())
+    text = viewer.text_overlay.text
+    assert "no information" in text and "p(infected)" not in text, text
+    cls.visible = True
+    assert "class: no information" in cls.get_status(world, world=True)["coordinates"]
+
+    assert 3 not in plot.summary["frame"].tolist()  # the plot skips the dropped frame
+    five = table[(table.frame == 5) & ~empty]
+    row = plot.summary.set_index("frame").loc[5]
+    assert row.mean_p_infected == pytest.approx(five.p_infected.mean())
+    assert row.fraction_infected == pytest.approx((five.pred_class == 1).mean())

@@ -16,6 +16,7 @@ from ..core.atomic import check_writable, mark_input, write_atomic
 from ..core.calibration import finish_table
 from ..core.channels import channel_mismatch
 from ..core.checkpoint import load_checkpoint
+from ..core.information import MIN_SIDE, describe_missing
 from ..core.maps import write_maps
 from ..core.predictor import Predictor
 from ..core.shards import Parts, merge_parts, parse_shard, parts_dir, shard_from_env
@@ -114,6 +115,10 @@ def _predict_stack(predictor: Predictor, index: int, opts: PredictOptions) -> pd
         parts = [fp.table for fp in tqdm(run, total=total, unit="frame", desc=stack.name)]
         table = pd.concat(parts, ignore_index=True).sort_values(["frame", "tile_row", "tile_col"])
         table = finish_table(table, predictor.meta, stack)
+        missing = describe_missing(table)
+        if missing:
+            print(f"{stack.name}: {missing} (constant, or under {MIN_SIDE} px a side): "
+                  "marked 'no information', without class, probability or time")
         print(onset_summary(table, stack.name))
         if opts.maps:
             # Two inputs with the same file name must not overwrite each other's maps.

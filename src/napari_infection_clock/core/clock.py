@@ -147,6 +147,7 @@ def region_clocks(table: pd.DataFrame, *, threshold: float = 0.5, clamp=DEFAULT_
 
 def with_clock(table: pd.DataFrame, *, clamp=DEFAULT_CLAMP, **kwargs) -> pd.DataFrame:
     """``table`` with :data:`CLOCK_COLUMNS` added (replaced if present), rows in their order.
+    Items without information (``no_information``) have no votes and no ``consistent_time_h``.
 
     ``consistent_time_h`` follows the region's class as ``pred_time_h`` follows the frame's:
     an infection duration where ``onset_h`` is set, experiment time elsewhere.
@@ -167,4 +168,6 @@ def apply_clocks(table: pd.DataFrame, regions: pd.DataFrame, clamp=DEFAULT_CLAMP
     out[CONSISTENT_COLUMN] = consistent_time(
         out["hours"], merged["infected"].eq(True).to_numpy(), out["onset_h"].to_numpy(),
         merged["start_h"].to_numpy(np.float64), clamp)
+    if "no_information" in out:  # a frame that showed nothing gets no time (core.information)
+        out.loc[out["no_information"].to_numpy(bool), CONSISTENT_COLUMN] = np.nan
     return out

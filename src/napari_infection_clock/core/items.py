@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from .labels import BOX_COLUMNS, LabelTableError, normalize_labels
 from .stack import StackError, open_stack, parse_position
@@ -420,6 +419,9 @@ def kfold_by_group(items, k: int = 5, seed: int = 0) -> list[tuple[list[Item], l
 
     Stratified by class (scikit-learn's StratifiedGroupKFold) when both classes occur.
     """
+    # Imported here: prediction, which imports this module, needs no scikit-learn.
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
     classes = _group_classes(items)
     if not (isinstance(k, (int, np.integer)) and k >= 2):
         raise ValueError(f"k must be a whole number of folds >= 2, got {k!r}")

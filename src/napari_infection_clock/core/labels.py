@@ -199,12 +199,16 @@ def read_label_table(path) -> pd.DataFrame:
         raise LabelTableError(
             f"label table {path} is empty; it needs a header row with {list(LABEL_COLUMNS)}"
         ) from None
-    df = normalize_labels(df)
+    try:
+        df = normalize_labels(df)
+    except LabelTableError as exc:  # say which table
+        raise LabelTableError(str(exc).replace("label table", f"label table {path}", 1)) from None
     folder = path.resolve().parent
     df["stack"] = [
         s if Path(s).is_absolute() else str((folder / s).resolve()) for s in df["stack"]
     ]
     df.attrs["table_folder"] = str(folder)  # for messages about stacks that are not there
+    df.attrs["path"] = str(path)  # and about the table itself
     return df
 
 

@@ -14,7 +14,6 @@ import math
 import numpy as np
 import pandas as pd
 from scipy import stats
-from sklearn import metrics as skm
 
 from .calibration import expected_calibration_error
 from .clock import CONSISTENT_COLUMN
@@ -50,6 +49,8 @@ def classification_metrics(y_true, p_infected, threshold: float = 0.5) -> dict:
     on the rows where both the truth and the probability are known."""
     y_true, p = _finite_pairs(y_true, p_infected)
     y_true = y_true.astype(np.int64)
+    from sklearn import metrics as skm  # here: prediction imports this module, needs no sklearn
+
     y_pred = (p >= threshold).astype(np.int64)
     n = int(y_true.size)
     out = {
@@ -76,10 +77,12 @@ def classification_metrics(y_true, p_infected, threshold: float = 0.5) -> dict:
 
 def roc_curve_points(y_true, p_infected) -> dict:
     """ROC curve as lists; empty when the data holds only one class (no curve exists)."""
+    from sklearn.metrics import roc_curve
+
     y_true, p = _finite_pairs(y_true, p_infected)
     if not _both_classes(y_true):
         return {"fpr": [], "tpr": [], "thresholds": []}
-    fpr, tpr, thr = skm.roc_curve(y_true, p, pos_label=INFECTED)
+    fpr, tpr, thr = roc_curve(y_true, p, pos_label=INFECTED)
     # sklearn's first threshold is +inf, which JSON cannot hold: cap it just above max(p).
     thr = np.where(np.isfinite(thr), thr, np.nextafter(p.max(), np.inf))
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thr.tolist()}
@@ -97,7 +100,9 @@ def regression_metrics(t_true, t_pred) -> dict:
     out["rmse"] = float(np.sqrt(np.mean(err**2)))
     x_varies = n >= 2 and np.ptp(x) > 0
     if x_varies:
-        out["r2"] = float(skm.r2_score(x, y))
+        from sklearn.metrics import r2_score
+
+        out["r2"] = float(r2_score(x, y))
         fit = stats.linregress(x, y)
         out["slope"], out["intercept"] = float(fit.slope), float(fit.intercept)
         if np.ptp(y) > 0:

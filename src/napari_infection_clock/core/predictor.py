@@ -24,6 +24,7 @@ import torch
 
 from .checkpoint import CheckpointMeta
 from .device import select_device
+from .information import has_information
 from .model import MultitaskResNet
 from .preprocess import preprocess, to_device
 from .results import empty_results, result_rows
@@ -77,6 +78,7 @@ class _Batch:
 
     x: torch.Tensor
     frames: list[tuple[int, int]]  # (position in the frame order, number of items)
+    informative: np.ndarray  # per crop: whether it carries information (core.information)
     ready: bool = False  # already the model input
 
 
@@ -199,7 +201,8 @@ class Predictor:
 
         ``boxes`` (N, 4) replaces the tile grid with given regions; ``first_frame`` is
         predicted before the rest (the frame on screen) and on its own, so it shows at
-        once; ``should_stop`` is polled between batches for a cooperative cancel.
+        once; ``should_stop`` is polled between batches for a cooperative cancel. Crops
+        without information (:mod:`.information`) are marked, not answered.
         """
         order = list(range(stack.n_frames)) if frames is None else [int(f) for f in frames]
         if first_frame is not None and first_frame in order:
@@ -217,7 +220,7 @@ class Predictor:
             return
         stopped = threading.Event()
         batches = self._prefetched(self._batches(stack, order, boxes, stopped), stopped)
-        results: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in order]
+        results: list[list[tuple[torch.Tensor, torch.Tensor, np.ndarray]]] = [[] for _ in order]
         counts = [0] * len(order)
         next_out = 0
         try:
@@ -227,7 +230,8 @@ class Predictor:
                 p, t = self._run(batch.x if batch.ready else self._model_input(batch.x))
                 start = 0
                 for pos, n in batch.frames:
-                    results[pos].append((p[start : start + n], t[start : start + n]))
+                    results[pos].append((p[start : start + n], t[start : start + n],
+                                         batch.informative[start : start + n]))
                     counts[pos] += n
                     start += n
                 while next_out < len(order) and counts[next_out] == len(boxes):
@@ -238,10 +242,11 @@ class Predictor:
                     frame = order[next_out]
                     table = result_rows(
                         stack.name, frame, float(time.hours(frame)), boxes, grid_rc,
-                        torch.cat([a for a, _ in parts]).numpy(),
-                        torch.cat([b for _, b in parts]).numpy(),
+                        torch.cat([a for a, _, _ in parts]).numpy(),
+                        torch.cat([b for _, b, _ in parts]).numpy(),
                         frame_shape=stack.frame_shape, channel=stack.channel,
                         channel_name=stack.channel_desc,
+                        informative=np.concatenate([c for _, _, c in parts]),
                     )
                     next_out += 1
                     release_free_heap()
@@ -294,20 +299,22 @@ class Predictor:
             yield self._pack(pending)
 
     def _pack(self, parts: list[tuple[int, np.ndarray]]) -> _Batch:
-        """One batch tensor: pinned for an asynchronous copy on CUDA, preprocessed on CPU."""
+        """One batch tensor: pinned for an asynchronous copy on CUDA, preprocessed on CPU;
+        which crops carry information is read off the raw pixels."""
         n = sum(len(a) for _, a in parts)
         first = parts[0][1]
         frames = [(pos, len(a)) for pos, a in parts]
+        informative = np.concatenate([has_information(a) for _, a in parts])
         if len(parts) == 1:
             raw = torch.from_numpy(np.ascontiguousarray(first))
         else:
             raw = torch.from_numpy(np.empty((n, *first.shape[1:]), dtype=first.dtype))
             np.concatenate([a for _, a in parts], out=raw.numpy())
         if self._cuda:
-            return _Batch(raw.pin_memory(), frames)
+            return _Batch(raw.pin_memory(), frames, informative)
         if self.device.type == "cpu":  # preprocessing overlaps with the model here too
-            return _Batch(self._model_input(raw), frames, ready=True)
-        return _Batch(raw, frames)
+            return _Batch(self._model_input(raw), frames, informative, ready=True)
+        return _Batch(raw, frames, informative)
 
     def _prefetched(self, batches: Iterator[_Batch], stopped: threading.Event) -> Iterator[_Batch]:
         """Run ``batches`` in a background thread, ``prefetch`` batches ahead."""

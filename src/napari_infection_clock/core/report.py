@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from sklearn.metrics import auc, confusion_matrix
 
 from .atomic import write_atomic, write_text_atomic
 from .metrics import (
@@ -49,6 +48,8 @@ def roc_figure(y_true, p_infected, ax=None) -> Figure:
     roc = roc_curve_points(y_true, p_infected)
     if not roc["fpr"]:
         return _no_data(ax, "ROC needs both infected and uninfected items")
+    from sklearn.metrics import auc  # here: the CLI imports this module also to predict
+
     fpr, tpr = roc["fpr"], roc["tpr"]
     ax.plot(fpr, tpr, color="tab:red", lw=2, label=f"ROC, AUC = {auc(fpr, tpr):.4f}")
     ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="chance")
@@ -66,6 +67,8 @@ def confusion_figure(y_true, y_pred, ax=None) -> Figure:
     y_pred = np.asarray(y_pred).ravel()
     if y_true.size == 0:
         return _no_data(ax, "no labelled items")
+    from sklearn.metrics import confusion_matrix
+
     labels = [UNINFECTED, INFECTED]
     cm = confusion_matrix(y_true.astype(np.int64), y_pred.astype(np.int64), labels=labels)
     ax.imshow(cm, cmap="Blues", vmin=0)

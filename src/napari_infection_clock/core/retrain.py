@@ -37,7 +37,10 @@ def plan_from_labels(table: pd.DataFrame, val_fraction: float = 0.2, split_mode:
     ``native_tiles`` (a recipe's): whole-frame labels give one item per tile of that size.
     """
     if table is None or len(table) == 0:
-        raise TrainingError("no labels yet: label some frames or crops (both classes) first")
+        where = (table.attrs.get("path") if table is not None else None)
+        what = f"label table {where} has no rows" if where else "no labels yet"
+        raise TrainingError(f"{what}: label frames or crops of both classes first (in napari's "
+                            "annotation dock, or as rows of stack, frame, label in a label table)")
     tiles = None if native_tiles is None else TileSpec(native_tiles)
     items = label_table_items(table, tiles=tiles, clamp=clamp)
     classes = {i.label for i in items}

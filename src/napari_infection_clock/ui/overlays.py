@@ -20,6 +20,7 @@ from napari.utils.colormaps import DirectLabelColormap
 
 from ..core.calibration import apply_calibration
 from ..core.clock import apply_clocks
+from ..core.information import NO_INFORMATION, NO_INFORMATION_LABEL
 from ..core.results import RESULT_COLUMNS
 from ..core.targets import INFECTED, UNINFECTED
 from ..core.tiles import TileSpec, tile_boxes
@@ -27,13 +28,15 @@ from .layer_roles import OUTPUT_OF, output_metadata
 
 #: Largest side of the raster regions are painted on; bigger frames are coarsened.
 REGION_RASTER_MAX = 512
-#: Predicted-class labels: 0 is "not predicted (yet)", so the class ids shift by one.
-CLASS_LABEL = {UNINFECTED: 1, INFECTED: 2}
-CLASS_COLORS = {None: "transparent", 0: "transparent", 1: "#4c9be8", 2: "#e8574c"}
+#: Predicted-class labels: 0 is "not predicted (yet)", so the class ids shift by one; items
+#: without information (core.information) get a label of their own, left transparent.
+CLASS_LABEL = {UNINFECTED: 1, INFECTED: 2, NO_INFORMATION: 3}
+CLASS_COLORS = {None: "transparent", 0: "transparent", 1: "#4c9be8", 2: "#e8574c",
+                3: "transparent"}
 #: The overlays with a colour scale, shown one at a time.
 CONTINUOUS = ("probability", "duration", "onset")
 #: What the class layer's values mean (shown on hover and in the prediction dock's legend).
-CLASS_NAME = {1: "uninfected", 2: "infected"}
+CLASS_NAME = {1: "uninfected", 2: "infected", 3: NO_INFORMATION_LABEL}
 SUFFIXES = {
     "probability": "infection probability",
     "duration": "infection duration (h)",
@@ -300,7 +303,8 @@ class PredictionLayers:
 
     # -- filling in --------------------------------------------------------------------
     def add_frames(self, tables: list[pd.DataFrame]) -> None:
-        """Show finished frames: paint their values, add their tile rectangles.
+        """Show finished frames: paint their values, add their tile rectangles. Items
+        without information stay empty (NaN, a transparent class).
 
         Called with every frame finished since the last update, a few times per second:
         one refresh per layer and one Shapes update however many frames came in.
@@ -312,9 +316,12 @@ class PredictionLayers:
         items = self._items(table)
         frames = table["frame"].to_numpy(int)
         p = table["p_infected"].to_numpy(np.float32)
-        infected = table["pred_class"].to_numpy() == INFECTED
+        classes = table["pred_class"].to_numpy()
+        infected = classes == INFECTED
         duration = np.where(infected, table["pred_time_h"].to_numpy(np.float32), np.nan)
-        labels = np.where(infected, CLASS_LABEL[INFECTED], CLASS_LABEL[UNINFECTED])
+        labels = np.select([infected, classes == NO_INFORMATION],
+                           [CLASS_LABEL[INFECTED], CLASS_LABEL[NO_INFORMATION]],
+                           CLASS_LABEL[UNINFECTED])
         for layer, values in (
             (self.probability, p),
             (self.duration, duration),

@@ -35,6 +35,7 @@ from ..core.channels import channel_mismatch
 from ..core.checkpoint import CheckpointError, load_checkpoint
 from ..core.clock import region_clocks
 from ..core.device import select_device
+from ..core.information import describe_missing
 from ..core.novelty import NOVELTY_COLUMNS, add_novelty
 from ..core.predictor import Predictor, default_batch_size
 from ..core.stack import StackError, stack_from_array
@@ -112,9 +113,11 @@ class Clocks:
 
 
 def _class_legend() -> str:
-    """The class layer's colours, as rich text for a label."""
+    """The class layer's colours, as rich text for a label (items without information
+    are left empty)."""
     return " ".join(
         f"<span style='color:{CLASS_COLORS[value]}'>&#9632;</span> {name}"
+        if CLASS_COLORS[value] != "transparent" else f"&#9633; {name}"
         for value, name in CLASS_NAME.items()
     )
 
@@ -581,6 +584,9 @@ class PredictionWidget(Container):
             message = f"cancelled: {self._done} of {total} frames predicted"
         else:
             message = f"done: {self._done} frames predicted"
+            missing = describe_missing(self.layers.table) if self.layers is not None else ""
+            if missing:
+                message += f"; {missing}"
             self.progress_bar.value = self.progress_bar.max
         self.worker = None
         self.run_button.enabled = True

@@ -3,7 +3,8 @@
 napari's slider counts frames and its status bar shows only the active layer's raw value;
 the readout (napari's text overlay, bottom left, just above the slider) says in hours where
 the slider is, and for the tile under the mouse its p(infected), class, duration and onset
-(the tile's fitted onset once the run's clocks are in, as the onset map says).
+(the tile's fitted onset once the run's clocks are in, as the onset map says), or that it
+had no information (core.information).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 
 import numpy as np
 
+from ..core.information import NO_INFORMATION, NO_INFORMATION_LABEL
 from ..core.targets import INFECTED
 from .overlays import CLASS_LABEL, CLASS_NAME, PredictionLayers
 
@@ -74,9 +76,11 @@ class Readout:
         if not (0 <= frame < shape[0] and 0 <= row < shape[1] and 0 <= col < shape[2]):
             return ""
         p = float(layers.probability.data[frame, row, col])
+        label = int(layers.classes.data[frame, row, col])
+        if label == CLASS_LABEL[NO_INFORMATION]:
+            return f"{NO_INFORMATION_LABEL}: a flat or too small crop, not answered"
         if math.isnan(p):
             return ""
-        label = int(layers.classes.data[frame, row, col])
         text = f"p(infected) {p:.2f} · {CLASS_NAME.get(label, 'not predicted')}"
         infected = label == CLASS_LABEL[INFECTED]
         if infected:

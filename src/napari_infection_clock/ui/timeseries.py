@@ -23,8 +23,11 @@ def frame_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per predicted frame: mean probability, fraction infected, median duration.
 
     The duration is the median predicted time over the items classified infected (the
-    time output means infection duration only for those); NaN where none is.
+    time output means infection duration only for those); NaN where none is. Items
+    without information (core.information) are left out, and frames with nothing else.
     """
+    if "no_information" in table:
+        table = table[~table["no_information"].to_numpy(bool)]
     if table.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
     infected = table["pred_class"].to_numpy() == INFECTED
@@ -67,8 +70,9 @@ def item_series(table: pd.DataFrame, item: tuple[int, int]) -> pd.DataFrame:
     for column in (*CLOCK_COLUMNS, *INTERVAL_COLUMNS):
         if column in rows.columns:
             series[column] = rows[column].to_numpy(float)
-    if "out_of_distribution" in rows.columns:
-        series["out_of_distribution"] = rows["out_of_distribution"].to_numpy(bool)
+    for flag in ("no_information", "out_of_distribution"):
+        if flag in rows.columns:
+            series[flag] = rows[flag].to_numpy(bool)
     return series
 
 
@@ -92,6 +96,8 @@ def answer_at(series: pd.DataFrame, frame: int, level: float | None) -> str:
     if rows.empty or "consistent_time_h" not in rows:
         return ""
     row = rows.iloc[0]
+    if row.get("no_information", False):
+        return "no answer: the frame shows nothing here"
     if row.get("out_of_distribution", False):
         return "no answer: unlike the training data"
     if not np.isfinite(row["onset_h"]):
