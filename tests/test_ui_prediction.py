@@ -588,6 +588,8 @@ def test_removing_the_image_of_a_running_prediction_stops_it_and_leaves_no_layer
     assert messages[0].startswith(("cancelled", "done")), messages
     assert [layer.name for layer in viewer.layers] == [], [ly.name for ly in viewer.layers]
     assert widget.run_button.enabled
+
+
 def test_crops_without_information_stay_empty_in_overlays_readout_and_plot(
     make_napari_viewer, qtbot, sample, tmp_path
 ):
