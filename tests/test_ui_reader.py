@@ -114,3 +114,23 @@ def test_reader_opens_a_file_tifffile_recovers_from(tmp_path):
         assert reader is not None
         (layer,) = reader(str(path))
     np.testing.assert_array_equal(np.asarray(layer[0]), data)
+
+
+def test_a_frame_damaged_midway_shows_blank_with_a_warning_naming_it(tmp_path):
+    """Issue 11 item 3: a compressed stack with one corrupt frame opened fine and then
+    raised a decompression error on every redraw of that frame; now that frame is shown
+    blank, once the file and frame are named (napari shows Python warnings)."""
+    frames = np.random.default_rng(0).integers(0, 4000, (8, 32, 32), dtype=np.uint16)
+    path = tmp_path / "corrupt.tif"
+    tifffile.imwrite(path, frames, compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[4].dataoffsets[0], tif.pages[4].databytecounts[0]
+    data = bytearray(path.read_bytes())
+    data[offset + 2 : offset + count - 2] = np.random.default_rng(1).integers(
+        0, 256, count - 4, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    layer = get_reader(str(path))(str(path))[0][0]
+    np.testing.assert_array_equal(np.asarray(layer[3]), frames[3])
+    with pytest.warns(UserWarning, match=r"corrupt.tif: image 4 cannot be read.*shown blank"):
+        blank = np.asarray(layer[4])
+    assert blank.shape == (32, 32) and not blank.any()

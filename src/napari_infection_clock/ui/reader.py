@@ -7,6 +7,7 @@ Files that are not time-lapses (one 2D image, unreadable TIFFs) are left to othe
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import dask.array as da
@@ -104,10 +105,23 @@ def lazy_frames(stack: TimelapseStack) -> da.Array:
     """A dask array over ``stack`` whose chunks are single frames."""
     shape = stack.frame_shape + ((3,) if stack.is_rgb else ())
     frames = [
-        da.from_delayed(delayed(stack.frame, pure=True)(i), shape=shape, dtype=stack.dtype)
+        da.from_delayed(delayed(_frame_or_blank, pure=True)(stack, i, shape), shape=shape,
+                        dtype=stack.dtype)
         for i in range(stack.n_frames)
     ]
     return da.stack(frames)
+
+
+def _frame_or_blank(stack: TimelapseStack, index: int, shape: tuple) -> np.ndarray:
+    """Frame ``index``, or a blank one with a warning naming the file and frame where that
+    frame is damaged: napari reads frames as the slider reaches them, and an error there
+    would come back on every redraw (prediction and training read the file themselves
+    and stop with the same message)."""
+    try:
+        return stack.frame(index)
+    except DamagedStackError as exc:
+        warnings.warn(f"{exc} This frame is shown blank.", UserWarning, stacklevel=2)
+        return np.zeros(shape, stack.dtype)
 
 
 def _contrast(frame: np.ndarray) -> tuple[float, float]:
