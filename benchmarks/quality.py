@@ -260,7 +260,7 @@ def report(result: dict) -> str:
 def ablation_table(results: list[dict]) -> str:
     """One markdown row per run: what issue 12's ablation table asks for."""
     head = ["option(s)", "epochs (best)", "seed", "AUC", "accuracy", "infected MAE raw / consistent",
-            "mock MAE raw / consistent", "slope / intercept (consistent)",
+            "mock MAE raw / consistent", "slope / intercept h: raw; consistent",
             "coverage infected raw / consistent", "ECE raw / scaled", "training", "img/s",
             "load"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -272,7 +272,8 @@ def ablation_table(results: list[dict]) -> str:
         cells = [r["tag"], epochs, str(r["args"]["seed"]), fmt(s["roc_auc"]), fmt(s["accuracy"]),
                  f"{fmt(ir['mae'], 2)} / {fmt(ic['mae'], 2)}",
                  f"{fmt(mr['mae'], 2)} / {fmt(mc['mae'], 2)}",
-                 f"{fmt(ic['slope'], 2)} / {fmt(ic['intercept'], 2)}",
+                 f"{fmt(ir['slope'], 2)} / {fmt(ir['intercept'], 1)}; "
+                 f"{fmt(ic['slope'], 2)} / {fmt(ic['intercept'], 1)}",
                  f"{fmt(ir['coverage'], 2)} / {fmt(ic['coverage'], 2)}",
                  f"{fmt(s['ece_raw'])} / {fmt(s['ece_scaled'])}",
                  f"{tr['seconds'] / 60:.1f} min", fmt(tr["images_per_s"], 1),
