@@ -35,11 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from napari_infection_clock.core.atomic import write_atomic
-from napari_infection_clock.core.checkpoint import load_checkpoint
-from napari_infection_clock.core.synthetic import write_research_dataset
+# pandas, torch and the plugin are imported where a run needs them: --table reads JSON only.
 
 #: The shifted test configuration (the training one is the generator's default).
 SHIFT = {"density": 1.4, "cell_scale": 0.85, "contrast": 0.8, "illumination": 0.15,
@@ -124,6 +121,10 @@ def train_within_budget(train: Path, run: Path, args) -> dict:
     At the budget the run is stopped and the best checkpoint written so far (one per
     improving epoch) is the one evaluated; with none yet there is nothing to report.
     """
+    import pandas as pd
+
+    from napari_infection_clock.core.checkpoint import load_checkpoint
+
     budget_s = args.budget_min * 60
     start = time.perf_counter()
     stopped = False
@@ -160,6 +161,8 @@ def train_within_budget(train: Path, run: Path, args) -> dict:
 
 def make_data(root: Path, args) -> tuple[Path, Path]:
     """The training wells (default configuration) and the shifted test wells, made once."""
+    from napari_infection_clock.core.synthetic import write_research_dataset
+
     train, test = root / "train", root / "shifted"
     if (root / "done").is_file():
         return train, test
@@ -184,7 +187,7 @@ def fmt(v, digits=3, unit=""):
         f"{v:.{digits}f}{unit}"
 
 
-def summarize(metrics: dict, predictions: pd.DataFrame) -> dict:
+def summarize(metrics: dict, predictions) -> dict:
     """The numbers issue 12 names, from evaluate's metrics.json and predictions.csv."""
     o, pc = metrics["overall"], metrics["per_class"]
     cov = lambda block: (block.get("interval") or {}).get("coverage")  # noqa: E731
@@ -293,6 +296,10 @@ def main(argv=None) -> int:
             raise SystemExit(f"quality: no results (*.json) in {args.table}")
         print(ablation_table(results))
         return 0
+    import pandas as pd
+
+    from napari_infection_clock.core.atomic import write_atomic
+
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,7 @@ def test_quality_table_has_one_row_per_result_baseline_first(tmp_path):
     (tmp_path / "ema_s0.json").write_text(json.dumps(_quality_result("--ema 0.999", 0, 0.97, 2.5, True)))
     (tmp_path / "baseline_s1.json").write_text(json.dumps(_quality_result("baseline", 1, 0.95, 4.25, False)))
     out = subprocess.run([sys.executable, str(script), "--table", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| option(s) | epochs (best) | seed | AUC |")
