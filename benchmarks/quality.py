@@ -261,13 +261,14 @@ def report(result: dict) -> str:
 
 
 def ablation_table(results: list[dict]) -> str:
-    """One markdown row per run: what issue 12's ablation table asks for."""
+    """One markdown row per run, the baseline (or research) first: issue 12's ablation table."""
     head = ["option(s)", "epochs (best)", "seed", "AUC", "accuracy", "infected MAE raw / consistent",
             "mock MAE raw / consistent", "slope / intercept h: raw; consistent",
             "coverage infected raw / consistent", "ECE raw / scaled", "training", "img/s",
             "load"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for r in sorted(results, key=lambda r: (r["tag"] != "baseline", r["tag"], r["args"]["seed"])):
+    first = ("baseline", "research")
+    for r in sorted(results, key=lambda r: (r["tag"] not in first, r["tag"], r["args"]["seed"])):
         s, tr = r["summary"], r["training"]
         ir, ic, mr, mc = (s["infected_raw"], s["infected_consistent"], s["mock_raw"],
                           s["mock_consistent"])
