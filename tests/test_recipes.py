@@ -33,7 +33,8 @@ def test_research_preset_is_todays_training():
     """The default recipe changes nothing: SPEC 6 as before, every option off."""
     assert TrainConfig().recipe == RESEARCH == RECIPES["research"]
     assert RESEARCH == Recipe(augment="spec", bf16=False, native_tiles=None, warmup_epochs=0,
-                              balanced=False, ema=0.0, bn="batch", select="best")
+                              balanced=False, ema=0.0, bn="batch", select="best", lr=None,
+                              best_metric=None)
     config = TrainConfig()
     assert (config.epochs, config.batch_size, config.lr, config.weight_decay, config.eta_min,
             config.augmentation) == (10, 32, 1e-4, 1e-4, 1e-6, "spec")
@@ -45,6 +46,11 @@ def test_research_preset_is_todays_training():
     chosen = training_recipe(opts)
     assert chosen == replace(CLOCK, augment="none", balanced=False, ema=0.9)
     assert chosen.describe() == "clock, augment none, balanced False, ema 0.9"
+    # A recipe may set the learning rate and best-epoch metric; the command's flags win.
+    config = TrainConfig(recipe=replace(CLOCK, lr=1e-3, best_metric="loss"))
+    assert (config.lr, config.best_metric) == (1e-3, "loss")
+    _, opts, _ = parse(["train", "data", "--out", "o", "--lr", "0.01", "--best-metric", "mae"])
+    assert training_recipe(opts) == replace(RESEARCH, lr=0.01, best_metric="mae")
 
 
 def test_warmup_ramps_per_step_then_cosine():
@@ -190,3 +196,46 @@ def test_checkpoint_without_a_recipe_loads_as_unknown(tmp_path):
     _, loaded = load_checkpoint(path)
     assert loaded.recipe == {} and describe_recorded(loaded.recipe).startswith("unknown")
     assert {f.name for f in fields(Recipe)} == set(CLOCK.to_dict())
+
+
+def test_native_tiles_from_viewer_labels(tmp_path):
+    """The training dock's path: whole-frame labels give their tiles, each with the frame's
+    label and time, and the model is trained on them at their own size."""
+    from napari_infection_clock.core.annotations import open_annotations
+    from napari_infection_clock.core.retrain import (
+        iter_retrain,
+        labels_of,
+        plan_from_labels,
+        start_model,
+        time_policy_of,
+    )
+
+    paths = write_research_dataset(tmp_path, n_infected=2, n_mock=2, n_frames=6, size=32, seed=5)
+    stores = []
+    for path in paths:
+        store, sidecar = open_annotations(path, 6, frame_interval_h=0.5)
+        if path.parent.name == "infected":
+            store.set_condition("infected", onset_h=1.0)
+            store.label_frames(range(2, 6), "infected")
+        else:
+            store.set_condition("mock")
+            store.label_frames(range(6), "uninfected")
+        store.save(sidecar)
+        stores.append(store)
+    table = labels_of(stores)
+    whole = plan_from_labels(table, val_fraction=0.25)
+    plan = plan_from_labels(table, val_fraction=0.25, native_tiles=16)
+    assert len(plan.train) + len(plan.val) == 4 * (len(whole.train) + len(whole.val))
+    frames = {}
+    for item in [*plan.train, *plan.val]:
+        assert item.box[2] - item.box[0] == item.box[3] - item.box[1] == 16
+        frames.setdefault((item.stack, item.frame), set()).add((item.label, item.time_target))
+    assert all(len(v) == 1 for v in frames.values()) and len(frames) * 4 == len(plan.train) + len(plan.val)
+    model, meta = start_model("random", ModelConfig(arch="resnet18", hidden_dim=8), 64,
+                              time_policy_of(table))
+    config = TrainConfig(epochs=1, batch_size=16, device="cpu", mode="heads",
+                         recipe=replace(RESEARCH, native_tiles=16))
+    last = list(iter_retrain(model, meta, plan, config, tmp_path / "m.pt"))[-1]
+    assert last.stage == "done"
+    assert last.meta.tile_size == last.meta.preprocessing.image_size == 16
+    assert last.meta.recipe["native_tiles"] == 16

@@ -73,13 +73,13 @@ class TrainOptions(PolicyOptions, TileOptions):
     image_size: int = 512
     epochs: int = _T.epochs
     batch_size: int = _T.batch_size
-    lr: float = _T.lr
+    lr: float | None = None  # None: the recipe's, else TrainConfig's
     weight_decay: float = _T.weight_decay
     cls_weight: float = _T.cls_weight
     reg_weight: float = _T.reg_weight
     mode: str = _T.mode
     no_augment: bool = False
-    best_metric: str = _T.best_metric
+    best_metric: str | None = None  # None: the recipe's, else TrainConfig's
     val_fraction: float = 0.1
     folds: int | None = None
     fold: int = 0

@@ -258,12 +258,15 @@ def _train_args(p):
         type=int,
         help="the global batch: under torchrun split evenly over the processes (default 32)",
     )
-    g.add_argument("--lr", type=float, help="learning rate for the global batch (default 1e-4)")
+    g.add_argument("--lr", type=float, help="learning rate for the global batch (default: the "
+                   "recipe's, else 1e-4)")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--cls-weight", type=float)
     g.add_argument("--reg-weight", type=float)
     g.add_argument("--mode", choices=TRAIN_MODES, help="full fine-tune or heads only")
-    g.add_argument("--best-metric", choices=tuple(BEST_METRICS))
+    g.add_argument("--best-metric", choices=tuple(BEST_METRICS),
+                   help="validation metric that picks the best epoch (default: the recipe's, "
+                   "else roc_auc)")
     g.add_argument("--val-fraction", type=float)
     g.add_argument(
         "--folds",

@@ -105,12 +105,12 @@ def _train(opts: TrainOptions, ranks) -> int:
     config = TrainConfig(
         epochs=opts.epochs,
         batch_size=opts.batch_size,
-        lr=opts.lr,
+        lr=TrainConfig.lr if opts.lr is None else opts.lr,  # the recipe's, where it sets one
         weight_decay=opts.weight_decay,
         cls_weight=opts.cls_weight,
         reg_weight=opts.reg_weight,
         mode=opts.mode,
-        best_metric=opts.best_metric,
+        best_metric=TrainConfig.best_metric if opts.best_metric is None else opts.best_metric,
         seed=opts.seed,
         device=opts.device,
         sync_bn=opts.sync_bn,
@@ -129,7 +129,8 @@ def training_recipe(opts: TrainOptions) -> Recipe:
         augment = "none"
     chosen = recipe(opts.recipe, augment=augment, bf16=opts.bf16_train,
                     native_tiles=opts.native_tiles, warmup_epochs=opts.warmup_epochs,
-                    balanced=opts.balanced, ema=opts.ema, bn=opts.bn, select=opts.select)
+                    balanced=opts.balanced, ema=opts.ema, bn=opts.bn, select=opts.select,
+                    lr=opts.lr, best_metric=opts.best_metric)
     tiles = chosen.native_tiles
     if tiles is not None and (opts.tile_size not in (None, tiles) or opts.stride is not None):
         raise ValueError(f"native tiles of {tiles} px are cut side by side and are the model's "

@@ -15,6 +15,8 @@ BN_MODES = ("batch", "frozen")
 SELECTIONS = ("best", "smoothed")
 #: Epochs averaged around each epoch by the ``smoothed`` selection rule.
 SMOOTHING_WINDOW = 3
+#: Validation metric that can pick the best epoch -> whether larger is better.
+BEST_METRICS = {"roc_auc": True, "accuracy": True, "f1": True, "mae": False, "loss": False}
 #: Width of the time bins that ``balanced`` sampling evens out, in hours.
 BALANCE_BIN_H = 6.0
 
@@ -41,6 +43,10 @@ class Recipe:
     bn: str = "batch"
     #: ``best``: the best validated epoch; ``smoothed``: the best mean over neighbours.
     select: str = "best"
+    #: The learning rate and the validation metric that picks the epoch, where the recipe
+    #: sets them (None: the training configuration's own, SPEC 6's 1e-4 and ROC AUC).
+    lr: float | None = None
+    best_metric: str | None = None
 
     def __post_init__(self):
         for value, allowed, what in ((self.augment, AUGMENTATIONS, "augment"),
@@ -51,6 +57,11 @@ class Recipe:
             raise ValueError(f"native tiles must be at least 16 pixels, got {self.native_tiles}")
         if not 0 <= self.warmup_epochs or int(self.warmup_epochs) != self.warmup_epochs:
             raise ValueError(f"warm-up must be a whole number of epochs >= 0, got {self.warmup_epochs}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"the learning rate must be positive, got {self.lr}")
+        if self.best_metric not in (None, *BEST_METRICS):
+            raise ValueError(f"best_metric must be one of {tuple(BEST_METRICS)}, got "
+                             f"{self.best_metric!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"the EMA decay must be in [0, 1) (0 turns it off), got {self.ema}")
 

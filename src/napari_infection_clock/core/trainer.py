@@ -33,20 +33,19 @@ from . import distributed
 from .feature_cache import FeatureCache
 from .metrics import classification_metrics, regression_metrics
 from .model import MultitaskResNet
-from .recipes import RESEARCH, SMOOTHING_WINDOW, Recipe
+from .recipes import BEST_METRICS, RESEARCH, SMOOTHING_WINDOW, Recipe
 from .run_state import RunStateError, rng_state, save_run_state, set_rng_state
 from .runtime import cpu_supports_bf16, prediction_dtype
 from .sampling import training_sampler
 
 TRAIN_MODES = ("full", "heads")
-#: Validation metric name -> whether larger is better.
-BEST_METRICS = {"roc_auc": True, "accuracy": True, "f1": True, "mae": False, "loss": False}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """SPEC 6 defaults, except a CPU-friendly batch size; ``recipe`` the rest (core.recipes).
 
+    A recipe that sets a learning rate or a best-epoch metric sets ``lr`` / ``best_metric``.
     ``augment=False`` turns the recipe's augmentation off; ``amp`` allows fp16 autocast on
     CUDA (the recipe's ``bf16`` asks for bf16 instead, on CUDA or a CPU that has it).
     """
@@ -70,6 +69,9 @@ class TrainConfig:
     recipe: Recipe = RESEARCH
 
     def __post_init__(self):
+        for name in ("lr", "best_metric"):
+            if getattr(self.recipe, name) is not None:
+                object.__setattr__(self, name, getattr(self.recipe, name))
         if self.mode not in TRAIN_MODES:
             raise ValueError(f"training mode must be one of {TRAIN_MODES}, got {self.mode!r}")
         if self.best_metric not in BEST_METRICS:

@@ -8,6 +8,7 @@ ever replaced whole, after a validated epoch, so a stop leaves the previous one 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from ..core.retrain import (
     start_model,
     time_policy_of,
 )
-from ..core.recipes import RECIPES
+from ..core.recipes import RECIPES, Recipe
 from ..core.trainer import BEST_METRICS, TrainConfig, TrainingError
 from .devices import device_choices
 from .docking import place_form
@@ -178,6 +179,7 @@ class TrainingWidget(QWidget):
         self.recipe_combo.setToolTip("research: the research pipeline's recipe; clock: the "
                                      "one recommended for wells the model never saw "
                                      "(docs/quality.md)")
+        self.recipe_combo.currentTextChanged.connect(self._recipe_chosen)
         self.augment_check = QCheckBox("as the recipe says")
         self.augment_check.setChecked(True)
         self.val_spin = QDoubleSpinBox(decimals=2, maximum=0.9, singleStep=0.05, value=0.2)
@@ -273,8 +275,21 @@ class TrainingWidget(QWidget):
                            reg_weight=self.reg_spin.value(), mode=self.mode_combo.currentText(),
                            augment=self.augment_check.isChecked(),
                            best_metric=self.best_combo.currentText(),
-                           device=self.device_combo.currentData(),
-                           recipe=RECIPES[self.recipe_combo.currentText()])
+                           device=self.device_combo.currentData(), recipe=self._recipe())
+
+    def _recipe(self) -> Recipe:
+        """The chosen preset; where it sets the learning rate or best-epoch metric, the
+        values in the form (which the preset filled in, and the user may have changed)."""
+        preset = RECIPES[self.recipe_combo.currentText()]
+        form = {"lr": self.lr_spin.value(), "best_metric": self.best_combo.currentText()}
+        return replace(preset, **{k: v for k, v in form.items() if getattr(preset, k) is not None})
+
+    def _recipe_chosen(self, name: str) -> None:
+        preset = RECIPES[name]
+        if preset.lr is not None:
+            self.lr_spin.setValue(preset.lr)
+        if preset.best_metric is not None:
+            self.best_combo.setCurrentText(preset.best_metric)
 
     def start(self) -> bool:
         """Check everything cheap on the GUI thread, then train in a worker."""
