@@ -458,6 +458,10 @@ def test_removing_an_image_removes_its_layers_and_keeps_its_labels(make_napari_v
         _press(viewer, qtbot, key)
     crops = widget.show_crops_layer()
     crops.add_rectangles([np.array([[3, 2, 3], [3, 2, 20], [3, 18, 20], [3, 18, 3]])])
+    crops.selected_data = {0}
+    _press(viewer, qtbot, Qt.Key_U)  # the selected crop takes the key (through the menu's
+    assert list(widget.store.crops.values()) == ["uninfected"]  # proxy of the viewer too)
+    assert widget.store.frames == {0: "uninfected", 3: "infected"}
     predict.checkpoint.value, predict.device.value = checkpoint, "cpu"
     ended = []
     predict.finished.connect(ended.append)

@@ -58,11 +58,17 @@ def sample():
 
 
 def _setup(make_napari_viewer, sample, checkpoint, show=False, **values):
+    """A viewer with the sample; with ``show``, a shown one and the dock opened from the
+    Plugins menu (napari then hands the dock a proxy of the viewer, as a user's has)."""
     viewer = make_napari_viewer(show=show)
     data, meta = sample
     image = viewer.add_image(data, name="well", metadata=dict(meta))
-    widget = PredictionWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    if show:
+        widget = viewer.window.add_plugin_dock_widget("napari-infection-clock",
+                                                      "Predict infection")[1]
+    else:
+        widget = PredictionWidget(viewer)
+        viewer.window.add_dock_widget(widget)
     widget.checkpoint.value = checkpoint
     widget.device.value = "cpu"
     for key, value in values.items():

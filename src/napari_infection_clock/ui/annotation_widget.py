@@ -517,8 +517,10 @@ class AnnotationWidget(QWidget):
                 return
             self._serve(self.session.image)  # the image in view at the moment of the key
             active = viewer.layers.selection.active
-            if (self.crops_layer is not None and active is self.crops_layer
-                    and active.selected_data):
+            # by name: through the Plugins menu the dock holds a proxy of the viewer, and
+            # its crops layer is a proxy object, never the layer napari hands the key
+            if (self.crops_layer is not None and active is not None
+                    and active.name == self.crops_layer.name and active.selected_data):
                 self.label_selected_crops(label)
             else:
                 self.label_current(label)

@@ -5,7 +5,7 @@ way to ask for a tab): with six docks on a 1920 x 1080 screen four of them get t
 each. The form docks (prediction, annotation, training, evaluation, label next) therefore
 join the tab group of the first form already docked there, each with the whole group's
 height; the plot keeps its own place below them, so the curves stay in view while one
-predicts or labels, and the two share the area's height (60 % forms, 40 % plot). The
+predicts or labels, and the two share the area's height half and half. The
 person can still drag a tab out, float it, or move the splitter.
 """
 
@@ -18,7 +18,7 @@ from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
 ROLE = "infection_clock_dock"
 FORM, FIGURE = "form", "figure"
 #: The forms' share of the height of the area they share with the plot.
-FORMS_SHARE = 0.6
+FORMS_SHARE = 0.5
 
 
 def dock_of(widget: QWidget) -> QDockWidget | None:

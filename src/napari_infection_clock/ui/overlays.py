@@ -290,11 +290,14 @@ class PredictionLayers:
             )
 
     def _show_alone(self, shown) -> None:
-        """``shown`` was made visible: hide this image's other continuous overlays."""
+        """``shown`` was made visible: hide this image's other continuous overlays.
+
+        Told apart by name: a dock opened from the Plugins menu has a proxy of the viewer,
+        and each look-up of a layer through it is a new proxy object."""
         if shown.visible:
             for kind in CONTINUOUS:
                 other = self._existing(kind)
-                if other is not None and other is not shown:
+                if other is not None and other.name != shown.name:
                     other.visible = False
 
     def _remove(self, layer) -> None:
