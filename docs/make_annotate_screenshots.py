@@ -3,8 +3,10 @@
     xvfb-run -a python docs/make_annotate_screenshots.py
 
 Synthetic wells are written to a temporary folder, labelled through the annotation dock,
-a small resnet18 is retrained in the training dock (CPU, a minute or two), then evaluated
-and asked what to label next. Images go to docs/images/annotate-*.png (palette PNGs).
+a small resnet18 is retrained in the training dock (CPU, a few minutes), then evaluated
+and asked what to label next. The docks are opened from the Plugins menu (they share one
+tab group), in napari's default dark theme. Images go to docs/images/annotate-*.png
+(palette PNGs).
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def shot(app, viewer, name: str) -> None:
     save_small(grab(window), name)
 
 
+def open_dock(viewer, title: str):
+    """The dock ``title`` as Plugins > Infection Clock opens it."""
+    return viewer.window.add_plugin_dock_widget(PLUGIN, title)[1]
+
+
 def wait(app, done, timeout=900.0) -> None:
     end = time.monotonic() + timeout
     while not done():
@@ -49,11 +56,7 @@ def main() -> None:
 
     from napari_infection_clock.core.annotations import open_annotations
     from napari_infection_clock.core.synthetic import write_research_dataset
-    from napari_infection_clock.ui.annotation_widget import AnnotationWidget
-    from napari_infection_clock.ui.evaluation_widget import EvaluationWidget
-    from napari_infection_clock.ui.label_next_widget import LabelNextWidget
     from napari_infection_clock.ui.state import session_for
-    from napari_infection_clock.ui.training_widget import TrainingWidget
 
     folder = Path(tempfile.mkdtemp(prefix="annotate-shots-"))
     paths = write_research_dataset(folder / "data", n_infected=3, n_mock=3, n_frames=32, size=96,
@@ -77,8 +80,7 @@ def main() -> None:
         session.annotations[store.stack] = store
 
     viewer.open(str(paths[0]), plugin=PLUGIN)
-    annotate = AnnotationWidget(viewer)
-    viewer.window.add_dock_widget(annotate, name="Annotate frames and crops")
+    annotate = open_dock(viewer, "Annotate frames and crops")
     annotate.condition_combo.setCurrentText("infected")
     annotate.onset_spin.setValue(1.0)
     annotate.onset_spin.editingFinished.emit()
@@ -97,13 +99,12 @@ def main() -> None:
     viewer.layers.selection.active = viewer.layers[0]
     shot(app, viewer, "annotate-labels.png")
 
-    train = TrainingWidget(viewer)
-    viewer.window.add_dock_widget(train, name="Retrain on labels", tabify=True)
+    train = open_dock(viewer, "Retrain on labels")
     train.start_combo.setCurrentText("random")
     train.arch_combo.setCurrentText("resnet18")
-    train.size_spin.setValue(64)
+    train.size_spin.setValue(48)
     train.mode_combo.setCurrentText("full")
-    train.epochs_spin.setValue(8)
+    train.epochs_spin.setValue(5)
     train.lr_spin.setValue(1e-3)
     train.device_combo.setCurrentText("cpu")
     train.output_edit.setText(str(folder / "retrained.pt"))
@@ -112,16 +113,14 @@ def main() -> None:
     wait(app, lambda: train.worker is None)
     shot(app, viewer, "annotate-training.png")
 
-    evaluate = EvaluationWidget(viewer)
-    viewer.window.add_dock_widget(evaluate, name="Evaluate the model", tabify=True)
+    evaluate = open_dock(viewer, "Evaluate the model")
     evaluate.source_combo.setCurrentIndex(1)
     evaluate.evaluate()
     wait(app, lambda: evaluate.worker is None)
     evaluate.tabs.setCurrentIndex(3)  # the time scatter
     shot(app, viewer, "annotate-evaluation.png")
 
-    label_next = LabelNextWidget(viewer)
-    viewer.window.add_dock_widget(label_next, name="What to label next", tabify=True)
+    label_next = open_dock(viewer, "What to label next")
     label_next.image_combo.setCurrentText(viewer.layers[0].name)
     label_next.tile_spin.setValue(48)
     label_next.rank()

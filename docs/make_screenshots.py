@@ -2,9 +2,11 @@
 
     xvfb-run -a python docs/make_screenshots.py [--checkpoint MODEL.pt]
 
-Without ``--checkpoint`` a small resnet18 is first trained for a minute on synthetic
-wells (CPU), so the pictures show a model that has learnt something. Images are saved
-under docs/images/ with a 256-colour palette to stay small.
+Without ``--checkpoint`` a small resnet18 is first trained for a few minutes on synthetic
+wells (CPU), so the pictures show a model that has learnt something. The docks are opened
+from the Plugins menu, in napari's default (dark) theme, as a user meets them; the mouse
+rests on a tile so that the readout shows. Images are saved under docs/images/ with a
+256-colour palette to stay small.
 """
 
 from __future__ import annotations
@@ -32,17 +34,17 @@ def demo_checkpoint(folder: Path) -> Path:
     from napari_infection_clock.core.targets import TimePolicy
     from napari_infection_clock.core.trainer import TrainConfig, run_training
 
-    write_research_dataset(folder / "data", n_infected=6, n_mock=6, n_frames=48, size=64, seed=5)
+    write_research_dataset(folder / "data", n_infected=4, n_mock=4, n_frames=32, size=64, seed=5)
     train, val, _ = split_by_group(research_items(folder / "data", FramePolicy()), 0.2, 0.2)
-    prep = Preprocessing(image_size=64)
-    config = ModelConfig(arch="resnet18", hidden_dim=64)
+    prep = Preprocessing(image_size=48)
+    config = ModelConfig(arch="resnet18", hidden_dim=32)
     meta = CheckpointMeta(model=config, preprocessing=prep, time=TimePolicy())
     path = folder / "demo.pt"
     run_training(
         build_model(config),
         ItemDataset(train, prep, augment=True),
         ItemDataset(val, prep),
-        TrainConfig(epochs=8, batch_size=32, lr=1e-3, device="cpu"),
+        TrainConfig(epochs=6, batch_size=32, lr=1e-3, device="cpu"),
         meta,
         checkpoint_path=path,
     )
@@ -75,11 +77,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import napari
+    from qtpy.QtCore import QPoint
+    from qtpy.QtTest import QTest
     from qtpy.QtWidgets import QApplication
 
     from napari_infection_clock.ui.overlays import layer_name
-    from napari_infection_clock.ui.plot_widget import TimeSeriesPlot
-    from napari_infection_clock.ui.prediction_widget import MODE_TILES, PredictionWidget
+    from napari_infection_clock.ui.prediction_widget import MODE_TILES
 
     IMAGES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,10 +90,8 @@ def main() -> None:
         viewer = napari.Viewer(show=True)
         viewer.window._qt_window.resize(1500, 950)
         [image] = viewer.open_sample(PLUGIN, "infected")
-        predict = PredictionWidget(viewer)
-        viewer.window.add_dock_widget(predict, name="Predict infection")
-        plot = TimeSeriesPlot(viewer)
-        viewer.window.add_dock_widget(plot, name="Infection time-series plot", area="right")
+        predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict infection")[1]
+        plot = viewer.window.add_plugin_dock_widget(PLUGIN, "Infection time-series plot")[1]
         predict.checkpoint.value = checkpoint
         predict.mode.value = MODE_TILES
         predict.tile_size.value = 64
@@ -99,24 +100,36 @@ def main() -> None:
 
         done: list[str] = []
         predict.finished.connect(done.append)
-        predict.run()
+        predict.run_button.native.click()
         while not done:
             QApplication.processEvents()
             time.sleep(0.01)
         print(done[0])
 
-        duration = viewer.layers[layer_name(image.name, "duration")]
-        probability = viewer.layers[layer_name(image.name, "probability")]
         viewer.layers.selection.active = image
-        duration.visible = False
+        close_toasts(viewer)
+        settle()
+        # the mouse on the tile in the second row and column: the readout says its values
+        canvas = viewer.window._qt_viewer.canvas
+        x, y = (canvas.view.transform * canvas.view.scene.transform).map([96, 96])[:2]
+        QTest.mouseMove(canvas.native, QPoint(round(x), round(y)))
         settle()
         save_small(viewer.screenshot(canvas_only=False, flash=False), "prediction.png")
-        duration.visible, probability.visible = True, False
+        predict.swap_button.native.click()  # the duration overlay instead
         settle()
+        assert viewer.layers[layer_name(image.name, "duration")].visible
         save_small(viewer.screenshot(canvas_only=True, flash=False), "duration.png")
         save_small(grab(plot), "plot.png")
-        save_small(grab(predict.native), "prediction-widget.png")
+        save_small(grab(predict.native.widget()), "prediction-widget.png")  # the whole form
         viewer.close()
+
+
+def close_toasts(viewer) -> None:
+    """Close napari's notification toasts, which would cover the canvas."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
 
 
 def settle(seconds: float = 0.5) -> None:
