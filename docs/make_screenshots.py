@@ -25,6 +25,8 @@ PLUGIN = "napari-infection-clock"
 
 def demo_checkpoint(folder: Path) -> Path:
     """Train a small model on synthetic wells; return its checkpoint."""
+    import torch
+
     from napari_infection_clock.core.checkpoint import CheckpointMeta
     from napari_infection_clock.core.dataset import ItemDataset
     from napari_infection_clock.core.items import FramePolicy, research_items, split_by_group
@@ -34,6 +36,7 @@ def demo_checkpoint(folder: Path) -> Path:
     from napari_infection_clock.core.targets import TimePolicy
     from napari_infection_clock.core.trainer import TrainConfig, run_training
 
+    torch.manual_seed(0)  # the same demo model on every run
     write_research_dataset(folder / "data", n_infected=4, n_mock=4, n_frames=32, size=64, seed=5)
     train, val, _ = split_by_group(research_items(folder / "data", FramePolicy()), 0.2, 0.2)
     prep = Preprocessing(image_size=48)
@@ -116,6 +119,7 @@ def main() -> None:
         settle()
         save_small(viewer.screenshot(canvas_only=False, flash=False), "prediction.png")
         predict.swap_button.native.click()  # the duration overlay instead
+        viewer.reset_view()  # the whole image in the canvas alone
         settle()
         assert viewer.layers[layer_name(image.name, "duration")].visible
         save_small(viewer.screenshot(canvas_only=True, flash=False), "duration.png")

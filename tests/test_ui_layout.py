@@ -4,7 +4,7 @@ napari's window (issue 9, item 5)."""
 from __future__ import annotations
 
 from npe2 import PluginManager
-from qtpy.QtWidgets import QApplication, QDockWidget
+from qtpy.QtWidgets import QApplication, QDockWidget, QScrollArea
 
 from napari_infection_clock.core.synthetic import sample_pair
 
@@ -48,6 +48,10 @@ def test_all_docks_fit_a_full_hd_screen_and_a_long_error_does_not_widen_it(
         dock.raise_()
         QApplication.processEvents()
         assert dock.height() >= 300, (dock.windowTitle(), dock.height())
+        for area in dock.findChildren(QScrollArea):  # no form cut off at the right
+            if area.isVisible() and area.widget() is not None:
+                needed = area.widget().minimumSizeHint().width()
+                assert area.viewport().width() >= needed, (dock.windowTitle(), needed)
     assert plot.canvas.height() >= 160
 
     # a text file given as checkpoint: a long message must not widen anything

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg, NavigationToolb
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from napari.utils.theme import get_theme
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from .teardown import on_dock_closed
@@ -142,6 +142,26 @@ class DockedFigure(QWidget):
         self._viewer_events.theme.disconnect(self._on_theme)
 
 
+class _FitWidth(QObject):
+    def __init__(self, area: QScrollArea):
+        super().__init__(area)
+        self._area = area
+        area.widget().installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:
+        if event.type() in (QEvent.Type.LayoutRequest, QEvent.Type.Show):
+            area = self._area
+            area.setMinimumWidth(obj.minimumSizeHint().width() + 2 * area.frameWidth()
+                                 + area.verticalScrollBar().sizeHint().width())
+        return False
+
+
+def fit_width(area: QScrollArea) -> None:
+    """Keep the vertical-only scroll ``area`` as wide as its content needs, whenever that
+    changes: else the dock could be made narrower than its form, cut off at the right."""
+    _FitWidth(area)
+
+
 def scrolling_layout(dock: QWidget) -> QVBoxLayout:
     """The layout to fill ``dock`` with, inside a vertical scroll area.
 
@@ -156,5 +176,6 @@ def scrolling_layout(dock: QWidget) -> QVBoxLayout:
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     inner = QWidget()
     area.setWidget(inner)
+    fit_width(area)
     outer.addWidget(area)
     return QVBoxLayout(inner)

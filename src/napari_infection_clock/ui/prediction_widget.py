@@ -43,6 +43,7 @@ from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSE
 from ..core.tiles import TileSpec
 from .devices import device_choices
 from .docking import place_form
+from .figures import fit_width
 from .layer_roles import FROM_FILE, START_OFFSET_H, is_output, time_setting
 from .messages import fit_messages, short, show
 from .overlays import (
@@ -214,6 +215,7 @@ class PredictionWidget(Container):
         )
         fit_messages(self.status.native)
         place_form(self.native)
+        fit_width(self.native)  # never narrower than the form
 
         self.image.changed.connect(self._on_image_changed)
         self.frame_interval_h.changed.connect(self._show_time_source)
