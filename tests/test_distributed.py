@@ -116,7 +116,6 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run
     # global batch, the same clipping and loss averaging): what is left is float32
     # rounding, which AdamW's nearly sign(gradient) steps amplify over the 6 steps; a
     # 1-process run with 2 threads instead of 1 moves by as much (0.005 over 12 steps).
-    # The 22 training items are a multiple of 2: no item is padded in (docs/cluster.md).
     # Measured here: 0.0097. With BatchNorm statistics per process: 1.4; with the CPU
     # sync BatchNorm's backward in float32 (before it ran in float64): 0.067.
     assert _moved_apart(out2, out1) < 0.03
@@ -127,6 +126,19 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run
     # Only rank 0 wrote into the output folder, and nothing half-written is left.
     assert sorted(p.name for p in out2.iterdir()) == [
         "history.csv", "model.pt", "run_state.pt", "splits.csv"]
+
+
+def test_the_samplers_padding_is_not_trained(tmp_path):
+    """29 training items on 2 processes: the sampler pads one in (each rank gets 15); it must
+    not count twice in the last step, in its loss or its BatchNorm statistics."""
+    data = tmp_path / "odd"
+    assert main(["sample", str(data), "--n-infected", "3", "--n-mock", "2", "--frames", "11",
+                 "--size", "32", "--seed", "3"]) == 0
+    log = _run(_torchrun(2, "train", data, "--out", tmp_path / "two", *TRAIN))
+    assert "training on 29 items" in log
+    _here("train", data, "--out", tmp_path / "one", *TRAIN)
+    # Measured here: 0.0004; 0.31 with the padded item trained (as before it was left out).
+    assert _moved_apart(tmp_path / "two", tmp_path / "one") < 0.03
 
 
 def _free_port() -> int:

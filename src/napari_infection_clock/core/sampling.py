@@ -8,6 +8,7 @@ batch holds the same items under torchrun as in one process.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -65,3 +66,32 @@ def training_sampler(dataset, labels, times, balanced: bool, num_replicas: int, 
                                           seed)
     return DistributedSampler(dataset, num_replicas, rank, shuffle=True, seed=seed,
                               drop_last=False)
+
+
+@dataclass(frozen=True)
+class StepShare:
+    """This process's part of one training step."""
+
+    real: torch.Tensor  # per item of the rank's batch: False for the sampler's padding
+    items: int  # real items this process trains on
+    weight: float  # its mean loss times this: DDP's average of the ranks' gradients is then
+    # the mean over the step's real items, as one process computes it
+
+
+def step_share(loader, batch: int, batch_len: int) -> StepShare:
+    """The real items of step ``batch`` (1-based) of a loader over :func:`training_sampler`.
+
+    Both samplers pad the global order to a multiple of the processes with its first items
+    and give rank r the positions r, r + W, ...; those at or past the set's length are
+    padding. Trained as items, they would count twice in the last step (and in its
+    BatchNorm statistics), which one process never does.
+    """
+    sampler, length = loader.sampler, len(loader.dataset)
+    world, rank = getattr(sampler, "num_replicas", 1), getattr(sampler, "rank", 0)
+    first = (batch - 1) * loader.batch_size
+    real = rank + world * torch.arange(first, first + batch_len) < length
+    step_items = min(loader.batch_size * world, length - first * world)
+    items = int(real.sum())
+    # A rank whose last batch is only padding still steps (DDP needs every rank's
+    # gradients): it keeps the item, with no weight.
+    return StepShare(real, items, items * world / step_items)

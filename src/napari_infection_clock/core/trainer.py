@@ -36,7 +36,7 @@ from .model import MultitaskResNet
 from .recipes import BEST_METRICS, RESEARCH, SMOOTHING_WINDOW, Recipe
 from .run_state import RunStateError, rng_state, save_run_state, set_rng_state
 from .runtime import cpu_supports_bf16, prediction_dtype
-from .sampling import training_sampler
+from .sampling import step_share, training_sampler
 
 TRAIN_MODES = ("full", "heads")
 
@@ -286,6 +286,9 @@ def train_one_epoch(forward, params, criterion: MultitaskLoss, optimizer, scaler
     for batch, (x, y, t) in enumerate(loader, start=1):
         if should_stop is not None and should_stop():
             return batch
+        share = step_share(loader, batch, len(y))
+        if share.real.any() and not share.real.all():  # the sampler's padding stays out
+            x, y, t = x[share.real], y[share.real], t[share.real]
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         t = t.to(device, non_blocking=True)
@@ -293,7 +296,7 @@ def train_one_epoch(forward, params, criterion: MultitaskLoss, optimizer, scaler
             logits, t_pred = forward(x)
         loss, cls_loss, reg_loss = criterion(logits, t_pred, y, t)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(loss * share.weight if share.weight != 1 else loss).backward()
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(params, config.grad_clip)
         scaler.step(optimizer)
@@ -301,8 +304,8 @@ def train_one_epoch(forward, params, criterion: MultitaskLoss, optimizer, scaler
         if after_step is not None:
             after_step()
         losses = loss.item(), cls_loss.item(), reg_loss.item()
-        sums += len(y) * np.array(losses)
-        seen += len(y)
+        sums += share.items * np.array(losses)
+        seen += share.items
         yield TrainProgress("batch", epoch, config.epochs, batch, clock.batches,
                             loss=losses[0], cls_loss=losses[1], reg_loss=losses[2],
                             elapsed_s=clock.elapsed(), eta_s=clock.eta(epoch, batch),
