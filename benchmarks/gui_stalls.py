@@ -10,14 +10,16 @@ the way a person does it, with the dock's button, in a shown viewer with all doc
 
 Usage (a display is needed; the numbers depend on the machine, compare ratios)::
 
-    xvfb-run -a python benchmarks/gui_stalls.py [--frames 48] [--size 64]
+    xvfb-run -a python benchmarks/gui_stalls.py [--frames 48] [--size 64] [--where 100]
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,9 @@ def _parse():
     parser.add_argument("--size", type=int, default=64, help="frame side (px)")
     parser.add_argument("--tile", type=int, default=16, help="tile side of the tiled run (px)")
     parser.add_argument("--idle-s", type=float, default=3.0, help="idle baseline length (s)")
+    parser.add_argument("--where", type=float, default=0.0, metavar="MS",
+                        help="also time the GUI thread's paints, draws and slots and print, per "
+                        "activity, what the stalls longer than MS were spent in")
     parser.add_argument("--only", nargs="+", choices=ACTIVITIES, default=list(ACTIVITIES),
                         help="activities to run (training runs anyway when later ones need it)")
     return parser.parse_args()
@@ -71,6 +76,137 @@ class StallMeter:
         return np.diff(self.ticks) * 1000.0
 
 
+class SlotTimer:
+    """Where the long stalls went: the GUI thread's time in the functions that paint, draw,
+    make layers or handle a run's updates, timed by wrapping them (no sampling thread: a
+    thread that holds another's frames can free that thread's Qt objects, e.g. a painter)."""
+
+    #: (label, module, class or None, function): wrapped before the docks are made.
+    SUSPECTS = (
+        ("vispy canvas paint", "vispy.app.backends._qt", "CanvasBackendDesktop", "paintGL"),
+        ("matplotlib draw", "matplotlib.backends.backend_agg", "FigureCanvasAgg", "draw"),
+        ("matplotlib constrained layout", "matplotlib.layout_engine",
+         "ConstrainedLayoutEngine", "execute"),
+        ("napari add_image", "napari.components.viewer_model", "ViewerModel", "add_image"),
+        ("napari add_labels", "napari.components.viewer_model", "ViewerModel", "add_labels"),
+        ("napari add_shapes", "napari.components.viewer_model", "ViewerModel", "add_shapes"),
+        ("napari progress", "napari.utils.progress", "progress", "update"),
+        ("napari progress", "napari.utils.progress", "progress", "set_description"),
+        ("run hand-over (rest)", "napari_infection_clock.ui.workers", "Run", "_drain"),
+        ("prediction: model ready", "napari_infection_clock.ui.prediction_widget",
+         "PredictionWidget", "_on_model_ready"),
+        ("prediction: batch (rest)", "napari_infection_clock.ui.prediction_widget",
+         "PredictionWidget", "_on_batch"),
+        ("prediction: publish", "napari_infection_clock.ui.prediction_widget",
+         "PredictionWidget", "_publish"),
+        ("prediction: end (rest)", "napari_infection_clock.ui.prediction_widget",
+         "PredictionWidget", "_on_end"),
+        ("prediction: status line", "napari_infection_clock.ui.prediction_widget",
+         "PredictionWidget", "_say"),
+        ("overlays: make a layer", "napari_infection_clock.ui.overlays", "PredictionLayers",
+         "make_next"),
+        ("overlays: values", "napari_infection_clock.ui.overlays", "PredictionLayers",
+         "add_frames"),
+        ("overlays: tiles Shapes", "napari_infection_clock.ui.overlays", "PredictionLayers",
+         "_add_rectangles"),
+        ("overlays: clocks", "napari_infection_clock.ui.overlays", "PredictionLayers",
+         "set_clocks"),
+        ("readout", "napari_infection_clock.ui.readout", "Readout", "update"),
+        ("plot: redraw artists", "napari_infection_clock.ui.plot_widget", "TimeSeriesPlot",
+         "redraw"),
+        ("plot: marker", "napari_infection_clock.ui.plot_widget", "TimeSeriesPlot",
+         "_move_marker"),
+        ("training: batch (rest)", "napari_infection_clock.ui.training_widget",
+         "TrainingWidget", "_on_batch"),
+        ("training: end (rest)", "napari_infection_clock.ui.training_widget",
+         "TrainingWidget", "_on_end"),
+        ("evaluation: show (rest)", "napari_infection_clock.ui.evaluation_widget",
+         "EvaluationWidget", "show"),
+        ("ranking: batch", "napari_infection_clock.ui.label_next_widget",
+         "LabelNextWidget", "_on_batch"),
+        ("session model changed", "napari_infection_clock.ui.state", "Session", "set_model"),
+    )
+
+    def __init__(self, longer_than_ms: float):
+        import gc
+        import importlib
+
+        self.threshold = longer_than_ms / 1000.0
+        self.gui = threading.get_ident()
+        self.spans: list[tuple[float, float, str]] = []  # start, end, label; self time only
+        self._open: list[list] = []  # [label, start, time in wrapped callees]
+        for label, module, owner, name in self.SUSPECTS:
+            try:
+                target = getattr(importlib.import_module(module), owner)
+                setattr(target, name, self._wrap(getattr(target, name), label))
+            except (ImportError, AttributeError) as err:
+                print(f"    (not timed: {label}: {err})")
+        gc.callbacks.append(self._gc)
+
+    def _wrap(self, function, label):
+        import functools
+
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            if threading.get_ident() != self.gui:
+                return function(*args, **kwargs)
+            self._enter(label)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._leave()
+
+        return timed
+
+    def _enter(self, label: str) -> None:
+        self._open.append([label, time.perf_counter(), 0.0])
+
+    def _leave(self) -> None:
+        label, start, inner = self._open.pop()
+        end = time.perf_counter()
+        if self._open:
+            self._open[-1][2] += end - start
+        self.spans.append((start, end, label, end - start - inner))
+
+    def _gc(self, phase, info) -> None:
+        if threading.get_ident() == self.gui:
+            if phase == "start":
+                self._enter(f"garbage collection (gen {info['generation']})")
+            elif self._open and self._open[-1][0].startswith("garbage"):
+                self._leave()
+
+    def report(self, ticks: list[float]) -> None:
+        """Print per cause its self time in the stalls longer than the threshold (all of
+        them, and each of the three longest); the rest is Qt and napari outside these."""
+        gaps = [(a, b) for a, b in zip(ticks, ticks[1:]) if b - a > self.threshold]
+        spans, self.spans = self.spans, []
+        if not gaps:
+            return
+
+        def causes(a, b) -> Counter:
+            spent = Counter()
+            for start, end, label, own in spans:
+                if end > a and start < b:  # its self time, cut to the stall
+                    spent[label] += own * min(1.0, (min(end, b) - max(start, a)) / (end - start))
+            spent["other (Qt, napari, the GIL)"] = max(0.0, (b - a) - sum(spent.values()))
+            return spent
+
+        def show(spent: Counter, indent: str) -> None:
+            for label, seconds in spent.most_common(10):
+                if seconds >= 0.001:
+                    print(f"{indent}{seconds * 1000:6.0f} ms  {label}")
+
+        total = Counter()
+        for a, b in gaps:
+            total.update(causes(a, b))
+        print(f"    {len(gaps)} stalls > {self.threshold * 1000:.0f} ms, "
+              f"{sum((b - a) for a, b in gaps) * 1000:.0f} ms in all; time per cause:")
+        show(total, "      ")
+        for a, b in sorted(gaps, key=lambda g: g[0] - g[1])[:3]:
+            print(f"    the {(b - a) * 1000:.0f} ms stall:")
+            show(causes(a, b), "        ")
+
+
 def main() -> None:
     args = _parse()
     import napari
@@ -78,6 +214,7 @@ def main() -> None:
 
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
+    timer = SlotTimer(args.where) if args.where else None  # wraps the docks' methods first
     docks = {}
     for name in ("Predict infection", "Infection time-series plot", "Annotate frames and crops",
                  "Retrain on labels", "Evaluate the model", "What to label next"):
@@ -131,7 +268,10 @@ def main() -> None:
 
     def record(name, gaps):
         rows.append((name, gaps))
-        print(f"  {name}: max {gaps.max():.0f} ms", flush=True)
+        print(f"  {name}: max {gaps.max():.0f} ms, p99 {np.percentile(gaps, 99):.0f} ms",
+              flush=True)
+        if timer is not None:
+            timer.report(meter.ticks)
 
     def idle():
         end = time.monotonic() + args.idle_s
