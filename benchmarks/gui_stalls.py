@@ -16,6 +16,7 @@ Usage (a display is needed; the numbers depend on the machine, compare ratios)::
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import tempfile
 import threading
 import time
@@ -37,7 +38,8 @@ def _parse():
     parser.add_argument("--idle-s", type=float, default=3.0, help="idle baseline length (s)")
     parser.add_argument("--where", type=float, default=0.0, metavar="MS",
                         help="also time the GUI thread's paints, draws and slots and print, per "
-                        "activity, what the stalls longer than MS were spent in")
+                        "activity, what the stalls longer than MS were spent in (and dump "
+                        "every thread's stack in stalls longer than 3 x MS)")
     parser.add_argument("--only", nargs="+", choices=ACTIVITIES, default=list(ACTIVITIES),
                         help="activities to run (training runs anyway when later ones need it)")
     return parser.parse_args()
@@ -46,13 +48,19 @@ def _parse():
 class StallMeter:
     """Ticks of a 20 ms QTimer; the gaps between them are the GUI thread's stalls."""
 
-    def __init__(self):
+    def __init__(self, dump_after_s: float = 0.0, dump_file=None):
         from qtpy.QtCore import QTimer
 
         self.ticks: list[float] = []
         self.timer = QTimer()
         self.timer.setInterval(TICK_MS)
-        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+        self.timer.timeout.connect(self._tick)
+        self.dump_after_s, self.dump_file = dump_after_s, dump_file
+
+    def _tick(self) -> None:
+        self.ticks.append(time.perf_counter())
+        if self.dump_after_s:  # every thread's stack if the next tick is this late
+            faulthandler.dump_traceback_later(self.dump_after_s, file=self.dump_file)
 
     def measure(self, app, start, done, timeout_s: float = 900.0) -> np.ndarray:
         """Start the timer, call ``start()``, spin the event loop until ``done()``."""
@@ -70,6 +78,8 @@ class StallMeter:
         loop.exec()
         poll.stop()
         self.timer.stop()
+        if self.dump_after_s:
+            faulthandler.cancel_dump_traceback_later()
         self.ticks.append(time.perf_counter())
         if not done():
             raise TimeoutError("the activity did not end in time")
@@ -85,6 +95,8 @@ class SlotTimer:
     SUSPECTS = (
         ("vispy canvas paint", "vispy.app.backends._qt", "CanvasBackendDesktop", "paintGL"),
         ("matplotlib draw", "matplotlib.backends.backend_agg", "FigureCanvasAgg", "draw"),
+        ("matplotlib canvas resized", "matplotlib.backends.backend_qt", "FigureCanvasQT",
+         "resizeEvent"),
         ("matplotlib constrained layout", "matplotlib.layout_engine",
          "ConstrainedLayoutEngine", "execute"),
         ("napari add_image", "napari.components.viewer_model", "ViewerModel", "add_image"),
@@ -263,7 +275,11 @@ def main() -> None:
     train.output_edit.setText(str(work / "trained.pt"))
     rank.image_combo.setCurrentText(well.name)
 
-    meter = StallMeter()
+    dumps = None
+    if args.where:  # stalls far longer than MS: every thread's stack, taken without the GIL
+        dumps = open(work / "stall_stacks.txt", "w")  # noqa: SIM115  open for the whole run
+        print(f"  stacks of every thread in stalls > {3 * args.where:.0f} ms: {dumps.name}")
+    meter = StallMeter(3 * args.where / 1000.0, dumps)
     rows = []
 
     def record(name, gaps):

@@ -137,6 +137,9 @@ class EvaluationWidget(QWidget):
             self.figures[name] = (docked.figure, docked.canvas)
             self.tabs.addTab(docked, name)
         layout.addWidget(self.tabs)
+        #: Canvases whose figure changed while their tab was hidden: drawn when shown.
+        self._undrawn: set = set()
+        self.tabs.currentChanged.connect(self._draw_shown)
 
     def items(self) -> list:
         if self.source_combo.currentIndex() == 0:
@@ -201,11 +204,21 @@ class EvaluationWidget(QWidget):
                                     ax=fig.add_subplot())
             else:
                 per_bin_figure(evaluation.per_bin, fig=fig)
-            canvas.draw_idle()
+            self._undrawn.add(canvas)
+        self._draw_shown()
         auc = self.metrics["overall"]["classification"].get("roc_auc", np.nan)
         mae = self.metrics["overall"]["regression"].get("mae", np.nan)
         self.status.setText(f"{len(table)} items · ROC AUC {auc:.3f} · MAE {mae:.2f} h")
         self.export_button.setEnabled(True)
+
+    def _draw_shown(self, *_) -> None:
+        """Draw the figure on the tab in view, if it changed since its last draw: a full
+        draw of a new figure holds the GUI thread for a few hundred ms on a slow machine,
+        so the hidden ones wait until their tab is chosen."""
+        canvas = getattr(self.tabs.currentWidget(), "canvas", None)
+        if canvas in self._undrawn:
+            self._undrawn.discard(canvas)
+            canvas.draw_idle()
 
     def export(self, folder=None):
         """metrics.json, per_bin.csv and the five figures as PNG (written atomically)."""

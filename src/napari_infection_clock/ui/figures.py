@@ -8,6 +8,11 @@ napari's current theme (background, text, axes, legends) and follows a theme cha
 docks draw as usual and the canvas recolours what they drew just before each draw, so no
 drawing code needs to know the theme. Exported PNGs are light (:func:`save_light`): what
 a paper or a slide takes, whichever theme the viewer has.
+
+Constrained layout costs about as much as the draw itself, so a docked figure lays itself
+out again only when what the layout depends on changed (:class:`LayoutOnDemand`): a draw
+that only moves data, as a run's updates do a few times per second, keeps the axes where
+they are.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from contextlib import contextmanager
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg, NavigationToolbar2QT
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from napari.utils.theme import get_theme
 from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
@@ -112,6 +118,36 @@ def save_light(figure: Figure, path, **kwargs) -> None:
         figure.savefig(path, **kwargs)
 
 
+class LayoutOnDemand(ConstrainedLayoutEngine):
+    """Constrained layout, run only when the figure's size, axes, titles, axis labels,
+    legend entries or the width of the y tick labels (in steps of two characters: the
+    axis label follows its tick labels anyway) changed since the last one."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._laid_out_for = None
+
+    def execute(self, fig):
+        key = _layout_key(fig)
+        if key != self._laid_out_for:
+            self._laid_out_for = key
+            super().execute(fig)
+
+
+def _layout_key(fig: Figure) -> tuple:
+    """What the figure's constrained layout depends on (not the data the axes show)."""
+    suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    key = [tuple(fig.bbox.size), suptitle, len(fig.legends)]
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        axis = ax.yaxis
+        ticks = axis.get_major_formatter().format_ticks(axis.get_major_locator()())
+        key.append((id(ax), ax.get_title(), ax.get_xlabel(), ax.get_ylabel(),
+                    len(legend.get_texts()) if legend is not None else 0,
+                    (max(map(len, ticks), default=0) + 1) // 2))
+    return tuple(key)
+
+
 class DockedFigure(QWidget):
     """A figure with its canvas and toolbar, in ``viewer``'s theme; docks add their own
     controls above it. It stops following the theme when ``dock`` (default: itself), the
@@ -120,7 +156,7 @@ class DockedFigure(QWidget):
     def __init__(self, viewer, figsize=(4.5, 3.5), min_height: int = 220, parent=None,
                  dock: QWidget | None = None):
         super().__init__(parent)
-        self.figure = Figure(figsize=figsize, layout="constrained")
+        self.figure = Figure(figsize=figsize, layout=LayoutOnDemand())
         self.canvas = ThemedCanvas(self.figure, viewer.theme)
         self.canvas.setMinimumSize(240, min_height)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)

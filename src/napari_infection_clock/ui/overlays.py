@@ -155,7 +155,8 @@ class PredictionLayers:
     once the clocks are fitted).
 
     The layers are made one per :meth:`make_next` call (the dock makes one per update
-    tick), so that making them never holds the GUI thread for long. The continuous ones
+    tick), and a new layer's colorbar is shown by the next call, so that making them never
+    holds the GUI thread for long. The continuous ones
     (probability, duration, onset) carry colorbars and are shown one at a time: showing
     one hides the others, whose colours would mix. The class layer names its classes on
     hover.
@@ -179,6 +180,7 @@ class PredictionLayers:
         cell_translate = (t_translate, ty + grid.translate[0] * iy, tx + grid.translate[1] * ix)
         self._placed = {"scale": cell_scale, "translate": cell_translate}
         self.probability = self.duration = self.classes = self.tiles = None
+        self._colorbars: list[Image] = []  # new continuous layers whose colorbar is off yet
         #: Whether :meth:`set_clocks` has given the table and the onset map their clocks.
         self.clocks_in = False
         self.onset = self._existing("onset")
@@ -190,11 +192,17 @@ class PredictionLayers:
         return self.tiles is not None
 
     def make_next(self) -> bool:
-        """Make (or reset) the next missing layer; True once all four are there."""
+        """Make (or reset) the next missing layer, or show the colorbar of the one made last
+        (its first paint renders the tick labels: a step of its own); True once all four
+        layers are there."""
         placed, raster = self._placed, self._raster
         if self.ready:
             return True
-        if self.probability is None:
+        if self._colorbars:
+            layer = self._colorbars.pop(0)
+            layer.colorbar.visible = True
+            layer.colorbar.tick_length = 3
+        elif self.probability is None:
             self.probability = self._image(
                 "probability",
                 np.full(raster, np.nan, np.float32),
@@ -224,13 +232,12 @@ class PredictionLayers:
                 layer.metadata[OUTPUT_OF] = self.image.name
         return self.ready
 
-
     # -- layer creation / reuse ------------------------------------------------------
     def _existing(self, kind: str):
         name = layer_name(self.image.name, kind)
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
-    def _image(self, kind, data, **kwargs):
+    def _image(self, kind, data, colorbar_later=True, **kwargs):
         layer = self._existing(kind)
         if not isinstance(layer, Image):
             self._remove(layer)
@@ -238,8 +245,11 @@ class PredictionLayers:
                 layer = self.viewer.add_image(data, name=layer_name(self.image.name, kind),
                                               metadata=output_metadata(self.image.name),
                                               **kwargs)
-            layer.colorbar.visible = True
-            layer.colorbar.tick_length = 3
+            if colorbar_later:
+                self._colorbars.append(layer)
+            else:
+                layer.colorbar.visible = True
+                layer.colorbar.tick_length = 3
             layer.events.visible.connect(lambda event, shown=layer: self._show_alone(shown))
             return layer
         layer.data = data
@@ -377,7 +387,8 @@ class PredictionLayers:
             limits = (limits[0], limits[0] + 1.0)
         placed = {"scale": self.probability.scale[1:], "translate": self.probability.translate[1:]}
         self.onset = self._image("onset", onset, colormap="magma", contrast_limits=limits,
-                                 opacity=0.7, blending="translucent", visible=False, **placed)
+                                 opacity=0.7, blending="translucent", visible=False,
+                                 colorbar_later=False, **placed)
         self.onset.metadata[OUTPUT_OF] = self.image.name
         self.onset.colorbar.visible = True
         self.clocks_in = True

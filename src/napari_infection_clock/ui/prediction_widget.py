@@ -30,6 +30,7 @@ from napari.layers import Image, Shapes
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
+from qtpy.QtCore import QTimer
 
 from ..core.channels import channel_mismatch
 from ..core.checkpoint import CheckpointError, load_checkpoint
@@ -142,6 +143,7 @@ class PredictionWidget(Container):
         self._done = 0
         self._failed = False
         self._message = ""
+        self._ending = None  # the steps left of a run's end (see _on_end)
 
         # the user's images and rectangles only, never the plugin's own output layers
         self.image = ComboBox(label="image", choices=self._input_images)
@@ -319,6 +321,7 @@ class PredictionWidget(Container):
         self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
         if self.readout is not None:
             self.readout.close()
+        self._ending = None
         self.cancel()
 
     def _on_layer_removed(self, event) -> None:
@@ -559,21 +562,41 @@ class PredictionWidget(Container):
         self.session.set_results(job.image.name, layers.table, run)
 
     def _on_end(self, stopped: bool) -> None:
-        """Everything the run yielded is in: show the rest, then say how it ended."""
+        """Everything the run yielded is in: show the rest a step per event (a new layer,
+        the clocks, the plot's update: each can hold the GUI thread for a while on a slow
+        machine, and the viewer repaints and takes input between them), then say how it
+        ended. The run counts as running until then."""
+        self._ending = self._end_steps(stopped)
+        self._next_end_step()
+
+    def _next_end_step(self) -> None:
+        if self._ending is None:
+            return
         if self._orphaned():  # its image was removed: nothing to show
             self.layers, self._waiting, self._clocks = None, [], None
+        if next(self._ending, None) is None:
+            self._ending = None
+        else:
+            QTimer.singleShot(0, self._next_end_step)
+
+    def _end_steps(self, stopped: bool):
+        """The end of a run, as a generator that yields (True) between steps."""
         while self.layers is not None and not self.layers.ready:
             self.layers.make_next()  # a run shorter than the layers take to make
+            yield True
         if self._waiting:
             self._show_waiting()
+            yield True
         if self._clocks is not None and self.layers is not None:
             clocks, self._clocks = self._clocks, None
             self.layers.set_clocks(clocks.regions, clocks.clamp, clocks.calibration,
                                    clocks.novelty)
             if self.readout is not None:
                 self.readout.update()  # the fitted onset under the cursor
+            yield True
         if self.layers is not None and not self._failed:
             self._publish()
+            yield True
         elif self.layers is not None:
             self.layers.flush()
         if self._progress is not None:
