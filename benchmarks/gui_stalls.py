@@ -192,6 +192,9 @@ class SlotTimer:
         them, and each of the three longest); the rest is Qt and napari outside these."""
         gaps = [(a, b) for a, b in zip(ticks, ticks[1:]) if b - a > self.threshold]
         spans, self.spans = self.spans, []
+        calls = Counter(label for start, _, label, _ in spans if start >= ticks[0])
+        print("    calls: " + ", ".join(f"{label} {calls[label]}" for label in (
+            "vispy canvas paint", "matplotlib draw", "matplotlib constrained layout")))
         if not gaps:
             return
 

@@ -502,12 +502,15 @@ class PredictionWidget(Container):
                       details=batch.failed.details)
 
     def _show_waiting(self) -> None:
+        """Paint the frames finished since the last tick. The progress bars go first: they
+        repaint the window at once (napari's even runs the event loop), and a canvas whose
+        layers changed would be painted there and again after this tick."""
         frames, self._waiting = self._waiting, []
-        self.layers.add_frames([f.table for f in frames])
         self._done = frames[-1].done
         self.progress_bar.value = self._done
         self._progress.update(self._done - self._progress.n)
         self._say(f"predicting: {self._done} of {len(self._job.frames)} frames done")
+        self.layers.add_frames([f.table for f in frames])
 
     def _on_model_ready(self, model: SessionModel) -> None:
         """The model is loaded: only now are the output layers made (or reset), so a file
