@@ -164,7 +164,12 @@ def make_data(root: Path, args) -> tuple[Path, Path]:
     from napari_infection_clock.core.synthetic import write_research_dataset
 
     train, test = root / "train", root / "shifted"
+    wanted = {k: getattr(args, k) for k in ("small", "size", "frames", "data_seed")}
     if (root / "done").is_file():
+        made = json.loads((root / "done").read_text())
+        if made != wanted:
+            raise SystemExit(f"{root} holds wells made with {made}, not {wanted}: "
+                             "give another --data folder")
         return train, test
     n_train, n_test = (2, 1) if args.small else (4, 2)
     write_research_dataset(train, n_infected=n_train, n_mock=n_train, n_frames=args.frames,
@@ -173,8 +178,7 @@ def make_data(root: Path, args) -> tuple[Path, Path]:
     write_research_dataset(test, n_infected=n_test, n_mock=n_test, n_frames=test_frames,
                            size=args.size, seed=args.data_seed + 1000,
                            frame_interval_h=SHIFT_INTERVAL_H, onset_h=SHIFT_ONSET_H, **SHIFT)
-    (root / "done").write_text(json.dumps({k: getattr(args, k) for k in
-                                           ("small", "size", "frames", "data_seed")}))
+    (root / "done").write_text(json.dumps(wanted))
     return train, test
 
 

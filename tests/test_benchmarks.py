@@ -84,3 +84,17 @@ def test_quality_table_has_one_row_per_result_baseline_first(tmp_path):
     assert [c[:4] for c in cells] == [["baseline", "4 (3)", "1", "0.950"],
                                       ["--ema 0.999", "4* (3)", "0", "0.970"]]
     assert cells[0][5] == "4.25 / 4.25" and cells[1][9] == "0.050 / n/a"
+
+
+def test_quality_refuses_wells_made_with_other_settings(tmp_path):
+    """--data reuses wells only when they were made with the same settings: a result row
+    must never describe wells other than the ones it was measured on."""
+    import json
+    script = Path(__file__).parents[1] / "benchmarks" / "quality.py"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "done").write_text(json.dumps({"small": False, "size": 128, "frames": 96, "data_seed": 0}))
+    cmd = [sys.executable, str(script), "--small", "--data", str(data), "--out", str(tmp_path / "run")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0
+    assert "holds wells made with" in out.stderr and "give another --data folder" in out.stderr, out.stderr
