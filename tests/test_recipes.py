@@ -15,7 +15,11 @@ from napari_infection_clock.core.model import ModelConfig, build_model
 from napari_infection_clock.core.preprocess import Preprocessing, training_augmentation
 from napari_infection_clock.core.recipes import CLOCK, RECIPES, RESEARCH, Recipe, describe_recorded
 from napari_infection_clock.core.runtime import cpu_supports_bf16
-from napari_infection_clock.core.sampling import DistributedWeightedSampler, balanced_weights
+from napari_infection_clock.core.sampling import (
+    DistributedWeightedSampler,
+    balanced_weights,
+    training_sampler,
+)
 from napari_infection_clock.core.synthetic import write_research_dataset
 from napari_infection_clock.core.targets import TimePolicy
 from napari_infection_clock.core.trainer import (
@@ -96,6 +100,33 @@ def test_balanced_sampling_evens_class_and_time_and_splits_over_ranks():
         part.set_epoch(7)
         halves.append(list(part))
     assert [i for pair in zip(*halves) for i in pair] == whole
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+@pytest.mark.parametrize("items", [1, 2, 3, 4])
+def test_every_rank_gets_a_full_share_of_a_tiny_set(items, balanced):
+    """Fewer items than processes: each rank still gets len(sampler) items (else DDP hangs).
+
+    Rank r holds positions r, r + W, ... of one padded global order whose first ``items``
+    positions are the one-process draw (``step_share`` counts the rest as padding).
+    """
+    labels, times = np.arange(items) % 2, np.zeros(items)
+
+    def sampler(world, rank):
+        made = training_sampler(range(items), labels, times, balanced, world, rank, seed=3)
+        made.set_epoch(2)
+        return made
+
+    draw = list(sampler(1, 0))
+    for world in range(1, 7):
+        parts = []
+        for rank in range(world):
+            part = sampler(world, rank)
+            parts.append(list(part))
+            assert len(parts[-1]) == len(part), (items, world, rank)
+        order = [parts[p % world][p // world] for p in range(len(parts[0]) * world)]
+        assert order[:items] == draw
+        assert order == [draw[p % items] for p in range(len(order))]
 
 
 def test_smoothed_selection_is_not_fooled_by_one_lucky_epoch():

@@ -52,9 +52,11 @@ class DistributedWeightedSampler(Sampler[int]):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         drawn = torch.multinomial(self.weights, len(self.weights), replacement=True,
                                   generator=generator).tolist()
-        # Padded as DistributedSampler pads, so every rank gets as many and the draws are
-        # the same for any number of processes.
-        drawn += drawn[: self.num_samples * self.num_replicas - len(drawn)]
+        # Padded as DistributedSampler pads (the draw repeated as often as needed, also for
+        # fewer items than processes), so every rank gets as many and the draws are the
+        # same for any number of processes.
+        total = self.num_samples * self.num_replicas
+        drawn = (drawn * math.ceil(total / len(drawn)))[:total]
         return iter(drawn[self.rank::self.num_replicas])
 
 
