@@ -649,3 +649,40 @@ def test_crops_without_information_stay_empty_in_overlays_readout_and_plot(
     row = plot.summary.set_index("frame").loc[5]
     assert row.mean_p_infected == pytest.approx(five.p_infected.mean())
     assert row.fraction_infected == pytest.approx((five.pred_class == 1).mean())
+
+
+def _type(qtbot, box, text: str) -> None:
+    """Type into a spin box of the dock as a person does: select its text, type, Enter."""
+    edit = box.native.lineEdit()
+    edit.selectAll()
+    qtbot.keyClicks(edit, text)
+    qtbot.keyClick(edit, Qt.Key.Key_Return)
+
+
+def test_settings_typed_for_an_image_stay_when_the_view_moves_off_it_and_back(
+        make_napari_viewer, qtbot):
+    """A click on another layer (to adjust its contrast, say) and back must not reset the
+    frame interval, onset and frame range typed for the image: they label every output."""
+    viewer = make_napari_viewer(show=True)
+    wells = sample_pair(n_frames=6, size=64, seed=3)
+    infected = viewer.add_image(wells["infected"][0], name="infected")
+    mock = viewer.add_image(wells["mock"][0], name="mock")
+    widget = viewer.window.add_plugin_dock_widget("napari-infection-clock", "Predict infection")[1]
+    click_layer(viewer, infected)
+    assert widget.image.value is infected
+    _type(qtbot, widget.frame_interval_h, "0.25")
+    _type(qtbot, widget.onset_h, "3")
+    _type(qtbot, widget.first, "2")
+    assert (widget.frame_interval_h.value, widget.onset_h.value, widget.first.value) == (
+        0.25, 3.0, 2)
+    assert widget.time_source.value == "set here"
+
+    click_layer(viewer, mock)
+    assert widget.image.value is mock
+    assert widget.first.value == 0 and widget.last.value == 5  # the mock well's own
+    assert widget.time_source.value != "set here"
+    click_layer(viewer, infected)
+    assert widget.image.value is infected
+    assert (widget.frame_interval_h.value, widget.onset_h.value) == (0.25, 3.0)
+    assert (widget.first.value, widget.last.value) == (2, 5)
+    assert widget.time_source.value == "set here"

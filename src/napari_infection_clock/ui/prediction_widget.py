@@ -144,6 +144,8 @@ class PredictionWidget(Container):
         self._failed = False
         self._message = ""
         self._ending = None  # the steps left of a run's end (see _on_end)
+        self._shown_image = None  # the image the settings below are for
+        self._typed: dict = {}  # image -> the settings the user left on it
 
         # the user's images and rectangles only, never the plugin's own output layers
         self.image = ComboBox(label="image", choices=self._input_images)
@@ -246,13 +248,36 @@ class PredictionWidget(Container):
 
     # -- reacting to inputs ----------------------------------------------------------------
     def _on_image_changed(self, *_):
+        """Show the settings for the chosen image: the ones the user left on it (the view
+        moved off it and back), else its frames and its time setting."""
+        self._keep_typed()
         layer = self.image.value
         if layer is None or layer.ndim < 3:
             return
+        self._shown_image = layer
         n = int(layer.data.shape[0]) if not layer.multiscale else int(layer.data[0].shape[0])
         self.first.max = self.last.max = n - 1
         self.first.value, self.last.value = 0, n - 1
         self._fill_time()
+        typed = self._typed.pop(layer, None)
+        if typed is not None:
+            first, last, interval, onset = typed
+            self.first.value, self.last.value = first, last
+            if interval is not None:
+                self.frame_interval_h.value, self.onset_h.value = interval, onset
+
+    def _keep_typed(self) -> None:
+        """Remember the frame range and any frame interval and onset set here for the image
+        shown until now, so that clicking another layer and back does not reset them."""
+        image, time = self._shown_image, getattr(self, "_time", None)
+        if image is None or time is None or image not in self.image.choices:
+            return
+        edited = self.time_source.value == "set here"
+        self._typed[image] = (
+            self.first.value, self.last.value,
+            self.frame_interval_h.value if edited else None,
+            self.onset_h.value if edited else None,
+        )
 
     def _follow_view(self, image) -> None:
         """The image the user now looks at (the session's image in view) becomes the
@@ -327,6 +352,9 @@ class PredictionWidget(Container):
     def _on_layer_removed(self, event) -> None:
         """The image of the run (or of the readout) was removed: stop the run and make no
         more layers for it (the session removes the ones there are)."""
+        self._typed.pop(event.value, None)
+        if event.value is self._shown_image:
+            self._shown_image = None
         if self.readout is not None and event.value is self.readout.layers.image:
             self.readout.close()
             self.readout = None
