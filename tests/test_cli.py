@@ -422,6 +422,28 @@ def test_train_refuses_to_replace_its_start_checkpoint_before_training(data, tmp
     assert start.read_bytes() == before
 
 
+def test_a_no_augment_run_state_from_before_recipes_resumes_with_the_same_command(
+        data, tmp_path, capsys):
+    """States saved before recipes say ``augment False`` and no recipe; today's
+    ``--no-augment`` is the research recipe with ``augment none``: the same run."""
+    from napari_infection_clock.core.run_state import load_run_state, save_run_state
+
+    out = tmp_path / "run"
+    args = ["train", str(data), "--out", str(out), "--arch", "resnet18", "--init", "random",
+            "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--hidden-dim", "16",
+            "--device", "cpu", "--no-augment", "--resume"]
+    assert main(args) == 0
+    state = load_run_state(out / "run_state.pt")
+    state["config"].pop("recipe")
+    state["config"]["augment"] = False
+    save_run_state(out / "run_state.pt", state)
+    capsys.readouterr()
+    code = main(args)
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    assert "resuming after epoch 1" in printed
+
+
 @pytest.mark.parametrize("command", ["train", "evaluate"])
 def test_header_only_label_table_names_the_file(trained, tmp_path, capsys, command):
     """Issue 11: a label CSV with a header and no rows said "No objects to concatenate"."""

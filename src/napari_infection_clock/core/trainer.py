@@ -87,7 +87,12 @@ class TrainConfig:
     @property
     def applied_recipe(self) -> Recipe:
         """The recipe as this configuration applies it (what the checkpoint records)."""
-        return replace(self.recipe, augment=self.augmentation)
+        return applied_recipe(self.recipe, self.augment, self.mode)
+
+
+def applied_recipe(recipe: Recipe, augment: bool, mode: str) -> Recipe:
+    """``recipe`` as a configuration with these ``augment`` and ``mode`` applies it."""
+    return replace(recipe, augment=recipe.augment if augment else "none")
 
 
 @dataclass
@@ -543,8 +548,7 @@ class _Heads(nn.Module):
 
 #: Settings that must match for a run state to be continued (the device may change).
 _RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "eta_min", "cls_weight",
-                "reg_weight", "grad_clip", "mode", "augment", "best_metric", "seed", "sync_bn",
-                "recipe")
+                "reg_weight", "grad_clip", "mode", "best_metric", "seed", "sync_bn", "recipe")
 
 
 def _run_state(state: RunState, config, model, optimizer, scheduler, scaler, rngs, ema) -> dict:
@@ -570,8 +574,14 @@ def _run_state(state: RunState, config, model, optimizer, scheduler, scaler, rng
 def _resume(saved: dict, config: TrainConfig, ranks, model, optimizer, scheduler,
             scaler, ema) -> RunState:
     """Load a saved run state into the model, optimizer, scheduler, scaler, EMA and RNGs."""
-    now = asdict(config)
-    was = {"recipe": asdict(RESEARCH), **saved["config"]}  # states saved before recipes
+    # The applied recipe (augment folded in): a state saved before recipes has only the
+    # augment flag, and today's --no-augment is the research recipe with augment none.
+    now = {**asdict(config), "recipe": config.applied_recipe.to_dict()}
+    saved_config = saved["config"]
+    was_recipe = applied_recipe(Recipe.from_dict(saved_config.get("recipe")) or RESEARCH,
+                                saved_config.get("augment", True),
+                                saved_config.get("mode", "full"))
+    was = {**saved_config, "recipe": was_recipe.to_dict()}
     differ = [k for k in _RESUME_KEYS if was.get(k) != now[k]]
     if differ:
         raise RunStateError(
