@@ -23,10 +23,10 @@ from napari_infection_clock.core.sampling import (
 from napari_infection_clock.core.synthetic import write_research_dataset
 from napari_infection_clock.core.targets import TimePolicy
 from napari_infection_clock.core.trainer import (
+    RunState,
     TrainConfig,
     lr_schedule,
     run_training,
-    select_epoch,
     training_autocast,
 )
 
@@ -129,16 +129,29 @@ def test_every_rank_gets_a_full_share_of_a_tiny_set(items, balanced):
         assert order == [draw[p % items] for p in range(len(order))]
 
 
+def _select(history, config):
+    """The trainer's choice: each epoch's record through ``RunState.consider``, then
+    ``settle`` at the end, with a model whose weight is the epoch."""
+    state, model = RunState(), torch.nn.Linear(1, 1, bias=False)
+    for record in history:
+        model.weight.data.fill_(record["epoch"])
+        state.consider(record, model, config)
+        model.weight.data.fill_(-1.0)  # what the next epoch's training would change
+    state.settle(model, config)
+    return state.best_epoch, float(state.best_state["weight"])
+
+
 def test_smoothed_selection_is_not_fooled_by_one_lucky_epoch():
     aucs = [0.60, 0.99, 0.60, 0.85, 0.90, 0.92, 0.90, 0.70]
     history = [{"epoch": e, "train_loss": 1.0, "val_loss": 1.0, "val_roc_auc": a}
                for e, a in enumerate(aucs, start=1)]
-    assert select_epoch(history, "roc_auc", window=1) == 2
-    assert select_epoch(history, "roc_auc", window=3) == 6
-    # Losses are minimised; the last epoch is scored on the window that exists.
+    smoothed = replace(RESEARCH, select="smoothed")
+    assert _select(history, TrainConfig()) == (2, 2.0)
+    assert _select(history, TrainConfig(recipe=smoothed)) == (6, 6.0)
+    # Losses are minimised; the last epoch is scored on the window that exists (at settle).
     losses = [{"epoch": e, "train_loss": 1.0, "val_loss": v}
               for e, v in enumerate([3.0, 2.0, 1.5, 1.0, 0.5], start=1)]
-    assert select_epoch(losses, "loss", window=3) == 5
+    assert _select(losses, TrainConfig(best_metric="loss", recipe=smoothed)) == (5, 5.0)
 
 
 def test_microscopy_augmentation_changes_intensities_within_bounds():

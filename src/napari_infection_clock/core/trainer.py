@@ -234,16 +234,6 @@ def selection_value(history: list[dict], epoch: int, metric: str, window: int = 
     return (sign * value, -loss), key
 
 
-def select_epoch(history: list[dict], metric: str, window: int = 1) -> int | None:
-    """The epoch the trainer keeps for ``history``: the first with the best score."""
-    best, chosen = None, None
-    for record in history:
-        value, _ = selection_value(history, record["epoch"], metric, window)
-        if np.isfinite(value[0]) and (best is None or value > best):
-            best, chosen = value, record["epoch"]
-    return chosen
-
-
 class MultitaskLoss(nn.Module):
     """SPEC 6 loss: weighted cross-entropy on the class plus smooth L1 on the time."""
 
