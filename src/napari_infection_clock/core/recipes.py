@@ -1,9 +1,9 @@
 """Training recipes: the named presets of the training options, defined here once.
 
-``research`` is the research pipeline's recipe (SPEC 5-6) exactly; ``clock`` is the
-combination recommended for wells the model never saw (docs/quality.md says what the
-ablation measured). A recipe is plain data, so a checkpoint records the one that trained
-it and still loads with ``weights_only=True``.
+``research`` is the research pipeline's recipe (SPEC 5-6) exactly; ``clock`` is
+experimental: options meant for wells the model never saw, not yet shown better than
+``research`` (docs/quality.md says what the ablation measured). A recipe is plain data,
+so a checkpoint records the one that trained it and still loads with ``weights_only=True``.
 """
 
 from __future__ import annotations

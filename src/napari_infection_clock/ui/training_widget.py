@@ -176,9 +176,9 @@ class TrainingWidget(QWidget):
             self.recipe_combo.addItem(name)
             self.recipe_combo.setItemData(self.recipe_combo.count() - 1, preset.summary(),
                                           Qt.ToolTipRole)
-        self.recipe_combo.setToolTip("research: the research pipeline's recipe; clock: the "
-                                     "one recommended for wells the model never saw "
-                                     "(docs/quality.md)")
+        self.recipe_combo.setToolTip("research: the research pipeline's recipe; clock: "
+                                     "experimental, options meant for wells the model "
+                                     "never saw, not yet shown better (docs/quality.md)")
         self.recipe_combo.currentTextChanged.connect(self._recipe_chosen)
         self.augment_check = QCheckBox("as the recipe says")
         self.augment_check.setChecked(True)
