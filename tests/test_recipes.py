@@ -230,6 +230,20 @@ def test_ema_is_validated_and_saved_and_frozen_bn_keeps_its_statistics(split, tm
     assert Recipe.from_dict(payload["meta"]["recipe"]) == replace(raw_recipe, ema=0.99)
 
 
+def test_heads_only_records_the_recipe_that_ran(split, tmp_path):
+    """Heads-only training runs the heads in fp32 on cached, un-augmented features: the
+    checkpoint says so, not the bf16 and augmentation it was asked for."""
+    train, val = split
+    config = ModelConfig(arch="resnet18", hidden_dim=16)
+    meta = CheckpointMeta(model=config, preprocessing=PREP, time=TimePolicy())
+    cfg = TrainConfig(epochs=1, batch_size=4, device="cpu", mode="heads",
+                      recipe=replace(CLOCK, bf16=True))
+    run_training(build_model(config, init="random"), ItemDataset(train, PREP),
+                 ItemDataset(val, PREP), cfg, meta, checkpoint_path=tmp_path / "m.pt")
+    _, saved = load_checkpoint(tmp_path / "m.pt")
+    assert saved.recipe == replace(CLOCK, bf16=False, augment="none").to_dict()
+
+
 def test_checkpoint_without_a_recipe_loads_as_unknown(tmp_path):
     config = ModelConfig(arch="resnet18", hidden_dim=16)
     meta = CheckpointMeta(model=config, preprocessing=PREP)

@@ -91,7 +91,13 @@ class TrainConfig:
 
 
 def applied_recipe(recipe: Recipe, augment: bool, mode: str) -> Recipe:
-    """``recipe`` as a configuration with these ``augment`` and ``mode`` applies it."""
+    """``recipe`` as a configuration with these ``augment`` and ``mode`` applies it.
+
+    Heads-only training runs the heads in fp32 on cached, un-augmented features: neither
+    bf16 nor the augmentation runs, and the checkpoint must not say they did.
+    """
+    if mode == "heads":
+        return replace(recipe, augment="none", bf16=False)
     return replace(recipe, augment=recipe.augment if augment else "none")
 
 
