@@ -9,6 +9,7 @@ from ..core.atomic import check_writable, write_atomic
 from ..core.calibration import finish_table
 from ..core.checkpoint import load_checkpoint
 from ..core.evaluation import predict_items
+from ..core.information import MIN_SIDE, describe_missing
 from ..core.predictor import Predictor
 from ..core.report import save_report
 from ..core.channels import channel_mismatch
@@ -51,4 +52,7 @@ def evaluate(opts: EvaluateOptions) -> int:
     paths = save_report(table, opts.out, bin_hours=opts.bin_hours)
     print(f"wrote the report to {opts.out}: " + ", ".join(sorted(p.name for p in paths.values())))
     print_headline(paths["metrics.json"])
+    missing = describe_missing(table)
+    if missing:
+        print(f"{missing}: left out of the metrics (constant or under {MIN_SIDE} px a side)")
     return 0

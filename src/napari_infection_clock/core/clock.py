@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .information import lacks_information
 from .targets import DEFAULT_CLAMP
 
 #: The per-frame time of the region's clock (metrics evaluate it next to the raw one).
@@ -168,6 +169,6 @@ def apply_clocks(table: pd.DataFrame, regions: pd.DataFrame, clamp=DEFAULT_CLAMP
     out[CONSISTENT_COLUMN] = consistent_time(
         out["hours"], merged["infected"].eq(True).to_numpy(), out["onset_h"].to_numpy(),
         merged["start_h"].to_numpy(np.float64), clamp)
-    if "no_information" in out:  # a frame that showed nothing gets no time (core.information)
-        out.loc[out["no_information"].to_numpy(bool), CONSISTENT_COLUMN] = np.nan
+    # A frame that showed nothing gets no time (core.information).
+    out.loc[lacks_information(out), CONSISTENT_COLUMN] = np.nan
     return out

@@ -11,6 +11,7 @@ import pandas as pd
 from .calibration import DEFAULT_LEVEL, fit_calibration
 from .clock import with_clock
 from .dataset import ItemDataset
+from .information import has_information, lacks_information
 from .novelty import crop_statistics, fit_novelty, novelty_columns
 from .predictor import Predictor
 from .results import result_rows
@@ -24,7 +25,8 @@ def predict_items(
     """Predict labelled items frame by frame; rows carry the truth (``true_class``,
     ``true_time_h``) so the table feeds :func:`.metrics.evaluate_table` directly. ``stack`` is
     the item's path, as in the label table: same-named files in two folders are two wells.
-    Each row's novelty (:mod:`.novelty`) comes from the crop the model saw."""
+    Each row's novelty (:mod:`.novelty`) comes from the crop the model saw; a crop without
+    information (:mod:`.information`) is marked, not answered, as in prediction."""
     by_frame: dict[tuple[str, int | None, int], list[int]] = {}
     for i, item in enumerate(items):
         by_frame.setdefault((item.stack, item.channel, item.frame), []).append(i)
@@ -42,12 +44,24 @@ def predict_items(
         table = result_rows(
             str(stack_path), frame, first.hours, boxes, boxes[:, :2] // sizes, p, t,
             frame_shape=(h, w), channel=first.channel, channel_name=first.channel_desc,
+            informative=_informative(crops),
         )
         table["true_class"] = [items[i].label for i in members]
         table["true_time_h"] = [items[i].time_target for i in members]
         table["novelty"], table["out_of_distribution"] = novelty_columns(
             np.stack([crop_statistics(c) for c in crops]), novelty)
         yield table
+
+
+def _informative(crops: list[np.ndarray]) -> np.ndarray:
+    """:func:`.information.has_information` of crops that may differ in shape (edge tiles)."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, c in enumerate(crops):
+        by_shape.setdefault(c.shape, []).append(i)
+    out = np.zeros(len(crops), bool)
+    for members in by_shape.values():
+        out[members] = has_information(np.stack([crops[i] for i in members]))
+    return out
 
 
 def calibrate(predictor: Predictor, items, reference=(), level: float = DEFAULT_LEVEL,
@@ -60,6 +74,7 @@ def calibrate(predictor: Predictor, items, reference=(), level: float = DEFAULT_
         return {}
     if table is None:
         table = pd.concat(predict_items(predictor, items), ignore_index=True)
+    table = table[~lacks_information(table)]  # nothing to calibrate on (NaN answers)
     out = fit_calibration(with_clock(table, clamp=predictor.meta.time.clamp), level)
     if reference:
         picks = np.unique(np.linspace(0, len(reference) - 1, min(len(reference), max_reference))

@@ -33,19 +33,26 @@ def has_information(crops: np.ndarray) -> np.ndarray:
     n = len(crops)
     if n == 0 or min(crops.shape[1:3]) < MIN_SIDE:
         return np.zeros(n, bool)
-    flat = crops.reshape(n, -1)
-    if np.issubdtype(flat.dtype, np.floating):
-        finite = np.isfinite(flat)
-        lo = np.where(finite, flat, np.inf).min(axis=1)
-        hi = np.where(finite, flat, -np.inf).max(axis=1)
-    else:
-        lo, hi = flat.min(axis=1), flat.max(axis=1)
-    return hi > lo
+    if not np.issubdtype(crops.dtype, np.floating):
+        flat = crops.reshape(n, -1)
+        return flat.max(axis=1) > flat.min(axis=1)
+    # Crop by crop, so the only temporaries are one crop's size (float batches are large).
+    out = np.zeros(n, bool)
+    for i, c in enumerate(crops):
+        finite = c[np.isfinite(c)]
+        out[i] = finite.size > 0 and finite.max() > finite.min()
+    return out
+
+
+def lacks_information(table) -> np.ndarray:
+    """Per row of a result table: marked ``no_information``. Rows from tables written
+    before the column existed (NaN after a merge) had information."""
+    if "no_information" not in table:
+        return np.zeros(len(table), bool)
+    return table["no_information"].fillna(False).to_numpy(bool)
 
 
 def describe_missing(table) -> str:
     """"3 of 16 items had no information", or "" when every item had some."""
-    if "no_information" not in table:
-        return ""
-    missing = int(table["no_information"].astype(bool).sum())
+    missing = int(lacks_information(table).sum())
     return f"{missing} of {len(table)} items had no information" if missing else ""

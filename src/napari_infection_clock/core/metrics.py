@@ -17,6 +17,7 @@ from scipy import stats
 
 from .calibration import expected_calibration_error
 from .clock import CONSISTENT_COLUMN
+from .information import lacks_information
 from .results import TRUTH_COLUMNS
 from .targets import CLASS_NAMES, INFECTED, UNINFECTED
 
@@ -185,8 +186,12 @@ def evaluate_table(df: pd.DataFrame, *, bin_hours: float = 6.0, threshold: float
     ``consistent`` block, the same regression metrics of the consistent times, next to
     every ``regression`` block; a table with calibrated intervals (:mod:`.calibration`)
     gets their empirical ``coverage`` in each block, and ``calibration`` holds the ECE and
-    reliability curve of the raw (and temperature-scaled) probabilities."""
+    reliability curve of the raw (and temperature-scaled) probabilities. Items without
+    information (:mod:`.information`) have no answer to score: they are left out, and
+    ``n_no_information`` counts them."""
     _check_table(df)
+    missing = lacks_information(df)
+    df = df[~missing]
     cls, _ = _row_metrics(df, threshold)
     cls["roc_curve"] = roc_curve_points(df["true_class"], df["p_infected"])
     true_class = pd.to_numeric(df["true_class"], errors="coerce").to_numpy()
@@ -212,6 +217,7 @@ def evaluate_table(df: pd.DataFrame, *, bin_hours: float = 6.0, threshold: float
         "overall": overall,
         "per_class": per_class,
         "per_bin": per_bin,
+        "n_no_information": int(missing.sum()),
     }
 
 

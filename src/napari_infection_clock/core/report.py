@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .atomic import write_atomic, write_text_atomic
+from .information import lacks_information
 from .metrics import (
     PER_BIN_COLUMNS,
     evaluate_table,
@@ -178,6 +179,7 @@ def save_report(df: pd.DataFrame, out_dir, *, bin_hours: float = 6.0,
     five figures into ``out_dir``; returns {name: path}. ``training`` (how the model was
     chosen, e.g. its best epoch and what picked it) is kept in metrics.json."""
     metrics = evaluate_table(df, bin_hours=bin_hours, threshold=threshold)
+    df = df[~lacks_information(df)]  # left out of the metrics, so of the figures too
     if training:
         metrics["training"] = training
     bins = pd.DataFrame(metrics["per_bin"], columns=list(PER_BIN_COLUMNS))

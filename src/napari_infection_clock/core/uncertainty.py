@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from .information import has_information
 from .stack import TimelapseStack
 from .tiles import TileSpec, crop, tile_boxes
 
@@ -48,25 +49,28 @@ def score_crops(predictor, crops: list[np.ndarray], method: str = "entropy",
 
     ``predictor`` is a :class:`.predictor.Predictor`. With ``mc_dropout`` the score is the
     standard deviation of p over ``passes`` dropout passes plus the entropy of their mean
-    (a tie-breaker for models without dropout, whose spread is zero).
+    (a tie-breaker for models without dropout, whose spread is zero). A crop without
+    information (:mod:`.information`: blank, saturated, tiny) teaches nothing, however
+    unsure the model is about it: its score is -inf, so it ranks last.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "entropy":
-        p, _ = predictor.predict_many(crops)
-        p = np.asarray(p, dtype=np.float64)
-        std = np.zeros_like(p)
-        ent = binary_entropy(p)
-        return {"p_infected": p, "p_std": std, "entropy": ent, "score": ent}
-    if passes < 2:
+    if method == "mc_dropout" and passes < 2:
         raise ValueError(f"MC dropout needs at least 2 passes, got {passes}")
-    # The network that runs (a folded bf16 copy on fast paths), not the caller's model.
-    with dropout_active(predictor.network):
-        runs = np.stack([np.asarray(predictor.predict_many(crops)[0], dtype=np.float64)
-                         for _ in range(passes)])
-    p, std = runs.mean(0), runs.std(0)
+    if method == "entropy":
+        p = np.asarray(predictor.predict_many(crops)[0], dtype=np.float64)
+        std = np.zeros_like(p)
+    else:
+        # The network that runs (a folded bf16 copy on fast paths), not the caller's model.
+        with dropout_active(predictor.network):
+            runs = np.stack([np.asarray(predictor.predict_many(crops)[0], dtype=np.float64)
+                             for _ in range(passes)])
+        p, std = runs.mean(0), runs.std(0)
     ent = binary_entropy(p)
-    return {"p_infected": p, "p_std": std, "entropy": ent, "score": std + 1e-3 * ent}
+    score = ent if method == "entropy" else std + 1e-3 * ent
+    informative = np.array([has_information(c[None])[0] for c in crops], bool)
+    return {"p_infected": p, "p_std": std, "entropy": ent,
+            "score": np.where(informative, score, -np.inf)}
 
 
 def iter_stack_uncertainty(

@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 from ..core.atomic import OutputNotWritable
 from ..core.calibration import finish_table
 from ..core.evaluation import predict_items
+from ..core.information import lacks_information
 from ..core.items import label_table_items
 from ..core.metrics import evaluate_table, per_bin_table
 from ..core.predictor import Predictor
@@ -75,7 +76,7 @@ def _evaluate(stop: Stop, model, meta, items, bin_hours: float):
         return
     table = finish_table(pd.concat(tables, ignore_index=True), meta)
     yield Result(Evaluation(table, evaluate_table(table, bin_hours=bin_hours),
-                            per_bin_table(table, bin_hours)))
+                            per_bin_table(table[~lacks_information(table)], bin_hours)))
 
 
 def metric_rows(metrics: dict) -> list[tuple[str, str]]:
@@ -85,6 +86,8 @@ def metric_rows(metrics: dict) -> list[tuple[str, str]]:
     for key in ("n", "accuracy", "precision", "recall", "f1", "roc_auc"):
         if key in cls:
             rows.append((key, cls[key]))
+    if metrics.get("n_no_information"):  # core.information: left out of every metric
+        rows.append(("no information (left out)", metrics["n_no_information"]))
     scopes = [("all", metrics["overall"])] + list(metrics["per_class"].items())
     for block, prefix in (("regression", ""), ("consistent", "consistent ")):
         for scope, blocks in scopes:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..core.calibration import INTERVAL_COLUMNS, interval_text
 from ..core.clock import CLOCK_COLUMNS, RegionClock, fit_region
+from ..core.information import lacks_information
 from ..core.targets import INFECTED
 
 SUMMARY_COLUMNS = ("frame", "hours", "mean_p_infected", "fraction_infected", "median_duration_h")
@@ -26,8 +27,7 @@ def frame_summary(table: pd.DataFrame) -> pd.DataFrame:
     time output means infection duration only for those); NaN where none is. Items
     without information (core.information) are left out, and frames with nothing else.
     """
-    if "no_information" in table:
-        table = table[~table["no_information"].to_numpy(bool)]
+    table = table[~lacks_information(table)]
     if table.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
     infected = table["pred_class"].to_numpy() == INFECTED
@@ -72,7 +72,7 @@ def item_series(table: pd.DataFrame, item: tuple[int, int]) -> pd.DataFrame:
             series[column] = rows[column].to_numpy(float)
     for flag in ("no_information", "out_of_distribution"):
         if flag in rows.columns:
-            series[flag] = rows[flag].to_numpy(bool)
+            series[flag] = rows[flag].fillna(False).to_numpy(bool)  # NaN: written before it
     return series
 
 
