@@ -77,6 +77,8 @@ def grab(widget) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", type=Path, help="model to predict with")
+    parser.add_argument("--tile-size", type=int, default=64,
+                        help="tile side in pixels (the scale the model was trained at)")
     args = parser.parse_args()
 
     import napari
@@ -97,7 +99,7 @@ def main() -> None:
         plot = viewer.window.add_plugin_dock_widget(PLUGIN, "Infection time-series plot")[1]
         predict.checkpoint.value = checkpoint
         predict.mode.value = MODE_TILES
-        predict.tile_size.value = 64
+        predict.tile_size.value = args.tile_size
         predict.device.value = "cpu"
         viewer.dims.set_point(0, 30)
 
@@ -114,7 +116,7 @@ def main() -> None:
         settle()
         # the mouse on the tile in the second row and column: the readout says its values
         canvas = viewer.window._qt_viewer.canvas
-        x, y = (canvas.view.transform * canvas.view.scene.transform).map([96, 96])[:2]
+        x, y = (canvas.view.transform * canvas.view.scene.transform).map([args.tile_size * 3 // 2] * 2)[:2]
         QTest.mouseMove(canvas.native, QPoint(round(x), round(y)))
         settle()
         save_small(viewer.screenshot(canvas_only=False, flash=False), "prediction.png")
