@@ -686,3 +686,25 @@ def test_settings_typed_for_an_image_stay_when_the_view_moves_off_it_and_back(
     assert (widget.frame_interval_h.value, widget.onset_h.value) == (0.25, 3.0)
     assert (widget.first.value, widget.last.value) == (2, 5)
     assert widget.time_source.value == "set here"
+
+
+def test_a_native_tile_model_is_not_run_on_whole_frames(make_napari_viewer, qtbot, sample,
+                                                         tmp_path):
+    """A checkpoint trained on native 16 px tiles (its meta's recipe says so, as
+    ``train --native-tiles 16`` writes it) would shrink whole frames to 16 px and answer
+    with confidence: the dock refuses, switches to its tiles and says so."""
+    config = ModelConfig("resnet18", hidden_dim=16)
+    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(16),
+                          time=TimePolicy(frame_interval_h=0.5, onset_h=2.0, clamp=(0.0, 24.0)),
+                          recipe={"name": "research", "native_tiles": 16})
+    native = save_checkpoint(tmp_path / "native.pt", build_model(config, init="random"), meta)
+    viewer, image, widget = _setup(make_napari_viewer, sample, native)
+    assert widget.mode.value == MODE_WHOLE
+    qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)
+    message = _run_started(qtbot, widget)
+    assert "16 px tiles" in message and "Predict again" in message, message
+    assert (widget.mode.value, widget.tile_size.value, widget.stride.value) == (
+        MODE_TILES, 16, 0)
+    assert [layer.name for layer in viewer.layers] == ["well"]  # no whole-frame outputs
+    assert _run(qtbot, widget).startswith("done")
+    assert len(viewer.layers[layer_name("well", "tiles")].data) == 8 * 16

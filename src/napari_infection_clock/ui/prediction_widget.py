@@ -516,7 +516,7 @@ class PredictionWidget(Container):
                 self._on_model_ready(item)
             elif isinstance(item, Clocks):
                 self._clocks = item
-            else:
+            elif self.layers is not None:  # none: the run was refused (_refuse_whole_frames)
                 self._waiting.append(item)
         if self.layers is not None and not self.layers.ready:
             self.layers.make_next()  # one new layer per tick; frames wait for all four
@@ -547,6 +547,8 @@ class PredictionWidget(Container):
         if model is not self.session.model:
             self.session.set_model(model)
         self.model_info.value = model.description
+        if self._refuse_whole_frames(model, job):
+            return
         interval, onset = job.times_for(model.meta)
         self._job = job = replace(job, frame_interval_h=interval, onset_h=onset)
         self.layers = PredictionLayers(
@@ -561,6 +563,20 @@ class PredictionWidget(Container):
         mismatch = channel_mismatch(model.meta.stacks, self._job.stack.channel_desc)
         if mismatch:
             show_warning(f"{self._job.image.name}: {mismatch}")
+
+    def _refuse_whole_frames(self, model: SessionModel, job: Job) -> bool:
+        """A model trained on native tiles would see whole frames shrunk to its tile size
+        and answer with confidence: stop before any layer is made, switch the dock to its
+        tiles and say so."""
+        tiles = (model.meta.recipe or {}).get("native_tiles")
+        if not tiles or job.tiles.tile_size is not None or job.boxes is not None:
+            return False
+        self.mode.value, self.tile_size.value, self.stride.value = MODE_TILES, int(tiles), 0
+        self._failed = True
+        self.worker.stop()
+        self._say(f"the model was trained on {tiles} px tiles, not whole frames: the mode is "
+                  f"now a {tiles} px tile grid; click Predict again")
+        return True
 
     def swap_overlay(self) -> None:
         """Show the next continuous overlay (probability, duration, onset map): one at a time,
