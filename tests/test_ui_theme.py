@@ -4,7 +4,7 @@ dark theme kept matplotlib's white face and black text)."""
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.colors import to_hex
+from matplotlib.colors import to_hex, to_rgb
 from matplotlib.text import Text
 from napari.utils.theme import get_theme
 from qtpy.QtWidgets import QApplication
@@ -64,3 +64,39 @@ def test_an_exported_plot_is_light_in_the_dark_theme(make_napari_viewer, tmp_pat
     exported = to_hex(imread(path)[1, 1, :3])
     assert exported == get_theme("light").background.as_hex()
     assert _shown_background(plot.figure) == get_theme("dark").background.as_hex()
+
+
+def test_the_toolbar_save_is_light_in_the_dark_theme(make_napari_viewer, tmp_path,
+                                                     monkeypatch):
+    """matplotlib's own Save button (every docked figure has one) exports light too."""
+    from matplotlib.image import imread
+    from qtpy.QtWidgets import QFileDialog
+
+    viewer = make_napari_viewer()
+    viewer.theme = "dark"
+    plot = viewer.window.add_plugin_dock_widget(PLUGIN, FIGURE_DOCKS[0])[1]
+    path = tmp_path / "toolbar.png"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a, **k: (str(path), "")))
+    [save] = [a for a in plot.toolbar.actions() if a.text() == "Save"]
+    save.trigger()
+    exported = to_hex(imread(path)[1, 1, :3])
+    assert exported == get_theme("light").background.as_hex()
+    assert _shown_background(plot.figure) == get_theme("dark").background.as_hex()
+
+
+def test_grey_messages_in_the_axes_are_readable_in_the_dark_theme(make_napari_viewer):
+    """report.py's "not enough data" text (grey 0.3) is mirrored on a dark background."""
+    from napari_infection_clock.core.report import roc_figure
+    from napari_infection_clock.ui.figures import DockedFigure
+
+    viewer = make_napari_viewer()
+    viewer.theme = "dark"
+    docked = DockedFigure(viewer)
+    roc_figure(np.ones(4, int), np.full(4, 0.7), ax=docked.figure.add_subplot())
+    background = np.mean(to_rgb(_shown_background(docked.figure)))
+    texts = [t for ax in docked.figure.axes for t in ax.texts
+             if t.get_visible() and t.get_text()]
+    assert texts
+    for text in texts:
+        assert abs(np.mean(to_rgb(text.get_color())) - background) >= 0.4, text

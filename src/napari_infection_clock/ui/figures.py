@@ -6,8 +6,9 @@ owns the figure, its Qt canvas and matplotlib's navigation toolbar (zoom, pan, s
 sizes that let it sit beside the other docks on a 1920 x 1080 screen. The figure wears
 napari's current theme (background, text, axes, legends) and follows a theme change; the
 docks draw as usual and the canvas recolours what they drew just before each draw, so no
-drawing code needs to know the theme. Exported PNGs are light (:func:`save_light`): what
-a paper or a slide takes, whichever theme the viewer has.
+drawing code needs to know the theme. Every export of a themed canvas (the toolbar's Save,
+a dock's "Export PNG", any ``savefig``) is light: what a paper or a slide takes, whichever
+theme the viewer has.
 
 Constrained layout costs about as much as the draw itself, so a docked figure lays itself
 out again only when what the layout depends on changed (:class:`LayoutOnDemand`): a draw
@@ -16,8 +17,6 @@ they are.
 """
 
 from __future__ import annotations
-
-from contextlib import contextmanager
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg, NavigationToolbar2QT
 from matplotlib.colors import to_rgb
@@ -72,6 +71,7 @@ def apply_theme(figure: Figure, theme_name: str) -> None:
                       ax.yaxis.label, ax.xaxis.offsetText, ax.yaxis.offsetText):
             label.set_color(text)
         _mirror_greys(ax.lines, background)
+        _mirror_greys(ax.texts, background)  # messages such as report.py's "not enough data"
     legends = [ax.get_legend() for ax in figure.axes] + list(figure.legends)
     for legend in filter(None, legends):
         legend.get_frame().set_facecolor(background)
@@ -82,11 +82,12 @@ def apply_theme(figure: Figure, theme_name: str) -> None:
         _mirror_greys(legend.get_lines(), background)
 
 
-def _mirror_greys(lines, background) -> None:
-    for line in lines:
-        flipped = _contrasting(line.get_color(), background)
+def _mirror_greys(artists, background) -> None:
+    """Grey lines or texts mirrored in lightness where they would vanish on ``background``."""
+    for artist in artists:
+        flipped = _contrasting(artist.get_color(), background)
         if flipped is not None:
-            line.set_color(flipped)
+            artist.set_color(flipped)
 
 
 class ThemedCanvas(FigureCanvasQTAgg):
@@ -100,22 +101,13 @@ class ThemedCanvas(FigureCanvasQTAgg):
         apply_theme(self.figure, self.theme)
         super().draw()
 
-
-@contextmanager
-def light(figure: Figure):
-    """``figure`` in napari's light theme for the time of the block (an export), then
-    back in its canvas's theme."""
-    apply_theme(figure, "light")
-    try:
-        yield figure
-    finally:
-        apply_theme(figure, getattr(figure.canvas, "theme", "light"))
-
-
-def save_light(figure: Figure, path, **kwargs) -> None:
-    """``figure.savefig`` in the light theme, whatever the viewer's theme is."""
-    with light(figure):
-        figure.savefig(path, **kwargs)
+    def print_figure(self, *args, **kwargs):
+        """Every export (``savefig``, the toolbar's Save) in the light theme, then back."""
+        apply_theme(self.figure, "light")
+        try:
+            return super().print_figure(*args, **kwargs)
+        finally:
+            apply_theme(self.figure, self.theme)
 
 
 class LayoutOnDemand(ConstrainedLayoutEngine):

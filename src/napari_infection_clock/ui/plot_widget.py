@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 from ..core.atomic import OutputNotWritable, write_atomic
 from ..core.clock import DEFAULT_LEVEL, RegionClock
 from .docking import place_figure
-from .figures import DockedFigure, legend_above, save_light
+from .figures import DockedFigure, legend_above
 from .layer_roles import OUTPUT_OF
 from .messages import fit_messages
 from .overlays import layer_name, rectangles_to_boxes
@@ -320,7 +320,7 @@ class TimeSeriesPlot(DockedFigure):
         napari's theme is (what a paper or slide takes)."""
         return write_atomic(
             _with_suffix(path, ".png"),
-            lambda tmp: save_light(self.figure, tmp, dpi=150, format="png"),
+            lambda tmp: self.figure.savefig(tmp, dpi=150, format="png"),
             ".png",
         )
 
