@@ -53,6 +53,13 @@ def test_research_preset_is_todays_training():
     # A recipe may set the learning rate and best-epoch metric; the command's flags win.
     config = TrainConfig(recipe=replace(CLOCK, lr=1e-3, best_metric="loss"))
     assert (config.lr, config.best_metric) == (1e-3, "loss")
+    # ... as defaults only: a value given to TrainConfig (or replace) wins over the recipe's.
+    given = TrainConfig(lr=0.5, best_metric="mae", recipe=replace(CLOCK, lr=1e-3,
+                                                                  best_metric="loss"))
+    assert (given.lr, given.best_metric) == (0.5, "mae")
+    assert (replace(config, lr=0.5).lr, replace(config, best_metric="f1").best_metric) == (
+        0.5, "f1")
+    assert (TrainConfig().lr, TrainConfig().best_metric) == (1e-4, "roc_auc")
     _, opts, _ = parse(["train", "data", "--out", "o", "--lr", "0.01", "--best-metric", "mae"])
     assert training_recipe(opts) == replace(RESEARCH, lr=0.01, best_metric="mae")
 

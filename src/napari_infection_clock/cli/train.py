@@ -105,12 +105,12 @@ def _train(opts: TrainOptions, ranks) -> int:
     config = TrainConfig(
         epochs=opts.epochs,
         batch_size=opts.batch_size,
-        lr=TrainConfig.lr if opts.lr is None else opts.lr,  # the recipe's, where it sets one
+        lr=opts.lr,  # None: the recipe's, where it sets one, else SPEC 6's
         weight_decay=opts.weight_decay,
         cls_weight=opts.cls_weight,
         reg_weight=opts.reg_weight,
         mode=opts.mode,
-        best_metric=TrainConfig.best_metric if opts.best_metric is None else opts.best_metric,
+        best_metric=opts.best_metric,
         seed=opts.seed,
         device=opts.device,
         sync_bn=opts.sync_bn,

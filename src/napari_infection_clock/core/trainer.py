@@ -39,20 +39,24 @@ from .runtime import cpu_supports_bf16, prediction_dtype
 from .sampling import step_share, training_sampler
 
 TRAIN_MODES = ("full", "heads")
+#: SPEC 6's learning rate and best-epoch metric, where neither the caller nor the recipe sets one.
+SPEC_LR = 1e-4
+SPEC_BEST_METRIC = "roc_auc"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """SPEC 6 defaults, except a CPU-friendly batch size; ``recipe`` the rest (core.recipes).
 
-    A recipe that sets a learning rate or a best-epoch metric sets ``lr`` / ``best_metric``.
+    ``lr`` / ``best_metric`` left as None are the recipe's where it sets them, else SPEC 6's
+    (:data:`SPEC_LR`, :data:`SPEC_BEST_METRIC`); a value given here wins over the recipe's.
     ``augment=False`` turns the recipe's augmentation off; ``amp`` allows fp16 autocast on
     CUDA (the recipe's ``bf16`` asks for bf16 instead, on CUDA or a CPU that has it).
     """
 
     epochs: int = 10
     batch_size: int = 32
-    lr: float = 1e-4
+    lr: float | None = None
     weight_decay: float = 1e-4
     eta_min: float = 1e-6
     cls_weight: float = 1.0
@@ -60,7 +64,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     mode: str = "full"
     augment: bool = True
-    best_metric: str = "roc_auc"
+    best_metric: str | None = None
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -69,9 +73,10 @@ class TrainConfig:
     recipe: Recipe = RESEARCH
 
     def __post_init__(self):
-        for name in ("lr", "best_metric"):
-            if getattr(self.recipe, name) is not None:
-                object.__setattr__(self, name, getattr(self.recipe, name))
+        for name, spec in (("lr", SPEC_LR), ("best_metric", SPEC_BEST_METRIC)):
+            if getattr(self, name) is None:
+                own = getattr(self.recipe, name)
+                object.__setattr__(self, name, spec if own is None else own)
         if self.mode not in TRAIN_MODES:
             raise ValueError(f"training mode must be one of {TRAIN_MODES}, got {self.mode!r}")
         if self.best_metric not in BEST_METRICS:
