@@ -66,3 +66,20 @@ def test_a_whole_session_after_the_viewer(tmp_path):
     assert frames["infected_synthetic.tif"] == {
         0: "uninfected", 1: "uninfected", **dict.fromkeys(range(3, 48), "infected")
     }
+
+
+def test_removing_a_predicted_image_with_the_trash_button(tmp_path):
+    """After a tile-grid prediction, the image goes with the trash button, its outputs follow,
+    and napari does not crash (removing them in the same turn as napari's own removal made
+    vispy's drawing segfault on Mesa)."""
+    checkpoint = tmp_path / "research.pt"
+    torch.manual_seed(0)
+    save_research_checkpoint(checkpoint, ResearchMultitask("resnet18"),
+                             research_config(image_size=32))
+    proc = subprocess.run([sys.executable, str(SCRIPT.with_name("remove_after_prediction.py")),
+                           str(checkpoint)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode} (-11 is a segmentation fault)\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    )
+    assert "done: 4 frames predicted" in proc.stdout, proc.stdout
+    assert "left: []" in proc.stdout, proc.stdout

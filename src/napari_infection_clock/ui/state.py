@@ -105,7 +105,10 @@ class Session:
     def _layer_removed(self, event) -> None:
         if is_input_image(event.value):
             self._removed_images.add(event.value.name)
-            QTimer.singleShot(0, self._remove_orphans)
+            # Not in the same turn as napari's removal: removing the outputs before the
+            # canvas had redrawn crashed vispy's GL drawing (SIGSEGV on Mesa llvmpipe,
+            # tests/test_user_session.py); a quarter second later it did not.
+            QTimer.singleShot(250, self._remove_orphans)
         self._update_image()
 
     def _remove_orphans(self) -> None:
