@@ -232,6 +232,24 @@ def test_evaluate_writes_report(trained, data, tmp_path):
     assert 0 <= consistent["interval"]["coverage"] <= 1
 
 
+def test_evaluate_says_how_many_items_had_no_information(trained, data, tmp_path, capsys):
+    """Issue 11 item 4: a frame the camera dropped (constant) in a test stack is left out of
+    evaluate's metrics, and evaluate says so with the count, as predict does."""
+    copy = shutil.copytree(data, tmp_path / "data")
+    stack = sorted((copy / "infected").glob("*.tif"))[0]
+    frames = tifffile.imread(stack)
+    frames[-1] = frames[-1].max()  # the last frame: inside the infected window
+    tifffile.imwrite(stack, frames, imagej=True, metadata={"axes": "TYX"})
+    out = tmp_path / "report"
+    assert main(["evaluate", str(trained / "model.pt"), str(copy), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    n_items = len(pd.read_csv(out / "predictions.csv"))
+    printed = capsys.readouterr().out
+    assert (f"1 of {n_items} items had no information: left out of the metrics "
+            "(constant or under 8 px a side)") in printed, printed
+    assert json.loads((out / "metrics.json").read_text())["n_no_information"] == 1
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
