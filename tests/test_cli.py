@@ -140,6 +140,70 @@ def test_clock_recipe_on_native_tiles_is_recorded_and_reported(data, tmp_path, c
     assert "--tile-size" not in printed.err
 
 
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    """A checkpoint as ``train --native-tiles 24`` writes it: 24 px input and tiles, and the
+    recipe that says so."""
+    import torch
+
+    from napari_infection_clock.core.checkpoint import CheckpointMeta, save_checkpoint
+    from napari_infection_clock.core.model import ModelConfig, build_model
+    from napari_infection_clock.core.preprocess import Preprocessing
+    from napari_infection_clock.core.recipes import RESEARCH
+
+    torch.manual_seed(0)
+    config = ModelConfig("resnet18", hidden_dim=8)
+    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(24), tile_size=24,
+                          recipe={**RESEARCH.to_dict(), "native_tiles": 24})
+    path = tmp_path_factory.mktemp("native") / "native.pt"
+    return save_checkpoint(path, build_model(config, init="random"), meta)
+
+
+def test_a_native_tile_checkpoint_predicts_and_evaluates_on_its_tiles(native, data, tmp_path,
+                                                                      capsys):
+    """Without --tile-size, predict and evaluate cut the 48 px frames into the model's own
+    24 px tiles and say so in one line; a --tile-size given still wins, with a warning when
+    it differs (its tiles are resized to the model's 24 px)."""
+    stack = next((data / "infected").glob("*.tif"))
+    run = ["predict", str(native), str(stack), "--frames", "0:2", "--device", "cpu"]
+    assert main([*run, "--out", str(tmp_path / "own.csv")]) == 0
+    printed = capsys.readouterr()
+    assert "tiles: 24 px, as the model was trained on native 24 px tiles" in printed.out
+    assert "warning" not in printed.err, printed.err
+    table = pd.read_csv(tmp_path / "own.csv")
+    assert len(table) == 2 * 4 and set(table.y1 - table.y0) == {24}
+    assert main([*run, "--out", str(tmp_path / "16.csv"), "--tile-size", "16"]) == 0
+    printed = capsys.readouterr()
+    assert "--tile-size 16 tiles are resized to 24 px" in printed.err
+    assert "tiles:" not in printed.out
+    assert len(pd.read_csv(tmp_path / "16.csv")) == 2 * 9
+
+    assert main(["evaluate", str(native), str(data), "--out", str(tmp_path / "ev"),
+                 "--device", "cpu"]) == 0
+    assert "tiles: 24 px" in capsys.readouterr().out
+    predictions = pd.read_csv(tmp_path / "ev" / "predictions.csv")
+    assert set(predictions.y1 - predictions.y0) == set(predictions.x1 - predictions.x0) == {24}
+    assert (predictions.groupby(["stack", "frame"]).size() == 4).all()
+
+
+def test_fine_tuning_a_native_tile_checkpoint_keeps_its_tiles(native, data, tmp_path, capsys):
+    """``train --checkpoint`` from a native-tile model trains on its tiles (whole frames
+    shrunk to 24 px would be another input), records them and says so; --tile-size that
+    contradicts them is refused."""
+    out = tmp_path / "tuned"
+    tune = ["train", str(data), "--checkpoint", str(native), "--mode", "heads", "--epochs", "1",
+            "--batch-size", "32", "--device", "cpu", "--test-fraction", "0"]
+    assert main([*tune, "--out", str(out)]) == 0
+    assert f"native tiles: 24 px, as {native} was trained" in capsys.readouterr().out
+    splits = pd.read_csv(out / "splits.csv")
+    assert ((splits.y1 - splits.y0 == 24) & (splits.x1 - splits.x0 == 24)).all()
+    assert (splits.groupby(["stack", "frame"]).size() == 4).all()
+    _, meta = load_checkpoint(out / "model.pt")
+    assert meta.recipe["native_tiles"] == meta.tile_size == meta.preprocessing.image_size == 24
+    assert main([*tune, "--out", str(tmp_path / "no"), "--tile-size", "16"]) == 2
+    assert "fine-tuning keeps them" in capsys.readouterr().err
+
+
 def test_kfold_holds_out_one_fold_of_wells(data, tmp_path):
     code = main(["train", str(data), "--out", str(tmp_path), "--arch", "resnet18", "--init",
                  "random", "--image-size", "32", "--epochs", "1", "--hidden-dim", "8",

@@ -14,6 +14,7 @@ from napari_infection_clock.core.dataset import ItemDataset
 from napari_infection_clock.core.items import FramePolicy, research_items
 from napari_infection_clock.core.model import ModelConfig, build_model
 from napari_infection_clock.core.preprocess import Preprocessing
+from napari_infection_clock.core.recipes import RESEARCH
 from napari_infection_clock.core.synthetic import write_research_dataset
 from napari_infection_clock.core.targets import TimePolicy
 from napari_infection_clock.core.trainer import TrainConfig, run_training
@@ -191,3 +192,51 @@ def test_torch_errors_end_with_a_message_not_results(make_napari_viewer, qtbot, 
     qtbot.waitUntil(lambda: label_next.worker is None, timeout=60_000)
     assert label_next.status.text().startswith("ranking failed: RuntimeError")
     assert label_next.ranked.empty and label_next.list.count() == 0
+
+
+def test_a_native_tile_model_is_evaluated_and_ranked_on_its_tiles(make_napari_viewer, qtbot,
+                                                                   trained):
+    """A model trained on native 24 px tiles (``train --native-tiles 24``) would see whole
+    48 px frames shrunk to 24 px and answer with confidence: Evaluate cuts each labelled
+    frame into its 24 px tiles and says so; Rank, like Predict, refuses whole frames, switches
+    to its tile size and says so, then ranks the tiles."""
+    _, items, paths = trained
+    torch.manual_seed(0)
+    config = ModelConfig(arch="resnet18", hidden_dim=8)
+    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=24), tile_size=24,
+                          time=TimePolicy(), recipe={**RESEARCH.to_dict(), "native_tiles": 24})
+    viewer = make_napari_viewer()
+    viewer.open(str(paths[0]), plugin="napari-infection-clock")
+    evaluation, label_next = EvaluationWidget(viewer), LabelNextWidget(viewer)
+    viewer.window.add_dock_widget(evaluation)
+    viewer.window.add_dock_widget(label_next)
+    session = session_for(viewer)
+    session.set_model(SessionModel(build_model(config, init="random").eval(), meta))
+    mock = next(p for p in paths if p.parent.name == "uninfected")
+    for path, label, frames in ((paths[0], "infected", range(10, 15)),
+                                (mock, "uninfected", range(5))):
+        store, _ = open_annotations(path, 30)
+        store.set_condition("infected" if label == "infected" else "mock", onset_h=1.0)
+        store.label_frames(frames, label)
+        session.annotations[store.stack] = store
+    session.validation_items = items[:3]  # whole frames, as a whole-frame training left them
+
+    for source, n_frames in ((1, 10), (0, 3)):  # all labelled frames; the validation items
+        evaluation.source_combo.setCurrentIndex(source)
+        evaluation.run_button.click()
+        assert "24 px tiles of the labelled frames" in evaluation.status.text()
+        qtbot.waitUntil(lambda: evaluation.worker is None, timeout=120_000)
+        table = evaluation.table
+        assert len(table) == 4 * n_frames, evaluation.status.text()
+        assert set(table.y1 - table.y0) == set(table.x1 - table.x0) == {24}
+        assert "24 px tiles" in evaluation.status.text() and "ROC AUC" in evaluation.status.text()
+
+    assert label_next.tile_spin.value() == 0  # whole frames
+    label_next.rank_button.click()
+    assert label_next.worker is None and label_next.tile_spin.value() == 24
+    said = label_next.status.text()
+    assert "24 px tiles, not whole frames" in said and "Rank again" in said, said
+    label_next.rank_button.click()
+    qtbot.waitUntil(lambda: label_next.worker is None, timeout=120_000)
+    assert len(label_next.ranked) == 30 * 4 - 5 * 4  # 5 frames of this well are labelled
+    assert set(label_next.ranked.y1 - label_next.ranked.y0) == {24}

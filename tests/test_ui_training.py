@@ -13,7 +13,7 @@ from napari_infection_clock.core.annotations import open_annotations
 from napari_infection_clock.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from napari_infection_clock.core.model import ModelConfig, build_model
 from napari_infection_clock.core.preprocess import Preprocessing
-from napari_infection_clock.core.recipes import CLOCK
+from napari_infection_clock.core.recipes import CLOCK, RESEARCH
 from napari_infection_clock.core.synthetic import generate_stack, write_research_dataset
 from napari_infection_clock.ui.annotation_widget import AnnotationWidget
 from napari_infection_clock.ui.state import SessionModel, session_for
@@ -221,3 +221,29 @@ def test_one_epoch_runs_with_the_default_path_keep_each_run(make_napari_viewer, 
     assert lo < 1 < hi
     ticks = [t for t in widget.axes[-1].get_xticks() if lo <= t <= hi]
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_training_on_from_a_native_tile_model_keeps_its_tiles(make_napari_viewer, qtbot, wells,
+                                                               tmp_path):
+    """A session model trained on native 16 px tiles (``train --native-tiles 16``) goes on
+    learning from the labelled frames' 16 px tiles, as it was trained, not from whole frames
+    shrunk to 16 px; the status line says so and the new checkpoint records the tiles."""
+    viewer, widget = _widget(make_napari_viewer, tmp_path, epochs=1)
+    widget.mode_combo.setCurrentText("heads")
+    session = session_for(viewer)
+    _label(session, wells)
+    torch.manual_seed(0)
+    config = ModelConfig(arch="resnet18", hidden_dim=8)
+    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=16), tile_size=16,
+                          recipe={**RESEARCH.to_dict(), "native_tiles": 16})
+    session.set_model(SessionModel(build_model(config, init="random"), meta))
+    assert widget.start_combo.currentText() == "session model"
+    widget.start_button.click()
+    assert "training on 16 px tiles, as the session model was trained" in widget.status.text()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
+    assert widget.trained is not None, widget.status.text()
+    trained = widget.trained.meta
+    assert trained.recipe["native_tiles"] == trained.tile_size == 16
+    assert trained.preprocessing.image_size == 16
+    items = session.validation_items  # what the evaluation dock gets: the frames' tiles
+    assert items and {(i.box[2] - i.box[0], i.box[3] - i.box[1]) for i in items} == {(16, 16)}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from ..core.atomic import OutputNotWritable
 from ..core.checkpoint import CheckpointError, CheckpointMeta
@@ -12,12 +14,14 @@ from ..core.distributed import ranks_from_env
 from ..core.items import FramePolicy, label_table_items, research_items
 from ..core.labels import LabelTableError, read_label_table
 from ..core.model import PretrainedWeightsUnavailable
-from ..core.recipes import describe_recorded
+from ..core.recipes import describe_recorded, native_tiles_of
 from ..core.stack import StackError
 from ..core.targets import TimePolicy
 from ..core.tiles import TileSpec
 from ..core.trainer import TrainingError
 from .options import PolicyOptions, TileOptions
+
+T = TypeVar("T", bound=TileOptions)
 
 #: Mistakes a user can make: one line on stderr and exit code 2, never a traceback.
 USER_ERRORS = (
@@ -57,15 +61,24 @@ def warn_assumed(meta: CheckpointMeta, command: str) -> None:
         )
 
 
-def report_recipe(meta: CheckpointMeta, opts: TileOptions) -> None:
-    """Say which recipe trained the checkpoint, and the tiles a native-tile model expects."""
-    if ranks_from_env().is_main:
+def report_recipe(meta: CheckpointMeta, opts: T) -> T:
+    """Say which recipe trained the checkpoint; the options to run it with: a native-tile
+    model runs on its own tiles unless --tile-size says otherwise (which gets a warning)."""
+    main = ranks_from_env().is_main
+    if main:
         print(f"checkpoint: {meta.model.arch}, {meta.preprocessing.image_size} px, recipe "
               f"{describe_recorded(meta.recipe)}")
-    tiles = (meta.recipe or {}).get("native_tiles")
-    if tiles and opts.tile_size != tiles:
-        warn(f"the model was trained on native {tiles} px tiles: predict the same way with "
-             f"--tile-size {tiles}")
+    tiles = native_tiles_of(meta.recipe)
+    if tiles is None or opts.tile_size == tiles:
+        return opts
+    if opts.tile_size is not None:
+        warn(f"the model was trained on native {tiles} px tiles: --tile-size {opts.tile_size} "
+             f"tiles are resized to {tiles} px for it (leave --tile-size out to use its tiles)")
+        return opts
+    if main:
+        print(f"tiles: {tiles} px, as the model was trained on native {tiles} px tiles "
+              "(--tile-size chooses others)")
+    return replace(opts, tile_size=tiles)
 
 
 def tile_spec(opts: TileOptions) -> TileSpec:

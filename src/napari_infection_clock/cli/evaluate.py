@@ -31,7 +31,7 @@ def evaluate(opts: EvaluateOptions) -> int:
         raise ValueError(f"--bin-hours must be positive, got {opts.bin_hours}")
     model, meta = load_checkpoint(opts.checkpoint)
     warn_assumed(meta, "evaluate")
-    report_recipe(meta, opts)
+    opts = report_recipe(meta, opts)
     policy = frame_policy(opts, base=meta.time)
     items = load_items(opts.data, policy, tile_spec(opts), opts.channel)
     for desc in sorted({it.channel_desc for it in items}):

@@ -169,7 +169,8 @@ def _channel_arg(p):
 
 
 def _tile_args(p):
-    p.add_argument("--tile-size", type=int, help="tile size in pixels (default: whole frames)")
+    p.add_argument("--tile-size", type=int, help="tile size in pixels (default: whole frames; "
+                   "a model trained with --native-tiles: its tiles)")
     p.add_argument("--stride", type=int, help="tile stride in pixels (default: tile size)")
     p.add_argument(
         "--border",
@@ -316,7 +317,8 @@ def _recipe_args(p):
     g.add_argument(
         "--native-tiles", type=int, metavar="SIZE",
         help="train on SIZE px tiles cut from the full-resolution frames (each with its "
-        "frame's label and time; no resizing); predict with --tile-size SIZE")
+        "frame's label and time; no resizing); predict and evaluate then use SIZE px tiles, and "
+        "fine-tuning from it keeps them")
     g.add_argument(
         "--warmup-epochs", type=int, metavar="N",
         help="linear learning-rate warm-up over N epochs (per step), then cosine annealing")

@@ -37,7 +37,7 @@ def predict(opts: PredictOptions) -> int:
         device = str(chosen)
     model, meta = load_checkpoint(opts.checkpoint)
     warn_assumed(meta, "predict")
-    report_recipe(meta, opts)
+    opts = report_recipe(meta, opts)
     predictor = Predictor(
         model, meta, device=device, batch_size=opts.batch_size, precision=opts.precision,
         compile=opts.compile,

@@ -25,7 +25,7 @@ from ..core.calibration import finish_table
 from ..core.evaluation import calibrate, predict_items
 from ..core.predictor import Predictor
 from ..core.preprocess import Preprocessing
-from ..core.recipes import SMOOTHING_WINDOW, Recipe, recipe
+from ..core.recipes import SMOOTHING_WINDOW, Recipe, continuing, recipe
 from ..core.report import save_report
 from ..core.run_state import RUN_STATE, run_state_to_resume
 from ..core.tiles import TileSpec
@@ -58,13 +58,14 @@ def _train(opts: TrainOptions, ranks) -> int:
         # earlier attempt left goes now, whichever node or process id wrote it.
         for name in OUTPUTS:
             remove_temporaries(opts.out / name, any_writer=True)
-    chosen = training_recipe(opts)
-    base = None
+    base = start = None
     if opts.checkpoint:
         model, meta = load_checkpoint(opts.checkpoint)
         warn_assumed(meta, "train")
+        base, start = meta.time, meta.recipe
+    chosen = training_recipe(opts, start)
+    if opts.checkpoint:
         _warn_ignored_model_options(opts, meta, chosen)
-        base = meta.time
     policy = frame_policy(opts, base=base)
     tiles = (tile_spec(opts) if chosen.native_tiles is None
              else TileSpec(chosen.native_tiles, border=opts.border))
@@ -120,21 +121,29 @@ def _train(opts: TrainOptions, ranks) -> int:
                             run_state=True, resume=resume)
 
 
-def training_recipe(opts: TrainOptions) -> Recipe:
-    """The --recipe preset with the recipe options given on the command line."""
+def training_recipe(opts: TrainOptions, start: dict | None = None) -> Recipe:
+    """The --recipe preset with the recipe options given on the command line; fine-tuning
+    a checkpoint whose recipe is ``start`` keeps its native tiles (unless --native-tiles)."""
     augment = opts.augment
     if opts.no_augment:
         if augment not in (None, "none"):
             raise ValueError(f"--no-augment contradicts --augment {augment}: give one of them")
         augment = "none"
-    chosen = recipe(opts.recipe, augment=augment, bf16=opts.bf16_train,
-                    native_tiles=opts.native_tiles, warmup_epochs=opts.warmup_epochs,
-                    balanced=opts.balanced, ema=opts.ema, bn=opts.bn, select=opts.select,
-                    lr=opts.lr, best_metric=opts.best_metric)
+    given = recipe(opts.recipe, augment=augment, bf16=opts.bf16_train,
+                   native_tiles=opts.native_tiles, warmup_epochs=opts.warmup_epochs,
+                   balanced=opts.balanced, ema=opts.ema, bn=opts.bn, select=opts.select,
+                   lr=opts.lr, best_metric=opts.best_metric)
+    chosen = continuing(given, start)
     tiles = chosen.native_tiles
     if tiles is not None and (opts.tile_size not in (None, tiles) or opts.stride is not None):
-        raise ValueError(f"native tiles of {tiles} px are cut side by side and are the model's "
-                         "input: leave --tile-size and --stride out (or train without them)")
+        mine = given.native_tiles is not None
+        kept = "" if mine else f" ({opts.checkpoint} was trained on them; fine-tuning keeps them)"
+        raise ValueError(f"native tiles of {tiles} px{kept} are cut side by side and are the "
+                         "model's input: leave --tile-size and --stride out"
+                         + (" (or train without them)" if mine else ""))
+    if tiles is not None and given.native_tiles is None and distributed.ranks_from_env().is_main:
+        print(f"native tiles: {tiles} px, as {opts.checkpoint} was trained (--native-tiles "
+              "chooses another size)")
     return chosen
 
 

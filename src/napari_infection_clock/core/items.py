@@ -8,7 +8,7 @@ nearly identical, so a frame-level split leaks (SPEC 6).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -249,6 +249,24 @@ def label_table_items(
             for box in boxes
         )
     return items
+
+
+def on_tiles(items, tiles: TileSpec) -> list[Item]:
+    """Whole-frame items as one item per tile (each with the frame's label and time), as a
+    model trained on native tiles sees labelled frames; boxed items (crops) stay as they
+    are. Only the stacks' headers are read."""
+    shapes: dict[tuple, tuple[int, int]] = {}
+    out: list[Item] = []
+    for item in items:
+        if item.box is not None:
+            out.append(item)
+            continue
+        key = (item.stack, item.channel)
+        if key not in shapes:
+            with open_stack(item.stack, channel=item.channel) as stack:
+                shapes[key] = stack.frame_shape
+        out.extend(replace(item, box=box) for box in _boxes(shapes[key], tiles))
+    return out
 
 
 def stack_records(items) -> list[dict]:

@@ -108,3 +108,21 @@ def describe_recorded(d: dict | None) -> str:
     """What a checkpoint says about its recipe, for evaluate and predict to print."""
     found = Recipe.from_dict(d)
     return "unknown (the checkpoint does not record it)" if found is None else found.describe()
+
+
+def native_tiles_of(recorded: dict | None) -> int | None:
+    """The tile size a checkpoint's model takes as its input, as its recipe records it
+    (``--native-tiles``); None for a model of frames or crops resized to its input. Such a
+    model is run and trained on tiles of that size cut at full resolution: whole frames
+    shrunk to it would be an input it never saw, answered with confidence all the same."""
+    tiles = (recorded or {}).get("native_tiles")
+    return int(tiles) if tiles else None
+
+
+def continuing(chosen: Recipe, start: dict | None) -> Recipe:
+    """The recipe for training on from a checkpoint whose recipe is ``start``: ``chosen``,
+    on the start model's native tiles unless ``chosen`` sets its own size."""
+    tiles = native_tiles_of(start)
+    if tiles is None or chosen.native_tiles is not None:
+        return chosen
+    return replace(chosen, native_tiles=tiles)

@@ -31,9 +31,10 @@ from ..core.atomic import OutputNotWritable
 from ..core.calibration import finish_table
 from ..core.evaluation import predict_items
 from ..core.information import lacks_information
-from ..core.items import label_table_items
+from ..core.items import label_table_items, on_tiles
 from ..core.metrics import evaluate_table, per_bin_table
 from ..core.predictor import Predictor
+from ..core.recipes import native_tiles_of
 from ..core.report import (
     confusion_figure,
     per_bin_figure,
@@ -42,6 +43,7 @@ from ..core.report import (
     time_scatter_figure,
 )
 from ..core.retrain import labels_of
+from ..core.tiles import TileSpec
 from .docking import place_form
 from .figures import DockedFigure, scrolling_layout
 from .messages import fit_messages, short, show
@@ -108,6 +110,8 @@ class EvaluationWidget(QWidget):
         self.table: pd.DataFrame | None = None
         self.metrics: dict | None = None
         self._failed = False
+        #: How the items were cut, for the status line: a native-tile model's tiles.
+        self._on = ""
         place_form(self)
         layout = scrolling_layout(self)
         form = QFormLayout()
@@ -145,10 +149,15 @@ class EvaluationWidget(QWidget):
         self.tabs.currentChanged.connect(self._draw_shown)
 
     def items(self) -> list:
+        """The chosen items; for a model trained on native tiles, each labelled frame's
+        tiles of that size (as it was trained and as it predicts), never the whole frame."""
         if self.source_combo.currentIndex() == 0:
-            return list(self.session.validation_items)
-        table = labels_of(self.session.annotations.values())
-        return label_table_items(table) if len(table) else []
+            items = list(self.session.validation_items)
+        else:
+            table = labels_of(self.session.annotations.values())
+            items = label_table_items(table) if len(table) else []
+        tiles = native_tiles_of(self.session.model.meta.recipe)
+        return items if tiles is None else on_tiles(items, TileSpec(tiles))
 
     def evaluate(self) -> bool:
         """Predict the chosen items in a worker; the figures follow when it is done."""
@@ -165,7 +174,10 @@ class EvaluationWidget(QWidget):
             return self._fail("no labelled items to evaluate: train first (validation items) "
                               "or label some frames")
         self._failed = False
-        self.status.setText(f"predicting {len(items)} items…")
+        tiles = native_tiles_of(model.meta.recipe)
+        self._on = f" ({tiles} px tiles of the labelled frames, as the model was trained)" \
+            if tiles else ""
+        self.status.setText(f"predicting {len(items)} items{self._on}…")
         self.worker = Run(_evaluate, model.model, model.meta, items, self.bin_spin.value(),
                           on_batch=self._on_batch, on_end=self._on_end, parent=self)
         self.run_button.setEnabled(False)
@@ -211,7 +223,7 @@ class EvaluationWidget(QWidget):
         self._draw_shown()
         auc = self.metrics["overall"]["classification"].get("roc_auc", np.nan)
         mae = self.metrics["overall"]["regression"].get("mae", np.nan)
-        self.status.setText(f"{len(table)} items · ROC AUC {auc:.3f} · MAE {mae:.2f} h")
+        self.status.setText(f"{len(table)} items{self._on} · ROC AUC {auc:.3f} · MAE {mae:.2f} h")
         self.export_button.setEnabled(True)
 
     def _draw_shown(self, *_) -> None:

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.predictor import Predictor
+from ..core.recipes import native_tiles_of
 from ..core.stack import stack_from_array
 from ..core.tiles import TileSpec
 from ..core.uncertainty import METHODS, iter_stack_uncertainty, rank_uncertain
@@ -129,6 +130,14 @@ class LabelNextWidget(QWidget):
         if name not in self.viewer.layers:
             return self._fail("choose an image layer")
         layer = self.viewer.layers[name]
+        tiles = native_tiles_of(self.session.model.meta.recipe)
+        if tiles is not None and self.tile_spin.value() == 0:
+            # As the prediction dock does: whole frames shrunk to its tiles would be ranked
+            # with confidence all the same.
+            self.tile_spin.setValue(tiles)
+            self.status.setText(f"the model was trained on {tiles} px tiles, not whole frames: "
+                                f"the tile size is now {tiles} px; click Rank again")
+            return False
         interval = time_setting(layer, self.session.model.meta).frame_interval_h
         stack = stack_from_array(layer.data, "TYXS" if layer.rgb else "TYX", name, interval)
         tiles = TileSpec(tile_size=self.tile_spin.value() or None)

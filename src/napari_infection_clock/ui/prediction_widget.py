@@ -39,6 +39,7 @@ from ..core.device import select_device
 from ..core.information import describe_missing
 from ..core.novelty import NOVELTY_COLUMNS, add_novelty
 from ..core.predictor import Predictor, default_batch_size
+from ..core.recipes import native_tiles_of
 from ..core.stack import StackError, stack_from_array
 from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
 from ..core.tiles import TileSpec
@@ -568,7 +569,7 @@ class PredictionWidget(Container):
         """A model trained on native tiles would see whole frames shrunk to its tile size
         and answer with confidence: stop before any layer is made, switch the dock to its
         tiles and say so."""
-        tiles = (model.meta.recipe or {}).get("native_tiles")
+        tiles = native_tiles_of(model.meta.recipe)
         if not tiles or job.tiles.tile_size is not None or job.boxes is not None:
             return False
         self.mode.value, self.tile_size.value, self.stride.value = MODE_TILES, int(tiles), 0

@@ -45,7 +45,7 @@ from ..core.retrain import (
     start_model,
     time_policy_of,
 )
-from ..core.recipes import RECIPES, Recipe
+from ..core.recipes import RECIPES, Recipe, continuing
 from ..core.trainer import BEST_METRICS, TrainConfig, TrainingError
 from .devices import device_choices
 from .docking import place_form
@@ -279,10 +279,16 @@ class TrainingWidget(QWidget):
 
     def _recipe(self) -> Recipe:
         """The chosen preset; where it sets the learning rate or best-epoch metric, the
-        values in the form (which the preset filled in, and the user may have changed)."""
+        values in the form (which the preset filled in, and the user may have changed).
+        Training on from a session model trained on native tiles keeps its tiles."""
         preset = RECIPES[self.recipe_combo.currentText()]
         form = {"lr": self.lr_spin.value(), "best_metric": self.best_combo.currentText()}
-        return replace(preset, **{k: v for k, v in form.items() if getattr(preset, k) is not None})
+        chosen = replace(preset, **{k: v for k, v in form.items()
+                                    if getattr(preset, k) is not None})
+        current = self.session.model
+        if self.start_combo.currentText() == "session model" and current is not None:
+            return continuing(chosen, current.meta.recipe)
+        return chosen
 
     def _recipe_chosen(self, name: str) -> None:
         preset = RECIPES[name]
@@ -328,7 +334,9 @@ class TrainingWidget(QWidget):
             line.set_data([], [])
         self.canvas.draw_idle()
         self.device_label.setText(f"device: {device}")
-        self.status.setText(f"training: {plan.summary()}{left_out}")
+        tiles = config.recipe.native_tiles
+        on = f" on {tiles} px tiles, as the session model was trained" if tiles else ""
+        self.status.setText(f"training{on}: {plan.summary()}{left_out}")
         self.progress.setRange(0, config.epochs * max(1, -(-len(plan.train) // config.batch_size)))
         self.progress.setValue(0)
         self.use_button.setEnabled(False)
