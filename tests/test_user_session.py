@@ -69,9 +69,10 @@ def test_a_whole_session_after_the_viewer(tmp_path):
 
 
 def test_removing_a_predicted_image_with_the_trash_button(tmp_path):
-    """After a tile-grid prediction, the image goes with the trash button, its outputs follow,
-    and napari does not crash (removing them in the same turn as napari's own removal made
-    vispy's drawing segfault on Mesa)."""
+    """After a tile-grid prediction, the image goes with the trash button, its outputs follow
+    in the next turn, and napari does not crash: napari deletes a removed layer's GL objects
+    outside a paint, in whatever GL context is current; unless the plugin makes the canvas's
+    own context current first, vispy's next draws segfaulted on Mesa (issue 9)."""
     checkpoint = tmp_path / "research.pt"
     torch.manual_seed(0)
     save_research_checkpoint(checkpoint, ResearchMultitask("resnet18"),

@@ -20,6 +20,7 @@ from qtpy.QtCore import QTimer
 from ..core.annotations import AnnotationStore
 from ..core.checkpoint import CheckpointMeta
 from ..core.model import MultitaskResNet
+from .gl_context import make_canvas_context_current
 from .layer_roles import OUTPUT_OF, image_in_view, input_images, is_input_image
 
 
@@ -93,6 +94,8 @@ class Session:
         layers = viewer.layers
         layers.selection.events.active.connect(self._update_image)
         layers.events.inserted.connect(self._layer_inserted)
+        # before napari's own removal handler deletes the layer's GL objects
+        layers.events.removing.connect(self._canvas_context_current)
         layers.events.removed.connect(self._layer_removed)
         for layer in layers:
             layer.events.visible.connect(self._update_image)
@@ -102,13 +105,16 @@ class Session:
         event.value.events.visible.connect(self._update_image)
         self._update_image()
 
+    def _canvas_context_current(self, event=None) -> None:
+        viewer = self._viewer() if self._viewer is not None else None
+        if viewer is not None:
+            make_canvas_context_current(viewer)
+
     def _layer_removed(self, event) -> None:
         if is_input_image(event.value):
             self._removed_images.add(event.value.name)
-            # Not in the same turn as napari's removal: removing the outputs before the
-            # canvas had redrawn crashed vispy's GL drawing (SIGSEGV on Mesa llvmpipe,
-            # tests/test_user_session.py); a quarter second later it did not.
-            QTimer.singleShot(250, self._remove_orphans)
+            # in the next turn: the trash button removes the selection in a loop
+            QTimer.singleShot(0, self._remove_orphans)
         self._update_image()
 
     def _remove_orphans(self) -> None:
