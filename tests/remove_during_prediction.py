@@ -1,0 +1,48 @@
+"""A user's steps in a fresh process: napari first, a long well, a tile-grid prediction from
+the Plugins-menu dock and, once the run is provably under way (its first frames shown), the
+image selected and the trash button clicked. Prints how far the run was, how it ended and
+the layers left; exits with napari's own status (-11: a crash)."""
+
+import sys
+import time
+
+import napari
+from qtpy.QtWidgets import QApplication
+
+from napari_infection_clock.core.synthetic import sample_pair
+
+PLUGIN = "napari-infection-clock"
+FRAMES = 300  # of 16 tiles each, in batches of 16: far more than a run does before the click
+
+
+def turn(n: int) -> None:
+    for _ in range(n):
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+viewer = napari.Viewer(show=True)
+data, meta = sample_pair(n_frames=FRAMES, size=64, seed=1)["infected"]
+image = viewer.add_image(data, name="long well", metadata=dict(meta))
+predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict infection")[1]
+predict.checkpoint.value = sys.argv[1]
+predict.mode.value = "tile grid"
+predict.tile_size.value = 16
+predict.batch_size.value = 16
+predict.device.value = "cpu"
+done: list[str] = []
+predict.finished.connect(done.append)
+predict.run_button.native.click()
+while predict.progress_bar.value < 1 and not done:
+    turn(1)
+outputs = [layer.name for layer in viewer.layers if layer is not image]
+print(f"under way: {predict.progress_bar.value} of {FRAMES} frames shown, ended: {bool(done)}, "
+      f"outputs: {len(outputs)}", flush=True)
+viewer.layers.selection = {image}
+turn(1)
+viewer.window._qt_viewer.layerButtons.deleteButton.click()
+while not done:
+    turn(1)
+print(done[0], flush=True)
+turn(200)
+print("left:", sorted(layer.name for layer in viewer.layers), flush=True)
