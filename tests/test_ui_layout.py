@@ -4,7 +4,7 @@ napari's window (issue 9, item 5)."""
 from __future__ import annotations
 
 from npe2 import PluginManager
-from qtpy.QtWidgets import QApplication, QDockWidget, QScrollArea
+from qtpy.QtWidgets import QApplication, QDockWidget, QScrollArea, QTabBar
 
 from napari_infection_clock.core.synthetic import sample_pair
 
@@ -53,6 +53,13 @@ def test_all_docks_fit_a_full_hd_screen_and_a_long_error_does_not_widen_it(
                 needed = area.widget().minimumSizeHint().width()
                 assert area.viewport().width() >= needed, (dock.windowTitle(), needed)
     assert plot.canvas.height() >= 160
+    # each tab says which form it holds, whole: no tab text cut short ("Predic...")
+    [bar] = [bar for bar in window.findChildren(QTabBar)
+             if {bar.tabText(i) for i in range(bar.count())} & {d.windowTitle() for d in tabs}]
+    names = [bar.tabText(i) for i in range(bar.count())]
+    assert names == ["Predict", "Annotate", "Retrain", "Evaluate", "Label next"], names
+    for i, name in enumerate(names):
+        assert bar.tabRect(i).width() > bar.fontMetrics().horizontalAdvance(name), name
 
     # a text file given as checkpoint: a long message must not widen anything
     notes = tmp_path / "notes.pt"

@@ -131,7 +131,7 @@ class AnnotationWidget(QWidget):
 
     # --- layout ----------------------------------------------------------------------
     def _build(self) -> None:
-        place_form(self)
+        place_form(self, "Annotate")
         layout = scrolling_layout(self)  # fits beside the other docks
         form = QFormLayout()
         # what the labels go to: the image in view (select another in the layer list)

@@ -6,7 +6,9 @@ each. The form docks (prediction, annotation, training, evaluation, label next) 
 join the tab group of the first form already docked there, each with the whole group's
 height; the plot keeps its own place below them, so the curves stay in view while one
 predicts or labels, and the two share the area's height half and half. The
-person can still drag a tab out, float it, or move the splitter.
+person can still drag a tab out, float it, or move the splitter. A form's tab shows a short
+name of its own (napari's dock title, "Predict infection (napari-infection-clock)", would
+be cut to "Predic..." in a tab a fifth of the dock's width); its title bar keeps the full one.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ def dock_of(widget: QWidget) -> QDockWidget | None:
 class _PlaceWhenDocked(QObject):
     """Waits for napari to put the widget into a dock of its main window, then places it."""
 
-    def __init__(self, widget: QWidget, role: str):
+    def __init__(self, widget: QWidget, role: str, tab: str = ""):
         super().__init__(widget)
         self._widget = widget
         self._role = role
+        self._tab = tab
         widget.installEventFilter(self)
 
     def eventFilter(self, obj, event) -> bool:
@@ -54,6 +57,8 @@ class _PlaceWhenDocked(QObject):
         if not isinstance(window, QMainWindow):
             return
         dock.setProperty(ROLE, self._role)
+        if self._tab:
+            dock.setWindowTitle(self._tab)  # what its tab shows
         if dock.isFloating() or window.tabifiedDockWidgets(dock):
             return  # the user's (or napari's restored) place stays
         if self._role == FORM:
@@ -83,9 +88,10 @@ def _share_height(window: QMainWindow, area) -> None:
                        Qt.Orientation.Vertical)
 
 
-def place_form(widget: QWidget) -> None:
-    """``widget`` (a form dock's Qt widget) joins the plugin's form tab group once docked."""
-    _PlaceWhenDocked(widget, FORM)
+def place_form(widget: QWidget, tab: str) -> None:
+    """``widget`` (a form dock's Qt widget) joins the plugin's form tab group once docked,
+    its tab named ``tab``."""
+    _PlaceWhenDocked(widget, FORM, tab)
 
 
 def place_figure(widget: QWidget) -> None:

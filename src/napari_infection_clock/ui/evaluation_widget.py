@@ -112,7 +112,7 @@ class EvaluationWidget(QWidget):
         self._failed = False
         #: How the items were cut, for the status line: a native-tile model's tiles.
         self._on = ""
-        place_form(self)
+        place_form(self, "Evaluate")
         layout = scrolling_layout(self)
         form = QFormLayout()
         self.source_combo = QComboBox()

@@ -67,7 +67,7 @@ class LabelNextWidget(QWidget):
         self._whole = True
         self._failed = False
         self._tables: list[pd.DataFrame] = []
-        place_form(self)
+        place_form(self, "Label next")
         layout = scrolling_layout(self)  # fits beside the other docks
         form = QFormLayout()
         self.image_combo = QComboBox()

@@ -219,7 +219,7 @@ class PredictionWidget(Container):
             ]
         )
         fit_messages(self.status.native)
-        place_form(self.native)
+        place_form(self.native, "Predict")
         fit_width(self.native)  # never narrower than the form
 
         self.image.changed.connect(self._on_image_changed)

@@ -154,7 +154,7 @@ class TrainingWidget(QWidget):
 
     # --- layout ----------------------------------------------------------------------
     def _build(self) -> None:
-        place_form(self)
+        place_form(self, "Retrain")
         layout = scrolling_layout(self)
         form = QFormLayout()
         self.start_combo = QComboBox()
