@@ -16,6 +16,8 @@ from __future__ import annotations
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
 
+from .gc_freeze import freeze_while_docked
+
 #: Set on the docks that hold one of the plugin's widgets: "form" or "figure".
 ROLE = "infection_clock_dock"
 FORM, FIGURE = "form", "figure"
@@ -92,8 +94,10 @@ def place_form(widget: QWidget, tab: str) -> None:
     """``widget`` (a form dock's Qt widget) joins the plugin's form tab group once docked,
     its tab named ``tab``."""
     _PlaceWhenDocked(widget, FORM, tab)
+    freeze_while_docked(widget)
 
 
 def place_figure(widget: QWidget) -> None:
     """``widget`` (the plot) keeps its own place beside the forms' tab group once docked."""
     _PlaceWhenDocked(widget, FIGURE)
+    freeze_while_docked(widget)

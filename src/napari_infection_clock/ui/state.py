@@ -20,6 +20,7 @@ from qtpy.QtCore import QTimer
 from ..core.annotations import AnnotationStore
 from ..core.checkpoint import CheckpointMeta
 from ..core.model import MultitaskResNet
+from .gc_freeze import thaw
 from .gl_context import make_canvas_context_current
 from .layer_roles import OUTPUT_OF, image_in_view, input_images, is_input_image
 
@@ -111,6 +112,7 @@ class Session:
             make_canvas_context_current(viewer)
 
     def _layer_removed(self, event) -> None:
+        thaw()  # the layer (and its data) may be frozen: let the collector have it
         if is_input_image(event.value):
             self._removed_images.add(event.value.name)
             # in the next turn: the trash button removes the selection in a loop
