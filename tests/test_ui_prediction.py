@@ -404,6 +404,9 @@ def test_frames_reach_the_layers_in_a_few_updates_and_the_status_ends_right(
     tiles = viewer.layers[layer_name("many", "tiles")]
     updates = []
     tiles.events.data.connect(lambda event: updates.append(event.action))
+    plotted = []  # rows the plot was given, per update of the session's results
+    widget.session.results_changed.connect(
+        lambda name: plotted.append(len(widget.session.results[name])))
     widget.run_button.native.click()
     message = _run_started(qtbot, widget)
     assert message == "done: 48 frames predicted"
@@ -413,6 +416,8 @@ def test_frames_reach_the_layers_in_a_few_updates_and_the_status_ends_right(
     # where showing each frame on its own took 48
     assert len([a for a in updates if str(a) == "added"]) <= 48 // 16 + 1, updates
     assert len(tiles.data) == 48 and len(tiles.features) == 48
+    # the plot too gets a few updates, not one per frame, and the last one has every frame
+    assert 1 <= len(plotted) <= 48 // 16 + 1 and plotted[-1] == 48, plotted
 
 
 def _run_started(qtbot, widget, timeout=60_000):

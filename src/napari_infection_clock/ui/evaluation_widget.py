@@ -48,7 +48,7 @@ from .docking import place_form
 from .figures import DockedFigure, scrolling_layout
 from .messages import fit_messages, short, show
 from .state import session_for
-from .workers import Batch, Progress, Result, Run, Stop
+from .workers import Batch, Progress, Result, Run, Stop, import_ahead
 
 SOURCES = ("validation items of the last training", "all labelled frames and crops")
 
@@ -112,6 +112,7 @@ class EvaluationWidget(QWidget):
         self._failed = False
         #: How the items were cut, for the status line: a native-tile model's tiles.
         self._on = ""
+        import_ahead("sklearn.metrics")  # what a run's metrics import (core.metrics, report)
         place_form(self, "Evaluate")
         layout = scrolling_layout(self)
         form = QFormLayout()

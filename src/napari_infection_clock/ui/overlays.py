@@ -46,6 +46,11 @@ SUFFIXES = {
 }
 
 
+#: What napari imports the first time it makes a layer of ours (scikit-image's colour
+#: conversions, for a Labels layer's default colours).
+IMPORTED_ON_FIRST_LAYER = ("skimage.color",)
+
+
 def layer_name(image_name: str, kind: str) -> str:
     return f"{image_name} {SUFFIXES[kind]}"
 

@@ -54,6 +54,7 @@ from .overlays import (
     CONTINUOUS,
     SUFFIXES,
     Grid,
+    IMPORTED_ON_FIRST_LAYER,
     PredictionLayers,
     rectangles_to_boxes,
     region_grid,
@@ -62,7 +63,7 @@ from .overlays import (
 from .readout import Readout
 from .state import PredictionRun, SessionModel, session_for
 from .teardown import on_dock_closed
-from .workers import Batch, Failed, Result, Run, Stop
+from .workers import Batch, Failed, Result, Run, Stop, import_ahead
 
 SOURCE_FILE = "checkpoint file"
 SOURCE_SESSION = "model of this session"
@@ -71,6 +72,10 @@ MODE_TILES = "tile grid"
 MODE_REGIONS = "regions (Shapes rectangles)"
 #: Seconds between updates of the shared results (the plot redraws on each).
 RESULTS_EVERY_S = 0.5
+#: Milliseconds from a tick that painted frames to the update of the shared results: the
+#: plot's redraw then takes an event-loop turn of its own, not the one that repaints the
+#: canvas (on a slow machine each holds the GUI thread for a while; together, twice that).
+PUBLISH_AFTER_MS = 100
 
 
 class InputError(ValueError):
@@ -145,6 +150,10 @@ class PredictionWidget(Container):
         self._failed = False
         self._message = ""
         self._ending = None  # the steps left of a run's end (see _on_end)
+        self._publish_later = QTimer(self.native)
+        self._publish_later.setSingleShot(True)
+        self._publish_later.setInterval(PUBLISH_AFTER_MS)
+        self._publish_later.timeout.connect(self._publish)
         self._shown_image = None  # the image the settings below are for
         self._typed: dict = {}  # image -> the settings the user left on it
 
@@ -222,6 +231,7 @@ class PredictionWidget(Container):
         place_form(self.native, "Predict")
         fit_width(self.native)  # never narrower than the form
 
+        import_ahead(*IMPORTED_ON_FIRST_LAYER)
         self.image.changed.connect(self._on_image_changed)
         self.frame_interval_h.changed.connect(self._show_time_source)
         self.onset_h.changed.connect(self._show_time_source)
@@ -499,6 +509,7 @@ class PredictionWidget(Container):
         self._done = 0
         self._failed = False
         self._last_results = 0.0
+        self._publish_later.stop()
         self.progress_bar.max = len(job.frames)
         self.progress_bar.value = 0
         self._progress = progress(total=len(job.frames), desc=f"Predicting {job.image.name}")
@@ -524,7 +535,7 @@ class PredictionWidget(Container):
         elif self._waiting:
             self._show_waiting()
             if time.monotonic() - self._last_results > RESULTS_EVERY_S:
-                self._publish()
+                self._publish_later.start()
         if batch.failed is not None:
             self._failed = True
             self._say(f"prediction failed: {batch.failed.message}", error=True,
@@ -592,7 +603,8 @@ class PredictionWidget(Container):
 
     def _publish(self) -> None:
         job, layers = self._job, self.layers
-        if job is None or layers is None:
+        self._publish_later.stop()
+        if job is None or layers is None or self._orphaned():
             return
         self._last_results = time.monotonic()
         run = PredictionRun(

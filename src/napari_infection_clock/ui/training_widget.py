@@ -53,7 +53,7 @@ from .figures import DockedFigure, legend_above, scrolling_layout
 from .messages import fit_messages, short, show
 from .state import SessionModel, session_for
 from .teardown import on_dock_closed
-from .workers import Batch, Failed, Progress, Result, Run, Stop
+from .workers import Batch, Failed, Progress, Result, Run, Stop, import_ahead
 
 #: Curves: history key -> (axes index, label, style).
 CURVES = {
@@ -147,6 +147,7 @@ class TrainingWidget(QWidget):
         #: Backbone features of heads-only runs, kept so the next run on the same
         #: labels and start model skips the backbone.
         self.feature_cache = FeatureCache()
+        import_ahead("sklearn.metrics")  # what a run's first validation imports (core.metrics)
         self._build()
         self.session.model_changed.connect(self._model_changed)
         on_dock_closed(self, self.cleanup)

@@ -12,6 +12,7 @@ handler, and the dock paints layers and plots a few times per second, not per it
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import threading
@@ -79,6 +80,14 @@ class Batch:
     results: list = field(default_factory=list)
     progress: Progress | None = None
     failed: Failed | None = None
+
+
+def import_ahead(*modules: str) -> None:
+    """Import ``modules`` now, on a background thread of normal priority: what a run (or
+    napari, making its first output layers) would import later. An import holds the GIL;
+    in a niced run's thread on a busy machine it held the GUI thread for half a second."""
+    threading.Thread(target=lambda: [importlib.import_module(name) for name in modules],
+                     name="infection-clock imports", daemon=True).start()
 
 
 def _yield_cpu_to_the_gui() -> None:
