@@ -94,6 +94,8 @@ class SlotTimer:
     #: (label, module, class or None, function): wrapped before the docks are made.
     SUSPECTS = (
         ("vispy canvas paint", "vispy.app.backends._qt", "CanvasBackendDesktop", "paintGL"),
+        ("Qt window events (widget repaints, compositing)", "napari._qt.qt_main_window",
+         "_QtMainWindow", "event"),
         ("matplotlib draw", "matplotlib.backends.backend_agg", "FigureCanvasAgg", "draw"),
         ("matplotlib canvas resized", "matplotlib.backends.backend_qt", "FigureCanvasQT",
          "resizeEvent"),
@@ -194,7 +196,8 @@ class SlotTimer:
         spans, self.spans = self.spans, []
         calls = Counter(label for start, _, label, _ in spans if start >= ticks[0])
         print("    calls: " + ", ".join(f"{label} {calls[label]}" for label in (
-            "vispy canvas paint", "matplotlib draw", "matplotlib constrained layout")))
+            "vispy canvas paint", "matplotlib draw", "matplotlib constrained layout",
+            "Qt window events (widget repaints, compositing)")))
         if not gaps:
             return
 

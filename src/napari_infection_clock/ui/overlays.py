@@ -51,6 +51,11 @@ SUFFIXES = {
 IMPORTED_ON_FIRST_LAYER = ("skimage.color",)
 
 
+def _show_colorbar(layer: Image) -> None:
+    layer.colorbar.visible = True
+    layer.colorbar.tick_length = 3
+
+
 def layer_name(image_name: str, kind: str) -> str:
     return f"{image_name} {SUFFIXES[kind]}"
 
@@ -160,8 +165,9 @@ class PredictionLayers:
     once the clocks are fitted).
 
     The layers are made one per :meth:`make_next` call (the dock makes one per update
-    tick), and a new layer's colorbar is shown by the next call, so that making them never
-    holds the GUI thread for long. The continuous ones
+    tick); a new continuous layer is shown by the next call and its colorbar by the one
+    after (each first paint builds vispy's shaders for it: on Mesa's software OpenGL, as
+    long as making the layer), so that making them never holds the GUI thread for long. The continuous ones
     (probability, duration, onset) carry colorbars and are shown one at a time: showing
     one hides the others, whose colours would mix. The class layer names its classes on
     hover.
@@ -185,7 +191,7 @@ class PredictionLayers:
         cell_translate = (t_translate, ty + grid.translate[0] * iy, tx + grid.translate[1] * ix)
         self._placed = {"scale": cell_scale, "translate": cell_translate}
         self.probability = self.duration = self.classes = self.tiles = None
-        self._colorbars: list[Image] = []  # new continuous layers whose colorbar is off yet
+        self._finish: list = []  # steps left of the layer made last (show it, its colorbar)
         #: Whether :meth:`set_clocks` has given the table and the onset map their clocks.
         self.clocks_in = False
         self.onset = self._existing("onset")
@@ -197,16 +203,14 @@ class PredictionLayers:
         return self.tiles is not None
 
     def make_next(self) -> bool:
-        """Make (or reset) the next missing layer, or show the colorbar of the one made last
-        (its first paint renders the tick labels: a step of its own); True once all four
-        layers are there."""
+        """Make (or reset) the next missing layer, or take the next step of the one made last
+        (show it; show its colorbar: each first paint is a step of its own); True once all
+        four layers are there."""
         placed, raster = self._placed, self._raster
         if self.ready:
             return True
-        if self._colorbars:
-            layer = self._colorbars.pop(0)
-            layer.colorbar.visible = True
-            layer.colorbar.tick_length = 3
+        if self._finish:
+            self._finish.pop(0)()
         elif self.probability is None:
             self.probability = self._image(
                 "probability",
@@ -242,20 +246,21 @@ class PredictionLayers:
         name = layer_name(self.image.name, kind)
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
-    def _image(self, kind, data, colorbar_later=True, **kwargs):
+    def _image(self, kind, data, in_steps=True, visible=True, **kwargs):
         layer = self._existing(kind)
         if not isinstance(layer, Image):
             self._remove(layer)
             with keeping_selection(self.viewer.layers):
                 layer = self.viewer.add_image(data, name=layer_name(self.image.name, kind),
                                               metadata=output_metadata(self.image.name),
-                                              **kwargs)
-            if colorbar_later:
-                self._colorbars.append(layer)
-            else:
-                layer.colorbar.visible = True
-                layer.colorbar.tick_length = 3
+                                              visible=visible and not in_steps, **kwargs)
             layer.events.visible.connect(lambda event, shown=layer: self._show_alone(shown))
+            if not in_steps:
+                _show_colorbar(layer)
+                return layer
+            if visible:
+                self._finish.append(lambda: setattr(layer, "visible", True))
+            self._finish.append(lambda: _show_colorbar(layer))
             return layer
         layer.data = data
         for key in ("scale", "translate", "contrast_limits"):
@@ -393,7 +398,7 @@ class PredictionLayers:
         placed = {"scale": self.probability.scale[1:], "translate": self.probability.translate[1:]}
         self.onset = self._image("onset", onset, colormap="magma", contrast_limits=limits,
                                  opacity=0.7, blending="translucent", visible=False,
-                                 colorbar_later=False, **placed)
+                                 in_steps=False, **placed)
         self.onset.metadata[OUTPUT_OF] = self.image.name
         self.onset.colorbar.visible = True
         self.clocks_in = True
