@@ -9,8 +9,8 @@ the viewer froze in the middle of the first prediction. So when the first dock i
 
 A frozen object is never collected, so the freeze is undone (:func:`thaw`) as soon as
 something frozen may have become garbage that matters: a layer is removed (its data), or
-one of the docks is closed (the viewer closing closes them). The next full collection then
-scans everything once more, and what survives it is frozen again while a dock is open.
+one of the docks is closed (the viewer closing closes them). While a dock is open, what
+survives a full collection is frozen too: the next one scans only what came after it.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def thaw(*_) -> None:
 
 
 def _after_collection(phase: str, info: dict) -> None:
-    """Freeze again what a full collection left, while a dock is open (any thread)."""
-    if phase == "stop" and info["generation"] == 2 and not _frozen and len(_docked):
+    """Freeze what a full collection left, while a dock is open (on any thread): the next
+    one scans only what came after it."""
+    if phase == "stop" and info["generation"] == 2 and len(_docked):
         _freeze()
 
 

@@ -165,9 +165,10 @@ class PredictionLayers:
     once the clocks are fitted).
 
     The layers are made one per :meth:`make_next` call (the dock makes one per update
-    tick); a new continuous layer is shown by the next call and its colorbar by the one
-    after (each first paint builds vispy's shaders for it: on Mesa's software OpenGL, as
-    long as making the layer), so that making them never holds the GUI thread for long. The continuous ones
+    tick); a new shown layer (probability, tiles) is shown by the next call, and its
+    colorbar by the one after (each first paint builds vispy's shaders for
+    it: on Mesa's software OpenGL, as long as making the layer), so that making them never
+    holds the GUI thread for long. The continuous ones
     (probability, duration, onset) carry colorbars and are shown one at a time: showing
     one hides the others, whose colours would mix. The class layer names its classes on
     hover.
@@ -200,7 +201,7 @@ class PredictionLayers:
 
     @property
     def ready(self) -> bool:
-        return self.tiles is not None
+        return self.tiles is not None and not self._finish
 
     def make_next(self) -> bool:
         """Make (or reset) the next missing layer, or take the next step of the one made last
@@ -255,11 +256,10 @@ class PredictionLayers:
                                               metadata=output_metadata(self.image.name),
                                               visible=visible and not in_steps, **kwargs)
             layer.events.visible.connect(lambda event, shown=layer: self._show_alone(shown))
-            if not in_steps:
+            if not (in_steps and visible):  # a hidden layer's colorbar is not painted yet
                 _show_colorbar(layer)
                 return layer
-            if visible:
-                self._finish.append(lambda: setattr(layer, "visible", True))
+            self._finish.append(lambda: setattr(layer, "visible", True))
             self._finish.append(lambda: _show_colorbar(layer))
             return layer
         layer.data = data
@@ -296,8 +296,9 @@ class PredictionLayers:
             return layer
         self._remove(layer)
         with keeping_selection(self.viewer.layers):
-            return self.viewer.add_shapes(
+            layer = self.viewer.add_shapes(
                 ndim=3,
+                visible=False,  # shown by the next step: its first paint is a step of its own
                 name=layer_name(self.image.name, "tiles"),
                 scale=tuple(self.image.scale),
                 translate=tuple(self.image.translate),
@@ -308,6 +309,8 @@ class PredictionLayers:
                 features=pd.DataFrame(columns=list(RESULT_COLUMNS)),
                 metadata=output_metadata(self.image.name),
             )
+        self._finish.append(lambda: setattr(layer, "visible", True))
+        return layer
 
     def _show_alone(self, shown) -> None:
         """``shown`` was made visible: hide this image's other continuous overlays.

@@ -523,15 +523,18 @@ class PredictionWidget(Container):
     def _on_batch(self, batch: Batch) -> None:
         if self._orphaned():
             return
+        model_ready = False
         for item in batch.results:
             if isinstance(item, SessionModel):
                 self._on_model_ready(item)
+                model_ready = True
             elif isinstance(item, Clocks):
                 self._clocks = item
             elif self.layers is not None:  # none: the run was refused (_refuse_whole_frames)
                 self._waiting.append(item)
         if self.layers is not None and not self.layers.ready:
-            self.layers.make_next()  # one new layer per tick; frames wait for all four
+            if not model_ready:  # the readout's first paint is this tick's
+                self.layers.make_next()  # one new layer per tick; frames wait for all four
         elif self._waiting:
             self._show_waiting()
             if time.monotonic() - self._last_results > RESULTS_EVERY_S:
@@ -565,8 +568,7 @@ class PredictionWidget(Container):
         self._job = job = replace(job, frame_interval_h=interval, onset_h=onset)
         self.layers = PredictionLayers(
             self.viewer, job.image, job.grid, job.stack.n_frames, float(model.meta.time.clamp[1])
-        )
-        self.layers.make_next()
+        )  # its layers come one per tick from the next one on (see _on_batch)
         if self.readout is not None:
             self.readout.close()
         self.readout = Readout(self.viewer, self.layers, job.frame_interval_h, job.start_offset_h)
