@@ -76,6 +76,9 @@ RESULTS_EVERY_S = 0.5
 #: plot's redraw then takes an event-loop turn of its own, not the one that repaints the
 #: canvas (on a slow machine each holds the GUI thread for a while; together, twice that).
 PUBLISH_AFTER_MS = 100
+#: Milliseconds between the steps of a run's end. Not 0: a chain of zero timers ran all the
+#: steps in one stall (Qt handled none of the other timers, input or repaints between them).
+END_STEP_MS = 30
 
 
 class InputError(ValueError):
@@ -624,7 +627,7 @@ class PredictionWidget(Container):
         self.session.set_results(job.image.name, layers.table, run)
 
     def _on_end(self, stopped: bool) -> None:
-        """Everything the run yielded is in: show the rest a step per event (a new layer,
+        """Everything the run yielded is in: show the rest a step per turn (a new layer,
         the clocks, the plot's update: each can hold the GUI thread for a while on a slow
         machine, and the viewer repaints and takes input between them), then say how it
         ended. The run counts as running until then."""
@@ -639,7 +642,7 @@ class PredictionWidget(Container):
         if next(self._ending, None) is None:
             self._ending = None
         else:
-            QTimer.singleShot(0, self._next_end_step)
+            QTimer.singleShot(END_STEP_MS, self._next_end_step)
 
     def _end_steps(self, stopped: bool):
         """The end of a run, as a generator that yields (True) between steps."""
