@@ -312,12 +312,9 @@ def main(argv=None) -> int:
         run = root / "run"
         training = train_within_budget(train, run, args)
         evaluation = root / "evaluation"
-        tiles = (training["recipe"] or {}).get("native_tiles")
         cli("evaluate", str(run / "model.pt"), str(test), "--out", str(evaluation),
             "--device", "cpu", "--onset", str(SHIFT_ONSET_H),
-            "--frames-per-hour", str(1 / SHIFT_INTERVAL_H), "--bin-hours", "6",
-            # A native-tile model is evaluated as it predicts: on its tiles, one item each.
-            *(["--tile-size", str(tiles)] if tiles else []))
+            "--frames-per-hour", str(1 / SHIFT_INTERVAL_H), "--bin-hours", "6")
         metrics = json.loads((evaluation / "metrics.json").read_text())
         predictions = pd.read_csv(evaluation / "predictions.csv")
         result = {"tag": args.tag, "args": {k: (str(v) if isinstance(v, Path) else v)
