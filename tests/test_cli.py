@@ -18,6 +18,8 @@ from napari_infection_clock.core.clock import CLOCK_COLUMNS
 from napari_infection_clock.core.novelty import NOVELTY_COLUMNS
 from napari_infection_clock.core.results import RESULT_COLUMNS
 
+from .native_tiles import native_checkpoint
+
 #: A calibrated model's whole table: the clock per region, calibrated p and intervals.
 CALIBRATED_COLUMNS = [*RESULT_COLUMNS, *NOVELTY_COLUMNS, *CLOCK_COLUMNS, "p_calibrated",
                       *INTERVAL_COLUMNS]
@@ -142,21 +144,28 @@ def test_clock_recipe_on_native_tiles_is_recorded_and_reported(data, tmp_path, c
 
 @pytest.fixture(scope="module")
 def native(tmp_path_factory):
-    """A checkpoint as ``train --native-tiles 24`` writes it: 24 px input and tiles, and the
-    recipe that says so."""
-    import torch
+    """A checkpoint as ``train --native-tiles 24`` writes it."""
+    return native_checkpoint(tmp_path_factory.mktemp("native") / "native.pt", 24)
 
-    from napari_infection_clock.core.checkpoint import CheckpointMeta, save_checkpoint
-    from napari_infection_clock.core.model import ModelConfig, build_model
-    from napari_infection_clock.core.preprocess import Preprocessing
-    from napari_infection_clock.core.recipes import RESEARCH
 
-    torch.manual_seed(0)
-    config = ModelConfig("resnet18", hidden_dim=8)
-    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(24), tile_size=24,
-                          recipe={**RESEARCH.to_dict(), "native_tiles": 24})
-    path = tmp_path_factory.mktemp("native") / "native.pt"
-    return save_checkpoint(path, build_model(config, init="random"), meta)
+def test_a_native_tile_model_refuses_frames_smaller_than_its_tiles(native, tmp_path, capsys):
+    """A 24 px native-tile model cannot take 16 px frames (nor whole frames): predict and
+    evaluate say so, and what to do, not "use whole-frame mode", which it cannot."""
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, np.random.default_rng(0).integers(0, 255, (3, 16, 16), np.uint8),
+                     photometric="minisblack")
+    assert main(["predict", str(native), str(small), "--out", str(tmp_path / "p.csv"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot predict frames smaller than 24 px: these are 16 x 16 px" in err, err
+    assert "model trained on whole frames or on smaller tiles" in err
+    assert "whole-frame mode" not in err and not (tmp_path / "p.csv").exists()
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"stack,frame,label,onset_h\n{small},0,infected,0\n{small},1,uninfected,\n")
+    assert main(["evaluate", str(native), str(labels), "--out", str(tmp_path / "ev"),
+                 "--device", "cpu", "--frames-per-hour", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot predict frames smaller than 24 px: these are 16 x 16 px" in err, err
 
 
 def test_a_native_tile_checkpoint_predicts_and_evaluates_on_its_tiles(native, data, tmp_path,

@@ -81,8 +81,11 @@ def report_recipe(meta: CheckpointMeta, opts: T) -> T:
     return replace(opts, tile_size=tiles)
 
 
-def tile_spec(opts: TileOptions) -> TileSpec:
-    return TileSpec(opts.tile_size, opts.stride, opts.border)
+def tile_spec(opts: TileOptions, meta: CheckpointMeta | None = None) -> TileSpec:
+    """The tiles from the options; with ``meta``, a native-tile model's own tiles noted, so
+    frames smaller than them are refused as that model's limit."""
+    model_tiles = None if meta is None else native_tiles_of(meta.recipe)
+    return TileSpec(opts.tile_size, opts.stride, opts.border, model_tiles=model_tiles)
 
 
 def frame_policy(opts: PolicyOptions, base: TimePolicy | None = None) -> FramePolicy:

@@ -33,7 +33,7 @@ def evaluate(opts: EvaluateOptions) -> int:
     warn_assumed(meta, "evaluate")
     opts = report_recipe(meta, opts)
     policy = frame_policy(opts, base=meta.time)
-    items = load_items(opts.data, policy, tile_spec(opts), opts.channel)
+    items = load_items(opts.data, policy, tile_spec(opts, meta), opts.channel)
     for desc in sorted({it.channel_desc for it in items}):
         mismatch = channel_mismatch(meta.stacks, desc)
         if mismatch:

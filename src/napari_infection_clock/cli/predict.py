@@ -102,7 +102,7 @@ def _settings(opts: PredictOptions) -> dict:
 
 def _predict_stack(predictor: Predictor, index: int, opts: PredictOptions) -> pd.DataFrame:
     """One stack's table (its maps too with ``--maps``), frames in order."""
-    tiles = tile_spec(opts)
+    tiles = tile_spec(opts, predictor.meta)
     path = opts.stacks[index]
     with open_stack(path, axes=opts.axes, channel=opts.channel, frame_interval_h=opts.interval,
                     force_axes=opts.force_axes) as stack:

@@ -6,7 +6,7 @@ Boxes are ``y0, x0, y1, x1`` half-open pixel coordinates (rows ``y0:y1``, column
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -31,6 +31,9 @@ class TileSpec:
     tile_size: int | None = None
     stride: int | None = None
     border: str = "shift"
+    #: The tile size of a model trained on native tiles, which cannot take whole frames: a
+    #: frame smaller than its tiles cannot be predicted, and the error says so.
+    model_tiles: int | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.tile_size is not None and not _positive_int(self.tile_size):
@@ -81,6 +84,12 @@ def _axis_starts(height: int, width: int, spec: TileSpec) -> tuple[np.ndarray, n
     if spec.whole_frame:
         return np.zeros(1, np.int64), np.zeros(1, np.int64)
     if spec.tile_size > height or spec.tile_size > width:
+        if spec.model_tiles is not None and spec.model_tiles > min(height, width):
+            raise ValueError(
+                f"this model was trained on native {spec.model_tiles} px tiles and cannot "
+                f"predict frames smaller than {spec.model_tiles} px: these are {height} x "
+                f"{width} px; use a model trained on whole frames or on smaller tiles"
+            )
         raise ValueError(
             f"tile size {spec.tile_size} px is larger than the frame ({height} x {width} px); "
             f"use whole-frame mode (no tile size) or a tile of at most {min(height, width)} px"
