@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,6 @@ from napari_infection_clock.core.dataset import ItemDataset
 from napari_infection_clock.core.items import FramePolicy, research_items
 from napari_infection_clock.core.model import ModelConfig, build_model
 from napari_infection_clock.core.preprocess import Preprocessing
-from napari_infection_clock.core.recipes import RESEARCH
 from napari_infection_clock.core.synthetic import write_research_dataset
 from napari_infection_clock.core.targets import TimePolicy
 from napari_infection_clock.core.trainer import TrainConfig, run_training
@@ -24,6 +24,7 @@ from napari_infection_clock.ui.label_next_widget import MARKER_LAYER, LabelNextW
 from napari_infection_clock.ui.state import SessionModel, session_for
 
 from .figures import points_under_legends
+from .native_tiles import native_model
 
 PREP = Preprocessing(image_size=32)
 
@@ -164,6 +165,32 @@ def test_labelling_a_suggestion_takes_it_off_the_list(make_napari_viewer, qtbot,
     assert widget.list.count() == 26 and "press Rank" in widget.status.text()
 
 
+def test_label_next_says_a_native_tile_model_cannot_rank_smaller_frames(make_napari_viewer,
+                                                                         qtbot):
+    """Frames smaller than a native-tile model's tiles: Rank says, before any run, that this
+    model cannot predict them and what to do, not an exception class nor "whole-frame mode"
+    (which this model cannot take); a tile size other than the model's gets the warning the
+    CLI gives (its tiles are resized to the model's)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (4, 16, 16), np.uint8),
+                     name="small well")
+    label_next = LabelNextWidget(viewer)
+    viewer.window.add_dock_widget(label_next)
+    session_for(viewer).set_model(SessionModel(*native_model(24)))
+    for _ in range(2):  # whole frames, then the model's 24 px tiles the dock switched to
+        label_next.rank_button.click()
+        said = label_next.status.text()
+        assert label_next.worker is None, said
+        assert "cannot predict frames smaller than 24 px: these are 16 x 16 px" in said, said
+        assert "Error" not in said and "whole-frame mode" not in said
+    label_next.tile_spin.setValue(16)
+    label_next.rank_button.click()
+    assert "16 px tiles are resized to 24 px" in label_next.status.text()
+    qtbot.waitUntil(lambda: label_next.worker is None, timeout=120_000)
+    said = label_next.status.text()
+    assert "ranked" in said and "16 px tiles are resized to 24 px" in said, said
+
+
 def test_torch_errors_end_with_a_message_not_results(make_napari_viewer, qtbot, trained):
     """A model whose class head no longer fits its backbone: torch raises a RuntimeError
     (shape mismatch) in the worker, which superqt would swallow; both docks say so and
@@ -173,13 +200,9 @@ def test_torch_errors_end_with_a_message_not_results(make_napari_viewer, qtbot, 
     good, items, paths = trained
     broken = copy.deepcopy(good.model)
     broken.classifier = nn.Sequential(nn.Linear(7, 2))
-    viewer = make_napari_viewer()
-    viewer.open(str(paths[0]), plugin="napari-infection-clock")
-    evaluation, label_next = EvaluationWidget(viewer), LabelNextWidget(viewer)
-    viewer.window.add_dock_widget(evaluation)
-    viewer.window.add_dock_widget(label_next)
+    viewer, evaluation, label_next = _docks(make_napari_viewer, paths[0],
+                                            SessionModel(broken, good.meta))
     session = session_for(viewer)
-    session.set_model(SessionModel(broken, good.meta))
     session.validation_items = items[:4]
 
     assert evaluation.evaluate()
@@ -194,6 +217,17 @@ def test_torch_errors_end_with_a_message_not_results(make_napari_viewer, qtbot, 
     assert label_next.ranked.empty and label_next.list.count() == 0
 
 
+def _docks(make_napari_viewer, path, model: SessionModel):
+    """A viewer with ``path`` open, the Evaluate and Label next docks, ``model`` the session's."""
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-infection-clock")
+    evaluation, label_next = EvaluationWidget(viewer), LabelNextWidget(viewer)
+    viewer.window.add_dock_widget(evaluation)
+    viewer.window.add_dock_widget(label_next)
+    session_for(viewer).set_model(model)
+    return viewer, evaluation, label_next
+
+
 def test_a_native_tile_model_is_evaluated_and_ranked_on_its_tiles(make_napari_viewer, qtbot,
                                                                    trained):
     """A model trained on native 24 px tiles (``train --native-tiles 24``) would see whole
@@ -201,17 +235,9 @@ def test_a_native_tile_model_is_evaluated_and_ranked_on_its_tiles(make_napari_vi
     frame into its 24 px tiles and says so; Rank, like Predict, refuses whole frames, switches
     to its tile size and says so, then ranks the tiles."""
     _, items, paths = trained
-    torch.manual_seed(0)
-    config = ModelConfig(arch="resnet18", hidden_dim=8)
-    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=24), tile_size=24,
-                          time=TimePolicy(), recipe={**RESEARCH.to_dict(), "native_tiles": 24})
-    viewer = make_napari_viewer()
-    viewer.open(str(paths[0]), plugin="napari-infection-clock")
-    evaluation, label_next = EvaluationWidget(viewer), LabelNextWidget(viewer)
-    viewer.window.add_dock_widget(evaluation)
-    viewer.window.add_dock_widget(label_next)
+    viewer, evaluation, label_next = _docks(make_napari_viewer, paths[0],
+                                            SessionModel(*native_model(24)))
     session = session_for(viewer)
-    session.set_model(SessionModel(build_model(config, init="random").eval(), meta))
     mock = next(p for p in paths if p.parent.name == "uninfected")
     for path, label, frames in ((paths[0], "infected", range(10, 15)),
                                 (mock, "uninfected", range(5))):

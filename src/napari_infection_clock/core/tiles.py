@@ -100,6 +100,15 @@ def _axis_starts(height: int, width: int, spec: TileSpec) -> tuple[np.ndarray, n
     )
 
 
+def resized_tiles_note(model_tiles: int | None, tile_size: int | None) -> str:
+    """What to tell a user whose tiles are resized for a model trained on native tiles
+    (empty when they are the model's own, or it has none)."""
+    if model_tiles is None or tile_size in (None, model_tiles):
+        return ""
+    return (f"the model was trained on native {model_tiles} px tiles: {tile_size} px tiles are "
+            f"resized to {model_tiles} px for it (a tile size of {model_tiles} uses its tiles)")
+
+
 def tile_grid_shape(height: int, width: int, spec: TileSpec) -> tuple[int, int]:
     """Number of tile rows and columns for a ``height`` x ``width`` frame."""
     ys, xs = _axis_starts(height, width, spec)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 from ..core.predictor import Predictor
 from ..core.recipes import native_tiles_of
 from ..core.stack import stack_from_array
-from ..core.tiles import TileSpec
+from ..core.tiles import TileSpec, resized_tiles_note, tile_grid_shape
 from ..core.uncertainty import METHODS, iter_stack_uncertainty, rank_uncertain
 from .layer_roles import annotation_key, input_images, output_metadata, time_setting
 from .docking import place_form
@@ -67,6 +67,7 @@ class LabelNextWidget(QWidget):
         self._whole = True
         self._failed = False
         self._tables: list[pd.DataFrame] = []
+        self._note = ""  # the last ranking's tiles resized for a native-tile model
         place_form(self, "Label next")
         layout = scrolling_layout(self)  # fits beside the other docks
         form = QFormLayout()
@@ -130,17 +131,25 @@ class LabelNextWidget(QWidget):
         if name not in self.viewer.layers:
             return self._fail("choose an image layer")
         layer = self.viewer.layers[name]
-        tiles = native_tiles_of(self.session.model.meta.recipe)
-        if tiles is not None and self.tile_spin.value() == 0:
-            # As the prediction dock does: whole frames shrunk to its tiles would be ranked
-            # with confidence all the same.
-            self.tile_spin.setValue(tiles)
-            self.status.setText(f"the model was trained on {tiles} px tiles, not whole frames: "
-                                f"the tile size is now {tiles} px; click Rank again")
-            return False
+        native = native_tiles_of(self.session.model.meta.recipe)
         interval = time_setting(layer, self.session.model.meta).frame_interval_h
         stack = stack_from_array(layer.data, "TYXS" if layer.rgb else "TYX", name, interval)
-        tiles = TileSpec(tile_size=self.tile_spin.value() or None)
+        tiles = TileSpec(tile_size=self.tile_spin.value() or native, model_tiles=native)
+        try:  # frames smaller than the tiles (or than a native-tile model's): said before a run
+            tile_grid_shape(*stack.frame_shape, tiles)
+        except ValueError as exc:
+            return self._fail(str(exc))
+        if native is not None and self.tile_spin.value() == 0:
+            # As the prediction dock does: whole frames shrunk to its tiles would be ranked
+            # with confidence all the same.
+            self.tile_spin.setValue(native)
+            self.status.setText(f"the model was trained on {native} px tiles, not whole frames: "
+                                f"the tile size is now {native} px; click Rank again")
+            return False
+        self._note = resized_tiles_note(native, tiles.tile_size)
+        self.status.setText("scoring..." + (f" {self._note}" if self._note else ""))
+        if self._note:
+            show_warning(self._note)
         self._failed = False
         self._tables: list[pd.DataFrame] = []
         model = self.session.model
@@ -160,7 +169,8 @@ class LabelNextWidget(QWidget):
     def _on_batch(self, batch: Batch) -> None:
         self._tables += batch.results
         if batch.progress is not None:
-            self.status.setText(f"scored {batch.progress.done}/{batch.progress.total} frames")
+            self.status.setText(f"scored {batch.progress.done}/{batch.progress.total} frames"
+                                + (f"; {self._note}" if self._note else ""))
         if batch.failed is not None:
             self._failed = True
             self._fail(f"ranking failed: {batch.failed.message}")
@@ -202,6 +212,8 @@ class LabelNextWidget(QWidget):
         text = f"{len(self.ranked)} unlabelled items ranked; most uncertain first"
         if self._scored_model is not self.session.model:
             text += ". The model changed since: these are the old model's scores; press Rank"
+        elif self._note:
+            text += f"; {self._note}"
         self.status.setText(text)
 
     def _shown_keys(self) -> list[tuple[int, ...]]:
