@@ -38,6 +38,7 @@ from napari_infection_clock.ui.state import SessionModel, session_for
 from napari_infection_clock.ui.writer import write_prediction_csv
 
 from .layer_list import click_eye, click_layer
+from .native_tiles import native_checkpoint
 
 KINDS = ("probability", "duration", "class", "tiles")
 
@@ -701,12 +702,10 @@ def test_a_native_tile_model_is_not_run_on_whole_frames(make_napari_viewer, qtbo
                                                          tmp_path):
     """A checkpoint trained on native 16 px tiles (its meta's recipe says so, as
     ``train --native-tiles 16`` writes it) would shrink whole frames to 16 px and answer
-    with confidence: the dock refuses, switches to its tiles and says so."""
-    config = ModelConfig("resnet18", hidden_dim=16)
-    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(16),
-                          time=TimePolicy(frame_interval_h=0.5, onset_h=2.0, clamp=(0.0, 24.0)),
-                          recipe={"name": "research", "native_tiles": 16})
-    native = save_checkpoint(tmp_path / "native.pt", build_model(config, init="random"), meta)
+    with confidence: the dock refuses, switches to its tiles and says so. Tiles of another
+    size are resized to its 16 px: the status line says so, as the CLI warns."""
+    native = native_checkpoint(tmp_path / "native.pt", 16, TimePolicy(
+        frame_interval_h=0.5, onset_h=2.0, clamp=(0.0, 24.0)))
     viewer, image, widget = _setup(make_napari_viewer, sample, native)
     assert widget.mode.value == MODE_WHOLE
     qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)
@@ -717,3 +716,9 @@ def test_a_native_tile_model_is_not_run_on_whole_frames(make_napari_viewer, qtbo
     assert [layer.name for layer in viewer.layers] == ["well"]  # no whole-frame outputs
     assert _run(qtbot, widget).startswith("done")
     assert len(viewer.layers[layer_name("well", "tiles")].data) == 8 * 16
+    assert "resized" not in widget.status.value
+    widget.tile_size.value = 32
+    qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)
+    said = _run_started(qtbot, widget)
+    assert said.startswith("done"), said
+    assert "32 px tiles are resized to 16 px" in widget.status.value, widget.status.value

@@ -42,7 +42,7 @@ from ..core.predictor import Predictor, default_batch_size
 from ..core.recipes import native_tiles_of
 from ..core.stack import StackError, stack_from_array
 from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
-from ..core.tiles import TileSpec
+from ..core.tiles import TileSpec, resized_tiles_note, tile_grid_shape
 from .devices import device_choices
 from .docking import place_form
 from .figures import fit_width
@@ -152,6 +152,7 @@ class PredictionWidget(Container):
         self._done = 0
         self._failed = False
         self._message = ""
+        self._note = ""  # the run's tiles resized for a native-tile model (see _refuse_model_tiles)
         self._ending = None  # the steps left of a run's end (see _on_end)
         self._publish_later = QTimer(self.native)
         self._publish_later.setSingleShot(True)
@@ -511,6 +512,7 @@ class PredictionWidget(Container):
         self._clocks = None  # the regions' clocks, shown once every frame is
         self._done = 0
         self._failed = False
+        self._note = ""
         self._last_results = 0.0
         self._publish_later.stop()
         self.progress_bar.max = len(job.frames)
@@ -533,7 +535,7 @@ class PredictionWidget(Container):
                 model_ready = True
             elif isinstance(item, Clocks):
                 self._clocks = item
-            elif self.layers is not None:  # none: the run was refused (_refuse_whole_frames)
+            elif self.layers is not None:  # none: the run was refused (_refuse_model_tiles)
                 self._waiting.append(item)
         if self.layers is not None and not self.layers.ready:
             if not model_ready:  # the readout's first paint is this tick's
@@ -555,7 +557,7 @@ class PredictionWidget(Container):
         self._done = frames[-1].done
         self.progress_bar.value = self._done
         self._progress.update(self._done - self._progress.n)
-        self._say(f"predicting: {self._done} of {len(self._job.frames)} frames done")
+        self._say(self._noted(f"predicting: {self._done} of {len(self._job.frames)} frames done"))
         self.layers.add_frames([f.table for f in frames])
 
     def _on_model_ready(self, model: SessionModel) -> None:
@@ -565,7 +567,7 @@ class PredictionWidget(Container):
         if model is not self.session.model:
             self.session.set_model(model)
         self.model_info.value = model.description
-        if self._refuse_whole_frames(model, job):
+        if self._refuse_model_tiles(model, job):
             return
         interval, onset = job.times_for(model.meta)
         self._job = job = replace(job, frame_interval_h=interval, onset_h=onset)
@@ -576,24 +578,43 @@ class PredictionWidget(Container):
             self.readout.close()
         self.readout = Readout(self.viewer, self.layers, job.frame_interval_h, job.start_offset_h)
         self.swap_button.enabled = True
-        self._say("predicting...")
+        self._say(self._noted("predicting..."))
         mismatch = channel_mismatch(model.meta.stacks, self._job.stack.channel_desc)
         if mismatch:
             show_warning(f"{self._job.image.name}: {mismatch}")
 
-    def _refuse_whole_frames(self, model: SessionModel, job: Job) -> bool:
+    def _refuse_model_tiles(self, model: SessionModel, job: Job) -> bool:
         """A model trained on native tiles would see whole frames shrunk to its tile size
         and answer with confidence: stop before any layer is made, switch the dock to its
-        tiles and say so."""
+        tiles and say so. Frames smaller than its tiles it cannot predict at all (said);
+        other tiles are resized to its own (said, as the CLI does)."""
         tiles = native_tiles_of(model.meta.recipe)
-        if not tiles or job.tiles.tile_size is not None or job.boxes is not None:
+        self._note = ""
+        if not tiles or job.boxes is not None:
             return False
-        self.mode.value, self.tile_size.value, self.stride.value = MODE_TILES, int(tiles), 0
-        self._failed = True
-        self.worker.stop()
-        self._say(f"the model was trained on {tiles} px tiles, not whole frames: the mode is "
-                  f"now a {tiles} px tile grid; click Predict again")
-        return True
+        try:
+            tile_grid_shape(*job.stack.frame_shape,
+                            TileSpec(job.tiles.tile_size or tiles, model_tiles=tiles))
+        except ValueError as err:
+            self._failed = True
+            self.worker.stop()
+            self._say(str(err), error=True)
+            return True
+        if job.tiles.tile_size is None:
+            self.mode.value, self.tile_size.value, self.stride.value = MODE_TILES, int(tiles), 0
+            self._failed = True
+            self.worker.stop()
+            self._say(f"the model was trained on {tiles} px tiles, not whole frames: the mode "
+                      f"is now a {tiles} px tile grid; click Predict again")
+            return True
+        self._note = resized_tiles_note(tiles, job.tiles.tile_size)
+        if self._note:
+            show_warning(self._note)
+        return False
+
+    def _noted(self, message: str) -> str:
+        """``message`` with the run's resized-tiles warning, if any (the status line keeps it)."""
+        return f"{message}; {self._note}" if self._note else message
 
     def swap_overlay(self) -> None:
         """Show the next continuous overlay (probability, duration, onset map): one at a time,
@@ -682,7 +703,7 @@ class PredictionWidget(Container):
         self.run_button.enabled = True
         self.cancel_button.enabled = False
         if not self._failed:
-            self._say(message)
+            self._say(self._noted(message))
         self.finished.emit(message)
 
     def _say(self, message: str, error: bool = False, details: str = "") -> None:
