@@ -134,7 +134,7 @@ def test_clock_recipe_on_native_tiles_is_recorded_and_reported(data, tmp_path, c
     _, meta = load_checkpoint(out / "model.pt")
     assert meta.tile_size == meta.preprocessing.image_size == 24
     assert meta.recipe["name"] == "clock" and meta.recipe["native_tiles"] == 24
-    assert meta.recipe["ema"] == 0.9 and meta.recipe["select"] == "smoothed"
+    assert meta.recipe["ema"] == 0.9 and (meta.recipe["lr"], meta.recipe["best_metric"]) == (1e-3, "loss")
     assert main(["evaluate", str(out / "model.pt"), str(data), "--out", str(tmp_path / "ev"),
                  "--device", "cpu", "--tile-size", "24"]) == 0
     printed = capsys.readouterr()

@@ -247,3 +247,19 @@ def test_training_on_from_a_native_tile_model_keeps_its_tiles(make_napari_viewer
     assert trained.preprocessing.image_size == 16
     items = session.validation_items  # what the evaluation dock gets: the frames' tiles
     assert items and {(i.box[2] - i.box[0], i.box[3] - i.box[1]) for i in items} == {(16, 16)}
+
+
+def test_choosing_a_recipe_sets_its_learning_rate_and_metric_and_back(make_napari_viewer,
+                                                                        tmp_path):
+    """The clock recipe brings its learning rate and best-epoch metric into the form;
+    choosing research again brings back SPEC 6's, so research never trains at clock's."""
+    viewer = make_napari_viewer()
+    widget = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.recipe_combo.setCurrentText("clock")
+    assert (widget.lr_spin.value(), widget.best_combo.currentText()) == (1e-3, "loss")
+    assert widget.train_config().lr == 1e-3
+    widget.recipe_combo.setCurrentText("research")
+    assert (widget.lr_spin.value(), widget.best_combo.currentText()) == (1e-4, "roc_auc")
+    config = widget.train_config()
+    assert (config.lr, config.best_metric, config.recipe) == (1e-4, "roc_auc", RESEARCH)

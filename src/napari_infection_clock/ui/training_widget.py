@@ -178,8 +178,8 @@ class TrainingWidget(QWidget):
             self.recipe_combo.setItemData(self.recipe_combo.count() - 1, preset.summary(),
                                           Qt.ToolTipRole)
         self.recipe_combo.setToolTip("research: the research pipeline's recipe; clock: "
-                                     "experimental, options meant for wells the model "
-                                     "never saw, not yet shown better (docs/quality.md)")
+                                     "what held best on wells the model never saw "
+                                     "(docs/quality.md)")
         self.recipe_combo.currentTextChanged.connect(self._recipe_chosen)
         self.augment_check = QCheckBox("as the recipe says")
         self.augment_check.setChecked(True)
@@ -292,11 +292,11 @@ class TrainingWidget(QWidget):
         return chosen
 
     def _recipe_chosen(self, name: str) -> None:
-        preset = RECIPES[name]
-        if preset.lr is not None:
-            self.lr_spin.setValue(preset.lr)
-        if preset.best_metric is not None:
-            self.best_combo.setCurrentText(preset.best_metric)
+        """The preset's learning rate and best-epoch metric, or SPEC 6's where it sets none
+        (so research chosen after clock does not keep clock's)."""
+        preset, spec = RECIPES[name], TrainConfig()
+        self.lr_spin.setValue(spec.lr if preset.lr is None else preset.lr)
+        self.best_combo.setCurrentText(preset.best_metric or spec.best_metric)
 
     def start(self) -> bool:
         """Check everything cheap on the GUI thread, then train in a worker."""
