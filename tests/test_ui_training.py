@@ -13,11 +13,13 @@ from napari_infection_clock.core.annotations import open_annotations
 from napari_infection_clock.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from napari_infection_clock.core.model import ModelConfig, build_model
 from napari_infection_clock.core.preprocess import Preprocessing
-from napari_infection_clock.core.recipes import CLOCK, RESEARCH
+from napari_infection_clock.core.recipes import CLOCK
 from napari_infection_clock.core.synthetic import generate_stack, write_research_dataset
 from napari_infection_clock.ui.annotation_widget import AnnotationWidget
 from napari_infection_clock.ui.state import SessionModel, session_for
 from napari_infection_clock.ui.training_widget import TrainingWidget
+
+from .native_tiles import native_model
 
 
 @pytest.fixture(scope="module")
@@ -232,11 +234,7 @@ def test_training_on_from_a_native_tile_model_keeps_its_tiles(make_napari_viewer
     widget.mode_combo.setCurrentText("heads")
     session = session_for(viewer)
     _label(session, wells)
-    torch.manual_seed(0)
-    config = ModelConfig(arch="resnet18", hidden_dim=8)
-    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=16), tile_size=16,
-                          recipe={**RESEARCH.to_dict(), "native_tiles": 16})
-    session.set_model(SessionModel(build_model(config, init="random"), meta))
+    session.set_model(SessionModel(*native_model(16)))
     assert widget.start_combo.currentText() == "session model"
     widget.start_button.click()
     assert "training on 16 px tiles, as the session model was trained" in widget.status.text()
