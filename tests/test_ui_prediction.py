@@ -722,3 +722,17 @@ def test_a_native_tile_model_is_not_run_on_whole_frames(make_napari_viewer, qtbo
     said = _run_started(qtbot, widget)
     assert said.startswith("done"), said
     assert "32 px tiles are resized to 16 px" in widget.status.value, widget.status.value
+
+
+def test_a_native_tile_model_says_it_cannot_predict_smaller_frames(make_napari_viewer, qtbot,
+                                                                    tmp_path):
+    """Frames smaller than a native-tile model's tiles: the dock says the model cannot
+    predict them and what to do, not "use whole-frame mode" (which it cannot take)."""
+    native = native_checkpoint(tmp_path / "native.pt", 24)
+    data = np.random.default_rng(0).integers(0, 255, (4, 16, 16), np.uint8)
+    viewer, image, widget = _setup(make_napari_viewer, (data, {}), native)
+    qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)
+    said = _run_started(qtbot, widget)
+    assert "cannot predict frames smaller than 24 px: these are 16 x 16 px" in said, said
+    assert "whole-frame mode" not in said and widget.mode.value == MODE_WHOLE
+    assert [layer.name for layer in viewer.layers] == ["well"]
