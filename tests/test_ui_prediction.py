@@ -190,6 +190,47 @@ def test_regions_mode_paints_the_rectangles(make_napari_viewer, qtbot, sample, c
     assert np.isnan(prob.data[0]).all()  # outside the frame range
 
 
+def test_predicting_again_keeps_no_earlier_run(make_napari_viewer, qtbot, checkpoint, tmp_path):
+    """Each click of Predict with a checkpoint file runs a folded copy of its model; a
+    finished run's copy and worker go with it, without waiting for a full collection
+    (rare while a dock is open: ui/gc_freeze.py). A resnet50 kept 95 MB a run."""
+    import gc
+
+    from torch import nn
+
+    from napari_infection_clock.ui.workers import Run
+
+    config = ModelConfig("resnet18", hidden_dim=16)
+    other = save_checkpoint(tmp_path / "other.pt", build_model(config, init="random"),
+                            CheckpointMeta(model=config, preprocessing=Preprocessing(32)))
+    viewer = make_napari_viewer()
+    data, meta = sample_pair(n_frames=2, size=32, seed=4)["infected"]
+    viewer.add_image(data, name="w", metadata=meta)
+    widget = PredictionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.device.value = "cpu"
+    messages = []
+    widget.finished.connect(messages.append)
+
+    def convolutions():  # with weights: the folding traces weightless ("meta") copies
+        return sum(isinstance(o, nn.Conv2d) and not o.weight.is_meta for o in gc.get_objects())
+
+    alive = []
+    gc.collect()
+    gc.disable()  # what is freed must be freed when let go, not by the cyclic collector
+    try:
+        for i, path in enumerate([checkpoint, other, checkpoint, other]):
+            widget.checkpoint.value = path
+            widget.run_button.native.click()
+            qtbot.waitUntil(lambda i=i: len(messages) > i, timeout=60_000)
+            qtbot.waitUntil(lambda: not widget.native.findChildren(Run), timeout=5_000)
+            alive.append(convolutions())
+    finally:
+        gc.enable()
+    assert all(m.startswith("done") for m in messages), messages
+    assert alive[1:] == alive[:1] * 3  # the session's model only, not one more per run
+
+
 def test_event_loop_turns_and_cancel_leaves_consistent_layers(
     make_napari_viewer, qtbot, checkpoint
 ):

@@ -102,7 +102,8 @@ def _yield_cpu_to_the_gui() -> None:
 
 class Run(QObject):
     """A dock's long work: ``body(stop, *args)`` in a thread, its updates handed over in
-    batches to ``on_batch`` and, once everything is handed over, ``on_end(stopped)``.
+    batches to ``on_batch`` and, once everything is handed over, ``on_end(stopped)``;
+    then it deletes itself (its Python attributes, such as :meth:`stop`, still answer).
 
     Both callbacks run on the GUI thread. A body's exception ends the run with
     :meth:`Failed.of` (superqt's worker would turn a raised RuntimeError, most torch
@@ -187,5 +188,6 @@ class Run(QObject):
                 self.ended = True
                 self._timer.stop()
                 self._on_end(self.stopping)
+                self.deleteLater()  # a child of its dock: it would stay as long as the dock
         finally:
             self._draining = False
