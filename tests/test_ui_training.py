@@ -13,7 +13,7 @@ from napari_infection_clock.core.annotations import open_annotations
 from napari_infection_clock.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from napari_infection_clock.core.model import ModelConfig, build_model
 from napari_infection_clock.core.preprocess import Preprocessing
-from napari_infection_clock.core.recipes import CLOCK
+from napari_infection_clock.core.recipes import CLOCK, RESEARCH
 from napari_infection_clock.core.synthetic import generate_stack, write_research_dataset
 from napari_infection_clock.ui.annotation_widget import AnnotationWidget
 from napari_infection_clock.ui.state import SessionModel, session_for
