@@ -9,12 +9,10 @@ import time
 import napari
 from qtpy.QtWidgets import QApplication
 
-from gated_frames import GatedFrames  # this script's folder, tests/
-
 from napari_infection_clock.core.synthetic import sample_pair
 
 PLUGIN = "napari-infection-clock"
-FRAMES = 40  # of 16 tiles each; the run reads 20 and waits there until the click
+FRAMES = 300  # of 16 tiles each, in batches of 16: far more than a run does before the click
 
 
 def turn(n: int) -> None:
@@ -25,7 +23,6 @@ def turn(n: int) -> None:
 
 viewer = napari.Viewer(show=True)
 data, meta = sample_pair(n_frames=FRAMES, size=64, seed=1)["infected"]
-data = GatedFrames(data, free=20)
 image = viewer.add_image(data, name="long well", metadata=dict(meta))
 predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict infection")[1]
 predict.checkpoint.value = sys.argv[1]
@@ -44,7 +41,6 @@ print(f"under way: {predict.progress_bar.value} of {FRAMES} frames shown, ended:
 viewer.layers.selection = {image}
 turn(1)
 viewer.window._qt_viewer.layerButtons.deleteButton.click()
-data.release()
 while not done:
     turn(1)
 print(done[0], flush=True)

@@ -236,11 +236,8 @@ def test_event_loop_turns_and_cancel_leaves_consistent_layers(
 ):
     from qtpy.QtCore import QTimer
 
-    from .gated_frames import GatedFrames
-
     viewer = make_napari_viewer()
-    data, meta = sample_pair(n_frames=40, size=64, seed=2)["mock"]
-    data = GatedFrames(data, free=30)  # the run waits there: it cannot end before the click
+    data, meta = sample_pair(n_frames=96, size=64, seed=2)["mock"]  # not over before cancel
     viewer.add_image(data, name="long", metadata=meta)
     widget = PredictionWidget(viewer)
     viewer.window.add_dock_widget(widget)
@@ -257,11 +254,8 @@ def test_event_loop_turns_and_cancel_leaves_consistent_layers(
     widget.finished.connect(messages.append)
     assert widget.run()  # makes the output layers on the GUI thread, then starts the worker
     timer.start(20)
-    try:
-        qtbot.waitUntil(lambda: widget._done >= 10, timeout=120_000)
-        widget.cancel_button.native.click()
-    finally:
-        data.release()
+    qtbot.waitUntil(lambda: widget._done >= 10, timeout=120_000)
+    widget.cancel_button.native.click()
     qtbot.waitUntil(lambda: bool(messages), timeout=60_000)
     timer.stop()
 
@@ -272,9 +266,9 @@ def test_event_loop_turns_and_cancel_leaves_consistent_layers(
     prob = viewer.layers[layer_name("long", "probability")]
     tiles = viewer.layers[layer_name("long", "tiles")]
     done = sorted(tiles.features["frame"].unique())
-    assert 10 <= len(done) <= 30
+    assert 10 <= len(done) < 96
     assert len(tiles.data) == len(tiles.features) == 16 * len(done)
-    painted = [f for f in range(40) if not np.isnan(prob.data[f]).all()]
+    painted = [f for f in range(96) if not np.isnan(prob.data[f]).all()]
     assert painted == done
     assert all(not np.isnan(prob.data[f]).any() for f in done)
     assert widget.run_button.enabled and not widget.running
@@ -637,20 +631,19 @@ def test_the_image_chooser_follows_the_image_in_view(make_napari_viewer, qtbot, 
 
 def test_removing_the_image_of_a_running_prediction_stops_it_and_leaves_no_layers(checkpoint):
     """The trash button on the image while its prediction is provably under way (frames
-    shown; the run waits for the click to read on): the run is cancelled, its outputs go,
-    napari does not crash (it did, in vispy's glDrawArrays, until ui/gl_context.py). In a
-    fresh process, napari first, as a user's: a crash is then this test's failure, not the
-    end of pytest."""
+    shown, hundreds to go): the run is cancelled, its outputs go, napari does not crash
+    (it did, in vispy's glDrawArrays, until ui/gl_context.py). In a fresh process, napari
+    first, as a user's: a crash is then this test's failure, not the end of pytest."""
     assert os.environ.get("DISPLAY"), "needs a display (pytest-xvfb)"
     script = Path(__file__).with_name("remove_during_prediction.py")
     proc = subprocess.run([sys.executable, str(script), str(checkpoint)], capture_output=True,
                           text=True, timeout=600)
     out = proc.stdout
-    under_way = re.search(r"under way: (\d+) of 40 frames shown, ended: False, outputs: 4", out)
-    assert under_way and 1 <= int(under_way.group(1)) <= 20, out
+    under_way = re.search(r"under way: (\d+) of 300 frames shown, ended: False, outputs: 4", out)
+    assert under_way and 1 <= int(under_way.group(1)) < 300, out
     assert proc.returncode == 0, (
         f"exit {proc.returncode} (-11 is a segmentation fault)\n{out}\n{proc.stderr[-3000:]}")
-    assert re.search(r"^cancelled: \d+ of 40 frames predicted$", out, re.MULTILINE), out
+    assert re.search(r"^cancelled: \d+ of 300 frames predicted$", out, re.MULTILINE), out
     assert "left: []" in out, out
 
 
