@@ -3,7 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_infection_clock.core.tiles import TileSpec, crop, tile_boxes, tile_grid_shape
+from napari_infection_clock.core.tiles import (
+    TileSpec,
+    crop,
+    resized_tiles_note,
+    tile_boxes,
+    tile_grid_shape,
+)
 
 
 def test_whole_frame_is_one_box():
@@ -130,3 +136,16 @@ def test_crop_matches_reflecting_the_whole_frame():
             continue
         expected = padded[y0 + 6 : y1 + 6, x0 + 6 : x1 + 6]
         np.testing.assert_array_equal(crop(frame, (y0, x0, y1, x1)), expected)
+
+
+def test_resized_tiles_note_speaks_the_docks_and_the_command_lines_words():
+    """One wording for the warning that other tiles are resized for a native-tile model:
+    the docks name a tile size, the command line its --tile-size option."""
+    assert resized_tiles_note(16, 16) == resized_tiles_note(None, 32) == ""
+    assert resized_tiles_note(16, None, option="--tile-size") == ""
+    dock = resized_tiles_note(16, 32)
+    assert "native 16 px tiles: 32 px tiles are resized to 16 px" in dock
+    assert "a tile size of 16 uses its tiles" in dock
+    cli = resized_tiles_note(24, 16, option="--tile-size")
+    assert "native 24 px tiles: --tile-size 16 tiles are resized to 24 px" in cli
+    assert "leave --tile-size out to use its tiles" in cli

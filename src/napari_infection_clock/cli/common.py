@@ -17,7 +17,7 @@ from ..core.model import PretrainedWeightsUnavailable
 from ..core.recipes import describe_recorded, native_tiles_of
 from ..core.stack import StackError
 from ..core.targets import TimePolicy
-from ..core.tiles import TileSpec
+from ..core.tiles import TileSpec, resized_tiles_note
 from ..core.trainer import TrainingError
 from .options import PolicyOptions, TileOptions
 
@@ -72,8 +72,7 @@ def report_recipe(meta: CheckpointMeta, opts: T) -> T:
     if tiles is None or opts.tile_size == tiles:
         return opts
     if opts.tile_size is not None:
-        warn(f"the model was trained on native {tiles} px tiles: --tile-size {opts.tile_size} "
-             f"tiles are resized to {tiles} px for it (leave --tile-size out to use its tiles)")
+        warn(resized_tiles_note(tiles, opts.tile_size, option="--tile-size"))
         return opts
     if main:
         print(f"tiles: {tiles} px, as the model was trained on native {tiles} px tiles "

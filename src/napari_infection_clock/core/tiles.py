@@ -100,13 +100,19 @@ def _axis_starts(height: int, width: int, spec: TileSpec) -> tuple[np.ndarray, n
     )
 
 
-def resized_tiles_note(model_tiles: int | None, tile_size: int | None) -> str:
+def resized_tiles_note(model_tiles: int | None, tile_size: int | None,
+                       option: str | None = None) -> str:
     """What to tell a user whose tiles are resized for a model trained on native tiles
-    (empty when they are the model's own, or it has none)."""
+    (empty when they are the model's own, or it has none). The docks name a tile size;
+    the command line passes ``option`` ("--tile-size") and names that."""
     if model_tiles is None or tile_size in (None, model_tiles):
         return ""
-    return (f"the model was trained on native {model_tiles} px tiles: {tile_size} px tiles are "
-            f"resized to {model_tiles} px for it (a tile size of {model_tiles} uses its tiles)")
+    if option is None:
+        given, hint = f"{tile_size} px", f"a tile size of {model_tiles} uses its tiles"
+    else:
+        given, hint = f"{option} {tile_size}", f"leave {option} out to use its tiles"
+    return (f"the model was trained on native {model_tiles} px tiles: {given} tiles are "
+            f"resized to {model_tiles} px for it ({hint})")
 
 
 def tile_grid_shape(height: int, width: int, spec: TileSpec) -> tuple[int, int]:
