@@ -173,6 +173,7 @@ def test_regions_selected_in_their_layer(make_napari_viewer):
         pass
     layers.add_frames([rows for _, rows in _table(grid).groupby("frame")])
     plot = TimeSeriesPlot(viewer)
+    viewer.window.add_dock_widget(plot)  # docked, as a user has it (see test_ui_theme.py)
     run = PredictionRun(n_frames=N_FRAMES, frame_interval_h=INTERVAL, onset_h=ONSET,
                         mode="regions (Shapes rectangles)", regions_layer="cells")
     session_for(viewer).set_results("well", layers.table, run)
@@ -183,6 +184,7 @@ def test_regions_selected_in_their_layer(make_napari_viewer):
 def test_empty_plot_is_calm(make_napari_viewer):
     viewer = make_napari_viewer()
     plot = TimeSeriesPlot(viewer)
+    viewer.window.add_dock_widget(plot)
     assert "no prediction yet" in plot.onset_label.text()
     viewer.dims.set_point(0, 0)  # no crash without data
     assert plot.table().empty

@@ -100,3 +100,30 @@ def test_grey_messages_in_the_axes_are_readable_in_the_dark_theme(make_napari_vi
     assert texts
     for text in texts:
         assert abs(np.mean(to_rgb(text.get_color())) - background) >= 0.4, text
+
+
+def test_a_closed_figure_dock_never_draws_again(make_napari_viewer, qtbot, capsys):
+    """Close a figure dock with draws pending (a run's update, a theme change): they never
+    come. They used to, on a widget napari had let go: Python owns it then, and a garbage
+    collection during that draw deleted it under the canvas, which matplotlib printed
+    ("wrapped C/C++ object of type ThemedCanvas has been deleted"). Here the widget is
+    deleted where that collection did it: in the middle of the draw."""
+    from qtpy import sip
+
+    viewer = make_napari_viewer()
+    for name in FIGURE_DOCKS:
+        qdock, dock = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        drawn = []
+
+        def collected(event, dock=dock):  # what a full collection did mid-draw
+            drawn.append(event)
+            if not sip.isdeleted(dock):
+                sip.delete(dock)
+
+        for figure in _figures(dock):
+            figure.canvas.mpl_connect("draw_event", collected)
+            figure.canvas.draw_idle()
+        viewer.window.remove_dock_widget(qdock)  # what the dock's close button does
+        qtbot.wait(50)
+        assert drawn == [], name
+        assert "has been deleted" not in capsys.readouterr().err, name

@@ -8,7 +8,9 @@ napari's current theme (background, text, axes, legends) and follows a theme cha
 docks draw as usual and the canvas recolours what they drew just before each draw, so no
 drawing code needs to know the theme. Every export of a themed canvas (the toolbar's Save,
 a dock's "Export PNG", any ``savefig``) is light: what a paper or a slide takes, whichever
-theme the viewer has.
+theme the viewer has. Once its dock is closed a canvas never draws again, also not a draw
+already scheduled: napari lets go of a closed dock's widget, Python then owns it, and a
+garbage collection during such a draw deleted the widget under the canvas.
 
 Constrained layout costs about as much as the draw itself, so a docked figure lays itself
 out again only when what the layout depends on changed (:class:`LayoutOnDemand`): a draw
@@ -91,15 +93,23 @@ def _mirror_greys(artists, background) -> None:
 
 
 class ThemedCanvas(FigureCanvasQTAgg):
-    """A Qt canvas that colours its figure as the viewer's theme before every draw."""
+    """A Qt canvas that colours its figure as the viewer's theme before every draw, and
+    draws no more once :attr:`closed` (its dock was closed)."""
 
     def __init__(self, figure: Figure, theme: str = "light"):
         self.theme = theme
+        self.closed = False
         super().__init__(figure)
 
     def draw(self) -> None:
+        if self.closed:  # also a draw_idle scheduled before the dock was closed
+            return
         apply_theme(self.figure, self.theme)
         super().draw()
+
+    def draw_idle(self) -> None:
+        if not self.closed:
+            super().draw_idle()
 
     def print_figure(self, *args, **kwargs):
         """Every export (``savefig``, the toolbar's Save) in the light theme, then back."""
@@ -142,8 +152,8 @@ def _layout_key(fig: Figure) -> tuple:
 
 class DockedFigure(QWidget):
     """A figure with its canvas and toolbar, in ``viewer``'s theme; docks add their own
-    controls above it. It stops following the theme when ``dock`` (default: itself), the
-    dock it sits in, is closed."""
+    controls above it. When ``dock`` (default: itself), the dock it sits in, is closed, it
+    stops following the theme and its canvas stops drawing."""
 
     def __init__(self, viewer, figsize=(4.5, 3.5), min_height: int = 220, parent=None,
                  dock: QWidget | None = None):
@@ -160,13 +170,14 @@ class DockedFigure(QWidget):
         layout.addWidget(self.canvas, stretch=1)
         self._viewer_events = viewer.events
         viewer.events.theme.connect(self._on_theme)
-        on_dock_closed(dock or self, self._stop_following)
+        on_dock_closed(dock or self, self._on_closed)
 
     def _on_theme(self, event) -> None:
         self.canvas.theme = event.value
         self.canvas.draw_idle()
 
-    def _stop_following(self) -> None:
+    def _on_closed(self) -> None:
+        self.canvas.closed = True
         self._viewer_events.theme.disconnect(self._on_theme)
 
 
