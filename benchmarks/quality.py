@@ -66,6 +66,10 @@ def parse(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic wells")
+    p.add_argument("--wells", type=int, default=4,
+                   help="training-configuration wells per class (train and validation)")
+    p.add_argument("--val-fraction", type=float, default=0.25,
+                   help="of those wells, the share kept for validation (and calibration)")
     p.add_argument("--train-arg", action="append", default=[], metavar="ARG",
                    help="passed to infection-clock train, e.g. --train-arg=--ema=0.999")
     p.add_argument("--tag", help="the run's name in the results (default: its train options)")
@@ -133,7 +137,7 @@ def train_within_budget(train: Path, run: Path, args) -> dict:
             cli("train", str(train), "--out", str(run), "--arch", args.arch,
                 "--init", "random", "--image-size", str(args.image_size),
                 "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-                "--device", "cpu", "--val-fraction", "0.25", "--test-fraction", "0",
+                "--device", "cpu", "--val-fraction", str(args.val_fraction), "--test-fraction", "0",
                 "--seed", str(args.seed), *args.train_args,
                 timeout=budget_s, log=run.parent / "train.log")
         except subprocess.TimeoutExpired:
@@ -165,13 +169,15 @@ def make_data(root: Path, args) -> tuple[Path, Path]:
 
     train, test = root / "train", root / "shifted"
     wanted = {k: getattr(args, k) for k in ("small", "size", "frames", "data_seed")}
+    if args.wells != 4:  # folders made before --wells existed hold 4
+        wanted["wells"] = args.wells
     if (root / "done").is_file():
         made = json.loads((root / "done").read_text())
         if made != wanted:
             raise SystemExit(f"{root} holds wells made with {made}, not {wanted}: "
                              "give another --data folder")
         return train, test
-    n_train, n_test = (2, 1) if args.small else (4, 2)
+    n_train, n_test = (2, 1) if args.small else (args.wells, 2)
     write_research_dataset(train, n_infected=n_train, n_mock=n_train, n_frames=args.frames,
                            size=args.size, seed=args.data_seed)
     test_frames = int(round(args.frames * 0.5 / SHIFT_INTERVAL_H))  # the same hours
@@ -194,7 +200,7 @@ def fmt(v, digits=3, unit=""):
 def summarize(metrics: dict, predictions) -> dict:
     """The numbers issue 12 names, from evaluate's metrics.json and predictions.csv."""
     o, pc = metrics["overall"], metrics["per_class"]
-    cov = lambda block: (block.get("interval") or {}).get("coverage")  # noqa: E731
+    interval = lambda block, key: (block.get("interval") or {}).get(key)  # noqa: E731
     out = {"roc_auc": o["classification"]["roc_auc"],
            "accuracy": o["classification"]["accuracy"],
            "ece_raw": o["calibration"]["raw"]["ece"],
@@ -207,7 +213,10 @@ def summarize(metrics: dict, predictions) -> dict:
             b = pc[key][block]
             short = "raw" if block == "regression" else "consistent"
             out[f"{name}_{short}"] = {"mae": b["mae"], "slope": b.get("slope"),
-                                      "intercept": b.get("intercept"), "coverage": cov(b)}
+                                      "intercept": b.get("intercept"),
+                                      "coverage": interval(b, "coverage"),
+                                      "width": interval(b, "mean_width_h"),
+                                      "note": interval(b, "note")}
     infected = predictions[predictions["true_class"] == 1]
     width = metrics["bin_hours"]
     bins = (infected["hours"] // width) * width
@@ -217,6 +226,12 @@ def summarize(metrics: dict, predictions) -> dict:
          "consistent_mae": float(np.mean(np.abs(part["consistent_time_h"] - part["true_time_h"])))}
         for start, part in infected.groupby(bins)]
     return out
+
+
+def how_made(block: dict) -> str:
+    """What evaluate said of a class's consistent intervals (n/a: a run from before it said)."""
+    note = block.get("note")
+    return "n/a" if note is None else note or "calibrated over regions"
 
 
 def report(result: dict) -> str:
@@ -248,6 +263,9 @@ def report(result: dict) -> str:
          f"{fmt(inf_r['coverage'], 3)} / {fmt(mock_r['coverage'], 3)}"),
         ("90 % interval coverage, consistent (infected / mock)",
          f"{fmt(inf_c['coverage'], 3)} / {fmt(mock_c['coverage'], 3)}"),
+        ("90 % interval mean width, per frame / consistent (infected)",
+         f"{fmt(inf_r.get('width'), 2, ' h')} / {fmt(inf_c.get('width'), 2, ' h')}"),
+        ("consistent intervals (infected / mock)", f"{how_made(inf_c)} / {how_made(mock_c)}"),
         ("ECE raw / temperature-scaled", f"{fmt(s['ece_raw'])} / {fmt(s['ece_scaled'])}"),
         ("items flagged out of distribution", f"{s['n_out_of_distribution']} of {s['n_items']}"),
     ]

@@ -109,6 +109,10 @@ def test_train_writes_checkpoint_history_and_report(trained):
     assert meta.calibration["level"] == 0.9 and meta.calibration["temperature"] > 0
     assert meta.calibration["n_validation"] == (splits.split == "val").sum()
     assert meta.calibration["novelty"]["threshold"] >= 0
+    # the consistent clock over validation regions: 1-2 wells, whole frames, too few for 90 %
+    block = meta.calibration["consistent"]
+    assert sum(block["n_regions"].values()) == splits[splits.split == "val"].group.nunique()
+    assert block["halfwidth_h"] == {"infected": np.inf, "uninfected": np.inf}
     assert len(meta.history) == 2 and meta.epoch in (1, 2)  # the re-save kept the run
     infected = metrics["per_class"]["infected"]
     assert set(infected) == {"regression", "consistent"}
@@ -280,7 +284,7 @@ def test_predict_compiled_gives_the_same_table(trained, data, tmp_path):
     np.testing.assert_allclose(compiled.pred_time_h, eager.pred_time_h, atol=1e-3)
 
 
-def test_evaluate_writes_report(trained, data, tmp_path):
+def test_evaluate_writes_report(trained, data, tmp_path, capsys):
     code = main(
         [
             "evaluate",
@@ -302,7 +306,11 @@ def test_evaluate_writes_report(trained, data, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     consistent = metrics["per_class"]["infected"]["consistent"]
     assert consistent["n"] == (predictions.true_class == 1).sum()
-    assert 0 <= consistent["interval"]["coverage"] <= 1
+    # too few validation regions: the widest interval, and evaluate says so
+    interval = consistent["interval"]
+    assert interval["calibrated"] is True and interval["note"].startswith("unbounded: ")
+    assert interval["coverage"] == 1.0 and interval["halfwidth_h"] is None
+    assert "consistent clock, calibrated over regions: infected unbounded" in capsys.readouterr().out
 
 
 def test_evaluate_says_how_many_items_had_no_information(trained, data, tmp_path, capsys):

@@ -64,7 +64,7 @@ def test_labels_from_sample_data_train_a_model_that_generalises(tmp_path):
     # calibrated on the validation wells, in the checkpoint and on the final event
     assert meta2.calibration == events[-1].meta.calibration
     assert meta2.calibration["n_validation"] == len(plan.val)
-    assert {"temperature", "time_halfwidth_h", "novelty"} <= set(meta2.calibration)
+    assert {"temperature", "time_halfwidth_h", "consistent", "novelty"} <= set(meta2.calibration)
     test_items = [i for i in research_items(root, FramePolicy()) if i.stack in map(str, held_out)]
     predictor = Predictor(loaded, meta2, device="cpu", batch_size=64, precision="fp32")
     result = pd.concat(predict_items(predictor, test_items), ignore_index=True)

@@ -154,6 +154,54 @@ def test_a_selected_tile_shows_its_clock_with_its_band(plotted):
     assert plot.answer_label.text() == "at 4.0 h: tile (1, 1): no answer: unlike the training data"
 
 
+def test_the_band_and_answer_say_how_the_clock_interval_was_calibrated(plotted):
+    """A model calibrated over validation regions: the band is the calibrated interval of
+    the consistent times; with too few regions there is no band and the answer says why;
+    an older model's interval is said to be uncalibrated."""
+    from napari_infection_clock.core.calibration import (
+        REGION_METHOD,
+        apply_calibration,
+        clock_interval,
+    )
+    from napari_infection_clock.core.clock import with_clock
+
+    viewer, plot, layers = plotted
+    regions = {"method": REGION_METHOD, "halfwidth_h": {"infected": 1.5, "uninfected": 2.0},
+               "n_regions": {"infected": 12, "uninfected": 12}, "regions_needed": 9}
+    calibration = {"temperature": 1.0, "level": 0.9, "consistent": regions,
+                   "time_halfwidth_h": {"infected": 1.0, "uninfected": 3.0}}
+    tiles = viewer.layers[layer_name("well", "tiles")]
+    pick = int(tiles.features.index[(tiles.features.tile_row == 1)
+                                    & (tiles.features.tile_col == 1)][0])
+
+    def show(calibration):
+        table = apply_calibration(with_clock(layers.table), calibration)
+        session_for(viewer).set_results("well", table, replace(
+            plot.info, interval_level=0.9, clock_interval=clock_interval(calibration)))
+        tiles.selected_data = {pick}
+        viewer.dims.set_point(0, 10)
+        tile = table[(table.tile_row == 1) & (table.tile_col == 1)].sort_values("frame")
+        bands = [c.get_paths()[0].vertices for c in plot.ax_t.collections]
+        return tile, tile[tile.frame == 10].iloc[0], bands
+
+    tile, now, bands = show(calibration)
+    assert any(np.isclose(b[:, 1].max(), tile.consistent_high_h.max())
+               and np.isclose(b[:, 1].min(), tile.consistent_low_h.min()) for b in bands)
+    assert plot.answer_label.text() == (
+        f"at 5.0 h: tile (1, 1): infected for {now.consistent_time_h:.1f} h "
+        f"({now.consistent_low_h:.1f}-{now.consistent_high_h:.1f} h, 90 %)")
+    few = {**regions, "halfwidth_h": {"infected": np.inf, "uninfected": np.inf},
+           "n_regions": {"infected": 1, "uninfected": 1}}
+    tile, now, bands = show({**calibration, "consistent": few})
+    assert not any(np.isclose(b[:, 1].max(), 48.0) for b in bands)  # no 0-48 h band
+    assert plot.answer_label.text() == (
+        f"at 5.0 h: tile (1, 1): infected for {now.consistent_time_h:.1f} h "
+        "(90 % interval unbounded: 1 validation region, 9 needed)")
+    older = {k: v for k, v in calibration.items() if k != "consistent"}
+    tile, now, _ = show({**older, "consistent_halfwidth_h": {"infected": 0.5, "uninfected": 2.0}})
+    assert plot.answer_label.text().endswith(", 90 %, uncalibrated)")
+
+
 def test_regions_selected_in_their_layer(make_napari_viewer):
     from napari_infection_clock.ui.overlays import region_grid
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..core.atomic import OutputNotWritable
+from ..core.calibration import clock_interval
 from ..core.checkpoint import CheckpointError, CheckpointMeta
 from ..core.distributed import ranks_from_env
 from ..core.items import FramePolicy, label_table_items, research_items
@@ -68,6 +69,7 @@ def report_recipe(meta: CheckpointMeta, opts: T) -> T:
     if main:
         print(f"checkpoint: {meta.model.arch}, {meta.preprocessing.image_size} px, recipe "
               f"{describe_recorded(meta.recipe)}")
+        print(describe_calibration(meta.calibration))
     tiles = native_tiles_of(meta.recipe)
     if tiles is None or opts.tile_size == tiles:
         return opts
@@ -78,6 +80,30 @@ def report_recipe(meta: CheckpointMeta, opts: T) -> T:
         print(f"tiles: {tiles} px, as the model was trained on native {tiles} px tiles "
               "(--tile-size chooses others)")
     return replace(opts, tile_size=tiles)
+
+
+def describe_calibration(calibration: dict) -> str:
+    """The checkpoint's calibration in one line: temperature, the per-frame and the
+    consistent clock's interval half-widths, and whether the latter are calibrated."""
+    if "temperature" not in (calibration or {}):
+        return "calibration: none (no calibrated probabilities or intervals)"
+    widths = calibration["time_halfwidth_h"]
+    text = (f"calibrated on {calibration['n_validation']} validation items: temperature "
+            f"{calibration['temperature']:.2f}, {calibration['level'] * 100:.0f} % time "
+            f"intervals +/- {widths['infected']:.1f} h (infected), {widths['uninfected']:.1f} h "
+            "(mock)")
+    block = calibration.get("consistent")
+    if block is None:
+        return text + ("; consistent clock intervals uncalibrated (fitted before regions were "
+                       "calibrated: a region's frames taken as independent; retrain to "
+                       "calibrate them)")
+    parts = []
+    for name, said in (("infected", "infected"), ("uninfected", "mock")):
+        state = clock_interval(calibration, name)
+        parts.append(f"{said} {state.note}" if not state.bounded else
+                     f"+/- {block['halfwidth_h'][name]:.1f} h ({said}, "
+                     f"{block['n_regions'][name]} regions)")
+    return text + "; consistent clock, calibrated over regions: " + ", ".join(parts)
 
 
 def tile_spec(opts: TileOptions, meta: CheckpointMeta | None = None) -> TileSpec:

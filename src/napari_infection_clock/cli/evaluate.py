@@ -49,7 +49,7 @@ def evaluate(opts: EvaluateOptions) -> int:
     table = finish_table(pd.concat(parts, ignore_index=True), meta)
     opts.out.mkdir(parents=True, exist_ok=True)
     write_atomic(opts.out / "predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
-    paths = save_report(table, opts.out, bin_hours=opts.bin_hours)
+    paths = save_report(table, opts.out, bin_hours=opts.bin_hours, calibration=meta.calibration)
     print(f"wrote the report to {opts.out}: " + ", ".join(sorted(p.name for p in paths.values())))
     print_headline(paths["metrics.json"])
     missing = describe_missing(table)

@@ -30,7 +30,15 @@ from ..core.report import save_report
 from ..core.run_state import RUN_STATE, run_state_to_resume
 from ..core.tiles import TileSpec
 from ..core.trainer import TrainConfig, best_epoch_note, iter_train, seed_everything
-from .common import frame_policy, load_items, print_headline, tile_spec, warn, warn_assumed
+from .common import (
+    describe_calibration,
+    frame_policy,
+    load_items,
+    print_headline,
+    tile_spec,
+    warn,
+    warn_assumed,
+)
 from .options import TrainOptions
 
 
@@ -249,16 +257,14 @@ def train_and_report(model, meta, config, train, val, test, out: Path, run_state
     if val and last.best_epoch is not None:
         meta = replace(meta, calibration=calibrate(predictor, val, reference=train))
         save_checkpoint(ckpt, model, meta)
-        cal, widths = meta.calibration, meta.calibration["time_halfwidth_h"]
-        print(f"calibrated on {len(val)} validation items: temperature {cal['temperature']:.2f}, "
-              f"{cal['level'] * 100:.0f} % time intervals +/- {widths['infected']:.1f} h "
-              f"(infected), {widths['uninfected']:.1f} h (mock)")
+        print(describe_calibration(meta.calibration))
     if test:
         table = finish_table(pd.concat(predict_items(predictor, test), ignore_index=True), meta)
         write_atomic(out / "test_predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
         training = {"best_epoch": last.best_epoch, "best_epoch_by": last.best_by,
                     "note": note}
-        paths = save_report(table, out / "report", training=training)
+        paths = save_report(table, out / "report", training=training,
+                            calibration=meta.calibration)
         print(f"test report: {paths['metrics.json'].parent}")
         print_headline(paths["metrics.json"])
     return 0

@@ -4,10 +4,21 @@
   of the logit difference ``logit(p)``; dividing it by one temperature fitted by maximum
   likelihood on validation items keeps every decision (p = 0.5 stays 0.5) and makes
   "p = 0.8" mean right about 80 % of the time.
-- Times: split conformal prediction. The absolute errors on validation items, per class
-  (predicted class for the raw time, the region's class for the clock), give one half-width
-  whose ``level`` quantile guarantees that coverage on exchangeable new items is at least
-  ``level``: "7.5 h (5.9-9.1 h, 90 %)".
+- Times: split conformal prediction. The absolute errors on validation items, per
+  predicted class, give one half-width whose ``level`` quantile guarantees that coverage on
+  exchangeable new items is at least ``level``: "7.5 h (5.9-9.1 h, 90 %)".
+- The consistent clock: its frames are not exchangeable items. A region's consistent times
+  all follow one fitted onset, so their errors are nearly one number per region, and the
+  frames of one validation well say about as much as one frame. Its half-width is split
+  conformal over validation *regions* (hierarchical conformal prediction, Lee, Barber &
+  Willett 2023, "Distribution-free inference with hierarchical data"), per region class:
+  each of the n regions weighs 1/(n + 1), shared equally by its frames, the new region's
+  1/(n + 1) sits at +inf, and the ``level`` quantile of that distribution covers a frame of
+  a new exchangeable region with probability at least ``level`` however correlated its
+  frames are. Fewer than ``level / (1 - level)`` regions (9 at 90 %) cannot promise that:
+  the half-width is then infinite and the interval the whole clamp range, said as
+  "unbounded". Checkpoints calibrated before this (``consistent_halfwidth_h``, frames
+  taken as independent) keep their intervals, said to be uncalibrated.
 
 The result is plain data stored in the checkpoint (``CheckpointMeta.calibration``).
 """
@@ -15,12 +26,13 @@ The result is plain data stored in the checkpoint (``CheckpointMeta.calibration`
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
-from .clock import CONSISTENT_COLUMN, with_clock
+from .clock import CONSISTENT_COLUMN, REGION_KEYS, with_clock
 from .novelty import add_novelty
 from .targets import CLASS_NAMES, DEFAULT_CLAMP, INFECTED
 
@@ -28,6 +40,10 @@ DEFAULT_LEVEL = 0.9
 #: Columns :func:`apply_calibration` adds (the consistent pair only to a table with a clock).
 INTERVAL_COLUMNS = ("time_low_h", "time_high_h", "consistent_low_h", "consistent_high_h")
 _P_EPS = 1e-7
+#: What ``fit_calibration`` stores about the consistent clock's intervals.
+REGION_METHOD = ("split conformal over validation regions per region class: |consistent - "
+                 "true| per frame, each region weighing 1/(n + 1) shared by its frames "
+                 "(hierarchical conformal, Lee, Barber & Willett 2023)")
 
 
 def logit(p) -> np.ndarray:
@@ -65,6 +81,28 @@ def conformal_halfwidth(abs_errors, level: float = DEFAULT_LEVEL) -> float:
     return float(e[k - 1]) if 0 < k <= e.size else math.inf
 
 
+def regions_needed(level: float = DEFAULT_LEVEL) -> int:
+    """Validation regions a class needs for a finite region-conformal bound at ``level``."""
+    return math.ceil(level / (1 - level) - 1e-9)
+
+
+def region_conformal_halfwidth(abs_errors, regions, level: float = DEFAULT_LEVEL) -> float:
+    """The hierarchical split-conformal quantile (module docstring): the smallest error at
+    which the regions' equal shares, split over their frames, reach ``level`` with the new
+    region's share at +inf; infinite with fewer than :func:`regions_needed` regions.
+    ``regions``: one label per error (rows with a non-finite error are left out)."""
+    e = np.asarray(abs_errors, dtype=np.float64)
+    ok = np.isfinite(e)
+    if not ok.any():
+        return math.inf
+    codes = np.unique(np.asarray(regions)[ok], return_inverse=True)[1].ravel()
+    sizes = np.bincount(codes)
+    weight = 1.0 / ((sizes.size + 1) * sizes[codes])
+    order = np.argsort(e[ok], kind="stable")
+    reached = np.cumsum(weight[order]) >= level - 1e-12
+    return float(e[ok][order][np.argmax(reached)]) if reached.any() else math.inf
+
+
 def expected_calibration_error(true_class, p_infected, n_bins: int = 10) -> dict:
     """ECE over ``n_bins`` equal-width bins of p, and the reliability curve behind it."""
     y = np.asarray(true_class, dtype=np.float64)
@@ -100,9 +138,49 @@ def fit_calibration(table: pd.DataFrame, level: float = DEFAULT_LEVEL) -> dict:
         "time_halfwidth_h": _halfwidths(table, "pred_time_h", (p >= 0.5).astype(int), level),
     }
     if CONSISTENT_COLUMN in table.columns:
-        region = np.isfinite(table["onset_h"].to_numpy(np.float64)).astype(int)
-        out["consistent_halfwidth_h"] = _halfwidths(table, CONSISTENT_COLUMN, region, level)
+        out["consistent"] = _region_halfwidths(table, level)
     return out
+
+
+def _region_halfwidths(table: pd.DataFrame, level: float) -> dict:
+    """The consistent clock's half-width per region class (infected: the clock fitted an
+    onset), from the validation regions of that class (module docstring)."""
+    err = np.abs(table[CONSISTENT_COLUMN].to_numpy(np.float64)
+                 - table["true_time_h"].to_numpy(np.float64))
+    region = table.groupby(list(REGION_KEYS), sort=False, dropna=False).ngroup().to_numpy()
+    infected = np.isfinite(table["onset_h"].to_numpy(np.float64))
+    out = {"method": REGION_METHOD, "halfwidth_h": {}, "n_regions": {},
+           "regions_needed": regions_needed(level)}
+    for c in (0, 1):
+        rows = (infected == bool(c)) & np.isfinite(err)
+        out["halfwidth_h"][CLASS_NAMES[c]] = region_conformal_halfwidth(
+            err[rows], region[rows], level)
+        out["n_regions"][CLASS_NAMES[c]] = int(np.unique(region[rows]).size)
+    return out
+
+
+@dataclass(frozen=True)
+class ClockInterval:
+    """What a calibration's intervals on the consistent clock are, for the fronts to say:
+    ``calibrated`` over validation regions, ``bounded`` (a finite half-width for infected
+    regions) and ``note``, the words that go with the interval ("" when both hold)."""
+
+    calibrated: bool
+    bounded: bool
+    note: str
+
+
+def clock_interval(calibration: dict, class_name: str = CLASS_NAMES[INFECTED]) -> ClockInterval:
+    """How a checkpoint's consistent-clock intervals of ``class_name`` regions stand."""
+    block = (calibration or {}).get("consistent")
+    if block is None:  # older: frames as independent, or no calibration at all
+        return ClockInterval(False, "consistent_halfwidth_h" in (calibration or {}),
+                             "uncalibrated")
+    n, needed = block["n_regions"][class_name], block["regions_needed"]
+    if not math.isfinite(block["halfwidth_h"][class_name]):
+        return ClockInterval(True, False, f"unbounded: {n} validation "
+                             f"region{'s' if n != 1 else ''}, {needed} needed")
+    return ClockInterval(True, True, "")
 
 
 def apply_calibration(table: pd.DataFrame, calibration: dict, clamp=DEFAULT_CLAMP) -> pd.DataFrame:
@@ -114,12 +192,13 @@ def apply_calibration(table: pd.DataFrame, calibration: dict, clamp=DEFAULT_CLAM
     out = table.copy()
     p = out["p_infected"].to_numpy(np.float64)
     out["p_calibrated"] = scaled_probability(p, calibration["temperature"])
-    pairs = [("time", "pred_time_h", "time_halfwidth_h", p >= 0.5)]
-    if CONSISTENT_COLUMN in out.columns and "consistent_halfwidth_h" in calibration:
-        pairs.append(("consistent", CONSISTENT_COLUMN, "consistent_halfwidth_h",
+    pairs = [("time", "pred_time_h", calibration["time_halfwidth_h"], p >= 0.5)]
+    clock = (calibration["consistent"]["halfwidth_h"] if "consistent" in calibration
+             else calibration.get("consistent_halfwidth_h"))  # older: frames as independent
+    if CONSISTENT_COLUMN in out.columns and clock is not None:
+        pairs.append(("consistent", CONSISTENT_COLUMN, clock,
                       np.isfinite(out["onset_h"].to_numpy(np.float64))))
-    for name, column, key, infected in pairs:
-        widths = calibration[key]
+    for name, column, widths, infected in pairs:
         half = np.where(infected, widths[CLASS_NAMES[INFECTED]], widths[CLASS_NAMES[0]])
         centre = out[column].to_numpy(np.float64)
         out[f"{name}_low_h"] = np.clip(centre - half, *clamp)
@@ -131,9 +210,10 @@ def apply_calibration(table: pd.DataFrame, calibration: dict, clamp=DEFAULT_CLAM
     return out
 
 
-def interval_text(value: float, low: float, high: float, level: float) -> str:
-    """"7.5 h (5.9-9.1 h, 90 %)", the way the table and the viewer state a time."""
-    return f"{value:.1f} h ({low:.1f}-{high:.1f} h, {level * 100:.0f} %)"
+def interval_text(value: float, low: float, high: float, level: float, note: str = "") -> str:
+    """"7.5 h (5.9-9.1 h, 90 %)", the way the table and the viewer state a time; ``note``
+    (e.g. "uncalibrated") goes after the level."""
+    return f"{value:.1f} h ({low:.1f}-{high:.1f} h, {level * 100:.0f} %{', ' + note if note else ''})"
 
 
 def finish_table(table: pd.DataFrame, meta, stack=None) -> pd.DataFrame:

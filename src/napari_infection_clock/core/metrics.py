@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .calibration import expected_calibration_error
+from .calibration import clock_interval, expected_calibration_error
 from .clock import CONSISTENT_COLUMN
 from .information import lacks_information
 from .results import TRUTH_COLUMNS
@@ -177,7 +177,8 @@ def _plain(value):
     return value
 
 
-def evaluate_table(df: pd.DataFrame, *, bin_hours: float = 6.0, threshold: float = 0.5) -> dict:
+def evaluate_table(df: pd.DataFrame, *, bin_hours: float = 6.0, threshold: float = 0.5,
+                   calibration: dict | None = None) -> dict:
     """All SPEC 7 metrics of a labelled prediction table. The class comes from thresholding
     ``p_infected`` (not ``pred_class``) so a different threshold can be evaluated; per-class
     regression splits rows by their TRUE class.
@@ -186,7 +187,10 @@ def evaluate_table(df: pd.DataFrame, *, bin_hours: float = 6.0, threshold: float
     ``consistent`` block, the same regression metrics of the consistent times, next to
     every ``regression`` block; a table with calibrated intervals (:mod:`.calibration`)
     gets their empirical ``coverage`` in each block, and ``calibration`` holds the ECE and
-    reliability curve of the raw (and temperature-scaled) probabilities. Items without
+    reliability curve of the raw (and temperature-scaled) probabilities. Given the model's
+    ``calibration``, each ``consistent`` block's interval also says how it was made
+    (:func:`.calibration.clock_interval`: calibrated over validation regions or not, the
+    half-width and how many regions it came from). Items without
     information (:mod:`.information`) have no answer to score: they are left out, and
     ``n_no_information`` counts them."""
     _check_table(df)
@@ -206,6 +210,8 @@ def evaluate_table(df: pd.DataFrame, *, bin_hours: float = 6.0, threshold: float
     }
     overall = {"classification": cls}
     overall.update({block: _time_metrics(df, *cols) for block, cols in columns.items()})
+    if calibration is not None:
+        _describe_clock_intervals(overall, per_class, calibration)
     overall["calibration"] = {"raw": expected_calibration_error(df["true_class"], df["p_infected"])}
     if "p_calibrated" in df.columns:
         overall["calibration"]["temperature_scaled"] = expected_calibration_error(
@@ -219,6 +225,26 @@ def evaluate_table(df: pd.DataFrame, *, bin_hours: float = 6.0, threshold: float
         "per_bin": per_bin,
         "n_no_information": int(missing.sum()),
     }
+
+
+def _describe_clock_intervals(overall: dict, per_class: dict, calibration: dict) -> None:
+    """Next to each ``consistent`` coverage: how its intervals were made (per class: the
+    half-width and the validation regions behind it)."""
+    block = calibration.get("consistent", {})
+    for name, metrics in [(None, overall), *per_class.items()]:
+        interval = metrics.get("consistent", {}).get("interval")
+        if interval is None:
+            continue
+        state = clock_interval(calibration, name or CLASS_NAMES[INFECTED])
+        interval["calibrated"] = state.calibrated
+        interval["method"] = block.get("method", "split conformal over frames taken as "
+                                       "independent (calibrated before regions were)")
+        if name is None:
+            continue
+        interval["note"] = state.note
+        if block:
+            interval["halfwidth_h"] = block["halfwidth_h"][name]
+            interval["n_regions"] = block["n_regions"][name]
 
 
 def _nan_to_none(obj):

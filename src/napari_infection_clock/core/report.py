@@ -174,11 +174,14 @@ def _save_png(fig: Figure, path: Path) -> None:
 
 
 def save_report(df: pd.DataFrame, out_dir, *, bin_hours: float = 6.0,
-                threshold: float = 0.5, training: dict | None = None) -> dict[str, Path]:
+                threshold: float = 0.5, training: dict | None = None,
+                calibration: dict | None = None) -> dict[str, Path]:
     """Evaluate a labelled prediction table and write metrics.json, per_bin.csv and the
     five figures into ``out_dir``; returns {name: path}. ``training`` (how the model was
-    chosen, e.g. its best epoch and what picked it) is kept in metrics.json."""
-    metrics = evaluate_table(df, bin_hours=bin_hours, threshold=threshold)
+    chosen, e.g. its best epoch and what picked it) is kept in metrics.json; the model's
+    ``calibration`` says how its consistent-clock intervals were made."""
+    metrics = evaluate_table(df, bin_hours=bin_hours, threshold=threshold,
+                             calibration=calibration)
     df = df[~lacks_information(df)]  # left out of the metrics, so of the figures too
     if training:
         metrics["training"] = training

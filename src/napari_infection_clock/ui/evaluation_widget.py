@@ -56,11 +56,13 @@ SOURCES = ("validation items of the last training", "all labelled frames and cro
 
 @dataclass
 class Evaluation:
-    """A finished evaluation: the labelled prediction table and its metrics."""
+    """A finished evaluation: the labelled prediction table, its metrics, and the model's
+    calibration (which says how its intervals were made)."""
 
     table: pd.DataFrame
     metrics: dict
     per_bin: pd.DataFrame
+    calibration: dict
 
 
 def _evaluate(stop: Stop, model, meta, items, bin_hours: float):
@@ -77,8 +79,9 @@ def _evaluate(stop: Stop, model, meta, items, bin_hours: float):
     if not tables:
         return
     table = finish_table(pd.concat(tables, ignore_index=True), meta)
-    yield Result(Evaluation(table, evaluate_table(table, bin_hours=bin_hours),
-                            per_bin_table(table[~lacks_information(table)], bin_hours)))
+    metrics = evaluate_table(table, bin_hours=bin_hours, calibration=meta.calibration)
+    yield Result(Evaluation(table, metrics, per_bin_table(table[~lacks_information(table)],
+                                                          bin_hours), meta.calibration))
 
 
 def metric_rows(metrics: dict) -> list[tuple[str, str]]:
@@ -96,6 +99,13 @@ def metric_rows(metrics: dict) -> list[tuple[str, str]]:
             for key in ("mae", "rmse", "r2", "pearson_r", "slope", "intercept"):
                 if block in blocks:
                     rows.append((f"{prefix}{key} ({scope})", blocks[block].get(key, np.nan)))
+            interval = blocks.get(block, {}).get("interval")
+            if interval:  # the calibrated intervals' empirical coverage, and what they are
+                note = interval.get("note") or ("" if interval.get("calibrated", True)
+                                                else "uncalibrated")
+                value = interval["coverage"]
+                rows.append((f"{prefix}interval coverage ({scope})",
+                             f"{value:.4g} ({note})" if note else value))
     return [(k, f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)) for k, v in rows]
 
 
@@ -109,6 +119,7 @@ class EvaluationWidget(QWidget):
         self.worker = None
         self.table: pd.DataFrame | None = None
         self.metrics: dict | None = None
+        self.calibration: dict = {}
         self._failed = False
         #: How the items were cut, for the status line: a native-tile model's tiles.
         self._on = ""
@@ -201,7 +212,7 @@ class EvaluationWidget(QWidget):
     def show(self, evaluation: Evaluation) -> None:
         """Metrics and figures of a finished evaluation (drawn here, computed in the run)."""
         table = self.table = evaluation.table
-        self.metrics = evaluation.metrics
+        self.metrics, self.calibration = evaluation.metrics, evaluation.calibration
         rows = metric_rows(self.metrics)
         self.metrics_table.setRowCount(len(rows))
         for i, (k, v) in enumerate(rows):
@@ -245,7 +256,8 @@ class EvaluationWidget(QWidget):
             if not folder:
                 return None
         try:
-            paths = save_report(self.table, folder, bin_hours=self.bin_spin.value())
+            paths = save_report(self.table, folder, bin_hours=self.bin_spin.value(),
+                                calibration=self.calibration)
         except (OutputNotWritable, OSError) as exc:
             self._fail(f"export failed: {exc}")
             return None

@@ -213,9 +213,7 @@ class TimeSeriesPlot(DockedFigure):
             self.ax_p.plot(series["hours"], series["p_infected"], lw=1, color=color, label=label)
             self.ax_t.plot(series["hours"], series["duration_h"], lw=1, color=color, label=label)
             if "onset_h" in series and np.isfinite(series["onset_h"].iloc[0]):
-                first = series.iloc[0]
-                self._draw_clock(series["hours"], first["onset_h"], first["onset_low_h"],
-                                 first["onset_high_h"], color, f"{label} clock")
+                self._draw_item_clock(series, color, f"{label} clock")
         if self._onset_of is not table:  # the bootstrap runs on the GUI thread: once per table
             self._onset_of, self.onset = table, estimate_onset(s)
         self._describe_onset(onset_h)
@@ -245,6 +243,21 @@ class TimeSeriesPlot(DockedFigure):
             self.ax_t.fill_between(hours, np.maximum(hours - high, 0), np.maximum(hours - low, 0),
                                    color=color, alpha=0.2, lw=0)
 
+    def _draw_item_clock(self, series: pd.DataFrame, color, label) -> None:
+        """An item's fitted clock with its band: the calibrated interval of its consistent
+        times when the model's is calibrated over regions (none when too few validation
+        regions leave it unbounded), else the onset's bootstrap interval (uncalibrated)."""
+        first = series.iloc[0]
+        interval = self.info.clock_interval if self.info else None
+        if interval is None or not interval.calibrated or "consistent_low_h" not in series:
+            self._draw_clock(series["hours"], first["onset_h"], first["onset_low_h"],
+                             first["onset_high_h"], color, label)
+            return
+        self._draw_clock(series["hours"], first["onset_h"], np.nan, np.nan, color, label)
+        if interval.bounded:
+            self.ax_t.fill_between(series["hours"], series["consistent_low_h"],
+                                   series["consistent_high_h"], color=color, alpha=0.2, lw=0)
+
     def _describe_onset(self, onset_h) -> None:
         if self.onset is None:
             self.onset_label.setText("estimated onset: no frame is classified infected")
@@ -254,8 +267,8 @@ class TimeSeriesPlot(DockedFigure):
         self.ax_t.axvline(value, color="C3", lw=1, ls=":", label=f"estimated onset {value:.2f} h")
         self._draw_clock(self.summary["hours"], value, fit.onset_low_h, fit.onset_high_h, "C3",
                          "fitted clock")
-        band = (f" ({fit.onset_low_h:.2f}-{fit.onset_high_h:.2f} h, {DEFAULT_LEVEL * 100:.0f} %)"
-                if np.isfinite(fit.onset_low_h) else "")
+        band = (f" ({fit.onset_low_h:.2f}-{fit.onset_high_h:.2f} h, {DEFAULT_LEVEL * 100:.0f} % "
+                "bootstrap, uncalibrated)" if np.isfinite(fit.onset_low_h) else "")
         text = (f"estimated onset: {value:.2f} h{band}, robust fit of t - duration over "
                 f"{fit.n_votes} infected frames")
         if onset_h is not None:
@@ -289,8 +302,9 @@ class TimeSeriesPlot(DockedFigure):
         for marker in self.markers:
             marker.set_xdata([x, x])
         level = self.info.interval_level if self.info else None
+        interval = self.info.clock_interval if self.info else None
         answers = [f"{label}: {text}" for label, series in self.items.items()
-                   if (text := answer_at(series, frame, level))]
+                   if (text := answer_at(series, frame, level, interval))]
         self.answer_label.setText(f"at {x:.1f} h: " + "; ".join(answers) if answers else "")
         self.canvas.draw_idle()
 

@@ -32,6 +32,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 from qtpy.QtCore import QTimer
 
+from ..core.calibration import clock_interval
 from ..core.channels import channel_mismatch
 from ..core.checkpoint import CheckpointError, load_checkpoint
 from ..core.clock import region_clocks
@@ -643,6 +644,8 @@ class PredictionWidget(Container):
             if self.mode.value == MODE_REGIONS and self.regions.value is not None
             else None,
             interval_level=self.session.model.meta.calibration.get("level")
+            if self.session.model is not None else None,
+            clock_interval=clock_interval(self.session.model.meta.calibration)
             if self.session.model is not None else None,
         )
         self.session.set_results(job.image.name, layers.table, run)

@@ -18,6 +18,7 @@ from psygnal import Signal
 from qtpy.QtCore import QTimer
 
 from ..core.annotations import AnnotationStore
+from ..core.calibration import ClockInterval
 from ..core.checkpoint import CheckpointMeta
 from ..core.model import MultitaskResNet
 from .gc_freeze import thaw
@@ -54,6 +55,9 @@ class PredictionRun:
     regions_layer: str | None = None
     #: The level of the model's calibrated intervals, None when it has none.
     interval_level: float | None = None
+    #: What the model's consistent-clock intervals are (core.calibration.clock_interval);
+    #: None: not said (the plot then draws them as they are).
+    clock_interval: ClockInterval | None = None
 
     @property
     def regions(self) -> bool:

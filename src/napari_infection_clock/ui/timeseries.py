@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..core.calibration import INTERVAL_COLUMNS, interval_text
+from ..core.calibration import INTERVAL_COLUMNS, ClockInterval, interval_text
 from ..core.clock import CLOCK_COLUMNS, RegionClock, fit_region
 from ..core.information import lacks_information
 from ..core.targets import INFECTED
@@ -88,10 +88,13 @@ def estimate_onset(summary: pd.DataFrame) -> RegionClock | None:
     return fit if fit.infected else None
 
 
-def answer_at(series: pd.DataFrame, frame: int, level: float | None) -> str:
+def answer_at(series: pd.DataFrame, frame: int, level: float | None,
+              interval: ClockInterval | None = None) -> str:
     """What an item's clock says at ``frame``: "infected for 7.5 h (5.9-9.1 h, 90 %)" (the
-    interval when the model is calibrated), "not infected", "no answer: ..." for an item
-    flagged out of distribution (core.novelty), or "" before the clock is fitted."""
+    interval when the model is calibrated; ``interval`` says whether over regions, else
+    "uncalibrated", or that too few validation regions leave it unbounded), "not infected",
+    "no answer: ..." for an item flagged out of distribution (core.novelty), or "" before
+    the clock is fitted."""
     rows = series[series["frame"] == frame]
     if rows.empty or "consistent_time_h" not in rows:
         return ""
@@ -103,7 +106,11 @@ def answer_at(series: pd.DataFrame, frame: int, level: float | None) -> str:
     if not np.isfinite(row["onset_h"]):
         return "not infected"
     bounds = [row.get("consistent_low_h", np.nan), row.get("consistent_high_h", np.nan)]
+    if level is not None and interval is not None and not interval.bounded:
+        return (f"infected for {row['consistent_time_h']:.1f} h ({level * 100:.0f} % interval "
+                f"{interval.note})")
     if level is not None and np.isfinite(bounds).all():
         return "infected for " + interval_text(row["consistent_time_h"], row["consistent_low_h"],
-                                               row["consistent_high_h"], level)
+                                               row["consistent_high_h"], level,
+                                               interval.note if interval else "")
     return f"infected for {row['consistent_time_h']:.1f} h"
