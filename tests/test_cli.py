@@ -310,7 +310,8 @@ def test_evaluate_writes_report(trained, data, tmp_path, capsys):
     interval = consistent["interval"]
     assert interval["calibrated"] is True and interval["note"].startswith("unbounded: ")
     assert interval["coverage"] == 1.0 and interval["halfwidth_h"] is None
-    assert "consistent clock, calibrated over regions: infected unbounded" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "consistent clock, calibrated over regions: infected unbounded" in said
 
 
 def test_evaluate_says_how_many_items_had_no_information(trained, data, tmp_path, capsys):

@@ -213,7 +213,8 @@ def apply_calibration(table: pd.DataFrame, calibration: dict, clamp=DEFAULT_CLAM
 def interval_text(value: float, low: float, high: float, level: float, note: str = "") -> str:
     """"7.5 h (5.9-9.1 h, 90 %)", the way the table and the viewer state a time; ``note``
     (e.g. "uncalibrated") goes after the level."""
-    return f"{value:.1f} h ({low:.1f}-{high:.1f} h, {level * 100:.0f} %{', ' + note if note else ''})"
+    after = f", {note}" if note else ""
+    return f"{value:.1f} h ({low:.1f}-{high:.1f} h, {level * 100:.0f} %{after})"
 
 
 def finish_table(table: pd.DataFrame, meta, stack=None) -> pd.DataFrame:
