@@ -38,8 +38,10 @@ def _parse():
     parser.add_argument("--idle-s", type=float, default=3.0, help="idle baseline length (s)")
     parser.add_argument("--where", type=float, default=0.0, metavar="MS",
                         help="also time the GUI thread's paints, draws and slots and print, per "
-                        "activity, what the stalls longer than MS were spent in (and dump "
-                        "every thread's stack in stalls longer than 3 x MS)")
+                        "activity, what the stalls longer than MS were spent in")
+    parser.add_argument("--stacks", type=float, default=0.0, metavar="MS",
+                        help="dump every thread's stack in stalls longer than MS (read without "
+                        "the GIL: some runs end in a segmentation fault)")
     parser.add_argument("--only", nargs="+", choices=ACTIVITIES, default=list(ACTIVITIES),
                         help="activities to run (training runs anyway when later ones need it)")
     return parser.parse_args()
@@ -282,10 +284,10 @@ def main() -> None:
     rank.image_combo.setCurrentText(well.name)
 
     dumps = None
-    if args.where:  # stalls far longer than MS: every thread's stack, taken without the GIL
+    if args.stacks:  # every thread's stack in long stalls, taken without the GIL
         dumps = open(work / "stall_stacks.txt", "w")  # noqa: SIM115  open for the whole run
-        print(f"  stacks of every thread in stalls > {3 * args.where:.0f} ms: {dumps.name}")
-    meter = StallMeter(3 * args.where / 1000.0, dumps)
+        print(f"  stacks of every thread in stalls > {args.stacks:.0f} ms: {dumps.name}")
+    meter = StallMeter(args.stacks / 1000.0, dumps)
     rows = []
 
     def record(name, gaps):

@@ -47,8 +47,9 @@ SUFFIXES = {
 
 
 #: What napari imports the first time it makes a layer of ours (scikit-image's colour
-#: conversions, for a Labels layer's default colours).
-IMPORTED_ON_FIRST_LAYER = ("skimage.color",)
+#: conversions, for a Labels layer's default colours). The submodule itself: ``skimage.color``
+#: is a lazy package, importing it loads none of its functions.
+IMPORTED_ON_FIRST_LAYER = ("skimage.color.colorconv",)
 
 
 def _show_colorbar(layer: Image) -> None:

@@ -47,6 +47,7 @@ from ..core.tiles import TileSpec, resized_tiles_note, tile_grid_shape
 from .devices import device_choices
 from .docking import place_form
 from .figures import fit_width
+from .glyphs import GlyphsAhead
 from .layer_roles import FROM_FILE, START_OFFSET_H, is_output, time_setting
 from .messages import fit_messages, short, show
 from .overlays import (
@@ -237,6 +238,7 @@ class PredictionWidget(Container):
         fit_width(self.native)  # never narrower than the form
 
         import_ahead(*IMPORTED_ON_FIRST_LAYER)
+        self._glyphs = GlyphsAhead(self.viewer, self.native)  # the readout's and colorbars'
         self.image.changed.connect(self._on_image_changed)
         self.frame_interval_h.changed.connect(self._show_time_source)
         self.onset_h.changed.connect(self._show_time_source)
