@@ -114,10 +114,11 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run
     assert log.count("epoch 2:") == 1  # logs from rank 0 only
     # In float64 the two runs agree to 1e-12 (same items per step, BatchNorm over the
     # global batch, the same clipping and loss averaging): what is left is float32
-    # rounding, which AdamW's nearly sign(gradient) steps amplify over the 6 steps; a
-    # 1-process run with 2 threads instead of 1 moves by as much (0.005 over 12 steps).
-    # Measured here: 0.0097. With BatchNorm statistics per process: 1.4; with the CPU
-    # sync BatchNorm's backward in float32 (before it ran in float64): 0.067.
+    # rounding, which AdamW's nearly sign(gradient) steps amplify over the 6 steps.
+    # Measured: 0.00002 (AVX2 CPU, 1 December). With BatchNorm statistics per process:
+    # 1.4; with the CPU sync BatchNorm's backward in float32: 0.067; with the 1-process
+    # run on torch's float32 BatchNorm kernel (before one process also ran the sync
+    # BatchNorm's float64 arithmetic): 0.0097 on an AVX-512 CPU, 0.071 on an AVX2 one.
     assert _moved_apart(out2, out1) < 0.03
     h1, h2 = pd.read_csv(out1 / "history.csv"), pd.read_csv(out2 / "history.csv")
     # Validation gathered from both ranks covers the whole validation set once.
@@ -137,7 +138,9 @@ def test_the_samplers_padding_is_not_trained(tmp_path):
     log = _run(_torchrun(2, "train", data, "--out", tmp_path / "two", *TRAIN))
     assert "training on 29 items" in log
     _here("train", data, "--out", tmp_path / "one", *TRAIN)
-    # Measured here: 0.0004; 0.31 with the padded item trained (as before it was left out).
+    # Measured: 0.00004 (AVX2 CPU); 0.31 with the padded item trained (as before it was
+    # left out); 0.34 on an AVX2 CPU before one process ran the sync BatchNorm's float64
+    # arithmetic too (0.0004 on an AVX-512 CPU).
     assert _moved_apart(tmp_path / "two", tmp_path / "one") < 0.03
 
 
