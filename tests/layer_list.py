@@ -1,11 +1,12 @@
 """napari's layer list as a person uses it: a click on a layer's name selects it, a click
-on its eye hides or shows it, the trash button deletes the selected layers."""
+on its eye hides or shows it, F2 edits its name, the trash button
+deletes the selected layers."""
 
 from __future__ import annotations
 
 from qtpy.QtCore import QPoint, Qt
 from qtpy.QtTest import QTest
-from qtpy.QtWidgets import QApplication, QStyle, QStyleOptionViewItem
+from qtpy.QtWidgets import QApplication, QLineEdit, QStyle, QStyleOptionViewItem
 
 LEFT = Qt.MouseButton.LeftButton
 
@@ -40,6 +41,22 @@ def click_eye(viewer, layer) -> None:
     eye = view.style().subElementRect(QStyle.SubElement.SE_ItemViewItemCheckIndicator,
                                       option, view)
     QTest.mouseClick(view.viewport(), LEFT, pos=eye.center())
+    QApplication.processEvents()
+
+
+def rename_layer(viewer, layer, name: str) -> None:
+    """Click the layer in the layer list, press F2 (its edit key; a double click does the
+    same), type ``name``, press Enter."""
+    click_layer(viewer, layer)
+    view, index = _row(viewer, layer)
+    view.setCurrentIndex(index)
+    QTest.keyClick(view, Qt.Key.Key_F2)
+    QApplication.processEvents()
+    editor = next((e for e in view.findChildren(QLineEdit) if e.isVisible()), None)
+    assert editor is not None, "no name editor opened"
+    editor.selectAll()
+    QTest.keyClicks(editor, name)
+    QTest.keyClick(editor, Qt.Key.Key_Return)
     QApplication.processEvents()
 
 

@@ -15,10 +15,10 @@ from napari_infection_clock.core.preprocess import Preprocessing
 from napari_infection_clock.core.stack import open_stack, write_stack
 from napari_infection_clock.core.synthetic import generate_stack
 from napari_infection_clock.ui.annotation_widget import AnnotationWidget
-from napari_infection_clock.ui.layer_roles import OUTPUT_OF, is_output, layer_stack_path
+from napari_infection_clock.ui.layer_roles import OUTPUT_OF, image_id, is_output, layer_stack_path
 from napari_infection_clock.ui.state import session_for
 
-from .layer_list import click_layer, delete_selected
+from .layer_list import click_layer, delete_selected, rename_layer
 
 N_FRAMES = 20
 PLUGIN = "napari-infection-clock"
@@ -479,7 +479,7 @@ def test_removing_an_image_removes_its_layers_and_keeps_its_labels(make_napari_v
 
     click_layer(viewer, well)
     delete_selected(viewer)  # the trash button
-    qtbot.waitUntil(lambda: not any(is_output(layer) and layer.metadata[OUTPUT_OF] == well.name
+    qtbot.waitUntil(lambda: not any(is_output(layer) and layer.metadata[OUTPUT_OF] == image_id(well)
                                     for layer in viewer.layers), timeout=5_000)
     assert [layer.name for layer in viewer.layers] == [kept.name, f"{kept.name} labelled frames"]
     saved = AnnotationStore.from_json(sidecar_path(stack_file).read_text())
@@ -496,4 +496,65 @@ def test_removing_an_image_removes_its_layers_and_keeps_its_labels(make_napari_v
     delete_selected(viewer)
     QApplication.processEvents()
     assert kept.name not in viewer.layers
-    assert not any(layer.metadata.get(OUTPUT_OF) == kept.name for layer in viewer.layers)
+    assert not any(layer.metadata.get(OUTPUT_OF) == image_id(kept) for layer in viewer.layers)
+
+
+def test_a_renamed_image_keeps_its_layers_and_labels(make_napari_viewer, qtbot, tmp_path):
+    """Rename an image in the layer list between two predictions: the layers made for it
+    (crops, labelled-frame outlines, prediction outputs, the "label next" marker) stay its
+    own, take its new name, are reused by the next run (no duplicates) and go with it when
+    it is removed (no orphans); its labels (an image with no file) stay with it."""
+    from napari_infection_clock.ui.prediction_widget import MODE_TILES
+
+    config = ModelConfig("resnet18", hidden_dim=16)
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", build_model(config, init="random"),
+                                 CheckpointMeta(model=config, preprocessing=Preprocessing(32)))
+    viewer = make_napari_viewer(show=True)
+    well = viewer.add_image(generate_stack(True, seed=5, n_frames=4, size=48, dtype="uint8"),
+                            name="well", metadata={"frame_interval_h": 0.5})
+    annotate = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotate frames and crops")[1]
+    predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict infection")[1]
+    plot = viewer.window.add_plugin_dock_widget(PLUGIN, "Infection time-series plot")[1]
+    label_next = viewer.window.add_plugin_dock_widget(PLUGIN, "What to label next")[1]
+    viewer.dims.set_current_step(0, 1)
+    _press(viewer, qtbot, Qt.Key_U)
+    crops = annotate.show_crops_layer()
+    crops.add_rectangles([np.array([[2, 2, 3], [2, 2, 20], [2, 18, 20], [2, 18, 3]])])
+    predict.checkpoint.value, predict.device.value = checkpoint, "cpu"
+    predict.mode.value, predict.tile_size.value = MODE_TILES, 24
+    ended = []
+    predict.finished.connect(ended.append)
+
+    def predict_and_rank(runs: int) -> None:
+        qtbot.mouseClick(predict.run_button.native, Qt.LeftButton)
+        qtbot.waitUntil(lambda: len(ended) == runs, timeout=60_000)
+        assert ended[-1].startswith("done"), ended
+        label_next.tile_spin.setValue(24)
+        label_next.method_combo.setCurrentText("entropy")
+        qtbot.mouseClick(label_next.rank_button, Qt.LeftButton)
+        qtbot.waitUntil(lambda: label_next.worker is None and label_next.list.count() > 0,
+                        timeout=60_000)
+        qtbot.mouseClick(label_next.next_button, Qt.LeftButton)  # outlines the tile
+
+    predict_and_rank(1)
+    made = sorted(layer.name for layer in viewer.layers if is_output(layer))
+    assert len(made) == 8 and all(name.startswith("well ") or name == "label next"
+                                  for name in made), made
+
+    rename_layer(viewer, well, "A1")
+    assert well.name == "A1"
+    renamed = sorted(layer.name for layer in viewer.layers if is_output(layer))
+    assert renamed == sorted(name.replace("well ", "A1 ") for name in made), renamed
+    assert "A1" in annotate.target_label.text() and annotate.store.frames == {1: "uninfected"}
+    assert [plot.choice.itemText(i) for i in range(plot.choice.count())] == ["A1"]
+
+    predict_and_rank(2)  # the same layers, refilled: none made twice, none left behind
+    assert sorted(layer.name for layer in viewer.layers if is_output(layer)) == renamed
+    assert all(layer.metadata[OUTPUT_OF] == image_id(well)
+               for layer in viewer.layers if is_output(layer))
+    assert [plot.choice.itemText(i) for i in range(plot.choice.count())] == ["A1"]
+    assert annotate.store.frames == {1: "uninfected"} and len(annotate.store.crops) == 1
+
+    click_layer(viewer, well)
+    delete_selected(viewer)  # the trash button
+    qtbot.waitUntil(lambda: len(viewer.layers) == 0, timeout=5_000)

@@ -13,6 +13,7 @@ from napari_infection_clock.core.stack import write_stack
 from napari_infection_clock.core.synthetic import generate_stack
 from napari_infection_clock.ui.annotation_widget import AnnotationWidget
 from napari_infection_clock.ui.label_next_widget import LabelNextWidget
+from napari_infection_clock.ui.layer_roles import image_id, memory_key
 from napari_infection_clock.ui.overlays import layer_name
 from napari_infection_clock.ui.prediction_widget import (
     MODE_REGIONS,
@@ -151,7 +152,8 @@ def test_output_layers_leave_the_labelling_target_alone(make_napari_viewer, qtbo
     assert annotate.layer is labelled and "labelled" in annotate.target_label.text()
     viewer.dims.set_current_step(0, 1)
     qtbot.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key_U, Qt.ShiftModifier)
-    assert annotate.store.stack == "memory:labelled" and annotate.store.frames == {1: "uninfected"}
+    assert annotate.store.stack == memory_key(labelled)
+    assert annotate.store.frames == {1: "uninfected"}
 
 
 def test_a_run_uses_the_checkpoints_time_unless_the_user_set_it(make_napari_viewer, qtbot,
@@ -168,7 +170,8 @@ def test_a_run_uses_the_checkpoints_time_unless_the_user_set_it(make_napari_view
     predict.device.value = "cpu"
     assert not _predict(qtbot, predict).startswith("prediction failed")
     assert "onset 3 h from checkpoint" in predict.time_source.value
-    assert session.runs["plain"].onset_h == 3.0  # what the plot puts on the time axis
+    plain = image_id(viewer.layers["plain"])
+    assert session.runs[plain].onset_h == 3.0  # what the plot puts on the time axis
 
     predict.onset_h.value = 2.0  # the user's own onset, then another checkpoint file
     other = tmp_path / "other.pt"
@@ -176,4 +179,4 @@ def test_a_run_uses_the_checkpoints_time_unless_the_user_set_it(make_napari_view
     predict.checkpoint.value = other
     assert not _predict(qtbot, predict).startswith("prediction failed")
     assert predict.onset_h.value == 2.0 and predict.time_source.value == "set here"
-    assert session.runs["plain"].onset_h == 2.0
+    assert session.runs[plain].onset_h == 2.0

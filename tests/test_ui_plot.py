@@ -48,7 +48,7 @@ def plotted(make_napari_viewer):
     viewer.window.add_dock_widget(plot)
     run = PredictionRun(n_frames=N_FRAMES, frame_interval_h=INTERVAL, onset_h=ONSET,
                         mode="tile grid")
-    session_for(viewer).set_results("well", layers.table, run)
+    session_for(viewer).set_results(viewer.layers["well"], layers.table, run)
     return viewer, plot, layers
 
 
@@ -125,7 +125,8 @@ def test_a_selected_tile_shows_its_clock_with_its_band(plotted):
                    "time_halfwidth_h": {"infected": 1.0, "uninfected": 3.0},
                    "consistent_halfwidth_h": {"infected": 0.5, "uninfected": 2.0}}
     table = apply_calibration(with_clock(table), calibration)
-    session_for(viewer).set_results("well", table, replace(plot.info, interval_level=0.9))
+    session_for(viewer).set_results(viewer.layers["well"], table,
+                                    replace(plot.info, interval_level=0.9))
     tiles = viewer.layers[layer_name("well", "tiles")]
     pick = tiles.features.index[(tiles.features.tile_row == 1) & (tiles.features.tile_col == 1)]
     tiles.selected_data = {int(pick[0])}
@@ -147,7 +148,7 @@ def test_a_selected_tile_shows_its_clock_with_its_band(plotted):
         f"({now.consistent_time_h - 0.5:.1f}-{now.consistent_time_h + 0.5:.1f} h, 90 %)")
     # a frame unlike the training data (core.novelty): no answer, not "nan-nan h"
     table["out_of_distribution"] = (table.tile_row == 1) & (table.tile_col == 1) & (table.frame == 8)
-    session_for(viewer).set_results("well", apply_calibration(table, calibration),
+    session_for(viewer).set_results(viewer.layers["well"], apply_calibration(table, calibration),
                                     replace(plot.info, interval_level=0.9))
     tiles.selected_data = {int(pick[0])}
     viewer.dims.set_point(0, 8)
@@ -176,7 +177,7 @@ def test_the_band_and_answer_say_how_the_clock_interval_was_calibrated(plotted):
 
     def show(calibration):
         table = apply_calibration(with_clock(layers.table), calibration)
-        session_for(viewer).set_results("well", table, replace(
+        session_for(viewer).set_results(viewer.layers["well"], table, replace(
             plot.info, interval_level=0.9, clock_interval=clock_interval(calibration)))
         tiles.selected_data = {pick}
         viewer.dims.set_point(0, 10)
@@ -224,7 +225,7 @@ def test_regions_selected_in_their_layer(make_napari_viewer):
     viewer.window.add_dock_widget(plot)  # docked, as a user has it (see test_ui_theme.py)
     run = PredictionRun(n_frames=N_FRAMES, frame_interval_h=INTERVAL, onset_h=ONSET,
                         mode="regions (Shapes rectangles)", regions_layer="cells")
-    session_for(viewer).set_results("well", layers.table, run)
+    session_for(viewer).set_results(viewer.layers["well"], layers.table, run)
     regions.selected_data = {1}
     assert list(plot.items) == ["region 1"]
 
@@ -244,7 +245,8 @@ def test_closed_dock_stops_listening(plotted):
     lines, markers_x = list(plot.ax_p.lines), plot.markers[0].get_xdata()[0]
     viewer.layers.remove(layer_name("well", "tiles"))  # no redraw, no error
     viewer.dims.set_point(0, 9)
-    session_for(viewer).set_results("well", layers.table, PredictionRun(n_frames=N_FRAMES))
+    session_for(viewer).set_results(viewer.layers["well"], layers.table,
+                                    PredictionRun(n_frames=N_FRAMES))
     assert list(plot.ax_p.lines) == lines
     assert plot.markers[0].get_xdata()[0] == markers_x
     assert "estimated onset: 1.80 h" in plot.onset_label.text()
@@ -261,7 +263,7 @@ def test_plot_follows_the_prediction_legends_hide_nothing_exports_name_it(plotte
     mock = viewer.add_image(np.zeros((N_FRAMES, 64, 64), np.uint16), name="mock")
     table = _table(tile_grid(64, 64, TileSpec(32))).assign(image="mock")
     session_for(viewer).set_results(
-        "mock", table, PredictionRun(n_frames=N_FRAMES, frame_interval_h=INTERVAL))
+        mock, table, PredictionRun(n_frames=N_FRAMES, frame_interval_h=INTERVAL))
     assert plot.image_name == "mock"  # a new prediction is followed
     assert plot.figure._suptitle.get_text() == "mock"
     viewer.layers.selection.active = viewer.layers[layer_name("well", "probability")]

@@ -26,6 +26,7 @@ from napari_infection_clock.core.preprocess import Preprocessing
 from napari_infection_clock.core.results import RESULT_COLUMNS
 from napari_infection_clock.core.synthetic import sample_pair
 from napari_infection_clock.core.targets import TimePolicy
+from napari_infection_clock.ui.layer_roles import image_id
 from napari_infection_clock.ui.overlays import layer_name
 from napari_infection_clock.ui.prediction_widget import (
     MODE_REGIONS,
@@ -145,7 +146,8 @@ def test_tile_grid_layers_sit_on_their_tiles(
     np.testing.assert_allclose(onset.data_to_world((1, 1)), prob.data_to_world((0, 1, 1))[1:])
 
     # the tiles layer's table is the shared result and what the writer saves
-    pd.testing.assert_frame_equal(session_for(viewer).results["well"], table)
+    well = image_id(viewer.layers["well"])
+    pd.testing.assert_frame_equal(session_for(viewer).results[well], table)
     written = write_prediction_csv(str(tmp_path / "t.csv"), tiles.data, tiles._get_state())
     again = pd.read_csv(written[0])
     pd.testing.assert_frame_equal(again, table.reset_index(drop=True), check_dtype=False)
@@ -286,7 +288,7 @@ def test_event_loop_turns_and_cancel_leaves_consistent_layers(
 def test_compiled_run_fills_the_same_layers(make_napari_viewer, qtbot, sample, checkpoint):
     viewer, _, widget = _setup(make_napari_viewer, sample, checkpoint, mode=MODE_WHOLE)
     assert _run(qtbot, widget).startswith("done: 8 frames")
-    eager = session_for(viewer).results["well"].copy()
+    eager = session_for(viewer).results[image_id(viewer.layers["well"])].copy()
     widget.compile.value = True
     messages, warned = [], []
     widget.finished.connect(messages.append)
@@ -295,7 +297,7 @@ def test_compiled_run_fills_the_same_layers(make_napari_viewer, qtbot, sample, c
     qtbot.waitUntil(lambda: bool(messages), timeout=300_000)
     assert messages[0].startswith("done: 8 frames"), messages
     assert not [w for w in warned if "torch.compile failed" in str(w[0])]  # it compiled
-    compiled = session_for(viewer).results["well"]
+    compiled = session_for(viewer).results[image_id(viewer.layers["well"])]
     np.testing.assert_allclose(compiled.p_infected, eager.p_infected, atol=0.02)
     np.testing.assert_allclose(compiled.pred_time_h, eager.pred_time_h, atol=0.25)
 
@@ -322,7 +324,7 @@ def test_session_model_refresh_and_rgb(make_napari_viewer, qtbot, checkpoint):
     assert session.request_prediction()
     qtbot.waitUntil(lambda: bool(messages), timeout=30_000)
     assert messages[0].startswith("done: 4 frames"), messages
-    assert len(session.results["rgb"]) == 4
+    assert len(session.results[image_id(viewer.layers["rgb"])]) == 4
 
 
 @pytest.mark.parametrize(
@@ -456,7 +458,7 @@ def test_frames_reach_the_layers_in_a_few_updates_and_the_status_ends_right(
     tiles.events.data.connect(lambda event: updates.append(event.action))
     plotted = []  # rows the plot was given, per update of the session's results
     widget.session.results_changed.connect(
-        lambda name: plotted.append(len(widget.session.results[name])))
+        lambda key: plotted.append(len(widget.session.results[key])))
     widget.run_button.native.click()
     message = _run_started(qtbot, widget)
     assert message == "done: 48 frames predicted"
@@ -503,7 +505,7 @@ def test_outputs_can_be_read(make_napari_viewer, qtbot, sample, checkpoint):
     prob.visible = True  # or the eye in the layer list: the other one goes
     assert prob.visible and not dur.visible
 
-    table = session_for(viewer).results["well"]
+    table = session_for(viewer).results[image_id(viewer.layers["well"])]
     row = table[(table.frame == 3) & (table.tile_row == 1) & (table.tile_col == 0)].iloc[0]
     viewer.dims.set_point(0, 3)
     assert viewer.text_overlay.visible
@@ -572,7 +574,7 @@ def test_channel_layers_of_a_fiji_file_are_recorded_and_checked(make_napari_view
     for name in ("w [ch 2 DAPI]", "w [ch 0 mito]"):
         widget.image.value = viewer.layers[name]
         assert _run(qtbot, widget).startswith("done")
-        table = session_for(viewer).results[name]
+        table = session_for(viewer).results[image_id(viewer.layers[name])]
         assert set(table["channel"]) == {int(name[6])}
         assert set(table["channel_name"]) == {name.split()[-1].rstrip("]")}
     warned = [m for m in said if "trained on DAPI" in m]

@@ -100,7 +100,9 @@ def label_range(annotate, app, first: int, last: int, button: str) -> None:
 
 def predicted_frames(predict, image) -> int:
     """Frames of ``image`` in the session's prediction table (what the plot shows)."""
-    table = predict.session.results.get(image.name)
+    from napari_infection_clock.ui.layer_roles import image_id  # the plugin is loaded by now
+
+    table = predict.session.results.get(image_id(image))
     return 0 if table is None else table["frame"].nunique()
 
 

@@ -60,7 +60,10 @@ from .layer_roles import (
     ONSET_H,
     SOURCE_PATH,
     annotation_key,
+    is_output_of,
     layer_stack_path,
+    memory_key,
+    output_layer,
     output_metadata,
     time_setting,
 )
@@ -71,7 +74,9 @@ from .teardown import on_dock_closed
 
 KEYS = {"Shift-I": "infected", "Shift-U": "uninfected", "Shift-C": None}
 COLOURS = {"infected": "red", "uninfected": "dodgerblue"}
-#: Suffix of the layer that outlines the labelled frames of an image on the canvas.
+#: Kind (and name suffix) of an image's layer of crops, and of the one that outlines its
+#: labelled frames on the canvas.
+CROPS = "crops"
 MARKS_SUFFIX = "labelled frames"
 
 
@@ -123,6 +128,7 @@ class AnnotationWidget(QWidget):
         on_dock_closed(self, self.cleanup)
         self._build()
         self.session.image_changed.connect(self._serve)
+        self.session.image_renamed.connect(self._renamed)
         self.viewer.dims.events.current_step.connect(self._show_frame)
         self._handlers = {key: self._key_handler(label) for key, label in KEYS.items()}
         for key, handler in self._handlers.items():
@@ -289,6 +295,10 @@ class AnnotationWidget(QWidget):
         self._sync_controls()
         self._changed(save=False)
 
+    def _renamed(self, image) -> None:
+        if self.layer is not None and image == self.layer:  # a proxy of it compares equal
+            self._show_target()
+
     def _show_target(self) -> None:
         if self.layer is None:
             reason = self.session.image_reason or "no time-lapse image"
@@ -314,13 +324,13 @@ class AnnotationWidget(QWidget):
             if copy is not None:
                 meta[SOURCE_PATH] = str(copy)
         path = layer_stack_path(layer)
-        memory = self.session.annotations.get(f"memory:{layer.name}")
+        memory = self.session.annotations.get(memory_key(layer))
         sidecar = None
         if path is None:
             # An image with no file (sample data): labels live in memory until a project
             # folder is chosen; the first save then writes the image there too.
             store = memory or AnnotationStore(
-                stack=f"memory:{layer.name}", n_frames=n_frames, frame_shape=frame_shape)
+                stack=memory_key(layer), n_frames=n_frames, frame_shape=frame_shape)
         else:
             store = self.session.annotations.get(path)
             sidecar = sidecar_path(path, self.project_dir)
@@ -517,10 +527,10 @@ class AnnotationWidget(QWidget):
                 return
             self._serve(self.session.image)  # the image in view at the moment of the key
             active = viewer.layers.selection.active
-            # by name: through the Plugins menu the dock holds a proxy of the viewer, and
-            # its crops layer is a proxy object, never the layer napari hands the key
-            if (self.crops_layer is not None and active is not None
-                    and active.name == self.crops_layer.name and active.selected_data):
+            # by what it is: through the Plugins menu the dock holds a proxy of the viewer,
+            # and its crops layer is a proxy object, never the layer napari hands the key
+            if (self.crops_layer is not None and active is not None and self.layer is not None
+                    and is_output_of(active, self.layer, CROPS) and active.selected_data):
                 self.label_selected_crops(label)
             else:
                 self.label_current(label)
@@ -544,18 +554,16 @@ class AnnotationWidget(QWidget):
         self.crops_layer = None
         if self.layer is None or self.store is None:
             return
-        name = f"{self.layer.name} crops"
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-        elif self.store.crops or create:
+        layer = output_layer(self.viewer, self.layer, CROPS)
+        if layer is None:
+            if not (self.store.crops or create):
+                return
             layer = self.viewer.add_shapes(
-                ndim=3, name=name, edge_width=2, face_color="transparent",
-                features=_label_features([]),
+                ndim=3, name=f"{self.layer.name} {CROPS}", edge_width=2,
+                face_color="transparent", features=_label_features([]),
                 scale=self.layer.scale, translate=self.layer.translate,
-                metadata=output_metadata(self.layer.name))
+                metadata=output_metadata(self.layer, CROPS))
             self.viewer.layers.selection.active = self.layer
-        else:
-            return
         self.crops_layer = layer
         self._write_crops_layer()
         layer.events.data.connect(self._crops_edited)
@@ -694,8 +702,7 @@ class AnnotationWidget(QWidget):
         """Outline each labelled frame on the canvas, in its label's colour."""
         if self.layer is None or self.store is None:
             return
-        name = f"{self.layer.name} {MARKS_SUFFIX}"
-        marks = self.viewer.layers[name] if name in self.viewer.layers else None
+        marks = output_layer(self.viewer, self.layer, MARKS_SUFFIX)
         items = sorted(self.store.frames.items())
         if marks is None and not items:
             return
@@ -705,11 +712,13 @@ class AnnotationWidget(QWidget):
         if marks is None:
             active = self.viewer.layers.selection.active
             marks = self.viewer.add_shapes(
-                ndim=3, name=name, face_color="transparent", edge_width=max(2, min(h, w) // 64),
+                ndim=3, name=f"{self.layer.name} {MARKS_SUFFIX}", face_color="transparent",
+                edge_width=max(2, min(h, w) // 64),
                 scale=self.layer.scale, translate=self.layer.translate,
                 text={"string": "{label}", "anchor": "upper_left", "size": 10,
                       "color": "white"},
-                features=_label_features([]), metadata=output_metadata(self.layer.name))
+                features=_label_features([]),
+                metadata=output_metadata(self.layer, MARKS_SUFFIX))
             self.viewer.layers.selection.active = active  # the user's layer stays selected
         marks.data = []
         if shapes:
@@ -799,6 +808,7 @@ class AnnotationWidget(QWidget):
             if self.viewer.keymap.get(coerce_keybinding(key)) is handler:  # not a newer dock's
                 self.viewer.bind_key(key, None, overwrite=True)
         self.session.image_changed.disconnect(self._serve)
+        self.session.image_renamed.disconnect(self._renamed)
         self.viewer.dims.events.current_step.disconnect(self._show_frame)
         self._disconnect_crops()
 

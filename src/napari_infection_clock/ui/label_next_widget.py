@@ -28,14 +28,22 @@ from ..core.recipes import native_tiles_of
 from ..core.stack import stack_from_array
 from ..core.tiles import TileSpec, resized_tiles_note, tile_grid_shape
 from ..core.uncertainty import METHODS, iter_stack_uncertainty, rank_uncertain
-from .layer_roles import annotation_key, input_images, output_metadata, time_setting
+from .layer_roles import (
+    OUTPUT_KIND,
+    annotation_key,
+    image_id,
+    image_with_id,
+    input_images,
+    output_metadata,
+    time_setting,
+)
 from .docking import place_form
 from .figures import scrolling_layout
 from .state import session_for
 from .teardown import on_dock_closed
 from .workers import Batch, Progress, Result, Run, Stop
 
-MARKER_LAYER = "label next"
+MARKER_LAYER = "label next"  # its name and kind: one per viewer, for the image ranked last
 SHOWN = 50
 
 
@@ -101,39 +109,43 @@ class LabelNextWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.session.image_changed.connect(self._on_image_changed)
+        self.session.image_renamed.connect(self._refresh_layers)
         self.session.labels_changed.connect(self._on_labels_changed)
         self.session.model_changed.connect(self._on_model_changed)
         on_dock_closed(self, self.cleanup)
         self._refresh_layers()
 
     def _refresh_layers(self, event=None) -> None:
-        """Offer the input images (never the plugin's own layers), the one in view first."""
-        current = self.image_combo.currentText()
-        names = [layer.name for layer in input_images(self.viewer)]
+        """Offer the input images (never the plugin's own layers) by name, each known by
+        its id (a renamed image stays chosen); else the one in view."""
+        current = self.image_combo.currentData()
         self.image_combo.clear()
-        self.image_combo.addItems(names)
-        if current in names:
-            self.image_combo.setCurrentText(current)
+        for layer in input_images(self.viewer):
+            self.image_combo.addItem(layer.name, image_id(layer))
+        index = self.image_combo.findData(current)
+        if current is not None and index >= 0:
+            self.image_combo.setCurrentIndex(index)
         else:
             self._on_image_changed(self.session.image)
 
     def _on_image_changed(self, image) -> None:
-        if image is not None and self.worker is None:
-            self.image_combo.setCurrentText(image.name)
+        index = -1 if image is None else self.image_combo.findData(image_id(image))
+        if index >= 0 and self.worker is None:
+            self.image_combo.setCurrentIndex(index)
 
     def rank(self) -> bool:
         """Score the chosen image in a worker; the list fills when it is done."""
         if self.worker is not None:
             return False
-        name = self.image_combo.currentText()
+        layer = image_with_id(self.viewer, self.image_combo.currentData())
         if self.session.model is None:
             return self._fail("no model: load a checkpoint or train one first")
-        if name not in self.viewer.layers:
+        if layer is None:
             return self._fail("choose an image layer")
-        layer = self.viewer.layers[name]
         native = native_tiles_of(self.session.model.meta.recipe)
         interval = time_setting(layer, self.session.model.meta).frame_interval_h
-        stack = stack_from_array(layer.data, "TYXS" if layer.rgb else "TYX", name, interval)
+        stack = stack_from_array(layer.data, "TYXS" if layer.rgb else "TYX", layer.name,
+                                 interval)
         tiles = TileSpec(tile_size=self.tile_spin.value() or native, model_tiles=native)
         try:  # frames smaller than the tiles (or than a native-tile model's): said before a run
             tile_grid_shape(*stack.frame_shape, tiles)
@@ -187,7 +199,7 @@ class LabelNextWidget(QWidget):
 
     def _scored_key(self) -> str:
         """The annotation key of the ranked image, asked anew: saving an in-memory image
-        to a project folder moves its labels from ``memory:NAME`` to the file's path."""
+        to a project folder moves its labels from ``memory:ID`` to the file's path."""
         return annotation_key(self._scored_layer)
 
     def _show_ranking(self) -> None:
@@ -250,12 +262,16 @@ class LabelNextWidget(QWidget):
             f = int(row.frame)
             rect = np.array([[f, box[0], box[1]], [f, box[0], box[3]], [f, box[2], box[3]],
                              [f, box[2], box[1]]], float)
-            if MARKER_LAYER in self.viewer.layers:
-                self.viewer.layers[MARKER_LAYER].data = [rect]
+            belongs = output_metadata(self._scored_layer, MARKER_LAYER)
+            marker = next((layer for layer in self.viewer.layers
+                           if layer.metadata.get(OUTPUT_KIND) == MARKER_LAYER), None)
+            if marker is not None:
+                marker.data = [rect]
+                marker.metadata.update(belongs)  # it goes when this image is removed
             else:
                 self.viewer.add_shapes([rect], ndim=3, name=MARKER_LAYER, edge_color="yellow",
                                        face_color="transparent", edge_width=2,
-                                       metadata=output_metadata(self._scored_layer.name))
+                                       metadata=belongs)
 
     def _fail(self, message: str) -> bool:
         self.status.setText(message)
@@ -268,5 +284,6 @@ class LabelNextWidget(QWidget):
         self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
         self.viewer.layers.events.removed.disconnect(self._refresh_layers)
         self.session.image_changed.disconnect(self._on_image_changed)
+        self.session.image_renamed.disconnect(self._refresh_layers)
         self.session.labels_changed.disconnect(self._on_labels_changed)
         self.session.model_changed.disconnect(self._on_model_changed)

@@ -1,14 +1,17 @@
 """What a layer is to the plugin: the metadata keys it reads and writes, in one place.
 
-Images the user opened are inputs; every layer the plugin makes (probability, duration,
-class, tiles, onset maps, "label next" markers, frame-label markers) carries
-:data:`OUTPUT_OF` with the name of the image it belongs to, and is never offered or
-taken as an input. The frame interval and onset of an image come with the place they
-came from (file metadata, the checkpoint, or a default the user should check).
+Images the user opened are inputs, each with an id of its own (:data:`IMAGE_ID`); every
+layer the plugin makes (probability, duration, class, tiles, onset maps, crops,
+"label next" markers, frame-label markers) carries :data:`OUTPUT_OF`, the id of the image
+it belongs to, and :data:`OUTPUT_KIND`, what it is, and is never offered or taken as an
+input. Names are the user's to change: the plugin finds a layer's image, and an image's
+layers, by id, never by name. The frame interval and onset of an image come with the
+place they came from (file metadata, the checkpoint, or a default the user should check).
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +20,11 @@ from napari.layers import Image
 from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
 
 # --- layer metadata keys ---------------------------------------------------------------
-#: On every layer the plugin makes: the name of the image layer it belongs to.
-OUTPUT_OF = "prediction_of"
+#: On an image the plugin served: its id (a name can be changed in the layer list).
+IMAGE_ID = "infection_clock_image_id"
+#: On every layer the plugin makes: the id of the image it belongs to, and what it is.
+OUTPUT_OF = "infection_clock_output_of"
+OUTPUT_KIND = "infection_clock_output_kind"
 #: Hours between frames, and where that number came from ("metadata", "user", "default").
 FRAME_INTERVAL_H = "frame_interval_h"
 FRAME_INTERVAL_SOURCE = "frame_interval_source"
@@ -46,10 +52,38 @@ def is_output(layer) -> bool:
     return OUTPUT_OF in layer.metadata
 
 
-def output_metadata(image_name: str) -> dict:
-    """Metadata for a layer the plugin makes for ``image_name``. Give it when the layer is
-    created: napari selects a new layer at once, and the session asks then what it is."""
-    return {OUTPUT_OF: image_name}
+def image_id(image) -> str:
+    """The id of an image layer, given on first use; it stays when the layer is renamed."""
+    meta = image.metadata
+    if not meta.get(IMAGE_ID):
+        meta[IMAGE_ID] = uuid.uuid4().hex
+    return meta[IMAGE_ID]
+
+
+def renew_image_id(image) -> str:
+    """A new id for ``image``: a duplicate of a layer (napari copies its metadata) is
+    another image."""
+    image.metadata[IMAGE_ID] = uuid.uuid4().hex
+    return image.metadata[IMAGE_ID]
+
+
+def output_metadata(image, kind: str) -> dict:
+    """Metadata for a layer of ``kind`` the plugin makes for ``image``. Give it when the
+    layer is created: napari selects a new layer at once, and the session asks then what
+    it is."""
+    return {OUTPUT_OF: image_id(image), OUTPUT_KIND: kind}
+
+
+def is_output_of(layer, image, kind: str | None = None) -> bool:
+    """Whether ``layer`` was made for ``image`` (and is of ``kind``, when given)."""
+    meta = layer.metadata
+    return (OUTPUT_OF in meta and meta[OUTPUT_OF] == image.metadata.get(IMAGE_ID)
+            and (kind is None or meta.get(OUTPUT_KIND) == kind))
+
+
+def output_layer(viewer, image, kind: str):
+    """The layer of ``kind`` the plugin made for ``image``, or None."""
+    return next((layer for layer in viewer.layers if is_output_of(layer, image, kind)), None)
 
 
 def is_input_image(layer) -> bool:
@@ -62,16 +96,21 @@ def input_images(viewer) -> list:
     return [layer for layer in viewer.layers if is_input_image(layer)]
 
 
+def image_with_id(viewer, key: str | None):
+    """The input image of id ``key`` in ``viewer``, or None."""
+    if key is None:
+        return None
+    return next((layer for layer in input_images(viewer)
+                 if layer.metadata.get(IMAGE_ID) == key), None)
+
+
 def image_of(viewer, layer):
     """The input image ``layer`` stands for: itself, or the image an output belongs to."""
     if layer is None:
         return None
     if is_input_image(layer):
         return layer
-    name = layer.metadata.get(OUTPUT_OF)
-    if name is not None and name in viewer.layers and is_input_image(viewer.layers[name]):
-        return viewer.layers[name]
-    return None
+    return image_with_id(viewer, layer.metadata.get(OUTPUT_OF))
 
 
 def image_in_view(viewer):
@@ -101,9 +140,15 @@ def layer_stack_path(layer) -> str | None:
     return str(Path(path).resolve()) if path else None
 
 
+def memory_key(layer) -> str:
+    """The key of the labels of an image with no file: ``memory:ID`` (its id, which a new
+    name leaves as it is)."""
+    return f"memory:{image_id(layer)}"
+
+
 def annotation_key(layer) -> str:
-    """The key of an image's labels in the session: its file, or ``memory:NAME``."""
-    return layer_stack_path(layer) or f"memory:{layer.name}"
+    """The key of an image's labels in the session: its file, or :func:`memory_key`."""
+    return layer_stack_path(layer) or memory_key(layer)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from ..core.information import NO_INFORMATION, NO_INFORMATION_LABEL
 from ..core.results import RESULT_COLUMNS
 from ..core.targets import INFECTED, UNINFECTED
 from ..core.tiles import TileSpec, tile_boxes
-from .layer_roles import OUTPUT_OF, output_metadata
+from .layer_roles import output_layer, output_metadata
 
 #: Largest side of the raster regions are painted on; bigger frames are coarsened.
 REGION_RASTER_MAX = 512
@@ -58,6 +58,8 @@ def _show_colorbar(layer: Image) -> None:
 
 
 def layer_name(image_name: str, kind: str) -> str:
+    """The name an output layer of ``kind`` is given (what it shows; found by its image's
+    id and its kind, never by this name)."""
     return f"{image_name} {SUFFIXES[kind]}"
 
 
@@ -238,15 +240,11 @@ class PredictionLayers:
             self.classes = self._labels(np.zeros(raster, np.uint8), **placed)
         else:
             self.tiles = self._tiles()
-        for layer in (self.probability, self.duration, self.classes, self.tiles):
-            if layer is not None:
-                layer.metadata[OUTPUT_OF] = self.image.name
         return self.ready
 
     # -- layer creation / reuse ------------------------------------------------------
     def _existing(self, kind: str):
-        name = layer_name(self.image.name, kind)
-        return self.viewer.layers[name] if name in self.viewer.layers else None
+        return output_layer(self.viewer, self.image, kind)
 
     def _image(self, kind, data, in_steps=True, visible=True, **kwargs):
         layer = self._existing(kind)
@@ -254,9 +252,10 @@ class PredictionLayers:
             self._remove(layer)
             with keeping_selection(self.viewer.layers):
                 layer = self.viewer.add_image(data, name=layer_name(self.image.name, kind),
-                                              metadata=output_metadata(self.image.name),
+                                              metadata=output_metadata(self.image, kind),
                                               visible=visible and not in_steps, **kwargs)
-            layer.events.visible.connect(lambda event, shown=layer: self._show_alone(shown))
+            layer.events.visible.connect(
+                lambda event, kind=kind, shown=layer: self._show_alone(kind, shown))
             if not (in_steps and visible):  # a hidden layer's colorbar is not painted yet
                 _show_colorbar(layer)
                 return layer
@@ -279,7 +278,7 @@ class PredictionLayers:
                     colormap=DirectLabelColormap(color_dict=CLASS_COLORS),
                     opacity=0.4,
                     visible=False,
-                    metadata=output_metadata(self.image.name),
+                    metadata=output_metadata(self.image, "class"),
                     features=pd.DataFrame({"index": list(CLASS_NAME),
                                            "class": CLASS_NAME.values()}),
                     **placed,
@@ -308,20 +307,19 @@ class PredictionLayers:
                 edge_width=0.5,
                 opacity=0.5,
                 features=pd.DataFrame(columns=list(RESULT_COLUMNS)),
-                metadata=output_metadata(self.image.name),
+                metadata=output_metadata(self.image, "tiles"),
             )
         self._finish.append(lambda: setattr(layer, "visible", True))
         return layer
 
-    def _show_alone(self, shown) -> None:
-        """``shown`` was made visible: hide this image's other continuous overlays.
-
-        Told apart by name: a dock opened from the Plugins menu has a proxy of the viewer,
-        and each look-up of a layer through it is a new proxy object."""
+    def _show_alone(self, kind: str, shown) -> None:
+        """``shown``, this image's overlay of ``kind``, was made visible: hide its other
+        continuous overlays (told apart by kind: a dock opened from the Plugins menu has a
+        proxy of the viewer, and each look-up of a layer through it is a new proxy object)."""
         if shown.visible:
-            for kind in CONTINUOUS:
-                other = self._existing(kind)
-                if other is not None and other.name != shown.name:
+            for other_kind in CONTINUOUS:
+                other = self._existing(other_kind)
+                if other is not None and other_kind != kind:
                     other.visible = False
 
     def _remove(self, layer) -> None:
@@ -403,7 +401,6 @@ class PredictionLayers:
         self.onset = self._image("onset", onset, colormap="magma", contrast_limits=limits,
                                  opacity=0.7, blending="translucent", visible=False,
                                  in_steps=False, **placed)
-        self.onset.metadata[OUTPUT_OF] = self.image.name
         self.onset.colorbar.visible = True
         self.clocks_in = True
 

@@ -25,9 +25,9 @@ from ..core.atomic import OutputNotWritable, write_atomic
 from ..core.clock import DEFAULT_LEVEL, RegionClock
 from .docking import place_figure
 from .figures import DockedFigure, legend_above
-from .layer_roles import OUTPUT_OF
+from .layer_roles import image_id, image_of, image_with_id, is_output_of
 from .messages import fit_messages
-from .overlays import layer_name, rectangles_to_boxes
+from .overlays import rectangles_to_boxes
 from .state import PredictionRun, session_for
 from .teardown import on_dock_closed
 from .timeseries import answer_at, estimate_onset, frame_summary, item_series
@@ -45,7 +45,8 @@ class TimeSeriesPlot(DockedFigure):
     """Mean probability, fraction infected and median duration of one prediction vs time.
 
     It shows the image a prediction last ran on, or the image (or output layer) the user
-    makes active, when that image has a prediction.
+    makes active, when that image has a prediction. Images are listed by name and known
+    by id: a renamed image keeps its curves, under its new name.
     """
 
     def __init__(self, napari_viewer):
@@ -85,45 +86,68 @@ class TimeSeriesPlot(DockedFigure):
         self.markers = [
             ax.axvline(np.nan, color="0.3", lw=1, ls=":") for ax in (self.ax_p, self.ax_t)
         ]
-        self.choice.currentTextChanged.connect(self._redraw_on)
+        self.choice.currentIndexChanged.connect(self._redraw_on)
         self.session.results_changed.connect(self._on_results)
+        self.session.image_renamed.connect(self._on_renamed)
         self.viewer.dims.events.current_step.connect(self._move_marker)
         self.viewer.layers.events.inserted.connect(self._watch_shapes)
         self.viewer.layers.events.removed.connect(self._redraw_on)
         self.viewer.layers.selection.events.active.connect(self._follow_active)
         self.canvas.mpl_connect("button_press_event", self._on_click)
         self._watch_shapes()
-        for name in self.session.results:
-            self.choice.addItem(name)
+        for key in self.session.results:
+            self.choice.addItem(self.session.names.get(key, key), key)
         self.redraw()
 
     # -- what is plotted -----------------------------------------------------------------
+    @property
+    def image_key(self) -> str | None:
+        """The id of the image whose prediction is plotted."""
+        return self.choice.currentData()
+
     @property
     def image_name(self) -> str | None:
         return self.choice.currentText() or None
 
     @property
+    def image(self):
+        """The plotted image's layer (None once it was removed)."""
+        return image_with_id(self.viewer, self.image_key)
+
+    @property
     def info(self) -> PredictionRun | None:
         """How the plotted image's table was made (None before its first prediction)."""
-        return self.session.runs.get(self.image_name)
+        return self.session.runs.get(self.image_key)
 
-    def _on_results(self, name: str) -> None:
+    def _on_results(self, key: str) -> None:
         """A prediction changed: show it (a new run on another image is followed)."""
-        if self.choice.findText(name) < 0:
-            self.choice.addItem(name)
-        if name != self.image_name:
-            self.choice.setCurrentText(name)  # redraws through currentTextChanged
+        index = self.choice.findData(key)
+        if index < 0:
+            self.choice.addItem(self.session.names.get(key, key), key)
+            index = self.choice.count() - 1
+        else:
+            self.choice.setItemText(index, self.session.names.get(key, key))
+        if key != self.image_key:
+            self.choice.setCurrentIndex(index)  # redraws through currentIndexChanged
         else:
             self.redraw()
 
+    def _on_renamed(self, image) -> None:
+        """An image was renamed: its entry (and the plot's title, if shown) say the new name."""
+        index = self.choice.findData(image_id(image))
+        if index >= 0:
+            self.choice.setItemText(index, image.name)
+            if index == self.choice.currentIndex():
+                self.redraw()
+
     def _follow_active(self, event=None) -> None:
         """Show the prediction of the layer the user made active (an image or its outputs)."""
-        layer = self.viewer.layers.selection.active
-        if layer is None:
+        image = image_of(self.viewer, self.viewer.layers.selection.active)
+        if image is None:
             return
-        name = layer.metadata.get(OUTPUT_OF, layer.name)
-        if name in self.session.results and name != self.image_name:
-            self.choice.setCurrentText(name)
+        key = image_id(image)
+        if key in self.session.results and key != self.image_key:
+            self.choice.setCurrentIndex(self.choice.findData(key))
 
     def _watch_shapes(self, *_):
         """Redraw when the selection of any Shapes layer changes (tiles or regions)."""
@@ -133,20 +157,20 @@ class TimeSeriesPlot(DockedFigure):
                 self._watched.append(layer)
 
     def _on_selection(self, *_):
-        if self.image_name is not None:
+        if self.image_key is not None:
             self.redraw()
 
     def selected_items(self) -> list[tuple[int, int]]:
         """(tile row, col) of selected tiles of this prediction, or of selected regions."""
-        table = self.session.results.get(self.image_name)
+        table = self.session.results.get(self.image_key)
+        image = self.image
         if table is None or table.empty:
             return []
         found: list[tuple[int, int]] = []
-        tiles_name = layer_name(self.image_name, "tiles")
         for layer in self.viewer.layers:
             if not isinstance(layer, Shapes) or not layer.selected_data:
                 continue
-            if layer.name == tiles_name:
+            if image is not None and is_output_of(layer, image, "tiles"):
                 rows = layer.features.iloc[sorted(layer.selected_data)]
                 found += list(zip(rows["tile_row"].astype(int), rows["tile_col"].astype(int)))
             elif self.info is not None and layer.name == self.info.regions_layer:
@@ -155,8 +179,8 @@ class TimeSeriesPlot(DockedFigure):
 
     def _regions_to_items(self, layer: Shapes, table: pd.DataFrame) -> list[tuple[int, int]]:
         height, width = int(table["y1"].max()), int(table["x1"].max())
-        if self.image_name in self.viewer.layers:
-            height, width = self.viewer.layers[self.image_name].data.shape[1:3]
+        if self.image is not None:
+            height, width = self.image.data.shape[1:3]
         try:
             boxes = rectangles_to_boxes(layer, height, width, layer.selected_data)
         except ValueError:
@@ -174,7 +198,7 @@ class TimeSeriesPlot(DockedFigure):
 
     def redraw(self) -> None:
         """Redraw the curves of the chosen prediction (the marker is kept and re-placed)."""
-        table = self.session.results.get(self.image_name) if self.image_name else None
+        table = self.session.results.get(self.image_key) if self.image_key else None
         for ax in (self.ax_p, self.ax_t):
             for artist in [*ax.lines, *ax.collections]:
                 if artist not in self.markers:
@@ -278,8 +302,7 @@ class TimeSeriesPlot(DockedFigure):
     # -- the time slider -----------------------------------------------------------------
     def _time_axis(self) -> tuple[int, float, float]:
         """World axis of the image's time dimension, and the image's time scale/translate."""
-        name = self.image_name
-        image = self.viewer.layers[name] if name and name in self.viewer.layers else None
+        image = self.image
         if image is None:
             return 0, 1.0, 0.0
         return self.viewer.dims.ndim - image.ndim, float(image.scale[0]), float(image.translate[0])
@@ -361,6 +384,7 @@ class TimeSeriesPlot(DockedFigure):
             return
         self._closed = True
         self.session.results_changed.disconnect(self._on_results)
+        self.session.image_renamed.disconnect(self._on_renamed)
         self.viewer.dims.events.current_step.disconnect(self._move_marker)
         self.viewer.layers.events.inserted.disconnect(self._watch_shapes)
         self.viewer.layers.events.removed.disconnect(self._redraw_on)

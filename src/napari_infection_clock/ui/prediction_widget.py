@@ -650,7 +650,7 @@ class PredictionWidget(Container):
             clock_interval=clock_interval(self.session.model.meta.calibration)
             if self.session.model is not None else None,
         )
-        self.session.set_results(job.image.name, layers.table, run)
+        self.session.set_results(job.image, layers.table, run)
 
     def _on_end(self, stopped: bool) -> None:
         """Everything the run yielded is in: show the rest a step per turn (a new layer,

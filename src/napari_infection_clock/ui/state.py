@@ -3,8 +3,10 @@
 The docks each hold a reference to the same :class:`Session`; they observe its signals
 instead of calling each other. The session follows the viewer's layer list and says which
 image the user is looking at (:attr:`Session.image`, :attr:`Session.image_changed`), so
-every dock serves that image, not the first one it saw. When an image is removed, the
-layers the plugin made for it go too (its labels stay).
+every dock serves that image, not the first one it saw. Images are known by their id
+(:func:`.layer_roles.image_id`), never by name: the user may rename one in the layer list,
+and the layers made for it follow the new name. When an image is removed, the layers the
+plugin made for it go too (its labels stay).
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from ..core.checkpoint import CheckpointMeta
 from ..core.model import MultitaskResNet
 from .gc_freeze import thaw
 from .gl_context import make_canvas_context_current
-from .layer_roles import OUTPUT_OF, image_in_view, input_images, is_input_image
+from .layer_roles import (
+    IMAGE_ID,
+    OUTPUT_OF,
+    image_id,
+    image_in_view,
+    input_images,
+    is_input_image,
+    renew_image_id,
+)
 
 
 @dataclass
@@ -71,17 +81,21 @@ class Session:
     """What one viewer's widgets share."""
 
     model_changed = Signal(object)  # SessionModel | None
-    results_changed = Signal(str)  # name of the image layer whose prediction table changed
+    results_changed = Signal(str)  # id of the image whose prediction table changed
     prediction_requested = Signal()  # "predict again with the session model" (after training)
     labels_changed = Signal(str)  # stack path whose annotations changed (annotation widget)
     image_changed = Signal(object)  # the image layer the user looks at now, or None
+    image_renamed = Signal(object)  # an image layer the user gave a new name
 
     def __init__(self, viewer=None):
         self.model: SessionModel | None = None
+        #: Per image id (:func:`.layer_roles.image_id`): its prediction table.
         self.results: dict[str, pd.DataFrame] = {}
-        #: Per image: how its table was made.
+        #: Per image id: how its table was made.
         self.runs: dict[str, PredictionRun] = {}
-        #: Per stack path (or ``memory:NAME``): its labels; training reads all of them.
+        #: Per image id: the image's name, as last seen (also once it is removed).
+        self.names: dict[str, str] = {}
+        #: Per stack path (or ``memory:ID``): its labels; training reads all of them.
         self.annotations: dict[str, AnnotationStore] = {}
         #: The validation items of the last training run, for the evaluation dock.
         self.validation_items: list = []
@@ -102,13 +116,41 @@ class Session:
         # before napari's own removal handler deletes the layer's GL objects
         layers.events.removing.connect(self._canvas_context_current)
         layers.events.removed.connect(self._layer_removed)
+        layers.events.renamed.connect(self._layer_renamed)
         for layer in layers:
-            layer.events.visible.connect(self._update_image)
+            self._know(layer, layers)
         self._update_image()
 
     def _layer_inserted(self, event) -> None:
-        event.value.events.visible.connect(self._update_image)
+        self._know(event.value, event.source)
         self._update_image()
+
+    def _know(self, layer, layers) -> None:
+        layer.events.visible.connect(self._update_image)
+        if not is_input_image(layer):
+            return
+        key = layer.metadata.get(IMAGE_ID)
+        if key and any(other is not layer and other.metadata.get(IMAGE_ID) == key
+                       for other in layers):
+            renew_image_id(layer)  # napari's "duplicate layer" copies the metadata
+        self.names[image_id(layer)] = layer.name
+
+    def _layer_renamed(self, event) -> None:
+        """An image was renamed (in the layer list): the layers made for it that still
+        carry its old name in theirs take the new one; a name the user chose stays."""
+        viewer = self._viewer() if self._viewer is not None else None
+        layer = viewer.layers[event.index] if viewer is not None else None
+        if not is_input_image(layer):
+            return
+        key = image_id(layer)
+        old, new = self.names.get(key), layer.name
+        self.names[key] = new
+        if old is None or old == new:
+            return
+        for output in [ly for ly in viewer.layers if ly.metadata.get(OUTPUT_OF) == key]:
+            if output.name.startswith(f"{old} "):
+                output.name = new + output.name[len(old):]
+        self.image_renamed.emit(layer)
 
     def _canvas_context_current(self, event=None) -> None:
         viewer = self._viewer() if self._viewer is not None else None
@@ -118,7 +160,7 @@ class Session:
     def _layer_removed(self, event) -> None:
         thaw()  # the layer (and its data) may be frozen: let the collector have it
         if is_input_image(event.value):
-            self._removed_images.add(event.value.name)
+            self._removed_images.add(image_id(event.value))
             # in the next turn: the trash button removes the selection in a loop
             QTimer.singleShot(0, self._remove_orphans)
         self._update_image()
@@ -133,7 +175,7 @@ class Session:
         gone, self._removed_images = self._removed_images, set()
         if viewer is None:
             return
-        gone -= {layer.name for layer in input_images(viewer)}  # opened again meanwhile
+        gone -= {image_id(layer) for layer in input_images(viewer)}  # put back meanwhile
         for layer in [ly for ly in viewer.layers if ly.metadata.get(OUTPUT_OF) in gone]:
             viewer.layers.remove(layer)
 
@@ -151,12 +193,14 @@ class Session:
         self.model = model
         self.model_changed.emit(model)
 
-    def set_results(self, image_name: str, table: pd.DataFrame,
-                    run: PredictionRun | None = None) -> None:
-        self.results[image_name] = table
+    def set_results(self, image, table: pd.DataFrame, run: PredictionRun | None = None) -> None:
+        """``image``'s (a layer's) prediction table, and how it was made."""
+        key = image_id(image)
+        self.names[key] = image.name
+        self.results[key] = table
         if run is not None:
-            self.runs[image_name] = run
-        self.results_changed.emit(image_name)
+            self.runs[key] = run
+        self.results_changed.emit(key)
 
     def request_prediction(self) -> bool:
         """Ask the prediction widget to run again with :attr:`model`; False if none listens."""
