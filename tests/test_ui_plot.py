@@ -93,6 +93,23 @@ def test_curves_marker_and_click(plotted, qtbot):
     assert plot.markers[0].get_xdata()[0] == pytest.approx(3.0)
 
 
+def test_an_update_is_drawn_a_part_per_event_loop_turn(plotted, qtbot):
+    """A new table (a run's update, twice a second) is drawn in parts, the layout and each
+    axes in an event-loop turn of their own, and shown once whole: one turn holding the
+    whole draw froze the viewer 100-400 ms (docs/benchmarks.md, GUI-thread stalls)."""
+    from qtpy.QtWidgets import QApplication
+
+    _, plot, _ = plotted
+    drawn = []
+    plot.canvas.mpl_connect("draw_event", drawn.append)
+    plot.redraw()
+    QApplication.processEvents()  # one turn: the zero timers, not the steps 30 ms apart
+    assert drawn == []
+    qtbot.waitUntil(lambda: bool(drawn), timeout=5_000)
+    assert plot.canvas.renderer is drawn[0].renderer  # what the canvas shows is the new one
+    assert len(drawn) == 1 and not plot.figure.stale
+
+
 def test_selected_tiles_get_curves_and_export(plotted, tmp_path):
     viewer, plot, layers = plotted
     tiles = viewer.layers[layer_name("well", "tiles")]

@@ -20,15 +20,21 @@ they are.
 
 from __future__ import annotations
 
+from matplotlib.axes import Axes
+from matplotlib.backend_bases import DrawEvent
+from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg, NavigationToolbar2QT
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 from napari.utils.theme import get_theme
-from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from .teardown import on_dock_closed
+
+#: Milliseconds between the parts of a figure drawn in steps (ThemedCanvas.draw_in_steps).
+DRAW_STEP_MS = 30
 
 
 def legend_above(ax, ncol: int = 2) -> None:
@@ -94,22 +100,79 @@ def _mirror_greys(artists, background) -> None:
 
 class ThemedCanvas(FigureCanvasQTAgg):
     """A Qt canvas that colours its figure as the viewer's theme before every draw, and
-    draws no more once :attr:`closed` (its dock was closed)."""
+    draws no more once :attr:`closed` (its dock was closed).
+
+    :meth:`draw_in_steps` draws as :meth:`draw` does, a part per event-loop turn (the
+    layout, then each axes) into a buffer of its own that is shown once whole: a run's
+    update of a figure of two or three axes no longer holds the GUI thread for the whole
+    draw (matplotlib's layout and draw each cost 50-150 ms on a 2-core machine)."""
 
     def __init__(self, figure: Figure, theme: str = "light"):
         self.theme = theme
         self.closed = False
         super().__init__(figure)
+        self._steps = None  # the steps left of a draw in steps
+        self._step_timer = QTimer(self)
+        self._step_timer.setSingleShot(True)
+        self._step_timer.setInterval(DRAW_STEP_MS)
+        self._step_timer.timeout.connect(self._next_step)
 
     def draw(self) -> None:
         if self.closed:  # also a draw_idle scheduled before the dock was closed
             return
+        self._steps = None  # everything is drawn now: a draw in steps would be older
         apply_theme(self.figure, self.theme)
         super().draw()
 
     def draw_idle(self) -> None:
         if not self.closed:
             super().draw_idle()
+
+    def draw_in_steps(self) -> None:
+        """Draw the figure as it is now, one part per event-loop turn; the canvas shows the
+        previous drawing until the new one is whole. A later call starts over."""
+        if self.closed:
+            return
+        self._steps = self._drawing()
+        self._step_timer.start(0)
+
+    def _next_step(self) -> None:
+        if self._steps is None or self.closed:
+            self._steps = None
+            return
+        if next(self._steps, None) is None:
+            self._steps = None
+        else:
+            self._step_timer.start()
+
+    def _drawing(self):
+        """Figure.draw's work as a generator: it yields between the layout and each axes,
+        and at the end puts the new buffer in place and repaints."""
+        figure = self.figure
+        apply_theme(figure, self.theme)
+        engine = figure.get_layout_engine()
+        if engine is not None and figure.axes:
+            engine.execute(figure)  # LayoutOnDemand: only when what it depends on changed
+            yield True
+        key = (*self.get_width_height(physical=True), figure.dpi)
+        renderer = RendererAgg(*key)
+        try:
+            artists = figure._get_draw_artists(renderer)  # as Figure.draw orders them
+        except AttributeError:  # another matplotlib: one draw as usual
+            self.draw_idle()
+            return
+        figure.patch.draw(renderer)
+        for artist in artists:
+            artist.draw(renderer)
+            if isinstance(artist, Axes):
+                yield True
+        if key != (*self.get_width_height(physical=True), figure.dpi):
+            self.draw_idle()  # resized meanwhile
+            return
+        self.renderer, self._lastKey = renderer, key
+        figure.stale = False
+        DrawEvent("draw_event", self, renderer)._process()
+        self.update()
 
     def print_figure(self, *args, **kwargs):
         """Every export (``savefig``, the toolbar's Save) in the light theme, then back."""

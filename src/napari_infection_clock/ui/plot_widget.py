@@ -250,8 +250,8 @@ class TimeSeriesPlot(DockedFigure):
         legend_above(self.ax_t)
         self.figure.suptitle(self.image_name, fontsize="small")
         self.ax_p.set_ylim(-0.05, 1.05)
-        self._move_marker()
-        self.canvas.draw_idle()
+        self._move_marker(draw=False)
+        self.canvas.draw_in_steps()  # a run's updates: the layout and each axes a turn apart
 
     def _item_label(self, item: tuple[int, int]) -> str:
         if self.info is not None and self.info.regions:
@@ -319,7 +319,7 @@ class TimeSeriesPlot(DockedFigure):
         frame = (hours - run.start_offset_h) / run.frame_interval_h
         return int(np.clip(round(frame), 0, max(run.n_frames - 1, 0)))
 
-    def _move_marker(self, *_):
+    def _move_marker(self, *_, draw: bool = True):
         frame = self.current_frame()
         x = self.hours_of(frame) if self.info else np.nan
         for marker in self.markers:
@@ -329,7 +329,8 @@ class TimeSeriesPlot(DockedFigure):
         answers = [f"{label}: {text}" for label, series in self.items.items()
                    if (text := answer_at(series, frame, level, interval))]
         self.answer_label.setText(f"at {x:.1f} h: " + "; ".join(answers) if answers else "")
-        self.canvas.draw_idle()
+        if draw:
+            self.canvas.draw_idle()
 
     def _on_click(self, event) -> None:
         if event.inaxes not in (self.ax_p, self.ax_t) or event.xdata is None or not self.info:

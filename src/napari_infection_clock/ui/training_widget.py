@@ -333,7 +333,7 @@ class TrainingWidget(QWidget):
         self.history, self.last_event, self._failed = [], None, False
         for line in self.lines.values():
             line.set_data([], [])
-        self.canvas.draw_idle()
+        self.canvas.draw_in_steps()
         self.device_label.setText(f"device: {device}")
         tiles = config.recipe.native_tiles
         on = f" on {tiles} px tiles, as the session model was trained" if tiles else ""
@@ -389,7 +389,7 @@ class TrainingWidget(QWidget):
             ax.autoscale_view()
         last = max(epochs)
         self.axes[-1].set_xlim(0.5, last + 0.5)  # one epoch still shows its points
-        self.canvas.draw_idle()
+        self.canvas.draw_in_steps()  # the layout and each axes a turn apart
 
     def _on_end(self, stopped: bool) -> None:
         """The run is over and everything it yielded is shown: say how it ended."""
