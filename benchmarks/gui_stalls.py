@@ -99,6 +99,8 @@ class SlotTimer:
         ("Qt window events (widget repaints, compositing)", "napari._qt.qt_main_window",
          "_QtMainWindow", "event"),
         ("matplotlib draw", "matplotlib.backends.backend_agg", "FigureCanvasAgg", "draw"),
+        ("matplotlib draw, a part (draw_in_steps)", "napari_infection_clock.ui.figures",
+         "ThemedCanvas", "_next_step"),
         ("matplotlib canvas resized", "matplotlib.backends.backend_qt", "FigureCanvasQT",
          "resizeEvent"),
         ("matplotlib constrained layout", "matplotlib.layout_engine",
