@@ -330,7 +330,8 @@ def main() -> None:
         assert train.use_button.isEnabled(), train.status.text()
         return gaps
 
-    idle()  # let the viewer settle (first paints of the docks and the image)
+    # the docks' first paints and what they do ahead while the viewer idles (ui.glyphs)
+    settling = idle()
     record("idle (baseline)", idle())
     only = set(args.only)
     if "whole" in only:
@@ -357,6 +358,7 @@ def main() -> None:
         in_front(rank)
         record("ranking (what to label next)", meter.measure(app, rank.rank_button.click,
                                                              lambda: rank.worker is None))
+    rows.insert(1, (f"the first {args.idle_s:g} s after the docks opened", settling))
     idle_max = rows[0][1].max()
     print(f"\nGUI-thread stalls ({TICK_MS} ms timer; {args.frames} frames of {args.size} px, "
           "resnet18 at 32 px, cpu)\n")
