@@ -261,3 +261,50 @@ def test_choosing_a_recipe_sets_its_learning_rate_and_metric_and_back(make_napar
     assert (widget.lr_spin.value(), widget.best_combo.currentText()) == (1e-4, "roc_auc")
     config = widget.train_config()
     assert (config.lr, config.best_metric, config.recipe) == (1e-4, "roc_auc", RESEARCH)
+
+
+def test_retraining_and_using_the_new_model_keep_no_earlier_run(make_napari_viewer, qtbot,
+                                                                 wells, tmp_path):
+    """Heads-only retraining from the session model, then "Use new model" (which predicts
+    again), run after run from the dock's buttons: what stays alive is the session's model
+    and the dock's last trained one, not one more per run, and without waiting for a full
+    garbage collection (rare while a dock is open: ui/gc_freeze.py)."""
+    import gc
+
+    from napari_infection_clock.core.model import MultitaskResNet
+    from napari_infection_clock.ui.prediction_widget import PredictionWidget
+    from napari_infection_clock.ui.workers import Run
+
+    viewer, widget = _widget(make_napari_viewer, tmp_path, epochs=1)
+    widget.mode_combo.setCurrentText("heads")
+    viewer.add_image(generate_stack(True, seed=3, n_frames=2, size=32, dtype="uint8"), name="w",
+                     metadata={"frame_interval_h": 0.5})
+    predict = PredictionWidget(viewer)
+    viewer.window.add_dock_widget(predict)
+    predict.device.value = "cpu"
+    _label(session_for(viewer), wells)
+    predicted = []
+    predict.finished.connect(predicted.append)
+
+    def models():  # with weights: prediction folds BatchNorm on weightless ("meta") copies
+        return sum(isinstance(o, MultitaskResNet) and not next(o.parameters()).is_meta
+                   for o in gc.get_objects())
+
+    alive = []
+    gc.collect()
+    gc.disable()  # what is freed must be freed when let go, not by the cyclic collector
+    try:
+        for i in range(4):
+            widget.output_edit.setText(str(tmp_path / "out" / f"run{i}.pt"))
+            widget.start_button.click()
+            qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
+            assert widget.use_button.isEnabled(), widget.status.text()
+            widget.use_button.click()
+            qtbot.waitUntil(lambda i=i: len(predicted) > i, timeout=60_000)
+            qtbot.waitUntil(lambda: not widget.findChildren(Run)
+                            and not predict.native.findChildren(Run), timeout=5_000)
+            alive.append(models())
+    finally:
+        gc.enable()
+    assert all(m.startswith("done") for m in predicted), predicted
+    assert alive[1:] == alive[:1] * 3, alive  # not one more model per run

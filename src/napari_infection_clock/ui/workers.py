@@ -104,6 +104,10 @@ class Run(QObject):
     """A dock's long work: ``body(stop, *args)`` in a thread, its updates handed over in
     batches to ``on_batch`` and, once everything is handed over, ``on_end(stopped)``;
     then it deletes itself (its Python attributes, such as :meth:`stop`, still answer).
+    Nothing of the run outlives it on the Run: the body's arguments (a dock's model, say)
+    are handed to the body's thread, and the callbacks are dropped at the end, since the
+    Run and its napari worker hold each other (a cycle waits for a full collection, rare
+    while a dock is open: :mod:`.gc_freeze`).
 
     Both callbacks run on the GUI thread. A body's exception ends the run with
     :meth:`Failed.of` (superqt's worker would turn a raised RuntimeError, most torch
@@ -128,15 +132,18 @@ class Run(QObject):
         self._timer = QTimer(self)
         self._timer.setInterval(DRAIN_MS)
         self._timer.timeout.connect(self._drain)
-        self.worker = create_worker(self._pump, body, args, _start_thread=False)
+        self._work = (body, args)  # taken by the body's thread
+        self.worker = create_worker(self._pump, _start_thread=False)
         self.worker.finished.connect(self._on_body_ended)
 
-    def _pump(self, body, args) -> None:
+    def _pump(self) -> None:
         """Worker thread: run the body on a thread of its own and wait for it. The body's
         thread is niced, and a nice cannot be undone without privileges: napari's pool
         threads, which every plugin's workers reuse, must keep their priority."""
+        (body, args), self._work = self._work, None
         thread = threading.Thread(target=self._run_body, args=(body, args), daemon=True,
                                   name="infection-clock run")
+        del body, args  # the thread holds them until the body is done
         thread.start()
         thread.join()
 
@@ -187,7 +194,8 @@ class Run(QObject):
             if self._body_ended and not self._queue:
                 self.ended = True
                 self._timer.stop()
-                self._on_end(self.stopping)
+                on_end, self._on_batch, self._on_end = self._on_end, None, None
+                on_end(self.stopping)  # a dock's lambda may hold its run's model
                 self.deleteLater()  # a child of its dock: it would stay as long as the dock
         finally:
             self._draining = False
