@@ -54,10 +54,7 @@ def is_output(layer) -> bool:
 
 def image_id(image) -> str:
     """The id of an image layer, given on first use; it stays when the layer is renamed."""
-    meta = image.metadata
-    if not meta.get(IMAGE_ID):
-        meta[IMAGE_ID] = uuid.uuid4().hex
-    return meta[IMAGE_ID]
+    return image.metadata.get(IMAGE_ID) or renew_image_id(image)
 
 
 def renew_image_id(image) -> str:

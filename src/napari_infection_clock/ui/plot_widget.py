@@ -96,7 +96,7 @@ class TimeSeriesPlot(DockedFigure):
         self.canvas.mpl_connect("button_press_event", self._on_click)
         self._watch_shapes()
         for key in self.session.results:
-            self.choice.addItem(self.session.names.get(key, key), key)
+            self.choice.addItem(self.session.name_of(key), key)
         self.redraw()
 
     # -- what is plotted -----------------------------------------------------------------
@@ -123,10 +123,10 @@ class TimeSeriesPlot(DockedFigure):
         """A prediction changed: show it (a new run on another image is followed)."""
         index = self.choice.findData(key)
         if index < 0:
-            self.choice.addItem(self.session.names.get(key, key), key)
+            self.choice.addItem(self.session.name_of(key), key)
             index = self.choice.count() - 1
         else:
-            self.choice.setItemText(index, self.session.names.get(key, key))
+            self.choice.setItemText(index, self.session.name_of(key))
         if key != self.image_key:
             self.choice.setCurrentIndex(index)  # redraws through currentIndexChanged
         else:

@@ -32,6 +32,7 @@ from .layer_roles import (
     image_in_view,
     input_images,
     is_input_image,
+    is_output_of,
     renew_image_id,
 )
 
@@ -147,7 +148,7 @@ class Session:
         self.names[key] = new
         if old is None or old == new:
             return
-        for output in [ly for ly in viewer.layers if ly.metadata.get(OUTPUT_OF) == key]:
+        for output in [ly for ly in viewer.layers if is_output_of(ly, layer)]:
             if output.name.startswith(f"{old} "):
                 output.name = new + output.name[len(old):]
         self.image_renamed.emit(layer)
@@ -192,6 +193,10 @@ class Session:
     def set_model(self, model: SessionModel | None) -> None:
         self.model = model
         self.model_changed.emit(model)
+
+    def name_of(self, key: str) -> str:
+        """The name the image of id ``key`` had when last seen (the id if never seen)."""
+        return self.names.get(key, key)
 
     def set_results(self, image, table: pd.DataFrame, run: PredictionRun | None = None) -> None:
         """``image``'s (a layer's) prediction table, and how it was made."""
