@@ -11,6 +11,7 @@ from matplotlib.backend_bases import MouseEvent
 
 from napari_infection_clock.core.results import result_rows
 from napari_infection_clock.core.tiles import TileSpec
+from napari_infection_clock.ui.layer_roles import image_id
 from napari_infection_clock.ui.overlays import PredictionLayers, layer_name, tile_grid
 from napari_infection_clock.ui.plot_widget import TimeSeriesPlot
 from napari_infection_clock.ui.state import PredictionRun, session_for
@@ -241,7 +242,7 @@ def test_regions_selected_in_their_layer(make_napari_viewer):
     plot = TimeSeriesPlot(viewer)
     viewer.window.add_dock_widget(plot)  # docked, as a user has it (see test_ui_theme.py)
     run = PredictionRun(n_frames=N_FRAMES, frame_interval_h=INTERVAL, onset_h=ONSET,
-                        mode="regions (Shapes rectangles)", regions_layer="cells")
+                        mode="regions (Shapes rectangles)", regions_id=image_id(regions))
     session_for(viewer).set_results(viewer.layers["well"], layers.table, run)
     regions.selected_data = {1}
     assert list(plot.items) == ["region 1"]

@@ -38,7 +38,7 @@ from napari_infection_clock.ui.prediction_widget import (
 from napari_infection_clock.ui.state import SessionModel, session_for
 from napari_infection_clock.ui.writer import write_prediction_csv
 
-from .layer_list import click_eye, click_layer
+from .layer_list import click_eye, click_layer, rename_layer
 from .long_well import FRAMES as LONG_WELL_FRAMES
 from .long_well import long_well
 from .native_tiles import native_checkpoint
@@ -192,6 +192,42 @@ def test_regions_mode_paints_the_rectangles(make_napari_viewer, qtbot, sample, c
     assert np.all(prob.data[3, 0:30, 0:20] == np.float32(first))
     assert np.isnan(prob.data[3, 30:40, :]).all()  # outside every region
     assert np.isnan(prob.data[0]).all()  # outside the frame range
+
+
+def test_a_renamed_regions_layer_keeps_its_curves(make_napari_viewer, qtbot, sample, checkpoint):
+    """Rename the Shapes layer a regions prediction ran on, in the layer list: selecting
+    one of its rectangles still draws that region's curve in the plot. Layer names are the
+    user's: the run knows its regions layer by id, as images are known."""
+    viewer, _, widget = _setup(make_napari_viewer, sample, checkpoint, show=True)
+    plot = viewer.window.add_plugin_dock_widget("napari-infection-clock",
+                                                "Infection time-series plot")[1]
+    regions = viewer.add_shapes(
+        [
+            np.array([[0, 0], [0, 20], [30, 20], [30, 0]]) - 0.5,
+            np.array([[40, 40], [40, 63], [63, 63], [63, 40]]) - 0.5,
+        ],
+        shape_type="rectangle",
+        name="cells",
+    )
+    widget.mode.value = MODE_REGIONS
+    widget.regions.value = regions
+    assert _run(qtbot, widget).startswith("done: 8 frames")
+    table = session_for(viewer).results[image_id(viewer.layers["well"])]
+    region = table[table.tile_row == 1].sort_values("frame")
+
+    def drawn() -> list[str]:
+        return [line.get_label() for line in plot.ax_p.lines]
+
+    regions.selected_data = {0}
+    assert "region 0" in drawn(), drawn()
+    regions.selected_data = set()
+    rename_layer(viewer, regions, "infected cells")
+    assert regions.name == "infected cells" and "region 0" not in drawn()
+    regions.selected_data = {1}
+    assert "region 1" in drawn(), drawn()
+    line = plot.ax_p.lines[drawn().index("region 1")]
+    np.testing.assert_allclose(line.get_xdata(), region["hours"])
+    np.testing.assert_allclose(line.get_ydata(), region["p_infected"])
 
 
 def test_predicting_again_keeps_no_earlier_run(make_napari_viewer, qtbot, checkpoint, tmp_path):

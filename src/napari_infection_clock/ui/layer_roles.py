@@ -5,7 +5,8 @@ layer the plugin makes (probability, duration, class, tiles, onset maps, crops,
 "label next" markers, frame-label markers) carries :data:`OUTPUT_OF`, the id of the image
 it belongs to, and :data:`OUTPUT_KIND`, what it is, and is never offered or taken as an
 input. Names are the user's to change: the plugin finds a layer's image, and an image's
-layers, by id, never by name. The frame interval and onset of an image come with the
+layers, by id, never by name; the Shapes layer a regions prediction ran on is known by an
+id of the same kind. The frame interval and onset of an image come with the
 place they came from (file metadata, the checkpoint, or a default the user should check).
 """
 
@@ -20,7 +21,8 @@ from napari.layers import Image
 from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
 
 # --- layer metadata keys ---------------------------------------------------------------
-#: On an image the plugin served: its id (a name can be changed in the layer list).
+#: On an image the plugin served, and on the Shapes layer of a regions prediction: its id
+#: (a name can be changed in the layer list).
 IMAGE_ID = "infection_clock_image_id"
 #: On every layer the plugin makes: the id of the image it belongs to, and what it is.
 OUTPUT_OF = "infection_clock_output_of"
@@ -53,7 +55,8 @@ def is_output(layer) -> bool:
 
 
 def image_id(image) -> str:
-    """The id of an image layer, given on first use; it stays when the layer is renamed."""
+    """The id of an image layer (or of the Shapes layer a regions prediction ran on), given
+    on first use; it stays when the layer is renamed."""
     return image.metadata.get(IMAGE_ID) or renew_image_id(image)
 
 

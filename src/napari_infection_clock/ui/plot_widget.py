@@ -25,7 +25,7 @@ from ..core.atomic import OutputNotWritable, write_atomic
 from ..core.clock import DEFAULT_LEVEL, RegionClock
 from .docking import place_figure
 from .figures import DockedFigure, legend_above
-from .layer_roles import image_id, image_of, image_with_id, is_output_of
+from .layer_roles import IMAGE_ID, image_id, image_of, image_with_id, is_output_of
 from .messages import fit_messages
 from .overlays import rectangles_to_boxes
 from .state import PredictionRun, session_for
@@ -166,6 +166,7 @@ class TimeSeriesPlot(DockedFigure):
         image = self.image
         if table is None or table.empty:
             return []
+        regions = self.info.regions_id if self.info is not None else None
         found: list[tuple[int, int]] = []
         for layer in self.viewer.layers:
             if not isinstance(layer, Shapes) or not layer.selected_data:
@@ -173,7 +174,7 @@ class TimeSeriesPlot(DockedFigure):
             if image is not None and is_output_of(layer, image, "tiles"):
                 rows = layer.features.iloc[sorted(layer.selected_data)]
                 found += list(zip(rows["tile_row"].astype(int), rows["tile_col"].astype(int)))
-            elif self.info is not None and layer.name == self.info.regions_layer:
+            elif regions is not None and layer.metadata.get(IMAGE_ID) == regions:
                 found += self._regions_to_items(layer, table)
         return list(dict.fromkeys(found))[:MAX_ITEM_CURVES]
 

@@ -48,7 +48,7 @@ from .devices import device_choices
 from .docking import place_form
 from .figures import fit_width
 from .glyphs import GlyphsAhead
-from .layer_roles import FROM_FILE, START_OFFSET_H, is_output, time_setting
+from .layer_roles import FROM_FILE, START_OFFSET_H, image_id, is_output, time_setting
 from .messages import fit_messages, short, show
 from .overlays import (
     CLASS_COLORS,
@@ -96,6 +96,8 @@ class Job:
     grid: Grid
     tiles: TileSpec
     boxes: np.ndarray | None
+    #: The id of the Shapes layer whose rectangles are predicted (regions mode), else None.
+    regions_id: str | None
     frames: list[int]
     first_frame: int
     checkpoint: Path | None
@@ -439,7 +441,7 @@ class PredictionWidget(Container):
                 channel, image.metadata.get("channel_desc", f"channel {channel}")),
         )
         height, width = stack.frame_shape
-        boxes = None
+        boxes, regions_id = None, None
         tiles = TileSpec()
         try:
             if self.mode.value == MODE_TILES:
@@ -450,6 +452,7 @@ class PredictionWidget(Container):
                     raise InputError("no Shapes layer: draw rectangles in a Shapes layer first")
                 boxes = rectangles_to_boxes(self.regions.value, height, width)
                 grid = region_grid(height, width, boxes)
+                regions_id = image_id(self.regions.value)  # the user may rename the layer
             else:
                 grid = tile_grid(height, width, tiles)
         except ValueError as err:
@@ -481,6 +484,7 @@ class PredictionWidget(Container):
             grid=grid,
             tiles=tiles,
             boxes=boxes,
+            regions_id=regions_id,
             frames=list(range(first, last + 1)),
             first_frame=self._current_frame(image),
             checkpoint=checkpoint,
@@ -642,9 +646,7 @@ class PredictionWidget(Container):
             onset_h=job.onset_h,
             start_offset_h=job.start_offset_h,
             mode=self.mode.value,
-            regions_layer=self.regions.value.name
-            if self.mode.value == MODE_REGIONS and self.regions.value is not None
-            else None,
+            regions_id=job.regions_id,
             interval_level=self.session.model.meta.calibration.get("level")
             if self.session.model is not None else None,
             clock_interval=clock_interval(self.session.model.meta.calibration)

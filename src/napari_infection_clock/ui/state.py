@@ -62,8 +62,10 @@ class PredictionRun:
     onset_h: float | None = None
     start_offset_h: float = 0.0
     mode: str = ""
-    #: The Shapes layer whose rectangles were predicted (regions mode), else None.
-    regions_layer: str | None = None
+    #: The id of the Shapes layer whose rectangles were predicted (regions mode), else
+    #: None: the same id an image has (:func:`.layer_roles.image_id`), which a new name
+    #: leaves as it is.
+    regions_id: str | None = None
     #: The level of the model's calibrated intervals, None when it has none.
     interval_level: float | None = None
     #: What the model's consistent-clock intervals are (core.calibration.clock_interval);
@@ -72,7 +74,7 @@ class PredictionRun:
 
     @property
     def regions(self) -> bool:
-        return self.regions_layer is not None or self.mode.startswith("regions")
+        return self.regions_id is not None or self.mode.startswith("regions")
 
     def hours_of(self, frame):
         return frame * self.frame_interval_h + self.start_offset_h
