@@ -296,7 +296,7 @@ def test_event_loop_turns_and_cancel_leaves_consistent_layers(
     widget.finished.connect(messages.append)
     assert widget.run()  # makes the output layers on the GUI thread, then starts the worker
     timer.start(20)
-    qtbot.waitUntil(lambda: widget._done >= 10, timeout=120_000)
+    qtbot.waitUntil(lambda: widget.progress_bar.value >= 10, timeout=120_000)  # as seen
     widget.cancel_button.native.click()
     try:
         qtbot.waitUntil(lambda: bool(messages), timeout=60_000)
