@@ -1,9 +1,10 @@
 """What the first prediction's layers and texts need is ready before a run (fresh process).
 
-napari renders the canvas font's glyphs, and imports scikit-image's colour conversions for
-the first Labels layer, the first time they are needed: on the GUI thread, in the middle of
-the first prediction (docs/benchmarks.md, GUI-thread stalls). The prediction dock does
-both ahead, in small steps or in the background, while the viewer idles.
+napari renders the canvas font's glyphs, imports scikit-image's colour conversions and has
+vispy compute its line dash patterns (for the first Labels layer's polygon overlay) the
+first time they are needed: on the GUI thread, in the middle of the first prediction
+(docs/benchmarks.md, GUI-thread stalls). The prediction dock does all three ahead, in small
+steps or in the background, while the viewer idles.
 """
 
 from __future__ import annotations
@@ -25,22 +26,28 @@ font = info.font_manager.get_font(info.face)
 wanted = set("t = 12.50 h  (frame 25 of 48) p(infected) 0.53 · uninfected · infected for 3.2 h"
              " · onset 1.0 h (this frame) · no onset no information: a flat or too small"
              " crop, not answered 0.0 0.2 0.4 0.6 0.8 1.0 -1") - {" "}
+from vispy.visuals.line import dash_atlas
+def patterns():  # vispy caches the patterns every DashAtlas (one per line visual) computes
+    return dash_atlas._make_pattern.cache_info().currsize
 def ready():
-    return wanted <= set(font._glyphs) and "skimage.color.colorconv" in sys.modules
+    return (wanted <= set(font._glyphs) and "skimage.color.colorconv" in sys.modules
+            and patterns() >= 13)
 deadline = time.monotonic() + 30
 while time.monotonic() < deadline and not ready():
     app.processEvents()
     time.sleep(0.02)
 print("missing glyphs:", repr("".join(sorted(wanted - set(font._glyphs)))))
 print("colour conversions imported:", "skimage.color.colorconv" in sys.modules)
+print("dash patterns computed:", patterns())
 viewer.close()
 """
 
 
-def test_the_readouts_glyphs_and_the_labels_colours_are_ready_before_a_run():
+def test_the_readouts_glyphs_and_the_labels_layers_needs_are_ready_before_a_run():
     assert os.environ.get("DISPLAY"), "needs a display (pytest-xvfb)"
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "missing glyphs: ''" in proc.stdout, proc.stdout
     assert "colour conversions imported: True" in proc.stdout, proc.stdout
+    assert "dash patterns computed: 13" in proc.stdout, proc.stdout

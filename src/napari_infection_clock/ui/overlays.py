@@ -52,6 +52,15 @@ SUFFIXES = {
 IMPORTED_ON_FIRST_LAYER = ("skimage.color.colorconv",)
 
 
+def compute_dash_patterns() -> None:
+    """Have vispy compute its line dash patterns, which it caches for the process: every line
+    visual's ``DashAtlas`` asks for thirteen, some 115 ms of Python on a 2-core machine, the
+    first time in napari's first Labels layer (its polygon overlay), on the GUI thread."""
+    from vispy.visuals.line.dash_atlas import DashAtlas
+
+    DashAtlas()
+
+
 def _show_colorbar(layer: Image) -> None:
     layer.colorbar.visible = True
     layer.colorbar.tick_length = 3

@@ -58,6 +58,7 @@ from .overlays import (
     Grid,
     IMPORTED_ON_FIRST_LAYER,
     PredictionLayers,
+    compute_dash_patterns,
     rectangles_to_boxes,
     region_grid,
     tile_grid,
@@ -239,7 +240,7 @@ class PredictionWidget(Container):
         place_form(self.native, "Predict")
         fit_width(self.native)  # never narrower than the form
 
-        import_ahead(*IMPORTED_ON_FIRST_LAYER)
+        import_ahead(*IMPORTED_ON_FIRST_LAYER, then=compute_dash_patterns)
         self._glyphs = GlyphsAhead(self.viewer, self.native)  # the readout's and colorbars'
         self.image.changed.connect(self._on_image_changed)
         self.frame_interval_h.changed.connect(self._show_time_source)

@@ -82,12 +82,18 @@ class Batch:
     failed: Failed | None = None
 
 
-def import_ahead(*modules: str) -> None:
-    """Import ``modules`` now, on a background thread of normal priority: what a run (or
-    napari, making its first output layers) would import later. An import holds the GIL;
-    in a niced run's thread on a busy machine it held the GUI thread for half a second."""
-    threading.Thread(target=lambda: [importlib.import_module(name) for name in modules],
-                     name="infection-clock imports", daemon=True).start()
+def import_ahead(*modules: str, then: Callable[[], object] | None = None) -> None:
+    """Import ``modules`` now, then call ``then``, on a background thread of normal priority:
+    what a run (or napari, making its first output layers) would do later on the GUI thread.
+    An import holds the GIL; in a niced run's thread it held the GUI thread for half a second."""
+
+    def ahead() -> None:
+        for name in modules:
+            importlib.import_module(name)
+        if then is not None:
+            then()
+
+    threading.Thread(target=ahead, name="infection-clock imports", daemon=True).start()
 
 
 def _yield_cpu_to_the_gui() -> None:
