@@ -256,20 +256,20 @@ class PredictionLayers:
     def _existing(self, kind: str):
         return output_layer(self.viewer, self.image, kind)
 
-    def _image(self, kind, data, in_steps=True, visible=True, **kwargs):
+    def _image(self, kind, data, visible=True, **kwargs):
+        """Reset this image's layer of ``kind``, or make it: hidden, and shown (if
+        ``visible``) and its colorbar shown by the next steps (:meth:`make_next`)."""
         layer = self._existing(kind)
         if not isinstance(layer, Image):
             self._remove(layer)
             with keeping_selection(self.viewer.layers):
                 layer = self.viewer.add_image(data, name=layer_name(self.image.name, kind),
                                               metadata=output_metadata(self.image, kind),
-                                              visible=visible and not in_steps, **kwargs)
+                                              visible=False, **kwargs)
             layer.events.visible.connect(
                 lambda event, kind=kind, shown=layer: self._show_alone(kind, shown))
-            if not (in_steps and visible):  # a hidden layer's colorbar is not painted yet
-                _show_colorbar(layer)
-                return layer
-            self._finish.append(lambda: setattr(layer, "visible", True))
+            if visible:
+                self._finish.append(lambda: setattr(layer, "visible", True))
             self._finish.append(lambda: _show_colorbar(layer))
             return layer
         layer.data = data
@@ -392,8 +392,9 @@ class PredictionLayers:
                    novelty: pd.DataFrame | None = None) -> None:
         """Attach the items' novelty flags (core.novelty; rows in the table's order), the
         per-region clocks (core.clock) and the model's calibrated answers (core.calibration)
-        to the table and show the onset map: one value per tile or region, hours since the
-        start when it got infected (empty where it did not), with a colorbar, over every frame."""
+        to the table; the next steps (:meth:`make_next`) show the onset map: one value per
+        tile or region, hours since the start when it got infected (empty where it did
+        not), with a colorbar, over every frame."""
         table = self.flush()
         if novelty is not None and len(novelty) == len(table):
             table = table.assign(**{c: novelty[c].to_numpy() for c in novelty.columns})
@@ -403,15 +404,16 @@ class PredictionLayers:
         onset = np.full(self.grid.shape, np.nan, np.float32)
         for item, value in zip(self._items(regions), regions["onset_h"].to_numpy(np.float32)):
             onset[self.grid.cells(item)] = value
+        self._finish.append(lambda: self._onset_map(onset))
+
+    def _onset_map(self, onset: np.ndarray) -> None:
         finite = onset[np.isfinite(onset)]
         limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         if limits[1] <= limits[0]:
             limits = (limits[0], limits[0] + 1.0)
         placed = {"scale": self.probability.scale[1:], "translate": self.probability.translate[1:]}
         self.onset = self._image("onset", onset, colormap="magma", contrast_limits=limits,
-                                 opacity=0.7, blending="translucent", visible=False,
-                                 in_steps=False, **placed)
-        self.onset.colorbar.visible = True
+                                 opacity=0.7, blending="translucent", visible=False, **placed)
         self.clocks_in = True
 
     @property

@@ -685,9 +685,12 @@ class PredictionWidget(Container):
             clocks, self._clocks = self._clocks, None
             self.layers.set_clocks(clocks.regions, clocks.clamp, clocks.calibration,
                                    clocks.novelty)
+            yield True
+            while self.layers is not None and not self.layers.ready:
+                self.layers.make_next()  # the onset map, then its colorbar
+                yield True
             if self.readout is not None:
                 self.readout.update()  # the fitted onset under the cursor
-            yield True
         if self.layers is not None and not self._failed:
             self._publish()
             yield True
