@@ -11,7 +11,7 @@ from matplotlib.backend_bases import MouseEvent
 
 from napari_infection_clock.core.results import result_rows
 from napari_infection_clock.core.tiles import TileSpec
-from napari_infection_clock.ui.layer_roles import image_id
+from napari_infection_clock.ui.layer_roles import PREDICTION_TABLE, image_id
 from napari_infection_clock.ui.overlays import PredictionLayers, layer_name, tile_grid
 from napari_infection_clock.ui.plot_widget import TimeSeriesPlot
 from napari_infection_clock.ui.state import PredictionRun, session_for
@@ -126,7 +126,8 @@ def test_selected_tiles_get_curves_and_export(plotted, tmp_path):
     assert len(csv) == N_FRAMES
     np.testing.assert_allclose(csv["mean_p_infected"], plot.summary["mean_p_infected"])
     np.testing.assert_allclose(csv["ideal_duration_h"], np.maximum(csv["hours"] - ONSET, 0))
-    series = features[(features.tile_row == 1) & (features.tile_col == 0)].sort_values("frame")
+    table = tiles.metadata[PREDICTION_TABLE]
+    series = table[(table.tile_row == 1) & (table.tile_col == 0)].sort_values("frame")
     np.testing.assert_allclose(csv["p_infected tile (1, 0)"], series["p_infected"])
 
 

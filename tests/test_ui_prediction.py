@@ -26,7 +26,7 @@ from napari_infection_clock.core.preprocess import Preprocessing
 from napari_infection_clock.core.results import RESULT_COLUMNS
 from napari_infection_clock.core.synthetic import sample_pair
 from napari_infection_clock.core.targets import TimePolicy
-from napari_infection_clock.ui.layer_roles import image_id
+from napari_infection_clock.ui.layer_roles import PREDICTION_TABLE, image_id
 from napari_infection_clock.ui.overlays import layer_name
 from napari_infection_clock.ui.prediction_widget import (
     MODE_REGIONS,
@@ -110,9 +110,12 @@ def test_tile_grid_layers_sit_on_their_tiles(
     message = _run(qtbot, widget)
     assert message.startswith("done: 8 frames"), message
     prob, dur, cls, tiles = (viewer.layers[layer_name("well", k)] for k in KINDS)
-    table = tiles.features
+    table = tiles.metadata[PREDICTION_TABLE]
     assert list(table.columns) == [*RESULT_COLUMNS, *NOVELTY_COLUMNS, *CLOCK_COLUMNS]
-    assert len(table) == len(tiles.data) == 8 * 4
+    assert len(table) == 8 * 4
+    # one rectangle per tile, on every frame (2D), with its row, column and box
+    assert tiles.ndim == 2 and len(tiles.data) == len(tiles.features) == 4
+    rectangle_of = {(r.tile_row, r.tile_col): i for i, r in enumerate(tiles.features.itertuples())}
     assert table["frame"].iloc[0] == 5  # the frame on screen came first
     assert prob.data.shape == dur.data.shape == cls.data.shape == (8, 2, 2)
     assert not np.isnan(prob.data).any()
@@ -137,11 +140,10 @@ def test_tile_grid_layers_sit_on_their_tiles(
         np.testing.assert_allclose(
             corner[1:], image.data_to_world((0, row.y0 - 0.5, row.x0 - 0.5))[1:]
         )
-        # the rectangle of this row covers the same pixels
-        rect = tiles.data[row.Index]
-        assert rect[:, 0].tolist() == [row.frame] * 4
-        assert rect[:, 1].min() == row.y0 - 0.5 and rect[:, 1].max() == row.y1 - 0.5
-        assert rect[:, 2].min() == row.x0 - 0.5 and rect[:, 2].max() == row.x1 - 0.5
+        # the rectangle of this row's tile covers the same pixels
+        rect = tiles.data[rectangle_of[(row.tile_row, row.tile_col)]]
+        assert rect[:, 0].min() == row.y0 - 0.5 and rect[:, 0].max() == row.y1 - 0.5
+        assert rect[:, 1].min() == row.x0 - 0.5 and rect[:, 1].max() == row.x1 - 0.5
 
     # the onset map: one value per tile, the same for every frame, with its colorbar
     onset = viewer.layers[layer_name("well", "onset")]
@@ -170,7 +172,8 @@ def test_tile_grid_layers_sit_on_their_tiles(
     assert {k: id(viewer.layers[layer_name("well", k)]) for k in (*KINDS, "onset")} == before
     assert prob.data.shape == (8, 1, 1) and onset.data.shape == (1, 1)
     np.testing.assert_allclose(prob.data_to_world((3, 0, 0)), (3, 31.5, 31.5))
-    assert len(tiles.data) == len(tiles.features) == 8
+    assert len(tiles.data) == len(tiles.features) == 1
+    assert len(tiles.metadata[PREDICTION_TABLE]) == 8
 
 
 def test_regions_mode_paints_the_rectangles(make_napari_viewer, qtbot, sample, checkpoint):
@@ -188,7 +191,7 @@ def test_regions_mode_paints_the_rectangles(make_napari_viewer, qtbot, sample, c
     widget.first.value, widget.last.value = 2, 4
     assert _run(qtbot, widget).startswith("done: 3 frames")
     prob = viewer.layers[layer_name("well", "probability")]
-    table = viewer.layers[layer_name("well", "tiles")].features
+    table = viewer.layers[layer_name("well", "tiles")].metadata[PREDICTION_TABLE]
     assert sorted(table["frame"].unique()) == [2, 3, 4]
     assert table[["y0", "x0", "y1", "x1"]].drop_duplicates().values.tolist() == [
         [0, 0, 30, 20],
@@ -317,9 +320,10 @@ def test_event_loop_turns_and_cancel_leaves_consistent_layers(
 
     prob = viewer.layers[layer_name("long", "probability")]
     tiles = viewer.layers[layer_name("long", "tiles")]
-    done = sorted(tiles.features["frame"].unique())
+    table = tiles.metadata[PREDICTION_TABLE]
+    done = sorted(table["frame"].unique())
     assert 10 <= len(done) < LONG_WELL_FRAMES
-    assert len(tiles.data) == len(tiles.features) == 16 * len(done)
+    assert len(table) == 16 * len(done) and len(tiles.data) == 16
     painted = np.flatnonzero(~np.isnan(prob.data).all(axis=(1, 2)))
     assert painted.tolist() == done
     assert not np.isnan(prob.data[done]).any()
@@ -472,7 +476,8 @@ def test_a_calibrated_model_flags_a_blank_frame_and_gives_intervals(
     blank[3] = 0  # a dropped frame
     viewer, image, widget = _setup(make_napari_viewer, (blank, meta), calibrated)
     assert _run(qtbot, widget).startswith("done")
-    table = viewer.layers[layer_name("well", "tiles")].features.set_index("frame").sort_index()
+    table = viewer.layers[layer_name("well", "tiles")].metadata[PREDICTION_TABLE]
+    table = table.set_index("frame").sort_index()
     assert table["out_of_distribution"].tolist() == [f == 3 for f in range(8)]
     assert np.isnan(table.loc[3, "p_calibrated"]) and np.isnan(table.loc[3, "time_low_h"])
     others = table.drop(index=3)
@@ -496,8 +501,10 @@ def test_frames_reach_the_layers_in_a_few_updates_and_the_status_ends_right(
     assert _run(qtbot, widget).startswith("done: 48 frames")  # makes the layers
 
     tiles = viewer.layers[layer_name("many", "tiles")]
-    updates = []
-    tiles.events.data.connect(lambda event: updates.append(event.action))
+    prob = viewer.layers[layer_name("many", "probability")]
+    tile_updates, updates = [], []
+    tiles.events.data.connect(tile_updates.append)
+    prob.events.set_data.connect(updates.append)
     plotted = []  # rows the plot was given, per update of the session's results
     widget.session.results_changed.connect(
         lambda key: plotted.append(len(widget.session.results[key])))
@@ -507,9 +514,10 @@ def test_frames_reach_the_layers_in_a_few_updates_and_the_status_ends_right(
     assert widget.status.value == message  # not "frame 0: 2 of 48 done"
     assert widget.progress_bar.value == widget.progress_bar.max == 48
     # 1 reset + at most one update per batch of 16 frames (and the frame on screen first),
-    # where showing each frame on its own took 48
-    assert len([a for a in updates if str(a) == "added"]) <= 48 // 16 + 1, updates
-    assert len(tiles.data) == 48 and len(tiles.features) == 48
+    # where showing each frame on its own took 48; the tiles, the same on every frame, none
+    assert 1 <= len(updates) <= 1 + 48 // 16 + 1, len(updates)
+    assert tile_updates == [] and len(tiles.data) == 1
+    assert len(tiles.metadata[PREDICTION_TABLE]) == 48
     # the plot too gets a few updates, not one per frame, and the last one has every frame
     assert 1 <= len(plotted) <= 48 // 16 + 1 and plotted[-1] == 48, plotted
 
@@ -734,7 +742,7 @@ def test_crops_without_information_stay_empty_in_overlays_readout_and_plot(
     assert message == "done: 8 frames predicted; 5 of 32 items had no information", message
 
     prob, dur, cls, tiles = (viewer.layers[layer_name("well", k)] for k in KINDS)
-    table = tiles.features
+    table = tiles.metadata[PREDICTION_TABLE]
     empty = (table.frame == 3) | ((table.frame == 5) & (table.tile_row == 0)
                                   & (table.tile_col == 1))
     assert table["no_information"].tolist() == empty.tolist()
@@ -816,7 +824,7 @@ def test_a_native_tile_model_is_not_run_on_whole_frames(make_napari_viewer, qtbo
         MODE_TILES, 16, 0)
     assert [layer.name for layer in viewer.layers] == ["well"]  # no whole-frame outputs
     assert _run(qtbot, widget).startswith("done")
-    assert len(viewer.layers[layer_name("well", "tiles")].data) == 8 * 16
+    assert len(viewer.layers[layer_name("well", "tiles")].data) == 16  # a 4 x 4 grid
     assert "resized" not in widget.status.value
     widget.tile_size.value = 32
     qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)

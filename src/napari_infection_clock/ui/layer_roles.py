@@ -42,6 +42,9 @@ SOURCE_PATH = "source_path"
 CHANNEL = "channel"
 CHANNEL_DESC = "channel_desc"
 N_FRAMES = "n_frames"
+#: On a prediction's tiles layer: the run's table (every frame's rows, core.results), what
+#: the writer saves (the layer's features are its tiles, one row per rectangle).
+PREDICTION_TABLE = "infection_clock_prediction_table"
 
 # where a time setting came from, as the docks say it
 FROM_FILE = "file metadata"

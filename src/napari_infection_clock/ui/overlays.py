@@ -24,7 +24,7 @@ from ..core.information import NO_INFORMATION, NO_INFORMATION_LABEL
 from ..core.results import RESULT_COLUMNS
 from ..core.targets import INFECTED, UNINFECTED
 from ..core.tiles import TileSpec, tile_boxes
-from .layer_roles import output_layer, output_metadata
+from .layer_roles import PREDICTION_TABLE, output_layer, output_metadata
 
 #: Largest side of the raster regions are painted on; bigger frames are coarsened.
 REGION_RASTER_MAX = 512
@@ -298,26 +298,45 @@ class PredictionLayers:
         return layer
 
     def _tiles(self):
+        """The tiles layer: one rectangle per tile (or region) on every frame, made once
+        per run with the grid's boxes and their row, column and box as ``features`` (napari
+        shows them on hover, the plot reads a selection's); the run's table, every frame's
+        rows, is kept in its metadata (:data:`PREDICTION_TABLE`: what the writer saves)."""
+        boxes = self.grid.boxes.astype(float) - 0.5  # pixel edges around the box's pixels
+        y0, x0, y1, x1 = boxes.T
+        rectangles = list(np.stack([np.stack(c, axis=1) for c in (
+            (y0, x0), (y0, x1), (y1, x1), (y1, x0))], axis=1))
+        features = pd.DataFrame({
+            "tile_row": self.grid.grid_rc[:, 0], "tile_col": self.grid.grid_rc[:, 1],
+            **{k: self.grid.boxes[:, i] for i, k in enumerate(("y0", "x0", "y1", "x1"))},
+        })
+        placed = {"scale": tuple(self.image.scale[-2:]),
+                  "translate": tuple(self.image.translate[-2:])}
         layer = self._existing("tiles")
-        if isinstance(layer, Shapes):
-            layer.data = []
-            layer.features = pd.DataFrame(columns=list(RESULT_COLUMNS))
-            layer.scale, layer.translate = tuple(self.image.scale), tuple(self.image.translate)
+        if isinstance(layer, Shapes):  # a previous run's: the same grid stays as it is
+            shown = layer.features.reindex(columns=features.columns).reset_index(drop=True)
+            if not shown.equals(features):
+                layer.data = []
+                layer.add_rectangles(rectangles)
+                layer.features = features
+            layer.scale, layer.translate = placed["scale"], placed["translate"]
+            layer.metadata[PREDICTION_TABLE] = self._table
             return layer
         self._remove(layer)
         with keeping_selection(self.viewer.layers):
             layer = self.viewer.add_shapes(
-                ndim=3,
+                rectangles,
+                shape_type="rectangle",
                 visible=False,  # shown by the next step: its first paint is a step of its own
                 name=layer_name(self.image.name, "tiles"),
-                scale=tuple(self.image.scale),
-                translate=tuple(self.image.translate),
                 face_color="transparent",
                 edge_color="white",
                 edge_width=0.5,
                 opacity=0.5,
-                features=pd.DataFrame(columns=list(RESULT_COLUMNS)),
-                metadata=output_metadata(self.image, "tiles"),
+                features=features,
+                metadata={**output_metadata(self.image, "tiles"),
+                          PREDICTION_TABLE: self._table},
+                **placed,
             )
         self._finish.append(lambda: setattr(layer, "visible", True))
         return layer
@@ -338,11 +357,12 @@ class PredictionLayers:
 
     # -- filling in --------------------------------------------------------------------
     def add_frames(self, tables: list[pd.DataFrame]) -> None:
-        """Show finished frames: paint their values, add their tile rectangles. Items
-        without information stay empty (NaN, a transparent class).
+        """Show finished frames: paint their values (the table takes their rows at the
+        next :meth:`flush`). Items without information stay empty (NaN, a transparent class).
 
         Called with every frame finished since the last update, a few times per second:
-        one refresh per layer and one Shapes update however many frames came in.
+        one refresh per layer however many frames came in; the tiles layer, the same on
+        every frame, is not touched (adding each frame's rectangles cost 60-140 ms a tick).
         """
         tables = [t for t in tables if not t.empty]
         if not tables:
@@ -366,27 +386,12 @@ class PredictionLayers:
             for frame, item, value in zip(frames, items, values):
                 data[(frame, *self.grid.cells(item))] = value
             layer.refresh()
-        self._add_rectangles(table)
+        self._pending.append(table)
 
     def _items(self, table: pd.DataFrame) -> list[int]:
         """Grid item index of each row (rows carry tile row/col, the grid knows its order)."""
         lookup = {(int(r), int(c)): i for i, (r, c) in enumerate(self.grid.grid_rc)}
         return [lookup[(int(r), int(c))] for r, c in zip(table["tile_row"], table["tile_col"])]
-
-    def _add_rectangles(self, table: pd.DataFrame) -> None:
-        y0, x0, y1, x1 = (table[k].to_numpy(float) - 0.5 for k in ("y0", "x0", "y1", "x1"))
-        t = table["frame"].to_numpy(float)
-        corners = np.stack(
-            [
-                np.stack([t, y0, x0], axis=1),
-                np.stack([t, y0, x1], axis=1),
-                np.stack([t, y1, x1], axis=1),
-                np.stack([t, y1, x0], axis=1),
-            ],
-            axis=1,
-        )
-        self.tiles.add_rectangles(list(corners))
-        self._pending.append(table)
 
     def set_clocks(self, regions: pd.DataFrame, clamp, calibration: dict | None = None,
                    novelty: pd.DataFrame | None = None) -> None:
@@ -400,7 +405,7 @@ class PredictionLayers:
             table = table.assign(**{c: novelty[c].to_numpy() for c in novelty.columns})
         table = apply_clocks(table, regions, clamp)
         self._table = apply_calibration(table, calibration or {}, clamp)
-        self.tiles.features = self._table
+        self.tiles.metadata[PREDICTION_TABLE] = self._table
         onset = np.full(self.grid.shape, np.nan, np.float32)
         for item, value in zip(self._items(regions), regions["onset_h"].to_numpy(np.float32)):
             onset[self.grid.cells(item)] = value
@@ -418,18 +423,19 @@ class PredictionLayers:
 
     @property
     def table(self) -> pd.DataFrame:
-        """All rows so far (the tiles' ``features`` are brought up to date first)."""
+        """All rows so far (flushed first)."""
         return self.flush()
 
     def flush(self) -> pd.DataFrame:
-        """Give the tiles layer the features of the frames added since the last flush.
+        """Add the frames shown since the last flush to the run's table (also the tiles
+        layer's :data:`PREDICTION_TABLE`).
 
-        Done when results are published, not on every frame: rebuilding the features per
-        frame would cost the GUI thread time that grows with the square of the run.
+        Done when results are published, not on every frame: concatenating per frame would
+        cost the GUI thread time that grows with the square of the run.
         """
         if self._pending:
             parts = ([self._table] if len(self._table) else []) + self._pending
             self._table = pd.concat(parts, ignore_index=True)
             self._pending = []
-            self.tiles.features = self._table
+            self.tiles.metadata[PREDICTION_TABLE] = self._table
         return self._table

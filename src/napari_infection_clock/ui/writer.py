@@ -1,4 +1,5 @@
-"""napari writer: a prediction table (the features of a tiles Shapes or Points layer) as CSV.
+"""napari writer: a prediction table as CSV, the one a prediction's tiles layer keeps in its
+metadata, or the features of any Shapes or Points layer that has the result columns.
 
 The file holds the core's :data:`..core.results.RESULT_COLUMNS` first, then any other
 feature columns, and is written atomically so an existing file is never left half-written.
@@ -12,11 +13,14 @@ import pandas as pd
 
 from ..core.atomic import write_atomic
 from ..core.results import RESULT_COLUMNS
+from .layer_roles import PREDICTION_TABLE
 
 
 def write_prediction_csv(path: str, data, attributes: dict) -> list[str]:
     """npe2 single-layer writer; returns the written path, or [] when the layer holds no table."""
-    table = attributes.get("features")
+    table = attributes.get("metadata", {}).get(PREDICTION_TABLE)
+    if table is None:
+        table = attributes.get("features")
     table = pd.DataFrame(table) if table is not None else pd.DataFrame()
     if table.empty or not set(RESULT_COLUMNS) <= set(table.columns):
         return []
