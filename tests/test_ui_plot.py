@@ -310,3 +310,37 @@ def test_selecting_tiles_does_not_refit_the_images_clock(plotted, monkeypatch):
         tiles.selected_data = pick
     assert len(plot.items) == 2 and plot.onset == onset
     assert fits == []
+
+
+def test_the_plot_is_drawn_only_when_its_marker_or_answer_moves(make_napari_viewer, qtbot):
+    """napari's dims announce a step when a run adds its layers (the same frame) and while
+    the slider moves before any prediction (no marker to move): each was a full draw of the
+    plot (55-120 ms of the GUI thread on a 2-core machine, docs/benchmarks.md, GUI-thread
+    stalls). The plot draws when its marker moves, not otherwise."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((N_FRAMES, 64, 64), np.uint16), name="well")
+    plot = TimeSeriesPlot(viewer)
+    viewer.window.add_dock_widget(plot)
+    qtbot.waitUntil(lambda: not plot.figure.stale, timeout=5_000)
+    QApplication.processEvents()
+    drawn = []
+    plot.canvas.mpl_connect("draw_event", drawn.append)
+    for frame in (3, 4, 5):  # no prediction yet: nothing to move
+        viewer.dims.set_point(0, frame)
+        QApplication.processEvents()
+    viewer.add_image(np.zeros((2 * N_FRAMES, 1, 1), np.float32), scale=(1, 64, 64))
+    qtbot.wait(200)
+    assert drawn == []
+
+    image = viewer.layers["well"]
+    grid = tile_grid(64, 64, TileSpec(32))
+    table = _table(grid)
+    session_for(viewer).set_results(image, table, PredictionRun(
+        n_frames=N_FRAMES, frame_interval_h=INTERVAL, onset_h=ONSET, mode="tile grid"))
+    qtbot.waitUntil(lambda: bool(drawn), timeout=5_000)
+    drawn.clear()
+    viewer.dims.set_point(0, 6)  # the slider moved: the marker follows
+    qtbot.waitUntil(lambda: bool(drawn), timeout=5_000)
+    assert plot.markers[0].get_xdata()[0] == pytest.approx(6 * INTERVAL)

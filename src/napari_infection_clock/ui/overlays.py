@@ -178,10 +178,10 @@ class PredictionLayers:
     once the clocks are fitted).
 
     The layers are made one per :meth:`make_next` call (the dock makes one per update
-    tick); a new shown layer (probability, tiles) is shown by the next call, and its
-    colorbar by the one after (each first paint builds vispy's shaders for
-    it: on Mesa's software OpenGL, as long as making the layer), so that making them never
-    holds the GUI thread for long. The continuous ones
+    tick), hidden; a continuous one's colorbar is made by the next call, and a shown layer
+    (probability, tiles) is shown by the one after (each first paint builds vispy's shaders
+    for it: on Mesa's software OpenGL, as long as making the layer), so that making them
+    never holds the GUI thread for long. The continuous ones
     (probability, duration, onset) carry colorbars and are shown one at a time: showing
     one hides the others, whose colours would mix. The class layer names its classes on
     hover.
@@ -257,8 +257,10 @@ class PredictionLayers:
         return output_layer(self.viewer, self.image, kind)
 
     def _image(self, kind, data, visible=True, **kwargs):
-        """Reset this image's layer of ``kind``, or make it: hidden, and shown (if
-        ``visible``) and its colorbar shown by the next steps (:meth:`make_next`)."""
+        """Reset this image's layer of ``kind``, or make it: hidden, its colorbar made by
+        the next step (:meth:`make_next`) while the layer is still hidden (nothing to paint
+        yet: making one costs 60-100 ms, its first paint as much), and the layer shown (if
+        ``visible``) by the one after."""
         layer = self._existing(kind)
         if not isinstance(layer, Image):
             self._remove(layer)
@@ -268,9 +270,9 @@ class PredictionLayers:
                                               visible=False, **kwargs)
             layer.events.visible.connect(
                 lambda event, kind=kind, shown=layer: self._show_alone(kind, shown))
+            self._finish.append(lambda: _show_colorbar(layer))
             if visible:
                 self._finish.append(lambda: setattr(layer, "visible", True))
-            self._finish.append(lambda: _show_colorbar(layer))
             return layer
         layer.data = data
         for key in ("scale", "translate", "contrast_limits"):

@@ -321,8 +321,12 @@ class TimeSeriesPlot(DockedFigure):
         return int(np.clip(round(frame), 0, max(run.n_frames - 1, 0)))
 
     def _move_marker(self, *_, draw: bool = True):
+        """Put the marker on the current frame and say the items' answers there; the figure
+        is drawn only if the marker moved (napari announces a step for each layer a run
+        adds, on the same frame, and while the slider moves before any prediction)."""
         frame = self.current_frame()
         x = self.hours_of(frame) if self.info else np.nan
+        moved = not np.array_equal(self.markers[0].get_xdata(), [x, x], equal_nan=True)
         for marker in self.markers:
             marker.set_xdata([x, x])
         level = self.info.interval_level if self.info else None
@@ -330,7 +334,7 @@ class TimeSeriesPlot(DockedFigure):
         answers = [f"{label}: {text}" for label, series in self.items.items()
                    if (text := answer_at(series, frame, level, interval))]
         self.answer_label.setText(f"at {x:.1f} h: " + "; ".join(answers) if answers else "")
-        if draw:
+        if draw and moved:
             self.canvas.draw_idle()
 
     def _on_click(self, event) -> None:
