@@ -180,3 +180,27 @@ def test_a_run_uses_the_checkpoints_time_unless_the_user_set_it(make_napari_view
     assert not _predict(qtbot, predict).startswith("prediction failed")
     assert predict.onset_h.value == 2.0 and predict.time_source.value == "set here"
     assert session.runs[plain].onset_h == 2.0
+
+
+def test_a_new_output_layer_is_painted_in_a_later_turn(make_napari_viewer, qtbot):
+    """Making a layer (100-200 ms of napari on a 2-core machine) and the canvas repaint it
+    asks for (50-130 ms on software OpenGL) were one turn of the GUI thread; a run's layers
+    are made hidden, so the repaint waits a turn: the viewer takes input in between."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_infection_clock.core.tiles import TileSpec
+    from napari_infection_clock.ui.overlays import PredictionLayers, tile_grid
+
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(np.zeros((4, 64, 64), np.uint16), name="well")
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas  # private: vispy's canvas
+    qtbot.waitUntil(lambda: canvas.native.isVisible(), timeout=5_000)
+    QApplication.processEvents()
+    painted = []
+    canvas.events.draw.connect(painted.append)
+    layers = PredictionLayers(viewer, image, tile_grid(64, 64, TileSpec(32)), 4, 48.0)
+    layers.make_next()  # the probability layer, hidden
+    assert layer_name("well", "probability") in viewer.layers
+    QApplication.processEvents()  # the turn that made it
+    assert painted == []
+    qtbot.waitUntil(lambda: bool(painted), timeout=5_000)  # and then the canvas is painted

@@ -1,4 +1,5 @@
-"""Make the viewer canvas's GL context current before a layer is removed.
+"""The viewer canvas's GL widget: its context made current before a layer is removed, and
+its repaint held to a later event-loop turn while hidden layers are made.
 
 napari (0.9) flushes vispy's GL command queue as soon as a layer has been removed
 (``VispyCanvas._clean_and_update_scenegraph``: ``gc.collect()`` then ``context.finish()``),
@@ -16,13 +17,50 @@ from __future__ import annotations
 
 import contextlib
 
+from qtpy.QtCore import QTimer
+
+#: Milliseconds after making hidden layers that the canvas repaints (a turn of its own).
+PAINT_AFTER_MS = 30
+
+
+def canvas_widget(viewer):
+    """``viewer``'s canvas widget (vispy's QOpenGLWidget), or None for a viewer without a
+    window or where napari's private Qt viewer is missing."""
+    viewer = getattr(viewer, "__wrapped__", viewer)  # a dock gets a proxy of the viewer
+    # private napari attribute: the canvas widget is reached only through the Qt viewer
+    with contextlib.suppress(AttributeError, RuntimeError):
+        return viewer.window._qt_viewer.canvas.native
+    return None
+
 
 def make_canvas_context_current(viewer) -> None:
     """Make ``viewer``'s canvas GL context current (nothing for a viewer without a window,
     or while its canvas is not (or no longer) shown)."""
-    window = getattr(viewer, "window", None)
-    # private napari attribute: the canvas widget is reached only through the Qt viewer
+    widget = canvas_widget(viewer)
     with contextlib.suppress(AttributeError, RuntimeError):
-        widget = window._qt_viewer.canvas.native  # vispy's QOpenGLWidget
-        if widget.isValid():
+        if widget is not None and widget.isValid():
             widget.makeCurrent()
+
+
+@contextlib.contextmanager
+def painted_later(viewer):
+    """Make hidden layers without repainting the canvas in the same turn: napari asks for a
+    repaint when a layer is added (50-130 ms on software OpenGL, nothing new to show), and
+    with making the layer (100-200 ms) that was one long turn of the GUI thread. Updates of
+    the canvas widget are held (Qt's ``setUpdatesEnabled``) and given back, with a repaint,
+    :data:`PAINT_AFTER_MS` later."""
+    widget = canvas_widget(viewer)
+    if widget is None or not widget.updatesEnabled():
+        yield
+        return
+    widget.setUpdatesEnabled(False)
+    try:
+        yield
+    finally:
+        QTimer.singleShot(PAINT_AFTER_MS, lambda: _paint_again(widget))
+
+
+def _paint_again(widget) -> None:
+    with contextlib.suppress(RuntimeError):  # the canvas went with its viewer
+        widget.setUpdatesEnabled(True)
+        widget.update()

@@ -24,6 +24,7 @@ from ..core.information import NO_INFORMATION, NO_INFORMATION_LABEL
 from ..core.results import RESULT_COLUMNS
 from ..core.targets import INFECTED, UNINFECTED
 from ..core.tiles import TileSpec, tile_boxes
+from .gl_context import painted_later
 from .layer_roles import PREDICTION_TABLE, output_layer, output_metadata
 
 #: Largest side of the raster regions are painted on; bigger frames are coarsened.
@@ -64,6 +65,13 @@ def compute_dash_patterns() -> None:
 def _show_colorbar(layer: Image) -> None:
     layer.colorbar.visible = True
     layer.colorbar.tick_length = 3
+
+
+def _show_without_colorbar(layer: Image) -> None:
+    """Show ``layer``, its colorbar (made) still hidden: their first paints, 100-150 ms
+    together on a 2-core machine, come in two event-loop turns."""
+    layer.colorbar.visible = False
+    layer.visible = True
 
 
 def layer_name(image_name: str, kind: str) -> str:
@@ -179,8 +187,9 @@ class PredictionLayers:
 
     The layers are made one per :meth:`make_next` call (the dock makes one per update
     tick), hidden; a continuous one's colorbar is made by the next call, and a shown layer
-    (probability, tiles) is shown by the one after (each first paint builds vispy's shaders
-    for it: on Mesa's software OpenGL, as long as making the layer), so that making them
+    (probability, tiles) is shown by the one after, its colorbar by the next (each first
+    paint builds vispy's shaders for it: on Mesa's software OpenGL, as long as making the
+    layer), so that making them
     never holds the GUI thread for long. The continuous ones
     (probability, duration, onset) carry colorbars and are shown one at a time: showing
     one hides the others, whose colours would mix. The class layer names its classes on
@@ -259,20 +268,21 @@ class PredictionLayers:
     def _image(self, kind, data, visible=True, **kwargs):
         """Reset this image's layer of ``kind``, or make it: hidden, its colorbar made by
         the next step (:meth:`make_next`) while the layer is still hidden (nothing to paint
-        yet: making one costs 60-100 ms, its first paint as much), and the layer shown (if
-        ``visible``) by the one after."""
+        yet: making one costs 60-100 ms, its first paint as much), and, if ``visible``, the
+        layer shown by the one after and its colorbar by the next."""
         layer = self._existing(kind)
         if not isinstance(layer, Image):
             self._remove(layer)
-            with keeping_selection(self.viewer.layers):
+            with keeping_selection(self.viewer.layers), painted_later(self.viewer):
                 layer = self.viewer.add_image(data, name=layer_name(self.image.name, kind),
                                               metadata=output_metadata(self.image, kind),
                                               visible=False, **kwargs)
             layer.events.visible.connect(
                 lambda event, kind=kind, shown=layer: self._show_alone(kind, shown))
             self._finish.append(lambda: _show_colorbar(layer))
-            if visible:
-                self._finish.append(lambda: setattr(layer, "visible", True))
+            if visible:  # the layer's first paint, then its colorbar's
+                self._finish.append(lambda: _show_without_colorbar(layer))
+                self._finish.append(lambda: setattr(layer.colorbar, "visible", True))
             return layer
         layer.data = data
         for key in ("scale", "translate", "contrast_limits"):
@@ -283,7 +293,7 @@ class PredictionLayers:
         layer = self._existing("class")
         if not isinstance(layer, Labels):
             self._remove(layer)
-            with keeping_selection(self.viewer.layers):
+            with keeping_selection(self.viewer.layers), painted_later(self.viewer):
                 return self.viewer.add_labels(
                     data,
                     name=layer_name(self.image.name, "class"),
@@ -325,7 +335,7 @@ class PredictionLayers:
             layer.metadata[PREDICTION_TABLE] = self._table
             return layer
         self._remove(layer)
-        with keeping_selection(self.viewer.layers):
+        with keeping_selection(self.viewer.layers), painted_later(self.viewer):
             layer = self.viewer.add_shapes(
                 rectangles,
                 shape_type="rectangle",

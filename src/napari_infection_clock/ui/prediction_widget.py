@@ -661,7 +661,7 @@ class PredictionWidget(Container):
         machine, and the viewer repaints and takes input between them), then say how it
         ended. The run counts as running until then."""
         self._ending = self._end_steps(stopped)
-        self._next_end_step()
+        QTimer.singleShot(END_STEP_MS, self._next_end_step)  # not in the last batch's turn
 
     def _next_end_step(self) -> None:
         if self._ending is None:
