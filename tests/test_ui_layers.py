@@ -204,3 +204,26 @@ def test_a_new_output_layer_is_painted_in_a_later_turn(make_napari_viewer, qtbot
     QApplication.processEvents()  # the turn that made it
     assert painted == []
     qtbot.waitUntil(lambda: bool(painted), timeout=5_000)  # and then the canvas is painted
+
+
+def test_the_class_layer_makes_its_drawing_overlays_when_the_user_draws(make_napari_viewer):
+    """napari gives every Labels layer a polygon and a brush-stroke overlay and makes their
+    visuals with the layer (some 50 ms of a 2-core machine's GUI thread, inside the run);
+    the class layer makes them the first time the user picks a drawing mode."""
+    from napari_infection_clock.core.tiles import TileSpec
+    from napari_infection_clock.ui.overlays import PredictionLayers, tile_grid
+
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(np.zeros((4, 64, 64), np.uint16), name="well")
+    layers = PredictionLayers(viewer, image, tile_grid(64, 64, TileSpec(32)), 4, 48.0)
+    while not layers.make_next():
+        pass
+    canvas = viewer.window._qt_viewer.canvas  # private: napari's vispy canvas
+    made = canvas._layer_overlay_to_visual.get(layers.classes, {})
+    assert made == {}  # nothing made for drawing while the layer is only looked at
+    layers.classes.visible = True  # the user shows it, then picks the paint brush
+    layers.classes.mode = "paint"  # as the layer controls' paint button does
+    overlays = canvas._layer_overlay_to_visual[layers.classes]
+    assert {type(o).__name__ for o in overlays} >= {"LabelsPolygonOverlay",
+                                                    "LabelsBrushStrokeOverlay"}
+    assert all(o.visible for o in overlays)

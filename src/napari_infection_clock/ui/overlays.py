@@ -74,6 +74,27 @@ def _show_without_colorbar(layer: Image) -> None:
     layer.visible = True
 
 
+def _drawing_overlays_when_drawn(layer: Labels) -> None:
+    """Have napari make ``layer``'s drawing overlays (polygon, brush stroke) the first time
+    the user picks a drawing mode, not with the layer: their visuals cost some 50 ms of the
+    GUI thread on a 2-core machine, inside a run, for a layer that is looked at. Through
+    napari's private ``_overlays``; nothing is done where they are missing."""
+    drawing = [overlay for key, overlay in getattr(layer, "_overlays", {}).items()
+               if key in ("polygon", "brush_stroke") and overlay.visible]
+    if not drawing:
+        return
+    for overlay in drawing:
+        overlay.visible = False
+
+    def on_mode(event=None) -> None:
+        if layer.mode != "pan_zoom":
+            layer.events.mode.disconnect(on_mode)
+            for overlay in drawing:
+                overlay.visible = True
+
+    layer.events.mode.connect(on_mode)
+
+
 def layer_name(image_name: str, kind: str) -> str:
     """The name an output layer of ``kind`` is given (what it shows; found by its image's
     id and its kind, never by this name)."""
@@ -293,18 +314,21 @@ class PredictionLayers:
         layer = self._existing("class")
         if not isinstance(layer, Labels):
             self._remove(layer)
+            layer = Labels(
+                data,
+                name=layer_name(self.image.name, "class"),
+                colormap=DirectLabelColormap(color_dict=CLASS_COLORS),
+                opacity=0.4,
+                visible=False,
+                metadata=output_metadata(self.image, "class"),
+                features=pd.DataFrame({"index": list(CLASS_NAME),
+                                       "class": CLASS_NAME.values()}),
+                **placed,
+            )
+            _drawing_overlays_when_drawn(layer)
             with keeping_selection(self.viewer.layers), painted_later(self.viewer):
-                return self.viewer.add_labels(
-                    data,
-                    name=layer_name(self.image.name, "class"),
-                    colormap=DirectLabelColormap(color_dict=CLASS_COLORS),
-                    opacity=0.4,
-                    visible=False,
-                    metadata=output_metadata(self.image, "class"),
-                    features=pd.DataFrame({"index": list(CLASS_NAME),
-                                           "class": CLASS_NAME.values()}),
-                    **placed,
-                )
+                self.viewer.add_layer(layer)
+            return layer
         layer.data = data
         layer.scale, layer.translate = placed["scale"], placed["translate"]
         return layer
