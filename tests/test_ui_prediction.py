@@ -176,9 +176,9 @@ def test_tile_grid_layers_sit_on_their_tiles(
     assert len(tiles.metadata[PREDICTION_TABLE]) == 8
 
 
-def test_regions_mode_paints_the_rectangles(make_napari_viewer, qtbot, sample, checkpoint):
-    viewer, image, widget = _setup(make_napari_viewer, sample, checkpoint)
-    regions = viewer.add_shapes(
+def _draw_two_regions(viewer):
+    """Two rectangles in a Shapes layer named "cells", as a user draws them."""
+    return viewer.add_shapes(
         [
             np.array([[0, 0], [0, 20], [30, 20], [30, 0]]) - 0.5,
             np.array([[40, 40], [40, 63], [63, 63], [63, 40]]) - 0.5,
@@ -186,6 +186,11 @@ def test_regions_mode_paints_the_rectangles(make_napari_viewer, qtbot, sample, c
         shape_type="rectangle",
         name="cells",
     )
+
+
+def test_regions_mode_paints_the_rectangles(make_napari_viewer, qtbot, sample, checkpoint):
+    viewer, image, widget = _setup(make_napari_viewer, sample, checkpoint)
+    regions = _draw_two_regions(viewer)
     widget.mode.value = MODE_REGIONS
     widget.regions.value = regions
     widget.first.value, widget.last.value = 2, 4
@@ -210,14 +215,7 @@ def test_a_renamed_regions_layer_keeps_its_curves(make_napari_viewer, qtbot, sam
     viewer, _, widget = _setup(make_napari_viewer, sample, checkpoint, show=True)
     plot = viewer.window.add_plugin_dock_widget("napari-infection-clock",
                                                 "Infection time-series plot")[1]
-    regions = viewer.add_shapes(
-        [
-            np.array([[0, 0], [0, 20], [30, 20], [30, 0]]) - 0.5,
-            np.array([[40, 40], [40, 63], [63, 63], [63, 40]]) - 0.5,
-        ],
-        shape_type="rectangle",
-        name="cells",
-    )
+    regions = _draw_two_regions(viewer)
     widget.mode.value = MODE_REGIONS
     widget.regions.value = regions
     assert _run(qtbot, widget).startswith("done: 8 frames")

@@ -207,14 +207,13 @@ class PredictionLayers:
     once the clocks are fitted).
 
     The layers are made one per :meth:`make_next` call (the dock makes one per update
-    tick), hidden; a continuous one's colorbar is made by the next call, and a shown layer
-    (probability, tiles) is shown by the one after, its colorbar by the next (each first
-    paint builds vispy's shaders for it: on Mesa's software OpenGL, as long as making the
-    layer), so that making them
-    never holds the GUI thread for long. The continuous ones
-    (probability, duration, onset) carry colorbars and are shown one at a time: showing
-    one hides the others, whose colours would mix. The class layer names its classes on
-    hover.
+    tick), hidden and without a repaint in that turn; a continuous one's colorbar is made
+    by the next call, and a shown layer (probability, tiles) is shown by the one after, its
+    colorbar by the next (each first paint builds vispy's shaders for it: on Mesa's
+    software OpenGL, as long as making the layer), so that making them never holds the GUI
+    thread for long. The continuous ones (probability, duration, onset) carry colorbars and
+    are shown one at a time: showing one hides the others, whose colours would mix. The
+    class layer names its classes on hover.
     """
 
     KINDS = ("probability", "duration", "class", "tiles")
