@@ -1,10 +1,11 @@
 """What the first prediction's layers and texts need is ready before a run (fresh process).
 
-napari renders the canvas font's glyphs, imports scikit-image's colour conversions and has
-vispy compute its line dash patterns (for the first Labels layer's polygon overlay) the
-first time they are needed: on the GUI thread, in the middle of the first prediction
-(docs/benchmarks.md, GUI-thread stalls). The prediction dock does all three ahead, in small
-steps or in the background, while the viewer idles.
+napari renders the canvas font's glyphs, makes the text overlay's visual (the readout),
+imports scikit-image's colour conversions and has vispy compute its line dash patterns (for
+the first Labels layer's polygon overlay) the first time they are needed: on the GUI
+thread, in the middle of the first prediction (docs/benchmarks.md, GUI-thread stalls). The
+prediction dock does all of it ahead, in small steps or in the background, while the
+viewer idles.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ wanted = set("t = 12.50 h  (frame 25 of 48) p(infected) 0.53 · uninfected · in
 from vispy.visuals.line import dash_atlas
 def patterns():  # vispy caches the patterns every DashAtlas (one per line visual) computes
     return dash_atlas._make_pattern.cache_info().currsize
+canvas = viewer.window._qt_viewer.canvas  # private: napari's vispy canvas
+def readout_made():  # the text overlay's visual, made ahead with nothing to show
+    return viewer.text_overlay in canvas._viewer_overlay_to_visual
 def ready():
     return (wanted <= set(font._glyphs) and "skimage.color.colorconv" in sys.modules
-            and patterns() >= 13)
+            and patterns() >= 13 and readout_made())
 deadline = time.monotonic() + 30
 while time.monotonic() < deadline and not ready():
     app.processEvents()
@@ -39,6 +43,7 @@ while time.monotonic() < deadline and not ready():
 print("missing glyphs:", repr("".join(sorted(wanted - set(font._glyphs)))))
 print("colour conversions imported:", "skimage.color.colorconv" in sys.modules)
 print("dash patterns computed:", patterns())
+print("readout made:", readout_made(), repr(viewer.text_overlay.text))
 viewer.close()
 """
 
@@ -51,3 +56,4 @@ def test_the_readouts_glyphs_and_the_labels_layers_needs_are_ready_before_a_run(
     assert "missing glyphs: ''" in proc.stdout, proc.stdout
     assert "colour conversions imported: True" in proc.stdout, proc.stdout
     assert "dash patterns computed: 13" in proc.stdout, proc.stdout
+    assert "readout made: True ''" in proc.stdout, proc.stdout

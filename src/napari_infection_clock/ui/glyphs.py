@@ -1,4 +1,5 @@
-"""The canvas font's glyphs, rendered one per timer tick before an overlay needs them.
+"""The canvas font's glyphs, rendered one per timer tick before an overlay needs them, and
+the readout's text overlay made ahead.
 
 napari draws every text on the canvas (colorbar ticks, the readout) from one font atlas
 per canvas and renders a glyph the first time a text shows it: a 256-point Qt rendering
@@ -18,6 +19,8 @@ import contextlib
 
 from qtpy.QtCore import QObject, QTimer
 
+from .readout import show_text_overlay
+
 #: What the readout (ui.readout) and the colorbars' tick labels show.
 CHARACTERS = "0123456789.-+=()·:,% abcdefghijklmnopqrstuvwxyz"
 #: Milliseconds between two glyphs (each is one short turn of the GUI thread).
@@ -34,11 +37,14 @@ def canvas_font(viewer):
 
 
 class GlyphsAhead(QObject):
-    """Renders :data:`CHARACTERS` into ``viewer``'s canvas font, one per timer tick; a
-    child of ``parent`` (the dock), so it stops if the dock goes first."""
+    """Renders :data:`CHARACTERS` into ``viewer``'s canvas font, one per timer tick, then
+    has napari make the readout's text overlay (``readout.show_text_overlay``, while it
+    shows nothing: an overlay the user or another plugin shows is left alone); a child of
+    ``parent`` (the dock), so it stops if the dock goes first."""
 
     def __init__(self, viewer, parent: QObject):
         super().__init__(parent)
+        self._viewer = viewer
         self._font = canvas_font(viewer)
         self._left = list(CHARACTERS) if self._font is not None else []
         self._timer = QTimer(self)
@@ -59,3 +65,6 @@ class GlyphsAhead(QObject):
             self._left = []
         if not self._left:
             self._timer.stop()
+            overlay = self._viewer.text_overlay
+            if not (overlay.visible or overlay.text):
+                show_text_overlay(self._viewer)

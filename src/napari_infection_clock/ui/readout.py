@@ -18,6 +18,16 @@ from ..core.targets import INFECTED
 from .overlays import CLASS_LABEL, CLASS_NAME, PredictionLayers
 
 
+def show_text_overlay(viewer) -> None:
+    """napari's text overlay where and as the readout shows it, visible (napari makes its
+    visual the first time it is visible: some 70 ms of the GUI thread, done ahead by
+    ``ui.glyphs`` with no text yet)."""
+    overlay = viewer.text_overlay
+    overlay.position = "bottom_left"
+    overlay.font_size = 10
+    overlay.visible = True
+
+
 class Readout:
     """Keeps ``viewer.text_overlay`` up to date for one run's output layers."""
 
@@ -28,10 +38,7 @@ class Readout:
         self.interval = float(frame_interval_h)
         self.offset = float(start_offset_h)
         self._cursor = None
-        overlay = viewer.text_overlay
-        overlay.position = "bottom_left"
-        overlay.font_size = 10
-        overlay.visible = True
+        show_text_overlay(viewer)
         viewer.dims.events.current_step.connect(self.update)
         viewer.mouse_move_callbacks.append(self._on_mouse_move)
         self.update()
