@@ -304,6 +304,9 @@ def test_event_loop_turns_and_cancel_leaves_consistent_layers(
     assert widget.run()  # makes the output layers on the GUI thread, then starts the worker
     timer.start(20)
     qtbot.waitUntil(lambda: widget.progress_bar.value >= 10, timeout=120_000)  # as seen
+    widget.mode.value = MODE_WHOLE  # the user sets up the next run meanwhile
+    statuses = []  # what the status line says from the click on, each timer tick
+    timer.timeout.connect(lambda: statuses.append(widget.status.value))
     widget.cancel_button.native.click()
     try:
         qtbot.waitUntil(lambda: bool(messages), timeout=60_000)
@@ -315,6 +318,10 @@ def test_event_loop_turns_and_cancel_leaves_consistent_layers(
     assert messages[0].startswith("cancelled"), messages
     assert len(ticks) > 10  # the event loop kept turning (how long it paused: benchmarks/)
     assert widget.status.value == messages[0]  # the status line is right at the end
+    # until then it said so: no "predicting: N of M" over "cancelling..."
+    assert all(not text.startswith("predicting") for text in statuses), statuses
+    # the run is recorded as it ran (tiles), not as the chooser says now
+    assert session_for(viewer).runs[image_id(viewer.layers["long"])].mode == MODE_TILES
 
     prob = viewer.layers[layer_name("long", "probability")]
     tiles = viewer.layers[layer_name("long", "tiles")]

@@ -97,6 +97,8 @@ class Job:
     grid: Grid
     tiles: TileSpec
     boxes: np.ndarray | None
+    #: The mode chooser's value when the run started (what the run is recorded as).
+    mode: str
     #: The id of the Shapes layer whose rectangles are predicted (regions mode), else None.
     regions_id: str | None
     frames: list[int]
@@ -485,6 +487,7 @@ class PredictionWidget(Container):
             grid=grid,
             tiles=tiles,
             boxes=boxes,
+            mode=self.mode.value,
             regions_id=regions_id,
             frames=list(range(first, last + 1)),
             first_frame=self._current_frame(image),
@@ -646,7 +649,7 @@ class PredictionWidget(Container):
             frame_interval_h=job.frame_interval_h,
             onset_h=job.onset_h,
             start_offset_h=job.start_offset_h,
-            mode=self.mode.value,
+            mode=job.mode,
             regions_id=job.regions_id,
             interval_level=self.session.model.meta.calibration.get("level")
             if self.session.model is not None else None,
