@@ -23,13 +23,20 @@ from qtpy.QtCore import QTimer
 PAINT_AFTER_MS = 30
 
 
-def canvas_widget(viewer):
-    """``viewer``'s canvas widget (vispy's QOpenGLWidget), or None for a viewer without a
-    window or where napari's private Qt viewer is missing."""
+def napari_canvas(viewer):
+    """``viewer``'s canvas (napari's VispyCanvas), or None for a viewer without a window or
+    where napari's private Qt viewer is missing: the canvas is reached only through it."""
     viewer = getattr(viewer, "__wrapped__", viewer)  # a dock gets a proxy of the viewer
-    # private napari attribute: the canvas widget is reached only through the Qt viewer
     with contextlib.suppress(AttributeError, RuntimeError):
-        return viewer.window._qt_viewer.canvas.native
+        return viewer.window._qt_viewer.canvas
+    return None
+
+
+def canvas_widget(viewer):
+    """``viewer``'s canvas widget (vispy's QOpenGLWidget), or None (:func:`napari_canvas`)."""
+    canvas = napari_canvas(viewer)
+    with contextlib.suppress(AttributeError, RuntimeError):
+        return canvas.native if canvas is not None else None
     return None
 
 

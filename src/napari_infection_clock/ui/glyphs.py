@@ -19,6 +19,7 @@ import contextlib
 
 from qtpy.QtCore import QObject, QTimer
 
+from .gl_context import napari_canvas
 from .readout import show_text_overlay
 
 #: What the readout (ui.readout) and the colorbars' tick labels show.
@@ -29,9 +30,9 @@ STEP_MS = 40
 
 def canvas_font(viewer):
     """The font napari's canvas texts are drawn with (its glyph atlas), or None."""
-    viewer = getattr(viewer, "__wrapped__", viewer)  # a dock gets a proxy of the viewer
+    canvas = napari_canvas(viewer)
     with contextlib.suppress(AttributeError, TypeError, RuntimeError):
-        info = viewer.window._qt_viewer.canvas.font_info()
+        info = canvas.font_info()
         return info.font_manager.get_font(info.face)
     return None
 
@@ -52,10 +53,6 @@ class GlyphsAhead(QObject):
         self._timer.timeout.connect(self._next)
         if self._left:
             self._timer.start()
-
-    @property
-    def done(self) -> bool:
-        return not self._left
 
     def _next(self) -> None:
         """Render the next glyph (the font keeps it: a later text finds it there)."""
