@@ -227,3 +227,59 @@ def test_the_class_layer_makes_its_drawing_overlays_when_the_user_draws(make_nap
     assert {type(o).__name__ for o in overlays} >= {"LabelsPolygonOverlay",
                                                     "LabelsBrushStrokeOverlay"}
     assert all(o.visible for o in overlays)
+
+
+def test_an_output_layer_gets_its_canvas_visual_and_controls_in_later_turns(
+        make_napari_viewer, qtbot):
+    """Adding a layer made, in one turn, its canvas visual (vispy: 60-90 ms on a 2-core
+    machine) and its layer controls (Qt: 45-65 ms); a run makes its layers' in turns of
+    their own, and the layers end up shown and drawn as before."""
+    from napari_infection_clock.core.tiles import TileSpec
+    from napari_infection_clock.ui.overlays import PredictionLayers, tile_grid
+
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(np.zeros((4, 64, 64), np.uint16), name="well")
+    qt_viewer = viewer.window._qt_viewer  # private: where napari keeps both
+    layers = PredictionLayers(viewer, image, tile_grid(64, 64, TileSpec(32)), 4, 48.0)
+    layers.make_next()  # the probability layer
+    assert layers.probability in viewer.layers
+    assert layers.probability not in qt_viewer.canvas.layer_to_visual
+    assert layers.probability not in qt_viewer.controls.widgets
+    layers.make_next()
+    assert layers.probability in qt_viewer.canvas.layer_to_visual  # the visual, a turn later
+    assert layers.probability not in qt_viewer.controls.widgets
+    while not layers.make_next():
+        pass
+    for layer in (layers.probability, layers.duration, layers.classes, layers.tiles):
+        assert layer in qt_viewer.canvas.layer_to_visual
+        assert layer in qt_viewer.controls.widgets
+    assert layers.probability.visible and layers.tiles.visible
+    assert qt_viewer.canvas.layer_to_visual[layers.probability].node.visible
+
+
+def test_an_output_layer_can_be_picked_or_deleted_before_its_controls_are_made(
+        make_napari_viewer, qtbot):
+    """The user clicks a new output layer in the layer list, or deletes it, in the turn
+    between its making and its controls': napari finds what it expects (its controls shown,
+    its visual removed) and nothing is raised."""
+    from napari_infection_clock.core.tiles import TileSpec
+    from napari_infection_clock.ui.overlays import PredictionLayers, tile_grid
+
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(np.zeros((4, 64, 64), np.uint16), name="well")
+    qt_viewer = viewer.window._qt_viewer
+    layers = PredictionLayers(viewer, image, tile_grid(64, 64, TileSpec(32)), 4, 48.0)
+    layers.make_next()
+    probability = layers.probability
+    viewer.layers.selection.active = probability  # a click on it in the layer list
+    assert qt_viewer.controls.currentWidget() is qt_viewer.controls.widgets[probability]
+    layers.make_next()  # the duration layer, once the probability's steps are done
+    while layers.duration is None:
+        layers.make_next()
+    duration = layers.duration
+    viewer.layers.remove(duration)  # the layer list's delete button
+    assert duration not in qt_viewer.canvas.layer_to_visual
+    assert duration not in qt_viewer.controls.widgets
+    viewer.layers.remove(image)  # and the rest, with the viewer, as napari closes
+    viewer.layers.clear()
+    assert qt_viewer.canvas.layer_to_visual == {}

@@ -25,6 +25,7 @@ from ..core.results import RESULT_COLUMNS
 from ..core.targets import INFECTED, UNINFECTED
 from ..core.tiles import TileSpec, tile_boxes
 from .gl_context import painted_later
+from .layer_parts import LayerParts
 from .layer_roles import PREDICTION_TABLE, output_layer, output_metadata
 
 #: Largest side of the raster regions are painted on; bigger frames are coarsened.
@@ -234,6 +235,7 @@ class PredictionLayers:
         cell_translate = (t_translate, ty + grid.translate[0] * iy, tx + grid.translate[1] * ix)
         self._placed = {"scale": cell_scale, "translate": cell_translate}
         self.probability = self.duration = self.classes = self.tiles = None
+        self._parts = LayerParts(viewer)  # a new layer's canvas visual and controls
         self._finish: list = []  # steps left of the layer made last (show it, its colorbar)
         #: Whether :meth:`set_clocks` has given the table and the onset map their clocks.
         self.clocks_in = False
@@ -243,7 +245,7 @@ class PredictionLayers:
 
     @property
     def ready(self) -> bool:
-        return self.tiles is not None and not self._finish
+        return self.tiles is not None and not self._finish and not self._parts.pending
 
     def make_next(self) -> bool:
         """Make (or reset) the next missing layer, or take the next step of the one made last
@@ -252,6 +254,8 @@ class PredictionLayers:
         placed, raster = self._placed, self._raster
         if self.ready:
             return True
+        if self._parts.make_next():
+            return False
         if self._finish:
             self._finish.pop(0)()
         elif self.probability is None:
@@ -282,6 +286,14 @@ class PredictionLayers:
         return self.ready
 
     # -- layer creation / reuse ------------------------------------------------------
+    @contextmanager
+    def _adding(self):
+        """Add a layer, hidden: the user's selection kept, the canvas repainted a turn later,
+        napari's canvas visual and layer controls for it made by the next steps."""
+        with keeping_selection(self.viewer.layers), painted_later(self.viewer), \
+                self._parts.adding():
+            yield
+
     def _existing(self, kind: str):
         return output_layer(self.viewer, self.image, kind)
 
@@ -293,7 +305,7 @@ class PredictionLayers:
         layer = self._existing(kind)
         if not isinstance(layer, Image):
             self._remove(layer)
-            with keeping_selection(self.viewer.layers), painted_later(self.viewer):
+            with self._adding():
                 layer = self.viewer.add_image(data, name=layer_name(self.image.name, kind),
                                               metadata=output_metadata(self.image, kind),
                                               visible=False, **kwargs)
@@ -325,7 +337,7 @@ class PredictionLayers:
                 **placed,
             )
             _drawing_overlays_when_drawn(layer)
-            with keeping_selection(self.viewer.layers), painted_later(self.viewer):
+            with self._adding():
                 self.viewer.add_layer(layer)
             return layer
         layer.data = data
@@ -358,7 +370,7 @@ class PredictionLayers:
             layer.metadata[PREDICTION_TABLE] = self._table
             return layer
         self._remove(layer)
-        with keeping_selection(self.viewer.layers), painted_later(self.viewer):
+        with self._adding():
             layer = self.viewer.add_shapes(
                 rectangles,
                 shape_type="rectangle",

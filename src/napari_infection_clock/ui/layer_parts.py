@@ -1,0 +1,88 @@
+"""napari's Qt parts of a new layer, made in later event-loop turns than the layer itself.
+
+Adding a layer makes, in the same turn, its canvas visual (vispy: 60-90 ms of the GUI
+thread on a 2-core machine with software OpenGL) and its layer controls (Qt widgets: 45-65
+ms), through napari's callbacks on ``layers.events.inserted``. A run's output layers are
+added with those two callbacks held back; :class:`LayerParts` makes them later, one per
+call. Meanwhile napari's canvas leaves its scene as it is (it waits for every layer's
+visual), and a selection or removal in the layer list makes the parts first, since napari
+expects them there.
+
+Through napari's private Qt viewer (``window._qt_viewer``); where it is missing, layers are
+added with their parts as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from napari.utils.events import Event
+
+from .gl_context import painted_later
+
+
+def _makers(viewer) -> list:
+    """napari's callbacks that make a new layer's canvas visual and its controls, in the
+    order they are made later (the visual first: the layer is drawn as soon as it can be)."""
+    with contextlib.suppress(AttributeError, RuntimeError):
+        qt_viewer = viewer.window._qt_viewer
+        return [qt_viewer._on_add_layer_change, qt_viewer.controls._add]
+    return []
+
+
+class LayerParts:
+    """Layers added through :meth:`adding` get their canvas visual and their controls from
+    :meth:`make_next`, one part per call (each call a turn of its own)."""
+
+    def __init__(self, viewer):
+        self._viewer = getattr(viewer, "__wrapped__", viewer)  # a dock gets a proxy
+        self._pending: list[tuple] = []  # (which of the makers, layer); the makers are
+        # looked up each time: holding them would hold napari's Qt viewer after it closed
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    @contextlib.contextmanager
+    def adding(self):
+        """Add layers in this block without their parts (made by :meth:`make_next`)."""
+        layers = self._viewer.layers
+        inserted, added = layers.events.inserted, []
+
+        def record(event) -> None:
+            added.append(event.value)
+
+        makers = _makers(self._viewer)
+        for maker in makers:
+            inserted.block(maker)
+        inserted.connect(record)
+        try:
+            yield
+        finally:
+            inserted.disconnect(record)
+            for maker in makers:
+                inserted.unblock(maker)
+            if added and makers and not self._pending:
+                layers.events.removing.connect(self.make_all, position="first")
+                layers.selection.events.changed.connect(self.make_all, position="first")
+            self._pending += [(i, layer) for layer in added for i in range(len(makers))]
+
+    def make_next(self) -> bool:
+        """Make the next part (the canvas repainted a turn later); False if none was left."""
+        if not self._pending:
+            return False
+        which, layer = self._pending.pop(0)
+        if not self._pending:
+            self._viewer.layers.events.removing.disconnect(self.make_all)
+            self._viewer.layers.selection.events.changed.disconnect(self.make_all)
+        makers = _makers(self._viewer)
+        if layer in self._viewer.layers and makers:
+            with painted_later(self._viewer):
+                makers[which](Event("inserted", value=layer))
+        return True
+
+    def make_all(self, event=None) -> None:
+        """Make every part now: napari is about to look for them (a layer is selected or
+        removed)."""
+        while self.make_next():
+            pass
