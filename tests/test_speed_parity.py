@@ -144,6 +144,36 @@ def test_fast_path_runs_a_folded_copy_with_fp32_heads(random_model):
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in random_model.modules())
 
 
+
+def test_folding_leaves_a_model_running_on_another_thread_alone(random_model):
+    """Making a predictor (BatchNorm folded) while another run computes, as "Use new model"
+    (a refresh prediction) then Rank does: the fold used torch.fx's trace, which patches
+    nn.Module.__call__ for the whole process, and the other thread's model calls failed
+    ("NameError: module is not installed as a submodule")."""
+    other = copy.deepcopy(random_model).eval()
+    x = torch.rand(2, 3, 32, 32)
+    failures, stop = [], threading.Event()
+
+    def compute() -> None:
+        with torch.no_grad():
+            while not stop.is_set():
+                try:
+                    other(x)
+                except Exception as exc:  # noqa: BLE001  what the other run would meet
+                    failures.append(exc)
+                    return
+
+    thread = threading.Thread(target=compute)
+    thread.start()
+    try:
+        for _ in range(5):
+            fast = Predictor(random_model, META, device="cpu", precision="fp32")
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == []
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast._forward.modules())
+
 FALLBACK = """
 import warnings, numpy as np, torch
 import torch._inductor.config as inductor

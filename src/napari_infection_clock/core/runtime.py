@@ -13,12 +13,11 @@ import ctypes.util
 import functools
 import mmap
 import re
-from collections import Counter
 
 import torch
 from torch import nn
-from torch.fx import Node, symbolic_trace
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from .model import MultitaskResNet
 
@@ -93,21 +92,11 @@ class InferenceNetwork(nn.Module):
 
 
 def _folded(backbone: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``backbone`` with BatchNorm folded into its convolutions; a
-    plain copy when it cannot be traced symbolically. Folding moves fp32 outputs by ~1e-4
-    relative (tests/test_speed_parity.py checks the predictions).
-
-    The copy stays a plain module: torch.fx's traces and graph modules are reference
-    cycles that only a full collection frees, and while a dock is open those are rare
-    (ui/gc_freeze.py), so each finished run's copy stayed (95 MB a run with a resnet50).
-    Only a weightless copy is traced, to find which BatchNorm follows which convolution.
-    """
+    """An eval-mode copy of ``backbone`` with BatchNorm folded into its convolutions (a
+    plain copy for a backbone that is not a torchvision ResNet). Folding moves fp32 outputs
+    by ~1e-4 relative (tests/test_speed_parity.py checks the predictions)."""
     backbone = copy.deepcopy(backbone).eval()
-    try:
-        pairs = _conv_bn_pairs(copy.deepcopy(backbone).to("meta"))
-    except Exception:  # noqa: BLE001 - torch.fx raises many kinds; the plain copy still works
-        return backbone
-    for conv, bn in pairs:
+    for conv, bn in _conv_bn_pairs(backbone):
         _replace(backbone, conv, fuse_conv_bn_eval(backbone.get_submodule(conv),
                                                    backbone.get_submodule(bn)))
         _replace(backbone, bn, nn.Identity())
@@ -116,22 +105,28 @@ def _folded(backbone: nn.Module) -> nn.Module:
 
 def _conv_bn_pairs(backbone: nn.Module) -> list[tuple[str, str]]:
     """(convolution, BatchNorm) module names where the BatchNorm alone reads the
-    convolution's output, each called once, as :func:`torch.fx.experimental.optimization.fuse`
-    folds them."""
-    graph = symbolic_trace(backbone).graph
-    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+    convolution's output: in torchvision's ResNets (torchvision.models.resnet) the stem's
+    and every block's ``convN`` -> ``bnN``, and a block's ``downsample`` (conv, BatchNorm).
+
+    Read off the modules, not traced: torch.fx's trace patches ``nn.Module.__call__`` for
+    the whole process, and a run computing on another thread meanwhile (a ranking while
+    "Use new model" starts a refresh) failed with "module is not installed as a submodule".
+    """
     pairs = []
-    for node in graph.nodes:
-        source = node.args[0] if node.op == "call_module" and node.args else None
-        if (
-            isinstance(source, Node) and source.op == "call_module"
-            and type(backbone.get_submodule(node.target)) is nn.BatchNorm2d
-            and type(backbone.get_submodule(source.target)) is nn.Conv2d
-            and backbone.get_submodule(node.target).track_running_stats
-            and len(source.users) == 1 and calls[node.target] == calls[source.target] == 1
-        ):
-            pairs.append((source.target, node.target))
-    return pairs
+    for name, module in backbone.named_modules():
+        if not isinstance(module, (ResNet, BasicBlock, Bottleneck)):
+            continue
+        prefix = f"{name}." if name else ""
+        for i in (1, 2, 3):
+            if hasattr(module, f"bn{i}"):
+                pairs.append((f"{prefix}conv{i}", f"{prefix}bn{i}"))
+        downsample = getattr(module, "downsample", None)  # blocks only
+        if isinstance(downsample, nn.Sequential) and len(downsample) == 2:
+            pairs.append((f"{prefix}downsample.0", f"{prefix}downsample.1"))
+    return [(conv, bn) for conv, bn in pairs
+            if type(backbone.get_submodule(conv)) is nn.Conv2d
+            and type(backbone.get_submodule(bn)) is nn.BatchNorm2d
+            and backbone.get_submodule(bn).track_running_stats]
 
 
 def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
