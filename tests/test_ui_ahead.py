@@ -1,6 +1,7 @@
 """What the first prediction's layers and texts need is ready before a run (fresh process).
 
-napari renders the canvas font's glyphs, makes the text overlay's visual (the readout),
+napari renders the canvas font's glyphs, makes the text overlay's visual (the readout) and
+builds its shaders,
 imports scikit-image's colour conversions and has vispy compute its line dash patterns (for
 the first Labels layer's polygon overlay) the first time they are needed: on the GUI
 thread, in the middle of the first prediction (docs/benchmarks.md, GUI-thread stalls). The
@@ -33,9 +34,13 @@ def patterns():  # vispy caches the patterns every DashAtlas (one per line visua
 canvas = viewer.window._qt_viewer.canvas  # private: napari's vispy canvas
 def readout_made():  # the text overlay's visual, made ahead with nothing to show
     return viewer.text_overlay in canvas._viewer_overlay_to_visual
+def readout_drawn():  # and drawn once: vispy has built its shaders
+    made = canvas._viewer_overlay_to_visual.get(viewer.text_overlay)
+    made = made[0] if isinstance(made, list) else made
+    return made is not None and not made.node._program._need_build
 def ready():
     return (wanted <= set(font._glyphs) and "skimage.color.colorconv" in sys.modules
-            and patterns() >= 13 and readout_made())
+            and patterns() >= 13 and readout_drawn())
 deadline = time.monotonic() + 30
 while time.monotonic() < deadline and not ready():
     app.processEvents()
@@ -43,7 +48,8 @@ while time.monotonic() < deadline and not ready():
 print("missing glyphs:", repr("".join(sorted(wanted - set(font._glyphs)))))
 print("colour conversions imported:", "skimage.color.colorconv" in sys.modules)
 print("dash patterns computed:", patterns())
-print("readout made:", readout_made(), repr(viewer.text_overlay.text))
+print("readout made:", readout_made(), "drawn:", readout_drawn(),
+      "shows:", repr(viewer.text_overlay.text.strip()))
 viewer.close()
 """
 
@@ -56,4 +62,4 @@ def test_the_readouts_glyphs_and_the_labels_layers_needs_are_ready_before_a_run(
     assert "missing glyphs: ''" in proc.stdout, proc.stdout
     assert "colour conversions imported: True" in proc.stdout, proc.stdout
     assert "dash patterns computed: 13" in proc.stdout, proc.stdout
-    assert "readout made: True ''" in proc.stdout, proc.stdout
+    assert "readout made: True drawn: True shows: ''" in proc.stdout, proc.stdout

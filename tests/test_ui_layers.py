@@ -283,3 +283,44 @@ def test_an_output_layer_can_be_picked_or_deleted_before_its_controls_are_made(
     viewer.layers.remove(image)  # and the rest, with the viewer, as napari closes
     viewer.layers.clear()
     assert qt_viewer.canvas.layer_to_visual == {}
+
+
+def _visuals(node) -> list:
+    """The vispy visuals ``node`` is drawn with (subvisuals of compounds, children of nodes)."""
+    if getattr(node, "_subvisuals", None):
+        return [v for sub in node._subvisuals for v in _visuals(sub)]
+    if hasattr(node, "_program"):
+        return [node]
+    return [v for child in node.children for v in _visuals(child)]
+
+
+def test_a_new_tiles_layer_and_colorbar_are_first_drawn_one_visual_per_turn(
+        make_napari_viewer, qtbot):
+    """The tiles layer's first paint built vispy's shaders of its five visuals (faces, three
+    highlights, a text: 240 ms on 2 cores), a colorbar's of six (ticks, their labels, the
+    colour ramp, the box: 140 ms): each is shown, and so first drawn, in a step of its own;
+    in the end all are shown."""
+    from napari_infection_clock.core.tiles import TileSpec
+    from napari_infection_clock.ui.overlays import PredictionLayers, tile_grid
+
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(np.zeros((4, 64, 64), np.uint16), name="well")
+    canvas = viewer.window._qt_viewer.canvas  # private: napari's vispy canvas
+    layers = PredictionLayers(viewer, image, tile_grid(64, 64, TileSpec(32)), 4, 48.0)
+
+    def colorbar():
+        return canvas._layer_overlay_to_visual[layers.probability][layers.probability.colorbar]
+
+    seen_tiles, seen_colorbar = set(), set()
+    while not layers.make_next():
+        if layers.tiles is not None and layers.tiles.visible:
+            tiles = _visuals(canvas.layer_to_visual[layers.tiles].node)
+            seen_tiles.add(sum(v.visible for v in tiles))
+        if layers.probability is not None and layers.probability.colorbar.visible:
+            seen_colorbar.add(sum(v.visible for v in _visuals(colorbar().node)))
+    tiles = _visuals(canvas.layer_to_visual[layers.tiles].node)
+    assert len(tiles) == 5 and all(v.visible for v in tiles)
+    assert seen_tiles == {1, 2, 3, 4}  # shown one more per step (all: the ready state)
+    bar = _visuals(colorbar().node)
+    assert len(bar) == 6 and all(v.visible for v in bar)
+    assert seen_colorbar == set(range(1, 7))

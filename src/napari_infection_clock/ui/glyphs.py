@@ -65,3 +65,4 @@ class GlyphsAhead(QObject):
             overlay = self._viewer.text_overlay
             if not (overlay.visible or overlay.text):
                 show_text_overlay(self._viewer)
+                overlay.text = " "  # drawn once, blank: its shaders built (130 ms) ahead too

@@ -1,4 +1,5 @@
-"""napari's Qt parts of a new layer, made in later event-loop turns than the layer itself.
+"""napari's Qt parts of a new layer, made in later event-loop turns than the layer itself,
+and its visuals first drawn one per turn.
 
 Adding a layer makes, in the same turn, its canvas visual (vispy: 60-90 ms of the GUI
 thread on a 2-core machine with software OpenGL) and its layer controls (Qt widgets: 45-65
@@ -8,8 +9,12 @@ call. Meanwhile napari's canvas leaves its scene as it is (it waits for every la
 visual), and a selection or removal in the layer list makes the parts first, since napari
 expects them there.
 
-Through napari's private Qt viewer (``window._qt_viewer``); where it is missing, layers are
-added with their parts as usual.
+A new layer's (or overlay's) first paint builds vispy's shaders for each visual it is
+drawn with (15-100 ms a visual on software OpenGL: a Shapes layer has five, a colorbar
+four); :func:`drawn_in_turns` shows them one per step instead of all in one paint.
+
+Through napari's private Qt viewer (``window._qt_viewer``) and canvas; where they are
+missing, layers are added with their parts and drawn whole, as usual.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import contextlib
 
 from napari.utils.events import Event
 
-from .gl_context import painted_later
+from .gl_context import napari_canvas, painted_later
 
 
 def _makers(viewer) -> list:
@@ -86,3 +91,31 @@ class LayerParts:
         removed)."""
         while self.make_next():
             pass
+
+
+def _visuals(node) -> list:
+    """The vispy visuals ``node`` is drawn with, in order: the subvisuals of a compound, the
+    children of a plain node (a layer's overlays, children of its node, are not its own)."""
+    if getattr(node, "_subvisuals", None):
+        return [v for sub in node._subvisuals for v in _visuals(sub)]
+    if hasattr(node, "_program"):
+        return [node]
+    return [v for child in getattr(node, "children", ()) for v in _visuals(child)]
+
+
+def drawn_in_turns(viewer, layer, overlay=None) -> list:
+    """Hide all but the first shown visual of ``layer``'s canvas visual (or of its
+    ``overlay``'s) and return the steps that show them again, one each: each then has its
+    first draw, and its shaders built, in a paint of its own."""
+    canvas = napari_canvas(viewer)
+    try:
+        if overlay is None:
+            node = canvas.layer_to_visual[layer].node
+        else:
+            node = canvas._layer_overlay_to_visual[layer][overlay].node
+    except (AttributeError, KeyError, TypeError):
+        return []
+    later = [visual for visual in _visuals(node) if visual.visible][1:]
+    for visual in later:
+        visual.visible = False
+    return [lambda visual=visual: setattr(visual, "visible", True) for visual in later]

@@ -25,7 +25,7 @@ from ..core.results import RESULT_COLUMNS
 from ..core.targets import INFECTED, UNINFECTED
 from ..core.tiles import TileSpec, tile_boxes
 from .gl_context import painted_later
-from .layer_parts import LayerParts
+from .layer_parts import LayerParts, drawn_in_turns
 from .layer_roles import PREDICTION_TABLE, output_layer, output_metadata
 
 #: Largest side of the raster regions are painted on; bigger frames are coarsened.
@@ -312,9 +312,10 @@ class PredictionLayers:
             layer.events.visible.connect(
                 lambda event, kind=kind, shown=layer: self._show_alone(kind, shown))
             self._finish.append(lambda: _show_colorbar(layer))
-            if visible:  # the layer's first paint, then its colorbar's
+            if visible:  # the layer's first paint, then its colorbar's, a visual a step
                 self._finish.append(lambda: _show_without_colorbar(layer))
-                self._finish.append(lambda: setattr(layer.colorbar, "visible", True))
+                self._finish.append(self._in_turns(
+                    lambda: setattr(layer.colorbar, "visible", True), layer, layer.colorbar))
             return layer
         layer.data = data
         for key in ("scale", "translate", "contrast_limits"):
@@ -385,8 +386,19 @@ class PredictionLayers:
                           PREDICTION_TABLE: self._table},
                 **placed,
             )
-        self._finish.append(lambda: setattr(layer, "visible", True))
+        self._finish.append(self._in_turns(lambda: setattr(layer, "visible", True), layer))
         return layer
+
+    def _in_turns(self, show, layer, overlay=None):
+        """A step that calls ``show()`` with one of ``layer``'s (or ``overlay``'s) visuals
+        drawn; the next steps show the others, one each (:func:`.layer_parts.drawn_in_turns`)."""
+
+        def step() -> None:
+            later = drawn_in_turns(self.viewer, layer, overlay)
+            show()
+            self._finish[:0] = later
+
+        return step
 
     def _show_alone(self, kind: str, shown) -> None:
         """``shown``, this image's overlay of ``kind``, was made visible: hide its other
