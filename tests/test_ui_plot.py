@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -94,21 +96,78 @@ def test_curves_marker_and_click(plotted, qtbot):
     assert plot.markers[0].get_xdata()[0] == pytest.approx(3.0)
 
 
-def test_an_update_is_drawn_a_part_per_event_loop_turn(plotted, qtbot):
-    """A new table (a run's update, twice a second) is drawn in parts, the layout and each
-    axes in an event-loop turn of their own, and shown once whole: one turn holding the
-    whole draw froze the viewer 100-400 ms (docs/benchmarks.md, GUI-thread stalls)."""
-    from qtpy.QtWidgets import QApplication
+def _axes_drawn_on(plot, monkeypatch) -> list[int]:
+    """The threads the plot's axes are drawn on, from now on."""
+    threads = []
+    for ax in (plot.ax_p, plot.ax_t):
+        def draw(renderer, real=ax.draw):
+            threads.append(threading.get_ident())
+            return real(renderer)
+        monkeypatch.setattr(ax, "draw", draw)
+    return threads
 
-    _, plot, _ = plotted
+
+def test_the_plot_is_drawn_off_the_gui_thread(plotted, qtbot, monkeypatch):
+    """The marker follows the time slider, and a new table comes in (a run's update, twice
+    a second): matplotlib draws the plot on a thread of its own and the canvas shows it
+    once whole. Drawn on the GUI thread, a part per turn, it held the viewer 65-180 ms a
+    part (docs/benchmarks.md, GUI-thread stalls)."""
+    viewer, plot, _ = plotted
+    qtbot.waitUntil(lambda: not plot.figure.stale, timeout=10_000)
+    threads = _axes_drawn_on(plot, monkeypatch)
     drawn = []
     plot.canvas.mpl_connect("draw_event", drawn.append)
-    plot.redraw()
-    QApplication.processEvents()  # one turn: the zero timers, not the steps 30 ms apart
-    assert drawn == []
-    qtbot.waitUntil(lambda: bool(drawn), timeout=5_000)
-    assert plot.canvas.renderer is drawn[0].renderer  # what the canvas shows is the new one
-    assert len(drawn) == 1 and not plot.figure.stale
+    before = bytes(plot.canvas.buffer_rgba())
+    viewer.dims.set_point(0, 7)  # what moving the slider does
+    qtbot.waitUntil(lambda: bool(drawn), timeout=10_000)
+    assert threads and threading.get_ident() not in threads
+    assert drawn[-1].renderer is plot.canvas.renderer and not plot.figure.stale
+    assert bytes(plot.canvas.buffer_rgba()) != before  # the moved marker is shown
+
+    threads.clear()
+    drawn.clear()
+    before = bytes(plot.canvas.buffer_rgba())
+    tiles = viewer.layers[layer_name("well", "tiles")]
+    tiles.selected_data = {1}  # a tile's curves join the plot
+    qtbot.waitUntil(lambda: bool(drawn), timeout=10_000)
+    assert threads and threading.get_ident() not in threads
+    assert bytes(plot.canvas.buffer_rgba()) != before
+
+
+def test_edits_during_a_draw_leave_no_error_and_the_last_drawing_shown(plotted, qtbot,
+                                                                         monkeypatch, capsys):
+    """The slider and the selection change while the plot is being drawn: each change
+    stops the draw in progress and starts another; no error, and what the canvas finally
+    shows is the figure as it is last (a fresh draw of it gives the same pixels)."""
+    viewer, plot, _ = plotted
+    qtbot.waitUntil(lambda: not plot.figure.stale, timeout=10_000)
+    gui = threading.get_ident()
+    drawing = threading.Event()
+    real = plot.ax_t.draw
+
+    def slow_draw(renderer):  # the change below comes while the draw is in this axes
+        if threading.get_ident() != gui:
+            drawing.set()
+            time.sleep(0.05)
+        return real(renderer)
+
+    monkeypatch.setattr(plot.ax_t, "draw", slow_draw)
+    tiles = viewer.layers[layer_name("well", "tiles")]
+    for step in range(8):
+        drawing.clear()
+        if step % 2:
+            tiles.selected_data = {step % 4}
+        else:
+            viewer.dims.set_point(0, step + 1)
+        qtbot.waitUntil(drawing.is_set, timeout=10_000)
+    viewer.dims.set_point(0, 9)
+    qtbot.waitUntil(lambda: not plot.figure.stale, timeout=10_000)
+    shown = bytes(plot.canvas.buffer_rgba())
+    assert list(plot.items) == ["tile (1, 1)"]
+    assert plot.markers[0].get_xdata()[0] == pytest.approx(9 * INTERVAL)
+    plot.canvas.draw()  # matplotlib's own draw of the figure as it is now
+    assert bytes(plot.canvas.buffer_rgba()) == shown
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_selected_tiles_get_curves_and_export(plotted, tmp_path):

@@ -3,6 +3,9 @@ dark theme kept matplotlib's white face and black text)."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 from matplotlib.colors import to_hex, to_rgb
 from matplotlib.text import Text
@@ -127,3 +130,59 @@ def test_a_closed_figure_dock_never_draws_again(make_napari_viewer, qtbot, capsy
         qtbot.wait(50)
         assert drawn == [], name
         assert "has been deleted" not in capsys.readouterr().err, name
+
+
+def _drawing_slowly(figure, monkeypatch) -> threading.Event:
+    """An event set when ``figure`` is being drawn off the GUI thread; that draw then
+    lingers a little in its background, where a test acts in the middle of it."""
+    gui = threading.get_ident()
+    drawing = threading.Event()
+    real = figure.patch.draw
+
+    def draw(renderer):
+        if threading.get_ident() != gui:
+            drawing.set()
+            time.sleep(0.1)
+        return real(renderer)
+
+    monkeypatch.setattr(figure.patch, "draw", draw)
+    return drawing
+
+
+def test_a_figure_dock_closed_during_a_draw_never_shows_it(make_napari_viewer, qtbot, capsys,
+                                                            monkeypatch):
+    """A theme change has every figure drawn again (in the background); the dock is closed
+    in the middle of that draw: the canvas never shows it, nothing touches the widget."""
+    viewer = make_napari_viewer()
+    for name in FIGURE_DOCKS:
+        qdock, dock = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        figure = _figures(dock)[0]
+        drawing = _drawing_slowly(figure, monkeypatch)
+        drawn = []
+        figure.canvas.mpl_connect("draw_event", drawn.append)
+        viewer.theme = "light" if viewer.theme == "dark" else "dark"
+        qtbot.waitUntil(drawing.is_set, timeout=10_000)
+        viewer.window.remove_dock_widget(qdock)  # what the dock's close button does
+        qtbot.wait(300)
+        assert drawn == [], name
+        err = capsys.readouterr().err
+        assert "has been deleted" not in err and "Traceback" not in err, name
+
+
+def test_an_export_during_a_draw_is_light_and_the_dock_stays_dark(make_napari_viewer, qtbot,
+                                                                   tmp_path, monkeypatch):
+    """Export PNG while the plot is being drawn in the background: the export stops that
+    draw, is light, and the dock then shows its dark drawing."""
+    from matplotlib.image import imread
+
+    viewer = make_napari_viewer()
+    viewer.theme = "dark"
+    plot = viewer.window.add_plugin_dock_widget(PLUGIN, FIGURE_DOCKS[0])[1]
+    drawing = _drawing_slowly(plot.figure, monkeypatch)
+    plot.canvas.draw_idle()
+    qtbot.waitUntil(drawing.is_set, timeout=10_000)
+    path = plot.export_png(tmp_path / "plot")
+    assert to_hex(imread(path)[1, 1, :3]) == get_theme("light").background.as_hex()
+    qtbot.waitUntil(lambda: not plot.figure.stale, timeout=10_000)
+    shown = np.asarray(plot.canvas.buffer_rgba())[1, 1, :3] / 255
+    assert to_hex(shown) == get_theme("dark").background.as_hex()

@@ -221,16 +221,17 @@ class EvaluationWidget(QWidget):
         y = table["true_class"].to_numpy(dtype=np.float64)
         p = table["p_infected"].to_numpy(dtype=np.float64)
         for name, (fig, canvas) in self.figures.items():
-            fig.clear()
-            if name == "ROC":
-                roc_figure(y, p, ax=fig.add_subplot())
-            elif name == "confusion":
-                confusion_figure(y, (p >= 0.5).astype(int), ax=fig.add_subplot())
-            elif name == "time":
-                time_scatter_figure(table["true_time_h"], table["pred_time_h"], y,
-                                    ax=fig.add_subplot())
-            else:
-                per_bin_figure(evaluation.per_bin, fig=fig)
+            with canvas.editing(render=False):  # rendered when its tab is in view
+                fig.clear()
+                if name == "ROC":
+                    roc_figure(y, p, ax=fig.add_subplot())
+                elif name == "confusion":
+                    confusion_figure(y, (p >= 0.5).astype(int), ax=fig.add_subplot())
+                elif name == "time":
+                    time_scatter_figure(table["true_time_h"], table["pred_time_h"], y,
+                                        ax=fig.add_subplot())
+                else:
+                    per_bin_figure(evaluation.per_bin, fig=fig)
             self._undrawn.add(canvas)
         self._draw_shown()
         auc = self.metrics["overall"]["classification"].get("roc_auc", np.nan)
@@ -239,13 +240,13 @@ class EvaluationWidget(QWidget):
         self.export_button.setEnabled(True)
 
     def _draw_shown(self, *_) -> None:
-        """Draw the figure on the tab in view, if it changed since its last draw: a full
-        draw of a new figure holds the GUI thread for a few hundred ms on a slow machine,
-        so the hidden ones wait until their tab is chosen."""
+        """Render the figure on the tab in view, if it changed since its last render (off
+        the GUI thread, but a few hundred ms of a slow machine's CPU each): the hidden ones
+        wait until their tab is chosen."""
         canvas = getattr(self.tabs.currentWidget(), "canvas", None)
         if canvas in self._undrawn:
             self._undrawn.discard(canvas)
-            canvas.draw_idle()
+            canvas.request_render()
 
     def export(self, folder=None):
         """metrics.json, per_bin.csv and the five figures as PNG (written atomically)."""

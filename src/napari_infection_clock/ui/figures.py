@@ -3,39 +3,47 @@ scroll areas so that every dock fits one screen with the others.
 
 As napari-matplotlib does, the plot, training and evaluation docks share one widget that
 owns the figure, its Qt canvas and matplotlib's navigation toolbar (zoom, pan, save), with
-sizes that let it sit beside the other docks on a 1920 x 1080 screen. The figure wears
-napari's current theme (background, text, axes, legends) and follows a theme change; the
-docks draw as usual and the canvas recolours what they drew just before each draw, so no
-drawing code needs to know the theme. Every export of a themed canvas (the toolbar's Save,
-a dock's "Export PNG", any ``savefig``) is light: what a paper or a slide takes, whichever
-theme the viewer has. Once its dock is closed a canvas never draws again, also not a draw
-already scheduled: napari lets go of a closed dock's widget, Python then owns it, and a
-garbage collection during such a draw deleted the widget under the canvas.
+sizes that let it sit beside the other docks on a 1920 x 1080 screen.
+
+The canvas renders its figure off the GUI thread (:mod:`.renders`): a draw costs 150-400 ms
+on a 2-core machine, which froze the viewer during a run's updates. The docks change the
+figure inside ``canvas.editing()`` (a render under way stops first, a new one starts
+after); ``draw_idle``, resizes and the toolbar go through it too, so a render never
+overlaps a change. The canvas shows its last whole render until the next one is done.
+
+The figure wears napari's current theme (background, text, axes, legends) and follows a
+theme change; the docks draw as usual and each render recolours what they drew first, so
+no drawing code needs to know the theme. Every export of a themed canvas (the toolbar's
+Save, a dock's "Export PNG", any ``savefig``) is light: what a paper or a slide takes,
+whichever theme the viewer has. Once its dock is closed a canvas never renders again, and
+a render under way is never shown: napari lets go of a closed dock's widget, Python then
+owns it, and a garbage collection during a draw deleted the widget under the canvas.
 
 Constrained layout costs about as much as the draw itself, so a docked figure lays itself
-out again only when what the layout depends on changed (:class:`LayoutOnDemand`): a draw
+out again only when what the layout depends on changed (:class:`LayoutOnDemand`): a render
 that only moves data, as a run's updates do a few times per second, keeps the axes where
 they are.
 """
 
 from __future__ import annotations
 
-from matplotlib.axes import Axes
+import sys
+from contextlib import contextmanager
+from functools import partial, wraps
+
 from matplotlib.backend_bases import DrawEvent
-from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg, NavigationToolbar2QT
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 from napari.utils.theme import get_theme
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy import QT_API, sip
+from qtpy.QtCore import QEvent, QObject, QPoint, Qt, QTimer
+from qtpy.QtGui import QImage, QPainter
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
+from .renders import RenderJob, job_here, submit
 from .teardown import on_dock_closed
-
-#: Milliseconds between the parts of a figure drawn in steps (ThemedCanvas.draw_in_steps).
-DRAW_STEP_MS = 30
-
 
 def legend_above(ax, ncol: int = 2) -> None:
     """The axes' legend in a band above it (constrained layout makes room): never on data."""
@@ -99,88 +107,189 @@ def _mirror_greys(artists, background) -> None:
 
 
 class ThemedCanvas(FigureCanvasQTAgg):
-    """A Qt canvas that colours its figure as the viewer's theme before every draw, and
-    draws no more once :attr:`closed` (its dock was closed).
+    """A Qt canvas whose figure is rendered off the GUI thread (:mod:`.renders`) in the
+    viewer's theme, and never again once :attr:`closed` (its dock was closed).
 
-    :meth:`draw_in_steps` draws as :meth:`draw` does, a part per event-loop turn (the
-    layout, then each axes) into a buffer of its own that is shown once whole: a run's
-    update of a figure of two or three axes no longer holds the GUI thread for the whole
-    draw (matplotlib's layout and draw each cost 50-150 ms on a 2-core machine)."""
+    Every change of the figure is made inside :meth:`editing`, which stops a render under
+    way first and starts one after (one for all the changes of an event-loop turn);
+    ``draw_idle``, a resize and the toolbar's pan, zoom and views go the same way. The
+    canvas shows its last whole render until the next one is done. ``draw`` is
+    matplotlib's, on the calling thread (for who reads its result at once); nothing in the
+    docks calls it."""
 
     def __init__(self, figure: Figure, theme: str = "light"):
         self.theme = theme
-        self.closed = False
+        self._closed = False
+        self._job = None  # the render asked for or under way
+        self._edits = 0  # depth of editing() blocks
+        self._wanted = False  # a render asked for this turn
+        self._spare = None  # a renderer shown before, drawn into by the next render
+        self._failures = 0  # renders in a row that raised
         super().__init__(figure)
-        self._steps = None  # the steps left of a draw in steps
-        self._step_timer = QTimer(self)
-        self._step_timer.setSingleShot(True)
-        self._step_timer.setInterval(DRAW_STEP_MS)
-        self._step_timer.timeout.connect(self._next_step)
+        self._render_soon = QTimer(self)
+        self._render_soon.setSingleShot(True)
+        self._render_soon.setInterval(0)
+        self._render_soon.timeout.connect(self._start_render)
+        if self._wanted:
+            self._render_soon.start()
 
-    def draw(self) -> None:
-        if self.closed:  # also a draw_idle scheduled before the dock was closed
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self._closed = value
+        if value and self._job is not None:
+            self._job.cancel(wait=False)  # its end is never shown
+            self._job = None
+
+    @contextmanager
+    def editing(self, render: bool = True):
+        """Change the figure inside this block: a render under way stops first (the GUI
+        thread waits a few ms for that), and, with ``render``, one starts after the
+        block (one for all the changes made in this event-loop turn)."""
+        self._stop_render()
+        self._edits += 1
+        try:
+            yield self.figure
+        finally:
+            self._edits -= 1
+            self._failures = 0
+            if render:
+                self.request_render()
+
+    def request_render(self) -> None:
+        """Render the figure as it is once this event-loop turn is over."""
+        if self._closed or self._wanted:
             return
-        self._steps = None  # everything is drawn now: a draw in steps would be older
-        apply_theme(self.figure, self.theme)
-        super().draw()
+        self._wanted = True
+        timer = getattr(self, "_render_soon", None)  # None while Qt's __init__ resizes
+        if timer is not None:
+            timer.start()
 
     def draw_idle(self) -> None:
-        if not self.closed:
-            super().draw_idle()
+        self.request_render()
 
-    def draw_in_steps(self) -> None:
-        """Draw the figure as it is now, one part per event-loop turn; the canvas shows the
-        previous drawing until the new one is whole. A later call starts over."""
-        if self.closed:
+    def draw(self) -> None:
+        if self._closed:
             return
-        self._steps = self._drawing()
-        self._step_timer.start(0)
+        with self.editing(render=False):
+            apply_theme(self.figure, self.theme)
+            super().draw()
 
-    def _next_step(self) -> None:
-        if self._steps is None or self.closed:
-            self._steps = None
-            return
-        if next(self._steps, None) is None:
-            self._steps = None
-        else:
-            self._step_timer.start()
+    def resizeEvent(self, event) -> None:
+        with self.editing():  # matplotlib resizes the figure
+            super().resizeEvent(event)
 
-    def _drawing(self):
-        """Figure.draw's work as a generator: it yields between the layout and each axes,
-        and at the end puts the new buffer in place and repaints."""
-        figure = self.figure
-        apply_theme(figure, self.theme)
-        engine = figure.get_layout_engine()
-        if engine is not None and figure.axes:
-            engine.execute(figure)  # LayoutOnDemand: only when what it depends on changed
-            yield True
-        key = (*self.get_width_height(physical=True), figure.dpi)
-        renderer = RendererAgg(*key)
-        try:
-            artists = figure._get_draw_artists(renderer)  # as Figure.draw orders them
-        except AttributeError:  # another matplotlib: one draw as usual
-            self.draw_idle()
+    def _start_render(self) -> None:
+        self._wanted = False
+        if self._closed or self._edits:  # an editing block asks again when it ends
             return
-        figure.patch.draw(renderer)
-        for artist in artists:
-            artist.draw(renderer)
-            if isinstance(artist, Axes):
-                yield True
-        if key != (*self.get_width_height(physical=True), figure.dpi):
-            self.draw_idle()  # resized meanwhile
+        self._stop_render()
+        width, height = self.get_width_height(physical=True)
+        if width <= 0 or height <= 0:
             return
-        self.renderer, self._lastKey = renderer, key
-        figure.stale = False
-        DrawEvent("draw_event", self, renderer)._process()
+        shown = self.__dict__.get("renderer")
+        spare = self._spare if self._spare is not shown else None
+        self._spare = None
+        self._job = RenderJob(self.figure, (width, height, self.figure.dpi),
+                              partial(apply_theme, theme_name=self.theme), spare,
+                              self._show_render)
+        submit(self._job)
+
+    def _stop_render(self) -> None:
+        job, self._job = self._job, None
+        if job is None:
+            return
+        job.cancel()
+        if job.ended.is_set() and job.renderer is not self.__dict__.get("renderer"):
+            self._spare = job.renderer  # for the next render
+
+    def _show_render(self, job: RenderJob) -> None:
+        """A render ended (on the GUI thread): show it, as FigureCanvasAgg.draw would."""
+        if job is not self._job or job.cancelled or self._closed or sip.isdeleted(self):
+            return
+        self._job = None
+        if job.error is not None:
+            self._failures += 1
+            print(f"a figure's render failed (drawn again): {job.error}", file=sys.stderr)
+            if self._failures < 3:
+                self.request_render()
+            return
+        self._failures = 0
+        shown = self.__dict__.get("renderer")
+        self.renderer, self._lastKey = job.renderer, job.size
+        self._spare = shown
+        self.figure.stale = False
+        DrawEvent("draw_event", self, job.renderer)._process()
         self.update()
+        if job.size != (*self.get_width_height(physical=True), self.figure.dpi):
+            self.request_render()  # the screen's pixel ratio changed meanwhile
+
+    def get_renderer(self):
+        job = job_here()
+        if job is not None and job.figure is self.figure:
+            return job.renderer  # the render under way (constrained layout asks for it)
+        return super().get_renderer()
+
+    def paintEvent(self, event) -> None:
+        """The last whole render, at its own size until the next one is done (matplotlib's
+        paint drew the figure first, or showed an empty buffer after a resize)."""
+        if self._draw_pending:  # set by matplotlib's print_figure
+            self._draw_pending = False
+            self.request_render()
+        renderer = self.__dict__.get("renderer")
+        if renderer is None:
+            return
+        painter = QPainter(self)
+        try:
+            painter.eraseRect(event.rect())
+            buffer = renderer.buffer_rgba()
+            pointer = int(sip.voidptr(buffer)) if QT_API == "PyQt6" else buffer
+            image = QImage(pointer, buffer.shape[1], buffer.shape[0],
+                           QImage.Format.Format_RGBA8888)
+            image.setDevicePixelRatio(self.device_pixel_ratio)
+            painter.drawImage(QPoint(0, 0), image)
+            self._draw_rect_callback(painter)  # the zoom tool's rectangle
+        finally:
+            painter.end()
 
     def print_figure(self, *args, **kwargs):
-        """Every export (``savefig``, the toolbar's Save) in the light theme, then back."""
-        apply_theme(self.figure, "light")
-        try:
-            return super().print_figure(*args, **kwargs)
-        finally:
-            apply_theme(self.figure, self.theme)
+        """Every export (``savefig``, the toolbar's Save) in the light theme, then back;
+        a render under way stops first, and what the canvas shows stays."""
+        with self.editing():
+            shown, key = self.__dict__.get("renderer"), self._lastKey
+            apply_theme(self.figure, "light")
+            try:
+                return super().print_figure(*args, **kwargs)
+            finally:
+                apply_theme(self.figure, self.theme)
+                if shown is not None:  # Agg's print drew into a renderer of its own size
+                    self.renderer, self._lastKey = shown, key
+
+
+def _editing(method):
+    """The toolbar's ``method``, inside its canvas's editing block."""
+    @wraps(method)
+    def edit(self, *args, **kwargs):
+        with self.canvas.editing():
+            return method(self, *args, **kwargs)
+    return edit
+
+
+class Toolbar(NavigationToolbar2QT):
+    """matplotlib's toolbar, whose changes of the figure (pan, zoom, home, back, forward,
+    the figure options) are made inside the canvas's :meth:`ThemedCanvas.editing`."""
+
+    press_pan = _editing(NavigationToolbar2QT.press_pan)
+    drag_pan = _editing(NavigationToolbar2QT.drag_pan)
+    release_pan = _editing(NavigationToolbar2QT.release_pan)
+    press_zoom = _editing(NavigationToolbar2QT.press_zoom)
+    release_zoom = _editing(NavigationToolbar2QT.release_zoom)
+    push_current = _editing(NavigationToolbar2QT.push_current)
+    _update_view = _editing(NavigationToolbar2QT._update_view)  # home, back, forward
+    edit_parameters = _editing(NavigationToolbar2QT.edit_parameters)
 
 
 class LayoutOnDemand(ConstrainedLayoutEngine):
@@ -195,8 +304,9 @@ class LayoutOnDemand(ConstrainedLayoutEngine):
     def execute(self, fig):
         key = _layout_key(fig)
         if key != self._laid_out_for:
-            self._laid_out_for = key
+            self._laid_out_for = None  # until done: a render stopped midway lays out again
             super().execute(fig)
+            self._laid_out_for = key
 
 
 def _layout_key(fig: Figure) -> tuple:
@@ -225,7 +335,7 @@ class DockedFigure(QWidget):
         self.canvas = ThemedCanvas(self.figure, viewer.theme)
         self.canvas.setMinimumSize(240, min_height)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.toolbar = NavigationToolbar2QT(self.canvas, self, coordinates=False)
+        self.toolbar = Toolbar(self.canvas, self, coordinates=False)
         self.toolbar.setMaximumHeight(28)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -236,8 +346,8 @@ class DockedFigure(QWidget):
         on_dock_closed(dock or self, self._on_closed)
 
     def _on_theme(self, event) -> None:
-        self.canvas.theme = event.value
-        self.canvas.draw_idle()
+        with self.canvas.editing():  # the render recolours the figure
+            self.canvas.theme = event.value
 
     def _on_closed(self) -> None:
         self.canvas.closed = True

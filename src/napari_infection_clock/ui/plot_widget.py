@@ -1,8 +1,10 @@
 """Dock widget: infection probability and duration over experiment time, linked to the slider.
 
 Curves are redrawn when a prediction table changes; the current-frame marker only moves
-(``set_xdata`` + ``draw_idle``) when the time slider does, and a click on the plot moves
-the slider. Selecting tiles or region rectangles adds one curve per selected item.
+(``set_xdata``) when the time slider does, and a click on the plot moves the slider.
+Selecting tiles or region rectangles adds one curve per selected item. Every change is made
+inside the canvas's ``editing`` block; the figure is rendered off the GUI thread
+(``figures.ThemedCanvas``).
 """
 
 from __future__ import annotations
@@ -198,7 +200,12 @@ class TimeSeriesPlot(DockedFigure):
         self.redraw()
 
     def redraw(self) -> None:
-        """Redraw the curves of the chosen prediction (the marker is kept and re-placed)."""
+        """Redraw the curves of the chosen prediction (the marker is kept and re-placed);
+        the figure is rendered off the GUI thread once this turn is over."""
+        with self.canvas.editing():
+            self._plot()
+
+    def _plot(self) -> None:
         table = self.session.results.get(self.image_key) if self.image_key else None
         for ax in (self.ax_p, self.ax_t):
             for artist in [*ax.lines, *ax.collections]:
@@ -210,7 +217,6 @@ class TimeSeriesPlot(DockedFigure):
             for ax in (self.ax_p, self.ax_t):
                 legend_above(ax)
             self.onset_label.setText("no prediction yet: run 'Predict infection'")
-            self.canvas.draw_idle()
             return
         self.summary = frame_summary(table)
         s = self.summary
@@ -251,8 +257,7 @@ class TimeSeriesPlot(DockedFigure):
         legend_above(self.ax_t)
         self.figure.suptitle(self.image_name, fontsize="small")
         self.ax_p.set_ylim(-0.05, 1.05)
-        self._move_marker(draw=False)
-        self.canvas.draw_in_steps()  # a run's updates: the layout and each axes a turn apart
+        self._move_marker()
 
     def _item_label(self, item: tuple[int, int]) -> str:
         if self.info is not None and self.info.regions:
@@ -320,22 +325,21 @@ class TimeSeriesPlot(DockedFigure):
         frame = (hours - run.start_offset_h) / run.frame_interval_h
         return int(np.clip(round(frame), 0, max(run.n_frames - 1, 0)))
 
-    def _move_marker(self, *_, draw: bool = True):
+    def _move_marker(self, *_):
         """Put the marker on the current frame and say the items' answers there; the figure
         is drawn only if the marker moved (napari announces a step for each layer a run
         adds, on the same frame, and while the slider moves before any prediction)."""
         frame = self.current_frame()
         x = self.hours_of(frame) if self.info else np.nan
-        moved = not np.array_equal(self.markers[0].get_xdata(), [x, x], equal_nan=True)
-        for marker in self.markers:
-            marker.set_xdata([x, x])
+        if not np.array_equal(self.markers[0].get_xdata(), [x, x], equal_nan=True):
+            with self.canvas.editing():
+                for marker in self.markers:
+                    marker.set_xdata([x, x])
         level = self.info.interval_level if self.info else None
         interval = self.info.clock_interval if self.info else None
         answers = [f"{label}: {text}" for label, series in self.items.items()
                    if (text := answer_at(series, frame, level, interval))]
         self.answer_label.setText(f"at {x:.1f} h: " + "; ".join(answers) if answers else "")
-        if draw and moved:
-            self.canvas.draw_idle()
 
     def _on_click(self, event) -> None:
         if event.inaxes not in (self.ax_p, self.ax_t) or event.xdata is None or not self.info:

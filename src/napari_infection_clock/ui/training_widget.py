@@ -331,9 +331,9 @@ class TrainingWidget(QWidget):
                               "start from ImageNet or random")
         self.session.validation_items = list(plan.val)
         self.history, self.last_event, self._failed = [], None, False
-        for line in self.lines.values():
-            line.set_data([], [])
-        self.canvas.draw_in_steps()
+        with self.canvas.editing():  # rendered off the GUI thread after
+            for line in self.lines.values():
+                line.set_data([], [])
         self.device_label.setText(f"device: {device}")
         tiles = config.recipe.native_tiles
         on = f" on {tiles} px tiles, as the session model was trained" if tiles else ""
@@ -382,14 +382,13 @@ class TrainingWidget(QWidget):
 
     def _update_curves(self) -> None:
         epochs = [r["epoch"] for r in self.history]
-        for key, line in self.lines.items():
-            line.set_data(epochs, [r.get(key, np.nan) for r in self.history])
-        for ax in self.axes:
-            ax.relim()
-            ax.autoscale_view()
-        last = max(epochs)
-        self.axes[-1].set_xlim(0.5, last + 0.5)  # one epoch still shows its points
-        self.canvas.draw_in_steps()  # the layout and each axes a turn apart
+        with self.canvas.editing():  # rendered off the GUI thread after
+            for key, line in self.lines.items():
+                line.set_data(epochs, [r.get(key, np.nan) for r in self.history])
+            for ax in self.axes:
+                ax.relim()
+                ax.autoscale_view()
+            self.axes[-1].set_xlim(0.5, max(epochs) + 0.5)  # one epoch still shows its points
 
     def _on_end(self, stopped: bool) -> None:
         """The run is over and everything it yielded is shown: say how it ended."""
