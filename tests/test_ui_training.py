@@ -86,6 +86,28 @@ def test_train_in_worker_curves_update_and_model_is_used(make_napari_viewer, qtb
     assert session.model is widget.trained and requested == [True, True]
 
 
+def test_start_reads_the_labels_and_plans_the_split_off_the_gui_thread(
+        make_napari_viewer, qtbot, wells, tmp_path, monkeypatch):
+    """Start read every labelled stack (tifffile) and planned the split on the GUI thread:
+    200 ms for four small wells, seconds for a plate; the run does it now, and the dock
+    says the split once it is known."""
+    from napari_infection_clock.ui import training_widget
+
+    viewer, widget = _widget(make_napari_viewer, tmp_path, epochs=1)
+    _label(session_for(viewer), wells)
+    threads = []
+    for name in ("labels_of", "plan_from_labels"):
+        def recorded(*args, real=getattr(training_widget, name), **kwargs):
+            threads.append(threading.get_ident())
+            return real(*args, **kwargs)
+        monkeypatch.setattr(training_widget, name, recorded)
+    widget.start_button.click()
+    qtbot.waitUntil(lambda: "held out" in widget.status.toolTip() + widget.status.text(),
+                    timeout=60_000)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
+    assert len(threads) == 2 and threading.get_ident() not in threads
+    assert "best epoch" in widget.status.text(), widget.status.text()
+
 def test_the_curves_are_drawn_off_the_gui_thread(make_napari_viewer, qtbot, wells, tmp_path,
                                                  monkeypatch):
     """A run's curves are drawn by matplotlib on a thread of its own, and shown once
@@ -127,15 +149,19 @@ def test_stop_keeps_the_previous_checkpoint(make_napari_viewer, qtbot, wells, tm
     old = save_checkpoint(tmp_path / "out" / "model.pt", build_model(config),
                           CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=32)))
     before = old.read_bytes()
+    said = []  # the status lines the dock shows, one after the other
+    show_text = widget.status.setText
+    widget.status.setText = lambda text: (said.append(text), show_text(text))
     widget.start_button.click()
-    assert "block(s) of 4 frames held out" in widget.status.toolTip() + widget.status.text()
-    left_out = re.search(r"(\d+) neighbouring item\(s\) left out as a 2-frame guard band",
-                         widget.status.toolTip() + widget.status.text())
-    assert left_out and int(left_out.group(1)) > 0, widget.status.text()
     # Stop is a flag the core polls before each batch: pressed at once, the run stops
-    # before its first epoch is validated.
+    # before its first epoch is validated (it has planned the split first).
     widget.stop_button.click()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    plan = next(text for text in said if "held out" in text)
+    assert "block(s) of 4 frames held out" in plan
+    left_out = re.search(r"(\d+) neighbouring item\(s\) left out as a 2-frame guard band",
+                         plan)
+    assert left_out and int(left_out.group(1)) > 0, plan
     event = widget.last_event
     assert (event.stage, event.epoch) == ("stopped", 1) and event.best_epoch is None
     assert old.read_bytes() == before
@@ -149,7 +175,9 @@ def test_bad_input_is_refused_with_a_message(make_napari_viewer, qtbot, wells, t
     assert not widget.start() and "no labels" in widget.status.text()
 
     _label(session, [p for p in wells if p.parent.name == "uninfected"])
-    assert not widget.start() and "are uninfected" in widget.status.text()
+    assert widget.start()  # the run reads the labels, and refuses them
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert "are uninfected" in widget.status.text() and widget.trained is None
 
     _label(session, wells)
     blocker = tmp_path / "file"
@@ -268,7 +296,8 @@ def test_training_on_from_a_native_tile_model_keeps_its_tiles(make_napari_viewer
     session.set_model(SessionModel(*native_model(16)))
     assert widget.start_combo.currentText() == "session model"
     widget.start_button.click()
-    assert "training on 16 px tiles, as the session model was trained" in widget.status.text()
+    qtbot.waitUntil(lambda: "training on 16 px tiles, as the session model was trained"
+                    in widget.status.text(), timeout=60_000)
     qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
     assert widget.trained is not None, widget.status.text()
     trained = widget.trained.meta

@@ -13,7 +13,7 @@ import copy
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +93,11 @@ class AnnotationStore:
     crops: dict[tuple[int, Box], str] = field(default_factory=dict)
     _history: list[tuple] = field(default_factory=list, init=False, repr=False, compare=False)
     _undo_depth: int = field(default=0, init=False, repr=False, compare=False)
+
+    def snapshot(self) -> AnnotationStore:
+        """A copy of the labels and condition (no undo history), for a run to read on
+        another thread while the user goes on labelling."""
+        return replace(self, frames=dict(self.frames), crops=dict(self.crops))
 
     # --- undo ------------------------------------------------------------------------
     def _state(self) -> tuple:

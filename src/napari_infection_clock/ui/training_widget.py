@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 
 from ..core.annotations import labels_left_out
 from ..core.atomic import OutputNotWritable, check_writable
-from ..core.blocks import SPLIT_MODES
+from ..core.blocks import SPLIT_MODES, BlockSplit
 from ..core.device import select_device
 from ..core.feature_cache import FeatureCache
 from ..core.model import ARCHITECTURES, ModelConfig, PretrainedWeightsUnavailable
@@ -68,16 +68,27 @@ CURVES = {
 }
 
 
-def _train(stop: Stop, stores_table, plan, start, model_config, image_size, current, config,
-           path, cache):
-    """Run body: build the start model (ImageNet may try a download), then train.
+def _train(stop: Stop, stores, split, left_out, start, model_config, image_size, current,
+           config, path, cache):
+    """Run body: read the labels of ``stores`` (snapshots) and plan the split (``split``:
+    validation share, split mode, block and guard frames; each labelled stack is opened),
+    build the start model (ImageNet may try a download), then train.
 
-    Epochs and the end are results; batches and backbone passes are progress. Errors the
-    user can act on get their own message (see :func:`_failure`).
+    The plan, epochs and the end are results; batches and backbone passes are progress.
+    Errors the user can act on get their own message (see :func:`_failure`); a refused
+    plan also says which labels were left out (``left_out``).
     """
     try:
-        model, meta = start_model(start, model_config, image_size,
-                                  time_policy_of(stores_table), current)
+        table = labels_of(stores)
+        try:
+            plan = plan_from_labels(table, *split, config.seed,
+                                    native_tiles=config.recipe.native_tiles)
+        except (TrainingError, ValueError) as exc:
+            yield Failed(f"{exc}{left_out}")
+            return
+        yield Result(plan)
+        model, meta = start_model(start, model_config, image_size, time_policy_of(table),
+                                  current)
         yield Result((model, meta))
         for event in iter_retrain(model, meta, plan, config, path, should_stop=stop,
                                   feature_cache=cache):
@@ -144,6 +155,7 @@ class TrainingWidget(QWidget):
         self.last_event = None
         self.output_path: Path | None = None
         self._failed = False
+        self._left_out, self._run_config = "", None  # the run's, for when its plan comes
         #: Backbone features of heads-only runs, kept so the next run on the same
         #: labels and start model skips the backbone.
         self.feature_cache = FeatureCache()
@@ -313,37 +325,36 @@ class TrainingWidget(QWidget):
             check_writable(path)
         except OutputNotWritable as exc:
             return self._fail(str(exc))
-        table = labels_of(self.session.annotations.values())
-        left_out = labels_left_out(self.session.annotations.values())
+        stores = [store.snapshot() for store in self.session.annotations.values()]
+        left_out = labels_left_out(stores)
         left_out = f" ({left_out})" if left_out else ""
+        if not any(not s.empty and not s.stack.startswith("memory:") for s in stores):
+            return self._fail(f"no labels yet: label frames or crops of both classes first "
+                              f"(annotation dock){left_out}")
         try:
             config = self.train_config()
-            plan = plan_from_labels(table, self.val_spin.value(), self.split_combo.currentText(),
-                                    self.block_spin.value(), self.guard_spin.value(),
-                                    config.seed, native_tiles=config.recipe.native_tiles)
             device = select_device(config.device)
         except (TrainingError, ValueError, RuntimeError) as exc:
-            return self._fail(f"{exc}{left_out}")
+            return self._fail(str(exc))
         start = self.start_combo.currentText()
         current = self.session.model
         if start == "session model" and current is None:
             return self._fail("there is no loaded model to start from; load a checkpoint, or "
                               "start from ImageNet or random")
-        self.session.validation_items = list(plan.val)
         self.history, self.last_event, self._failed = [], None, False
         with self.canvas.editing():  # rendered off the GUI thread after
             for line in self.lines.values():
                 line.set_data([], [])
         self.device_label.setText(f"device: {device}")
-        tiles = config.recipe.native_tiles
-        on = f" on {tiles} px tiles, as the session model was trained" if tiles else ""
-        self.status.setText(f"training{on}: {plan.summary()}{left_out}")
-        self.progress.setRange(0, config.epochs * max(1, -(-len(plan.train) // config.batch_size)))
-        self.progress.setValue(0)
+        self.status.setText(f"reading the labels and planning the split…{left_out}")
+        self._left_out, self._run_config = left_out, config
+        self.progress.setRange(0, 0)  # busy until the plan says how many batches
         self.use_button.setEnabled(False)
         self.output_path = path
-        self.worker = Run(_train, table, plan, start, ModelConfig(arch=self.arch_combo.currentText()),
-                          self.size_spin.value(),
+        split = (self.val_spin.value(), self.split_combo.currentText(), self.block_spin.value(),
+                 self.guard_spin.value())
+        self.worker = Run(_train, stores, split, left_out, start,
+                          ModelConfig(arch=self.arch_combo.currentText()), self.size_spin.value(),
                           (current.model, current.meta) if current else None, config, path,
                           self.feature_cache, on_batch=self._on_batch, on_end=self._on_end,
                           parent=self)
@@ -363,6 +374,9 @@ class TrainingWidget(QWidget):
         """What the run did since the last tick: curves redrawn once, progress once."""
         epochs = False
         for result in batch.results:
+            if isinstance(result, BlockSplit):
+                self._planned(result)
+                continue
             if isinstance(result, tuple):
                 self._model = result[0]  # the meta that goes with it comes with the end
                 continue
@@ -379,6 +393,16 @@ class TrainingWidget(QWidget):
         if batch.failed is not None:
             self._failed = True
             self._fail(batch.failed.message, batch.failed.details)
+
+    def _planned(self, plan: BlockSplit) -> None:
+        """The run has planned its split: say it, and size the progress bar."""
+        config = self._run_config
+        self.session.validation_items = list(plan.val)
+        tiles = config.recipe.native_tiles
+        on = f" on {tiles} px tiles, as the session model was trained" if tiles else ""
+        self.status.setText(f"training{on}: {plan.summary()}{self._left_out}")
+        self.progress.setRange(0, config.epochs * max(1, -(-len(plan.train) // config.batch_size)))
+        self.progress.setValue(0)
 
     def _update_curves(self) -> None:
         epochs = [r["epoch"] for r in self.history]
