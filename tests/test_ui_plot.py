@@ -82,8 +82,9 @@ def test_curves_marker_and_click(plotted, qtbot):
 
     # the marker follows the slider without a full redraw: same artists, new x
     lines_before = list(plot.ax_p.lines)
-    viewer.dims.set_point(0, 7)
-    assert plot.markers[0].get_xdata()[0] == pytest.approx(7 * INTERVAL)
+    viewer.dims.set_point(0, 7)  # moved now, or once the render under way is shown
+    qtbot.waitUntil(lambda: plot.markers[0].get_xdata()[0] == pytest.approx(7 * INTERVAL),
+                    timeout=10_000)
     assert plot.markers[1].get_xdata()[0] == pytest.approx(7 * INTERVAL)
     assert list(plot.ax_p.lines) == lines_before
 
@@ -168,6 +169,59 @@ def test_edits_during_a_draw_leave_no_error_and_the_last_drawing_shown(plotted, 
     plot.canvas.draw()  # matplotlib's own draw of the figure as it is now
     assert bytes(plot.canvas.buffer_rgba()) == shown
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_plot_follows_a_playing_slider(plotted, qtbot, monkeypatch):
+    """The slider moves every turn (napari's play button) while the plot takes a while to
+    render: renders are shown as they are done, the marker where the slider was. A move
+    that stopped the render under way showed none until the slider stopped."""
+    viewer, plot, _ = plotted
+    qtbot.waitUntil(lambda: not plot.figure.stale, timeout=10_000)
+    gui, real = threading.get_ident(), plot.ax_t.draw
+
+    def slow_draw(renderer):
+        if threading.get_ident() != gui:
+            time.sleep(0.05)
+        return real(renderer)
+
+    monkeypatch.setattr(plot.ax_t, "draw", slow_draw)
+    drawn = []
+    plot.canvas.mpl_connect("draw_event", drawn.append)
+    for move in range(1, 1000):
+        viewer.dims.set_point(0, move % N_FRAMES)
+        qtbot.wait(10)
+        if len(drawn) >= 2:
+            break
+    assert len(drawn) >= 2  # shown while the slider kept moving
+    qtbot.waitUntil(lambda: not plot.figure.stale, timeout=10_000)
+    frame = viewer.dims.current_step[0]
+    assert plot.markers[0].get_xdata()[0] == pytest.approx(frame * INTERVAL)
+
+
+def test_a_pan_with_the_toolbar_is_drawn_off_the_gui_thread(plotted, qtbot, monkeypatch):
+    """matplotlib's toolbar pans the plot: the figure is rendered off the GUI thread too,
+    and Home brings the view back."""
+    from matplotlib.backend_bases import MouseButton
+
+    _, plot, _ = plotted
+    qtbot.waitUntil(lambda: not plot.figure.stale, timeout=10_000)
+    threads = _axes_drawn_on(plot, monkeypatch)
+    canvas, xlim = plot.canvas, plot.ax_t.get_xlim()
+    x, y = plot.ax_t.transData.transform((3.0, 1.0))
+    plot.toolbar.pan()
+    for name, dx, buttons in (("button_press_event", 0, None),
+                              ("motion_notify_event", 20, {MouseButton.LEFT}),
+                              ("motion_notify_event", 40, {MouseButton.LEFT}),
+                              ("button_release_event", 40, None)):
+        kwargs = {"buttons": buttons} if buttons else {"button": MouseButton.LEFT}
+        canvas.callbacks.process(name, MouseEvent(name, canvas, x + dx, y, **kwargs))
+        qtbot.wait(20)
+    assert plot.ax_t.get_xlim()[0] < xlim[0]  # dragged right: earlier hours in view
+    qtbot.waitUntil(lambda: not plot.figure.stale, timeout=10_000)
+    assert threads and threading.get_ident() not in threads
+    [home] = [a for a in plot.toolbar.actions() if a.text() == "Home"]
+    home.trigger()
+    assert plot.ax_t.get_xlim() == pytest.approx(xlim)
 
 
 def test_selected_tiles_get_curves_and_export(plotted, tmp_path):

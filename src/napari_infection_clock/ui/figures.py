@@ -9,7 +9,9 @@ The canvas renders its figure off the GUI thread (:mod:`.renders`): a draw costs
 on a 2-core machine, which froze the viewer during a run's updates. The docks change the
 figure inside ``canvas.editing()`` (a render under way stops first, a new one starts
 after); ``draw_idle``, resizes and the toolbar go through it too, so a render never
-overlaps a change. The canvas shows its last whole render until the next one is done.
+overlaps a change. Changes that come again and again (a playing time slider, a pan) wait
+for the render under way instead (``edit_between_renders``). The canvas shows its last
+whole render until the next one is done.
 
 The figure wears napari's current theme (background, text, axes, legends) and follows a
 theme change; the docks draw as usual and each render recolours what they drew first, so
@@ -125,6 +127,7 @@ class ThemedCanvas(FigureCanvasQTAgg):
         self._wanted = False  # a render asked for this turn
         self._spare = None  # a renderer shown before, drawn into by the next render
         self._failures = 0  # renders in a row that raised
+        self._deferred: dict = {}  # changes waiting for the render under way (as keys)
         super().__init__(figure)
         self._render_soon = QTimer(self)
         self._render_soon.setSingleShot(True)
@@ -152,12 +155,27 @@ class ThemedCanvas(FigureCanvasQTAgg):
         self._stop_render()
         self._edits += 1
         try:
+            changes, self._deferred = self._deferred, {}
+            for change in changes:  # edit_between_renders' changes are made now too
+                change()
             yield self.figure
         finally:
             self._edits -= 1
             self._failures = 0
             if render:
                 self.request_render()
+
+    def edit_between_renders(self, change) -> None:
+        """Call ``change()`` (which changes the figure) inside :meth:`editing`, now if no
+        render is under way, else once it is shown (the same change asked twice meanwhile
+        is made once). For changes that come again and again, the time slider playing or
+        a pan: each would stop the render under way, and none would be shown until they
+        stop."""
+        if self._job is None:
+            with self.editing():
+                change()
+        else:
+            self._deferred[change] = None
 
     def request_render(self) -> None:
         """Render the figure as it is once this event-loop turn is over."""
@@ -226,6 +244,9 @@ class ThemedCanvas(FigureCanvasQTAgg):
         self.update()
         if job.size != (*self.get_width_height(physical=True), self.figure.dpi):
             self.request_render()  # the screen's pixel ratio changed meanwhile
+        if self._deferred:
+            with self.editing():  # makes the changes that waited for this render
+                pass
 
     def get_renderer(self):
         job = job_here()
@@ -283,13 +304,23 @@ class Toolbar(NavigationToolbar2QT):
     the figure options) are made inside the canvas's :meth:`ThemedCanvas.editing`."""
 
     press_pan = _editing(NavigationToolbar2QT.press_pan)
-    drag_pan = _editing(NavigationToolbar2QT.drag_pan)
-    release_pan = _editing(NavigationToolbar2QT.release_pan)
+    release_pan = _editing(NavigationToolbar2QT.release_pan)  # after the last drag
     press_zoom = _editing(NavigationToolbar2QT.press_zoom)
     release_zoom = _editing(NavigationToolbar2QT.release_zoom)
     push_current = _editing(NavigationToolbar2QT.push_current)
     _update_view = _editing(NavigationToolbar2QT._update_view)  # home, back, forward
     edit_parameters = _editing(NavigationToolbar2QT.edit_parameters)
+    _dragged_to = None  # the last mouse motion of a pan, not yet applied
+
+    def drag_pan(self, event):
+        """Pan to the mouse between renders: the figure follows at the renders' pace."""
+        self._dragged_to = event
+        self.canvas.edit_between_renders(self._pan_to_last)
+
+    def _pan_to_last(self) -> None:
+        event, self._dragged_to = self._dragged_to, None
+        if event is not None and self._pan_info is not None:
+            NavigationToolbar2QT.drag_pan(self, event)
 
 
 class LayoutOnDemand(ConstrainedLayoutEngine):

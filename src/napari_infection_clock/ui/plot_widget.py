@@ -332,14 +332,17 @@ class TimeSeriesPlot(DockedFigure):
         frame = self.current_frame()
         x = self.hours_of(frame) if self.info else np.nan
         if not np.array_equal(self.markers[0].get_xdata(), [x, x], equal_nan=True):
-            with self.canvas.editing():
-                for marker in self.markers:
-                    marker.set_xdata([x, x])
+            self.canvas.edit_between_renders(self._place_markers)  # the slider may be playing
         level = self.info.interval_level if self.info else None
         interval = self.info.clock_interval if self.info else None
         answers = [f"{label}: {text}" for label, series in self.items.items()
                    if (text := answer_at(series, frame, level, interval))]
         self.answer_label.setText(f"at {x:.1f} h: " + "; ".join(answers) if answers else "")
+
+    def _place_markers(self) -> None:
+        x = self.hours_of(self.current_frame()) if self.info else np.nan
+        for marker in self.markers:
+            marker.set_xdata([x, x])
 
     def _on_click(self, event) -> None:
         if event.inaxes not in (self.ax_p, self.ax_t) or event.xdata is None or not self.info:
