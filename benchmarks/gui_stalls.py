@@ -136,8 +136,6 @@ class SlotTimer:
          "redraw"),
         ("plot: marker", "napari_infection_clock.ui.plot_widget", "TimeSeriesPlot",
          "_move_marker"),
-        ("training: Start (checks, split, the run made)",
-         "napari_infection_clock.ui.training_widget", "TrainingWidget", "start"),
         ("training: batch (rest)", "napari_infection_clock.ui.training_widget",
          "TrainingWidget", "_on_batch"),
         ("training: end (rest)", "napari_infection_clock.ui.training_widget",
