@@ -9,9 +9,8 @@ import sys
 import time
 
 import napari
-from qtpy.QtWidgets import QApplication
-
 from long_well import FRAMES, long_well  # this script's folder, tests/
+from qtpy.QtWidgets import QApplication
 
 PLUGIN = "napari-infection-clock"
 #: Seconds a stopped run may take to end (its last batch, then a step per event-loop turn).

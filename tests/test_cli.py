@@ -11,7 +11,6 @@ import pytest
 import tifffile
 
 from napari_infection_clock.cli import main
-from napari_infection_clock.core.checkpoint import load_checkpoint
 from napari_infection_clock.core.calibration import INTERVAL_COLUMNS
 from napari_infection_clock.core.checkpoint import load_checkpoint
 from napari_infection_clock.core.clock import CLOCK_COLUMNS
@@ -654,7 +653,6 @@ def test_frames_without_information_are_marked_not_classified(tmp_path, capsys):
 def test_predict_does_not_import_scikit_learn(tmp_path):
     """Issue 14: prediction needs no scikit-learn (~18 MB resident); the CLI imported it
     through the training and evaluation modules."""
-    import torch
 
     from tests.research import ResearchMultitask, research_config, save_research_checkpoint
 

@@ -7,12 +7,12 @@ from tqdm import tqdm
 
 from ..core.atomic import check_writable, write_atomic
 from ..core.calibration import finish_table
+from ..core.channels import channel_mismatch
 from ..core.checkpoint import load_checkpoint
 from ..core.evaluation import predict_items
 from ..core.information import MIN_SIDE, describe_missing
 from ..core.predictor import Predictor
 from ..core.report import save_report
-from ..core.channels import channel_mismatch
 from .common import (
     frame_policy,
     load_items,

@@ -11,8 +11,10 @@ from tqdm import tqdm
 from .. import __version__
 from ..core import distributed
 from ..core.atomic import check_writable, mark_input, remove_temporaries, write_atomic
+from ..core.calibration import finish_table
 from ..core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, utc_now
 from ..core.dataset import ItemDataset
+from ..core.evaluation import calibrate, predict_items
 from ..core.items import (
     items_frame,
     items_time_policy,
@@ -21,8 +23,6 @@ from ..core.items import (
     stack_records,
 )
 from ..core.model import ModelConfig, build_model
-from ..core.calibration import finish_table
-from ..core.evaluation import calibrate, predict_items
 from ..core.predictor import Predictor
 from ..core.preprocess import Preprocessing
 from ..core.recipes import SMOOTHING_WINDOW, Recipe, continuing, recipe
@@ -40,7 +40,6 @@ from .common import (
     warn_assumed,
 )
 from .options import TrainOptions
-
 
 #: The files a run writes into --out (besides report/).
 OUTPUTS = (RUN_STATE, "model.pt", "history.csv", "splits.csv", "test_predictions.csv")

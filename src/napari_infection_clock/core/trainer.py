@@ -27,9 +27,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from . import distributed
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .dataset import ItemDataset
-from . import distributed
 from .feature_cache import FeatureCache
 from .metrics import classification_metrics, regression_metrics
 from .model import MultitaskResNet

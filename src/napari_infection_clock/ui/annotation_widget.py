@@ -53,6 +53,8 @@ from ..core.atomic import OutputNotWritable
 from ..core.labels import LABEL_VALUES, LabelTableError, read_label_table, write_label_table
 from ..core.stack import open_stack, write_stack
 from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
+from .docking import place_form
+from .figures import scrolling_layout
 from .layer_roles import (
     CHANNEL,
     FRAME_INTERVAL_H,
@@ -67,8 +69,6 @@ from .layer_roles import (
     output_metadata,
     time_setting,
 )
-from .docking import place_form
-from .figures import scrolling_layout
 from .state import session_for
 from .teardown import on_dock_closed
 

@@ -47,6 +47,7 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidge
 from .renders import RenderJob, job_here, submit
 from .teardown import on_dock_closed
 
+
 def legend_above(ax, ncol: int = 2) -> None:
     """The axes' legend in a band above it (constrained layout makes room): never on data."""
     handles, labels = ax.get_legend_handles_labels()

@@ -28,6 +28,8 @@ from ..core.recipes import native_tiles_of
 from ..core.stack import stack_from_array
 from ..core.tiles import TileSpec, resized_tiles_note, tile_grid_shape
 from ..core.uncertainty import METHODS, iter_stack_uncertainty, rank_uncertain
+from .docking import place_form
+from .figures import scrolling_layout
 from .layer_roles import (
     OUTPUT_KIND,
     annotation_key,
@@ -37,8 +39,6 @@ from .layer_roles import (
     output_metadata,
     time_setting,
 )
-from .docking import place_form
-from .figures import scrolling_layout
 from .state import session_for
 from .teardown import on_dock_closed
 from .workers import Batch, Progress, Result, Run, Stop

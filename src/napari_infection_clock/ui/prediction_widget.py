@@ -42,7 +42,7 @@ from ..core.novelty import NOVELTY_COLUMNS, add_novelty
 from ..core.predictor import Predictor, default_batch_size
 from ..core.recipes import native_tiles_of
 from ..core.stack import StackError, stack_from_array
-from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
+from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
 from ..core.tiles import TileSpec, resized_tiles_note, tile_grid_shape
 from .devices import device_choices
 from .docking import place_form
@@ -54,9 +54,9 @@ from .overlays import (
     CLASS_COLORS,
     CLASS_NAME,
     CONTINUOUS,
+    IMPORTED_ON_FIRST_LAYER,
     SUFFIXES,
     Grid,
-    IMPORTED_ON_FIRST_LAYER,
     PredictionLayers,
     compute_dash_patterns,
     rectangles_to_boxes,

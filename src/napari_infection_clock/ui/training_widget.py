@@ -37,6 +37,7 @@ from ..core.blocks import SPLIT_MODES, BlockSplit
 from ..core.device import select_device
 from ..core.feature_cache import FeatureCache
 from ..core.model import ARCHITECTURES, ModelConfig, PretrainedWeightsUnavailable
+from ..core.recipes import RECIPES, Recipe, continuing
 from ..core.retrain import (
     STARTS,
     iter_retrain,
@@ -45,7 +46,6 @@ from ..core.retrain import (
     start_model,
     time_policy_of,
 )
-from ..core.recipes import RECIPES, Recipe, continuing
 from ..core.trainer import BEST_METRICS, TrainConfig, TrainingError
 from .devices import device_choices
 from .docking import place_form
