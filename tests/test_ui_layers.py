@@ -324,3 +324,19 @@ def test_a_new_tiles_layer_and_colorbar_are_first_drawn_one_visual_per_turn(
     bar = _visuals(colorbar().node)
     assert len(bar) == 6 and all(v.visible for v in bar)
     assert seen_colorbar == set(range(1, 7))
+
+
+def test_a_layers_parts_are_made_when_no_dock_asks_for_them(make_napari_viewer, qtbot):
+    """The prediction dock closed mid-run asks for no more steps: the layer it made last
+    still gets its canvas visual (napari's canvas updates no layer while one lacks it)
+    and its controls."""
+    from napari_infection_clock.core.tiles import TileSpec
+    from napari_infection_clock.ui.overlays import PredictionLayers, tile_grid
+
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(np.zeros((4, 64, 64), np.uint16), name="well")
+    qt_viewer = viewer.window._qt_viewer
+    layers = PredictionLayers(viewer, image, tile_grid(64, 64, TileSpec(32)), 4, 48.0)
+    layers.make_next()  # the probability layer; then nothing more is asked
+    qtbot.waitUntil(lambda: layers.probability in qt_viewer.canvas.layer_to_visual
+                    and layers.probability in qt_viewer.controls.widgets, timeout=10_000)

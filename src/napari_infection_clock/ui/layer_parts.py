@@ -7,7 +7,8 @@ ms), through napari's callbacks on ``layers.events.inserted``. A run's output la
 added with those two callbacks held back; :class:`LayerParts` makes them later, one per
 call. Meanwhile napari's canvas leaves its scene as it is (it waits for every layer's
 visual), and a selection or removal in the layer list makes the parts first, since napari
-expects them there.
+expects them there. Parts nobody asks for (the dock closed mid-run) are made anyway, one
+a second.
 
 A new layer's (or overlay's) first paint builds vispy's shaders for each visual it is
 drawn with (15-100 ms a visual on software OpenGL: a Shapes layer has five, a colorbar
@@ -20,10 +21,15 @@ missing, layers are added with their parts and drawn whole, as usual.
 from __future__ import annotations
 
 import contextlib
+import time
 
 from napari.utils.events import Event
+from qtpy.QtCore import QTimer
 
 from .gl_context import napari_canvas, painted_later
+
+#: Milliseconds after which parts nobody asked for are made, one per period.
+UNATTENDED_MS = 1000
 
 
 def _makers(viewer) -> list:
@@ -43,6 +49,7 @@ class LayerParts:
         self._viewer = getattr(viewer, "__wrapped__", viewer)  # a dock gets a proxy
         self._pending: list[tuple] = []  # (which of the makers, layer); the makers are
         # looked up each time: holding them would hold napari's Qt viewer after it closed
+        self._asked_at = time.monotonic()  # when make_next was last called
 
     @property
     def pending(self) -> bool:
@@ -70,10 +77,13 @@ class LayerParts:
             if added and makers and not self._pending:
                 layers.events.removing.connect(self.make_all, position="first")
                 layers.selection.events.changed.connect(self.make_all, position="first")
+                self._asked_at = time.monotonic()
+                QTimer.singleShot(UNATTENDED_MS, self._unattended)
             self._pending += [(i, layer) for layer in added for i in range(len(makers))]
 
     def make_next(self) -> bool:
         """Make the next part (the canvas repainted a turn later); False if none was left."""
+        self._asked_at = time.monotonic()
         if not self._pending:
             return False
         which, layer = self._pending.pop(0)
@@ -85,6 +95,15 @@ class LayerParts:
             with painted_later(self._viewer):
                 makers[which](Event("inserted", value=layer))
         return True
+
+    def _unattended(self) -> None:
+        """Make a part if none was asked for in the last period: napari's canvas waits for
+        every layer's visual, and a layer without controls cannot be picked."""
+        if not self._pending:
+            return
+        if time.monotonic() - self._asked_at >= UNATTENDED_MS / 1000:
+            self.make_next()
+        QTimer.singleShot(UNATTENDED_MS, self._unattended)
 
     def make_all(self, event=None) -> None:
         """Make every part now: napari is about to look for them (a layer is selected or
