@@ -171,6 +171,28 @@ def test_edits_during_a_draw_leave_no_error_and_the_last_drawing_shown(plotted, 
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_a_render_that_raises_is_dropped_and_done_again(plotted, qtbot, monkeypatch, capsys):
+    """A render that raises (the figure changed under it despite the rules) never reaches
+    napari: it is dropped, its traceback printed, and the figure rendered again."""
+    viewer, plot, _ = plotted
+    qtbot.waitUntil(lambda: not plot.figure.stale, timeout=10_000)
+    gui, real, raised = threading.get_ident(), plot.ax_t.draw, []
+
+    def draw(renderer):
+        if threading.get_ident() != gui and not raised:
+            raised.append(True)
+            raise RuntimeError("changed under the render")
+        return real(renderer)
+
+    monkeypatch.setattr(plot.ax_t, "draw", draw)
+    drawn = []
+    plot.canvas.mpl_connect("draw_event", drawn.append)
+    viewer.dims.set_point(0, 9)  # the marker moves
+    qtbot.waitUntil(lambda: bool(drawn), timeout=10_000)
+    assert raised and drawn[-1].renderer is plot.canvas.renderer
+    assert "changed under the render" in capsys.readouterr().err
+
+
 def test_the_plot_follows_a_playing_slider(plotted, qtbot, monkeypatch):
     """The slider moves every turn (napari's play button) while the plot takes a while to
     render: renders are shown as they are done, the marker where the slider was. A move

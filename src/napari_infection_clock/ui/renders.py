@@ -171,7 +171,10 @@ class _RenderThread(QObject):
             job = self._jobs.get()
             job.run()
             if not job.cancelled:
-                self.finished.emit(job)
+                try:
+                    self.finished.emit(job)
+                except RuntimeError:  # Qt is gone (the application quit)
+                    return
             del job
 
     @staticmethod
