@@ -67,21 +67,10 @@ class CancellableRenderer(RendererAgg):
                      "draw_path_collection", "draw_quad_mesh"):
             setattr(self, name, _checked(getattr(self, name)))
 
-    def draw_path(self, *args, **kwargs):
-        _check()
-        return super().draw_path(*args, **kwargs)
-
-    def draw_text(self, *args, **kwargs):
-        _check()
-        return super().draw_text(*args, **kwargs)
-
-    def draw_mathtext(self, *args, **kwargs):
-        _check()
-        return super().draw_mathtext(*args, **kwargs)
-
-    def get_text_width_height_descent(self, *args, **kwargs):
-        _check()
-        return super().get_text_width_height_descent(*args, **kwargs)
+    draw_path = _checked(RendererAgg.draw_path)
+    draw_text = _checked(RendererAgg.draw_text)
+    draw_mathtext = _checked(RendererAgg.draw_mathtext)
+    get_text_width_height_descent = _checked(RendererAgg.get_text_width_height_descent)
 
 
 class RenderJob:
