@@ -39,7 +39,8 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 from napari.utils.theme import get_theme
-from qtpy import QT_API, sip
+from qtpy import QT_API
+from qtpy.compat import isalive
 from qtpy.QtCore import QEvent, QObject, QPoint, Qt, QTimer
 from qtpy.QtGui import QImage, QPainter
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
@@ -227,7 +228,7 @@ class ThemedCanvas(FigureCanvasQTAgg):
 
     def _show_render(self, job: RenderJob) -> None:
         """A render ended (on the GUI thread): show it, as FigureCanvasAgg.draw would."""
-        if job is not self._job or job.cancelled or self._closed or sip.isdeleted(self):
+        if job is not self._job or job.cancelled or self._closed or not isalive(self):
             return
         self._job = None
         if job.error is not None:
@@ -268,7 +269,11 @@ class ThemedCanvas(FigureCanvasQTAgg):
         try:
             painter.eraseRect(event.rect())
             buffer = renderer.buffer_rgba()
-            pointer = int(sip.voidptr(buffer)) if QT_API == "PyQt6" else buffer
+            pointer = buffer
+            if QT_API == "PyQt6":  # QImage takes the buffer's address there (as matplotlib)
+                from qtpy import sip  # PyQt only: PySide has none
+
+                pointer = int(sip.voidptr(buffer))
             image = QImage(pointer, buffer.shape[1], buffer.shape[0],
                            QImage.Format.Format_RGBA8888)
             image.setDevicePixelRatio(self.device_pixel_ratio)
