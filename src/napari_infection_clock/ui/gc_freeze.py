@@ -15,10 +15,11 @@ survives a full collection is frozen too: the next one scans only what came afte
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import weakref
 
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, QTimer
 
 _docked: weakref.WeakSet = weakref.WeakSet()  # the plugin's docked widgets
 _frozen = False
@@ -71,3 +72,24 @@ def freeze_while_docked(widget) -> None:
 
 
 gc.callbacks.append(_after_collection)
+
+
+@contextlib.contextmanager
+def collected_after():
+    """No automatic collection inside this block (a step that makes or shows a layer, which
+    allocates enough to set off a full one, 50-80 ms, in its middle); one full collection in
+    an event-loop turn of its own right after, which scans only what came since the last
+    (what survives it is frozen, above)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        QTimer.singleShot(0, _collect)
+
+
+def _collect() -> None:
+    gc.enable()
+    gc.collect()

@@ -24,6 +24,7 @@ from ..core.information import NO_INFORMATION, NO_INFORMATION_LABEL
 from ..core.results import RESULT_COLUMNS
 from ..core.targets import INFECTED, UNINFECTED
 from ..core.tiles import TileSpec, tile_boxes
+from .gc_freeze import collected_after
 from .gl_context import painted_later
 from .layer_parts import LayerParts, drawn_in_turns
 from .layer_roles import PREDICTION_TABLE, output_layer, output_metadata
@@ -251,11 +252,16 @@ class PredictionLayers:
         """Make (or reset) the next missing layer, or take the next step of the one made last
         (show it; show its colorbar: each first paint is a step of its own); True once all
         four layers are there."""
-        placed, raster = self._placed, self._raster
         if self.ready:
             return True
+        with collected_after():
+            self._make_next()
+        return self.ready
+
+    def _make_next(self) -> None:
+        placed, raster = self._placed, self._raster
         if self._parts.make_next():
-            return False
+            return
         if self._finish:
             self._finish.pop(0)()
         elif self.probability is None:
@@ -283,7 +289,6 @@ class PredictionLayers:
             self.classes = self._labels(np.zeros(raster, np.uint8), **placed)
         else:
             self.tiles = self._tiles()
-        return self.ready
 
     # -- layer creation / reuse ------------------------------------------------------
     @contextmanager
