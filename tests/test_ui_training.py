@@ -178,6 +178,7 @@ def test_bad_input_is_refused_with_a_message(make_napari_viewer, qtbot, wells, t
     assert widget.start()  # the run reads the labels, and refuses them
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     assert "are uninfected" in widget.status.text() and widget.trained is None
+    assert widget.progress.maximum() > 0  # no longer busy (a range of 0 animates forever)
 
     _label(session, wells)
     blocker = tmp_path / "file"

@@ -419,6 +419,8 @@ class TrainingWidget(QWidget):
         self.worker = None
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
+        if self.progress.maximum() == 0:  # ended before its plan: no longer busy
+            self.progress.setRange(0, 1)
         event = self.last_event
         if self._failed or event is None or event.stage not in ("done", "stopped"):
             return
