@@ -20,6 +20,8 @@ import sys, time
 import napari
 from qtpy.QtWidgets import QApplication
 
+import warnings
+warnings.filterwarnings("error", message=".*text_overlay.*")  # napari 0.9 deprecated it
 viewer = napari.Viewer(show=True)
 viewer.window.add_plugin_dock_widget("napari-infection-clock", "Predict infection")
 app = QApplication.instance()
@@ -33,9 +35,9 @@ def patterns():  # vispy caches the patterns every DashAtlas (one per line visua
     return dash_atlas._make_pattern.cache_info().currsize
 canvas = viewer.window._qt_viewer.canvas  # private: napari's vispy canvas
 def readout_made():  # the text overlay's visual, made ahead with nothing to show
-    return viewer.text_overlay in canvas._viewer_overlay_to_visual
+    return viewer.canvas.overlays.text in canvas._viewer_overlay_to_visual
 def readout_drawn():  # and drawn once: vispy has built its shaders
-    made = canvas._viewer_overlay_to_visual.get(viewer.text_overlay)
+    made = canvas._viewer_overlay_to_visual.get(viewer.canvas.overlays.text)
     made = made[0] if isinstance(made, list) else made
     return made is not None and not made.node._program._need_build
 def ready():
@@ -49,7 +51,7 @@ print("missing glyphs:", repr("".join(sorted(wanted - set(font._glyphs)))))
 print("colour conversions imported:", "skimage.color.colorconv" in sys.modules)
 print("dash patterns computed:", patterns())
 print("readout made:", readout_made(), "drawn:", readout_drawn(),
-      "shows:", repr(viewer.text_overlay.text.strip()))
+      "shows:", repr(viewer.canvas.overlays.text.text.strip()))
 viewer.close()
 """
 

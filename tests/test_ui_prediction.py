@@ -563,15 +563,15 @@ def test_outputs_can_be_read(make_napari_viewer, qtbot, sample, checkpoint):
     table = session_for(viewer).results[image_id(viewer.layers["well"])]
     row = table[(table.frame == 3) & (table.tile_row == 1) & (table.tile_col == 0)].iloc[0]
     viewer.dims.set_point(0, 3)
-    assert viewer.text_overlay.visible
-    assert viewer.text_overlay.text.startswith("t = 1.50 h  (frame 3 of 8)")  # 0.5 h a frame
+    assert viewer.canvas.overlays.text.visible
+    assert viewer.canvas.overlays.text.text.startswith("t = 1.50 h  (frame 3 of 8)")  # 0.5 h a frame
 
     # the mouse moved over tile (1, 0) of the canvas: its values in the readout
     world = image.data_to_world((3, 48, 16))
     _move_mouse_to(viewer, world)
-    qtbot.waitUntil(lambda: "p(infected)" in viewer.text_overlay.text, timeout=5_000)
+    qtbot.waitUntil(lambda: "p(infected)" in viewer.canvas.overlays.text.text, timeout=5_000)
     np.testing.assert_allclose(viewer.cursor.position[1:], world[1:], atol=1.0)
-    text = viewer.text_overlay.text
+    text = viewer.canvas.overlays.text.text
     assert f"p(infected) {row.p_infected:.2f}" in text, text
     name = "infected" if row.pred_class == 1 else "uninfected"
     assert f"· {name}" in text
@@ -763,7 +763,7 @@ def test_crops_without_information_stay_empty_in_overlays_readout_and_plot(
     viewer.cursor.position = world
     for callback in list(viewer.mouse_move_callbacks):
         callback(viewer, type("Event", (), {"position": world})())
-    text = viewer.text_overlay.text
+    text = viewer.canvas.overlays.text.text
     assert "no information" in text and "p(infected)" not in text, text
     cls.visible = True
     assert "class: no information" in cls.get_status(world, world=True)["coordinates"]

@@ -20,7 +20,7 @@ import contextlib
 from qtpy.QtCore import QObject, QTimer
 
 from .gl_context import napari_canvas
-from .readout import show_text_overlay
+from .readout import show_text_overlay, text_overlay
 
 #: What the readout (ui.readout) and the colorbars' tick labels show.
 CHARACTERS = "0123456789.-+=()·:,% abcdefghijklmnopqrstuvwxyz"
@@ -62,7 +62,7 @@ class GlyphsAhead(QObject):
             self._left = []
         if not self._left:
             self._timer.stop()
-            overlay = self._viewer.text_overlay
+            overlay = text_overlay(self._viewer)
             if not (overlay.visible or overlay.text):
                 show_text_overlay(self._viewer)
                 overlay.text = " "  # drawn once, blank: its shaders built (130 ms) ahead too

@@ -63,7 +63,7 @@ from .overlays import (
     region_grid,
     tile_grid,
 )
-from .readout import Readout
+from .readout import Readout, text_overlay
 from .state import PredictionRun, SessionModel, session_for
 from .teardown import on_dock_closed
 from .workers import Batch, Failed, Result, Run, Stop, import_ahead
@@ -381,7 +381,7 @@ class PredictionWidget(Container):
         if self.readout is not None and event.value is self.readout.layers.image:
             self.readout.close()
             self.readout = None
-            self.viewer.text_overlay.text = ""
+            text_overlay(self.viewer).text = ""
         if self._orphaned():
             self.cancel()
 

@@ -18,18 +18,26 @@ from ..core.targets import INFECTED
 from .overlays import CLASS_LABEL, CLASS_NAME, PredictionLayers
 
 
+def text_overlay(viewer):
+    """napari's text overlay on the canvas: ``viewer.canvas.overlays.text`` (napari 0.9,
+    which deprecated ``viewer.text_overlay``), else ``viewer.text_overlay``."""
+    overlay = getattr(getattr(getattr(viewer, "canvas", None), "overlays", None), "text", None)
+    return overlay if overlay is not None else viewer.text_overlay
+
+
 def show_text_overlay(viewer) -> None:
     """napari's text overlay where and as the readout shows it, visible (napari makes its
     visual the first time it is visible, some 70 ms of the GUI thread, and vispy builds its
     shaders at its first draw, 130 ms: both done ahead by ``ui.glyphs``, with a blank text)."""
-    overlay = viewer.text_overlay
+    overlay = text_overlay(viewer)
     overlay.position = "bottom_left"
     overlay.font_size = 10
     overlay.visible = True
 
 
 class Readout:
-    """Keeps ``viewer.text_overlay`` up to date for one run's output layers."""
+    """Keeps napari's text overlay (:func:`text_overlay`) up to date for one run's output
+    layers."""
 
     def __init__(self, viewer, layers: PredictionLayers, frame_interval_h: float,
                  start_offset_h: float = 0.0):
@@ -101,4 +109,4 @@ class Readout:
         return text
 
     def update(self, *_) -> None:
-        self.viewer.text_overlay.text = self.text()
+        text_overlay(self.viewer).text = self.text()
