@@ -297,7 +297,7 @@ def test_native_tiles_from_viewer_labels(tmp_path):
         frames.setdefault((item.stack, item.frame), set()).add((item.label, item.time_target))
     assert all(len(v) == 1 for v in frames.values()) and len(frames) * 4 == len(plan.train) + len(plan.val)
     model, meta = start_model("random", ModelConfig(arch="resnet18", hidden_dim=8), 64,
-                              time_policy_of(table))
+                              time_policy_of(plan))
     config = TrainConfig(epochs=1, batch_size=16, device="cpu", mode="heads",
                          recipe=replace(RESEARCH, native_tiles=16))
     last = list(iter_retrain(model, meta, plan, config, tmp_path / "m.pt"))[-1]

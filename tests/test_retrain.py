@@ -52,7 +52,7 @@ def test_labels_from_sample_data_train_a_model_that_generalises(tmp_path):
     assert plan.how.startswith("by well")
     assert not {i.group for i in plan.train} & {i.group for i in plan.val}
     model, meta = start_model("random", ModelConfig(arch="resnet18", hidden_dim=64), 64,
-                              time_policy_of(table))
+                              time_policy_of(plan))
     # The training dock's default: the best epoch by validation loss, which weighs both
     # heads; by ROC AUC alone an early epoch with an untrained time head can win.
     config = TrainConfig(epochs=8, batch_size=32, lr=1e-3, seed=0, device="cpu", mode="full",
@@ -93,7 +93,7 @@ def test_calibration_after_training_reports_progress_and_stops(tmp_path):
     plan = plan_from_labels(table, val_fraction=0.5)
     assert plan.val
     model, meta = start_model("random", ModelConfig(arch="resnet18", hidden_dim=16), 32,
-                              time_policy_of(table))
+                              time_policy_of(plan))
     config = TrainConfig(epochs=1, batch_size=8, seed=0, device="cpu", mode="full")
     seen = []
 

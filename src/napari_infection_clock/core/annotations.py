@@ -371,6 +371,12 @@ def open_annotations(stack, n_frames: int, frame_shape=None, project_dir=None,
     return store, path
 
 
+def labelled_stores(stores) -> list[AnnotationStore]:
+    """The stores a training or a label export reads: those with labels and a file (labels
+    of an image with no file stay in memory: :func:`labels_left_out`)."""
+    return [s for s in stores if not s.empty and not s.stack.startswith("memory:")]
+
+
 def labels_left_out(stores) -> str:
     """What :func:`.retrain.labels_of` leaves out, said for the user ("" when nothing): labels of
     images with no file, kept in memory until a project folder is chosen."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .annotations import labelled_stores
 from .blocks import BlockSplit, split_for_training
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .dataset import ItemDataset
@@ -56,11 +57,12 @@ def plan_from_labels(table: pd.DataFrame, val_fraction: float = 0.2, split_mode:
     return split
 
 
-def time_policy_of(table: pd.DataFrame, clamp=DEFAULT_CLAMP) -> TimePolicy:
-    """A checkpoint's time policy from the labels: the frame interval and onset their
-    stacks share (refused, with each stack's, where they differ; see
-    :func:`.items.items_time_policy`)."""
-    return items_time_policy(label_table_items(table, clamp=clamp), clamp)
+def time_policy_of(plan: BlockSplit, clamp=DEFAULT_CLAMP) -> TimePolicy:
+    """A checkpoint's time policy from a plan's items (every labelled item: train,
+    validation, guard band): the frame interval and onset their stacks share (refused, with
+    each stack's, where they differ; see :func:`.items.items_time_policy`). From the items
+    the plan read, not the label table again: that opens every labelled stack."""
+    return items_time_policy([*plan.train, *plan.val, *plan.guard], clamp)
 
 
 def start_model(start: str, config: ModelConfig, image_size: int, time: TimePolicy,
@@ -142,7 +144,7 @@ def _calibrating(predictor: Predictor, done: TrainProgress, plan: BlockSplit,
 
 def labels_of(stores) -> pd.DataFrame:
     """One label table of several annotation stores (those with a file and labels)."""
-    tables = [s.to_label_table() for s in stores if not s.empty and not s.stack.startswith("memory:")]
+    tables = [s.to_label_table() for s in labelled_stores(stores)]
     if not tables:
         return pd.DataFrame()
     return pd.concat(tables, ignore_index=True)

@@ -45,6 +45,7 @@ from ..core.annotations import (
     CONDITIONS,
     AnnotationError,
     AnnotationStore,
+    labelled_stores,
     labels_left_out,
     open_annotations,
     sidecar_path,
@@ -756,8 +757,7 @@ class AnnotationWidget(QWidget):
             path, _ = QFileDialog.getSaveFileName(self, "Export labels", "labels.csv", "CSV (*.csv)")
             if not path:
                 return None
-        stores = [s for s in self.session.annotations.values()
-                  if not s.empty and not s.stack.startswith("memory:")]
+        stores = labelled_stores(self.session.annotations.values())
         left_out = labels_left_out(self.session.annotations.values())
         if not stores:
             show_warning(f"no labels of saved images to export yet{': ' * bool(left_out)}"

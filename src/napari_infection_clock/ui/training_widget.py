@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.annotations import labels_left_out
+from ..core.annotations import labelled_stores, labels_left_out
 from ..core.atomic import OutputNotWritable, check_writable
 from ..core.blocks import SPLIT_MODES, BlockSplit
 from ..core.device import select_device
@@ -87,7 +87,7 @@ def _train(stop: Stop, stores, split, left_out, start, model_config, image_size,
             yield Failed(f"{exc}{left_out}")
             return
         yield Result(plan)
-        model, meta = start_model(start, model_config, image_size, time_policy_of(table),
+        model, meta = start_model(start, model_config, image_size, time_policy_of(plan),
                                   current)
         yield Result((model, meta))
         for event in iter_retrain(model, meta, plan, config, path, should_stop=stop,
@@ -328,7 +328,7 @@ class TrainingWidget(QWidget):
         stores = [store.snapshot() for store in self.session.annotations.values()]
         left_out = labels_left_out(stores)
         left_out = f" ({left_out})" if left_out else ""
-        if not any(not s.empty and not s.stack.startswith("memory:") for s in stores):
+        if not labelled_stores(stores):
             return self._fail(f"no labels yet: label frames or crops of both classes first "
                               f"(annotation dock){left_out}")
         try:
