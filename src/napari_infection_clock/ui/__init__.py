@@ -3,3 +3,7 @@
 Widgets stay thin: they observe the evented session state in :mod:`.state`, start the
 core's generators in napari's thread workers, and turn results into layers.
 """
+
+from .shader_parsing import linear_comment_stripping
+
+linear_comment_stripping()  # before the docks' first layers are drawn
