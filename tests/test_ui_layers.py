@@ -299,7 +299,8 @@ def test_a_new_tiles_layer_and_colorbar_are_first_drawn_one_visual_per_turn(
     """The tiles layer's first paint built vispy's shaders of its five visuals (faces, three
     highlights, a text: 240 ms on 2 cores), a colorbar's of six (ticks, their labels, the
     colour ramp, the box: 140 ms): each is shown, and so first drawn, in a step of its own;
-    in the end all are shown."""
+    in the end all are shown, but the tiles' text, which napari draws with an empty string
+    while the layer has none: it is drawn once the user gives the layer a text."""
     from napari_infection_clock.core.tiles import TileSpec
     from napari_infection_clock.ui.overlays import PredictionLayers, tile_grid
 
@@ -318,9 +319,14 @@ def test_a_new_tiles_layer_and_colorbar_are_first_drawn_one_visual_per_turn(
             seen_tiles.add(sum(v.visible for v in tiles))
         if layers.probability is not None and layers.probability.colorbar.visible:
             seen_colorbar.add(sum(v.visible for v in _visuals(colorbar().node)))
-    tiles = _visuals(canvas.layer_to_visual[layers.tiles].node)
-    assert len(tiles) == 5 and all(v.visible for v in tiles)
-    assert seen_tiles == {1, 2, 3, 4}  # shown one more per step (all: the ready state)
+    node = canvas.layer_to_visual[layers.tiles].node
+    tiles = _visuals(node)
+    assert len(tiles) == 5 and [v for v in tiles if not v.visible] == [node.text]
+    assert seen_tiles == {1, 2, 3}  # shown one more per step (all four: the ready state)
+    layers.tiles.text = "tile_row"  # as the console or another plugin may
+    assert node.text.visible
+    layers.tiles.text.visible = False  # the layer controls' "display text" box
+    assert not node.text.visible
     bar = _visuals(colorbar().node)
     assert len(bar) == 6 and all(v.visible for v in bar)
     assert seen_colorbar == set(range(1, 7))
@@ -340,3 +346,34 @@ def test_a_layers_parts_are_made_when_no_dock_asks_for_them(make_napari_viewer, 
     layers.make_next()  # the probability layer; then nothing more is asked
     qtbot.waitUntil(lambda: layers.probability in qt_viewer.canvas.layer_to_visual
                     and layers.probability in qt_viewer.controls.widgets, timeout=10_000)
+
+
+def test_a_layer_reused_by_the_next_run_is_not_placed_again_where_it_is(make_napari_viewer):
+    """A run reuses its image's output layers; napari refreshes a layer (and the viewer's
+    extent) on every set of its scale, translate or contrast limits, equal or not (15-30 ms
+    of the GUI thread each on 2 cores): a reused layer in the same place is left there."""
+    from napari_infection_clock.core.tiles import TileSpec
+    from napari_infection_clock.ui.overlays import PredictionLayers, tile_grid
+
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(np.zeros((4, 64, 64), np.uint16), name="well")
+    grid = tile_grid(64, 64, TileSpec(32))
+    first = PredictionLayers(viewer, image, grid, 4, 48.0)
+    while not first.make_next():
+        pass
+    placed = []
+    for layer in (first.probability, first.duration, first.classes, first.tiles):
+        for name in ("scale", "translate", "contrast_limits"):
+            if hasattr(layer.events, name):
+                getattr(layer.events, name).connect(lambda e, n=name: placed.append(n))
+    again = PredictionLayers(viewer, image, grid, 4, 48.0)
+    while not again.make_next():
+        pass
+    assert again.probability is first.probability and again.tiles is first.tiles
+    assert placed == []
+    moved = PredictionLayers(viewer, image, tile_grid(64, 64, TileSpec(16)), 4, 24.0)
+    while not moved.make_next():
+        pass
+    assert "scale" in placed and "contrast_limits" in placed  # a new grid, a new clamp
+    assert tuple(moved.probability.scale[1:]) == (16.0, 16.0)
+    assert tuple(moved.duration.contrast_limits) == (0.0, 24.0)

@@ -12,7 +12,10 @@ a second.
 
 A new layer's (or overlay's) first paint builds vispy's shaders for each visual it is
 drawn with (15-100 ms a visual on software OpenGL: a Shapes layer has five, a colorbar
-four); :func:`drawn_in_turns` shows them one per step instead of all in one paint.
+four); :func:`drawn_in_turns` shows them one per step instead of all in one paint, and
+:func:`text_drawn_when_there_is_some` leaves a Shapes layer's text visual undrawn while
+the layer has no text (napari draws it with an empty string: a text visual's first draw
+is the costliest, and every paint draws it again).
 
 Through napari's private Qt viewer (``window._qt_viewer``) and canvas; where they are
 missing, layers are added with their parts and drawn whole, as usual.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import time
 
+from napari.layers.utils.string_encoding import ConstantStringEncoding
 from napari.utils.events import Event
 from qtpy.QtCore import QTimer
 
@@ -138,3 +142,25 @@ def drawn_in_turns(viewer, layer, overlay=None) -> list:
     for visual in later:
         visual.visible = False
     return [lambda visual=visual: setattr(visual, "visible", True) for visual in later]
+
+
+def _has_text(layer) -> bool:
+    text = layer.text
+    empty = isinstance(text.string, ConstantStringEncoding) and text.string.constant == ""
+    return bool(text.visible) and not empty
+
+
+def text_drawn_when_there_is_some(viewer, layer) -> None:
+    """Draw ``layer``'s (a Shapes layer's) text visual only while the layer has a text to
+    show (given on the console, by another plugin, or shown in its controls)."""
+    canvas = napari_canvas(viewer)
+    try:
+        node = canvas.layer_to_visual[layer].node.text
+    except (AttributeError, KeyError, TypeError):
+        return
+
+    def follow(event=None) -> None:
+        node.visible = _has_text(layer)
+
+    layer.text.events.connect(follow)
+    follow()

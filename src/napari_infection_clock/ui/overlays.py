@@ -26,7 +26,7 @@ from ..core.targets import INFECTED, UNINFECTED
 from ..core.tiles import TileSpec, tile_boxes
 from .gc_freeze import collected_after
 from .gl_context import painted_later
-from .layer_parts import LayerParts, drawn_in_turns
+from .layer_parts import LayerParts, drawn_in_turns, text_drawn_when_there_is_some
 from .layer_roles import PREDICTION_TABLE, output_layer, output_metadata
 
 #: Largest side of the raster regions are painted on; bigger frames are coarsened.
@@ -95,6 +95,15 @@ def _drawing_overlays_when_drawn(layer: Labels) -> None:
                 overlay.visible = True
 
     layer.events.mode.connect(on_mode)
+
+
+def _place(layer, **values) -> None:
+    """Set ``values`` (scale, translate, contrast limits) on a reused layer where they
+    differ: napari refreshes the layer and the viewer's extent on every set, equal or not
+    (15-30 ms of the GUI thread each on a 2-core machine)."""
+    for key, value in values.items():
+        if not np.array_equal(getattr(layer, key), value):
+            setattr(layer, key, value)
 
 
 def layer_name(image_name: str, kind: str) -> str:
@@ -323,8 +332,7 @@ class PredictionLayers:
                     lambda: setattr(layer.colorbar, "visible", True), layer, layer.colorbar))
             return layer
         layer.data = data
-        for key in ("scale", "translate", "contrast_limits"):
-            setattr(layer, key, kwargs[key])
+        _place(layer, **{key: kwargs[key] for key in ("scale", "translate", "contrast_limits")})
         return layer
 
     def _labels(self, data, **placed):
@@ -347,7 +355,7 @@ class PredictionLayers:
                 self.viewer.add_layer(layer)
             return layer
         layer.data = data
-        layer.scale, layer.translate = placed["scale"], placed["translate"]
+        _place(layer, **placed)
         return layer
 
     def _tiles(self):
@@ -372,7 +380,7 @@ class PredictionLayers:
                 layer.data = []
                 layer.add_rectangles(rectangles)
                 layer.features = features
-            layer.scale, layer.translate = placed["scale"], placed["translate"]
+            _place(layer, **placed)
             layer.metadata[PREDICTION_TABLE] = self._table
             return layer
         self._remove(layer)
@@ -391,14 +399,18 @@ class PredictionLayers:
                           PREDICTION_TABLE: self._table},
                 **placed,
             )
-        self._finish.append(self._in_turns(lambda: setattr(layer, "visible", True), layer))
+        self._finish.append(self._in_turns(lambda: setattr(layer, "visible", True), layer,
+                                           hide_empty_text=True))
         return layer
 
-    def _in_turns(self, show, layer, overlay=None):
+    def _in_turns(self, show, layer, overlay=None, hide_empty_text=False):
         """A step that calls ``show()`` with one of ``layer``'s (or ``overlay``'s) visuals
-        drawn; the next steps show the others, one each (:func:`.layer_parts.drawn_in_turns`)."""
+        drawn; the next steps show the others, one each (:func:`.layer_parts.drawn_in_turns`),
+        but, with ``hide_empty_text``, a Shapes layer's text while it has none."""
 
         def step() -> None:
+            if hide_empty_text:
+                text_drawn_when_there_is_some(self.viewer, layer)
             later = drawn_in_turns(self.viewer, layer, overlay)
             show()
             self._finish[:0] = later
