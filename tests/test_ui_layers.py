@@ -185,7 +185,8 @@ def test_a_run_uses_the_checkpoints_time_unless_the_user_set_it(make_napari_view
 def test_a_new_output_layer_is_painted_in_a_later_turn(make_napari_viewer, qtbot):
     """Making a layer (100-200 ms of napari on a 2-core machine) and the canvas repaint it
     asks for (50-130 ms on software OpenGL) were one turn of the GUI thread; a run's layers
-    are made hidden, so the repaint waits a turn: the viewer takes input in between."""
+    are made hidden, so the repaint waits a turn: the viewer takes input in between. So
+    does the repaint after each later step (its visual, its colorbar, each first draw)."""
     from qtpy.QtWidgets import QApplication
 
     from napari_infection_clock.core.tiles import TileSpec
@@ -204,6 +205,14 @@ def test_a_new_output_layer_is_painted_in_a_later_turn(make_napari_viewer, qtbot
     QApplication.processEvents()  # the turn that made it
     assert painted == []
     qtbot.waitUntil(lambda: bool(painted), timeout=5_000)  # and then the canvas is painted
+    steps = 1
+    while not layers.make_next():  # every later step too: its visual, controls, colorbar,
+        steps += 1  # the layer shown, each visual's first draw
+        painted.clear()
+        QApplication.processEvents()
+        assert painted == [], f"step {steps} was painted in its own turn"
+        qtbot.waitUntil(lambda: bool(painted), timeout=5_000)
+    assert steps > 10
 
 
 def test_the_class_layer_makes_its_drawing_overlays_when_the_user_draws(make_napari_viewer):
@@ -377,3 +386,28 @@ def test_a_layer_reused_by_the_next_run_is_not_placed_again_where_it_is(make_nap
     assert "scale" in placed and "contrast_limits" in placed  # a new grid, a new clamp
     assert tuple(moved.probability.scale[1:]) == (16.0, 16.0)
     assert tuple(moved.duration.contrast_limits) == (0.0, 24.0)
+
+
+def test_a_reused_tiles_layer_takes_a_new_grid_in_two_steps(make_napari_viewer):
+    """A run with another tile grid than the last lays the reused tiles layer's rectangles
+    again (60-100 ms of napari's Shapes on 2 cores): the old ones go in one step, the new
+    ones and their features come in the next."""
+    from napari_infection_clock.core.tiles import TileSpec
+    from napari_infection_clock.ui.overlays import PredictionLayers, tile_grid
+
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(np.zeros((4, 64, 64), np.uint16), name="well")
+    first = PredictionLayers(viewer, image, tile_grid(64, 64, TileSpec(32)), 4, 48.0)
+    while not first.make_next():
+        pass
+    tiles = first.tiles
+    assert len(tiles.data) == 4
+    again = PredictionLayers(viewer, image, tile_grid(64, 64, TileSpec(16)), 4, 48.0)
+    counts = []
+    while not again.make_next():
+        counts.append(len(tiles.data))
+    assert again.tiles is tiles
+    assert 0 in counts  # a step ended with the old rectangles gone, the new ones not laid
+    assert len(tiles.data) == 16 and len(tiles.features) == 16
+    assert sorted(map(tuple, tiles.features[["tile_row", "tile_col"]].to_numpy())) == [
+        (r, c) for r in range(4) for c in range(4)]

@@ -106,6 +106,13 @@ def _place(layer, **values) -> None:
             setattr(layer, key, value)
 
 
+def _lay(layer: Shapes, rectangles: list, features: pd.DataFrame) -> None:
+    """Lay ``rectangles`` with their ``features`` in the emptied tiles layer (a step of its
+    own after the emptying: each is 30-50 ms of napari's Shapes on a 2-core machine)."""
+    layer.add_rectangles(rectangles)
+    layer.features = features
+
+
 def layer_name(image_name: str, kind: str) -> str:
     """The name an output layer of ``kind`` is given (what it shows; found by its image's
     id and its kind, never by this name)."""
@@ -218,8 +225,9 @@ class PredictionLayers:
     once the clocks are fitted).
 
     The layers are made one per :meth:`make_next` call (the dock makes one per update
-    tick), hidden and without a repaint in that turn; a continuous one's colorbar is made
-    by the next call, and a shown layer (probability, tiles) is shown by the one after, its
+    tick), hidden; every step's canvas repaint comes in a turn of its own, 30 ms later
+    (:func:`.gl_context.painted_later`); a continuous one's colorbar is made by the next
+    call, and a shown layer (probability, tiles) is shown by the one after, its
     colorbar by the next (each first paint builds vispy's shaders for it: on Mesa's
     software OpenGL, as long as making the layer), so that making them never holds the GUI
     thread for long. The continuous ones (probability, duration, onset) carry colorbars and
@@ -263,7 +271,7 @@ class PredictionLayers:
         four layers are there."""
         if self.ready:
             return True
-        with collected_after():
+        with collected_after(), painted_later(self.viewer):  # the repaint: a turn of its own
             self._make_next()
         return self.ready
 
@@ -376,10 +384,9 @@ class PredictionLayers:
         layer = self._existing("tiles")
         if isinstance(layer, Shapes):  # a previous run's: the same grid stays as it is
             shown = layer.features.reindex(columns=features.columns).reset_index(drop=True)
-            if not shown.equals(features):
+            if not shown.equals(features):  # another grid: laid by the next step
                 layer.data = []
-                layer.add_rectangles(rectangles)
-                layer.features = features
+                self._finish.append(lambda: _lay(layer, rectangles, features))
             _place(layer, **placed)
             layer.metadata[PREDICTION_TABLE] = self._table
             return layer
