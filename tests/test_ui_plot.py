@@ -479,3 +479,22 @@ def test_the_plot_is_drawn_only_when_its_marker_or_answer_moves(make_napari_view
     viewer.dims.set_point(0, 6)  # the slider moved: the marker follows
     qtbot.waitUntil(lambda: bool(drawn), timeout=5_000)
     assert plot.markers[0].get_xdata()[0] == pytest.approx(6 * INTERVAL)
+
+
+def test_the_first_prediction_is_plotted_once(make_napari_viewer, monkeypatch):
+    """The plot's curves are made on the GUI thread (40-70 ms on 2 cores): the first
+    prediction it hears of (its image added to the chooser, which chose it) is plotted
+    once, not once for the chooser and again for the results."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((N_FRAMES, 64, 64), np.uint16), name="well")
+    grid = tile_grid(64, 64, TileSpec(32))
+    plot = TimeSeriesPlot(viewer)
+    viewer.window.add_dock_widget(plot)
+    plotted = []
+    real_plot = plot._plot
+    monkeypatch.setattr(plot, "_plot", lambda: (plotted.append(plot.image_key), real_plot()))
+    run = PredictionRun(n_frames=N_FRAMES, frame_interval_h=INTERVAL, onset_h=ONSET,
+                        mode="tile grid")
+    session_for(viewer).set_results(image, _table(grid), run)
+    assert plotted == [image_id(image)]
+    assert plot.image_name == "well" and len(plot.summary) == N_FRAMES

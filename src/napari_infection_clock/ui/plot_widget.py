@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from napari.layers import Shapes
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QSignalBlocker
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -125,7 +126,8 @@ class TimeSeriesPlot(DockedFigure):
         """A prediction changed: show it (a new run on another image is followed)."""
         index = self.choice.findData(key)
         if index < 0:
-            self.choice.addItem(self.session.name_of(key), key)
+            with QSignalBlocker(self.choice):  # the first item is chosen: plotted below, once
+                self.choice.addItem(self.session.name_of(key), key)
             index = self.choice.count() - 1
         else:
             self.choice.setItemText(index, self.session.name_of(key))
