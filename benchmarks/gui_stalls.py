@@ -317,9 +317,13 @@ def main() -> None:
 
     def prediction(mode, click, dock):
         in_front(dock)
-        predict.mode.value = mode
-        if mode == "tile grid":
-            predict.tile_size.value = args.tile
+        if predict.mode.value != mode:
+            def pick():
+                predict.mode.value = mode
+                if mode == "tile grid":
+                    predict.tile_size.value = args.tile
+
+            picked(f"prediction mode set to {mode}", pick)
         ended = []
         predict.finished.connect(ended.append)
         gaps = meter.measure(app, click, lambda: bool(ended))
@@ -327,9 +331,17 @@ def main() -> None:
         assert ended[0].startswith("done"), ended
         return gaps
 
+    def picked(what, pick):
+        """The user picks an option, the dock shows its fields, then the user clicks: the
+        picking's stalls are a row of their own."""
+        end = time.monotonic() + 1.0
+        record(f"{what} (the dock shows its fields)",
+               meter.measure(app, pick, lambda: time.monotonic() > end))
+
     def training(mode):
         in_front(train)
-        train.mode_combo.setCurrentText(mode)
+        if train.mode_combo.currentText() != mode:
+            picked(f"training mode set to {mode}", lambda: train.mode_combo.setCurrentText(mode))
         gaps = meter.measure(app, train.start_button.click, lambda: train.worker is None)
         assert train.use_button.isEnabled(), train.status.text()
         return gaps
