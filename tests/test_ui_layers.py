@@ -411,3 +411,36 @@ def test_a_reused_tiles_layer_takes_a_new_grid_in_two_steps(make_napari_viewer):
     assert len(tiles.data) == 16 and len(tiles.features) == 16
     assert sorted(map(tuple, tiles.features[["tile_row", "tile_col"]].to_numpy())) == [
         (r, c) for r in range(4) for c in range(4)]
+
+
+def test_each_layer_step_at_a_runs_end_is_painted_before_the_next(make_napari_viewer, qtbot,
+                                                                   checkpoint, monkeypatch):
+    """A run shorter than its layers take to make makes the rest in steps at its end; each
+    step's repaint (a visual's first draw among them) comes before the next step: with the
+    steps 30 ms apart, each step held the canvas again before its repaint, and the tiles
+    layer's visuals were first drawn in one paint (9 programs built, 128 ms on 2 cores)."""
+    from napari_infection_clock.ui.overlays import PredictionLayers
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(generate_stack(True, seed=1, n_frames=2, size=32, dtype="uint8"),
+                     name="well", metadata={"frame_interval_h": 0.5})
+    predict = PredictionWidget(viewer)
+    viewer.window.add_dock_widget(predict)
+    predict.checkpoint.value = checkpoint
+    predict.device.value = "cpu"
+    events = []
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas  # private: vispy's canvas
+    canvas.events.draw.connect(lambda event: events.append("paint"))
+    real_step = PredictionLayers.make_next
+
+    def step(self):
+        events.append("step")
+        return real_step(self)
+
+    monkeypatch.setattr(PredictionLayers, "make_next", step)
+    assert _predict(qtbot, predict).startswith("done")
+    qtbot.wait(200)
+    steps = "".join("s" if e == "step" else "p" for e in events)
+    steps = steps[steps.index("s"):].rstrip("p")  # from the first step to the last
+    assert steps.count("s") > 10
+    assert "ss" not in steps, steps  # a paint between every two steps

@@ -47,6 +47,7 @@ from ..core.tiles import TileSpec, resized_tiles_note, tile_grid_shape
 from .devices import device_choices
 from .docking import place_form
 from .figures import fit_width
+from .gl_context import PAINT_AFTER_MS
 from .glyphs import GlyphsAhead
 from .layer_roles import FROM_FILE, START_OFFSET_H, image_id, is_output, time_setting
 from .messages import fit_messages, short, show
@@ -80,8 +81,10 @@ RESULTS_EVERY_S = 0.5
 #: canvas (on a slow machine each holds the GUI thread for a while; together, twice that).
 PUBLISH_AFTER_MS = 100
 #: Milliseconds between the steps of a run's end. Not 0: a chain of zero timers ran all the
-#: steps in one stall (Qt handled none of the other timers, input or repaints between them).
-END_STEP_MS = 30
+#: steps in one stall (Qt handled none of the other timers, input or repaints between them);
+#: longer than a step's repaint waits (``painted_later``), so that each step is painted (a
+#: new visual's first draw) before the next one holds the canvas again.
+END_STEP_MS = PAINT_AFTER_MS + 50
 
 
 class InputError(ValueError):
