@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import types
 
-#: The comment-stripping call in vispy.gloo.program (vispy 0.14-0.17).
+#: The comment-stripping call in vispy.gloo.program (vispy 0.17).
 COMMENTS = (r"(.*)(//.*)", r"\1", re.M)
 
 
