@@ -156,8 +156,9 @@ class EvaluationWidget(QWidget):
             self.figures[name] = (docked.figure, docked.canvas)
             self.tabs.addTab(docked, name)
         layout.addWidget(self.tabs)
-        #: Canvases whose figure changed while their tab was hidden: drawn when shown.
-        self._undrawn: set = set()
+        #: The last evaluation, and the names of its figures not made yet (made when shown).
+        self._evaluation: Evaluation | None = None
+        self._unmade: set = set()
         self.tabs.currentChanged.connect(self._draw_shown)
 
     def items(self) -> list:
@@ -210,7 +211,8 @@ class EvaluationWidget(QWidget):
         self.run_button.setEnabled(True)
 
     def show(self, evaluation: Evaluation) -> None:
-        """Metrics and figures of a finished evaluation (drawn here, computed in the run)."""
+        """A finished evaluation (computed in the run): its metrics now, each figure when
+        its tab is first in view."""
         table = self.table = evaluation.table
         self.metrics, self.calibration = evaluation.metrics, evaluation.calibration
         rows = metric_rows(self.metrics)
@@ -218,21 +220,11 @@ class EvaluationWidget(QWidget):
         for i, (k, v) in enumerate(rows):
             self.metrics_table.setItem(i, 0, QTableWidgetItem(k))
             self.metrics_table.setItem(i, 1, QTableWidgetItem(v))
-        y = table["true_class"].to_numpy(dtype=np.float64)
-        p = table["p_infected"].to_numpy(dtype=np.float64)
-        for name, (fig, canvas) in self.figures.items():
-            with canvas.editing(render=False):  # rendered when its tab is in view
+        for fig, canvas in self.figures.values():
+            with canvas.editing(render=False):  # the last evaluation's figure goes
                 fig.clear()
-                if name == "ROC":
-                    roc_figure(y, p, ax=fig.add_subplot())
-                elif name == "confusion":
-                    confusion_figure(y, (p >= 0.5).astype(int), ax=fig.add_subplot())
-                elif name == "time":
-                    time_scatter_figure(table["true_time_h"], table["pred_time_h"], y,
-                                        ax=fig.add_subplot())
-                else:
-                    per_bin_figure(evaluation.per_bin, fig=fig)
-            self._undrawn.add(canvas)
+        self._unmade = set(self.figures)
+        self._evaluation = evaluation
         self._draw_shown()
         auc = self.metrics["overall"]["classification"].get("roc_auc", np.nan)
         mae = self.metrics["overall"]["regression"].get("mae", np.nan)
@@ -240,13 +232,29 @@ class EvaluationWidget(QWidget):
         self.export_button.setEnabled(True)
 
     def _draw_shown(self, *_) -> None:
-        """Render the figure on the tab in view, if it changed since its last render (off
-        the GUI thread, but a few hundred ms of a slow machine's CPU each): the hidden ones
-        wait until their tab is chosen."""
-        canvas = getattr(self.tabs.currentWidget(), "canvas", None)
-        if canvas in self._undrawn:
-            self._undrawn.discard(canvas)
-            canvas.request_render()
+        """Make the figure on the tab in view, if the last evaluation's is not made yet (its
+        artists, on the GUI thread: up to 40 ms each on 2 cores), and render it (off the GUI
+        thread, but a few hundred ms of a slow machine's CPU): the hidden ones wait until
+        their tab is chosen."""
+        name = self.tabs.tabText(self.tabs.currentIndex())
+        if name not in self._unmade:  # the metrics, or a figure made already
+            return
+        self._unmade.discard(name)
+        fig, canvas = self.figures[name]
+        table = self._evaluation.table
+        y = table["true_class"].to_numpy(dtype=np.float64)
+        p = table["p_infected"].to_numpy(dtype=np.float64)
+        with canvas.editing():
+            fig.clear()
+            if name == "ROC":
+                roc_figure(y, p, ax=fig.add_subplot())
+            elif name == "confusion":
+                confusion_figure(y, (p >= 0.5).astype(int), ax=fig.add_subplot())
+            elif name == "time":
+                time_scatter_figure(table["true_time_h"], table["pred_time_h"], y,
+                                    ax=fig.add_subplot())
+            else:
+                per_bin_figure(self._evaluation.per_bin, fig=fig)
 
     def export(self, folder=None):
         """metrics.json, per_bin.csv and the five figures as PNG (written atomically)."""
