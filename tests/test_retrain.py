@@ -51,7 +51,7 @@ def test_labels_from_sample_data_train_a_model_that_generalises(tmp_path):
     plan = plan_from_labels(table, val_fraction=0.2)
     assert plan.how.startswith("by well")
     assert not {i.group for i in plan.train} & {i.group for i in plan.val}
-    model, meta = start_model("random", ModelConfig(arch="resnet18", hidden_dim=64), 64,
+    model, meta = start_model("random", ModelConfig(arch="resnet18", hidden_dim=64), 32,
                               time_policy_of(plan))
     # The training dock's default: the best epoch by validation loss, which weighs both
     # heads; by ROC AUC alone an early epoch with an untrained time head can win.
