@@ -125,8 +125,8 @@ def main(argv=None) -> None:
     if "roof" in args.sections:
         # Without bf16 kernels a bf16 matrix product is emulated: minutes, and no roof.
         native_bf16 = device.type != "cpu" or cpu_supports_bf16()
-        bf16 = _matmul_rate(device, torch.bfloat16) if native_bf16 else None
-        fp32 = _matmul_rate(device, torch.float32)
+        bf16 = _matmul_rate(device, torch.bfloat16, args.quick) if native_bf16 else None
+        fp32 = _matmul_rate(device, torch.float32, args.quick)
         flops = _model_flops(model, meta)
         rate = bf16 if predictor.amp_dtype in (torch.bfloat16, torch.float16) else fp32
         roof = rate / flops
@@ -251,9 +251,10 @@ def _autocast_rate(model, meta, device, dtype, batch: int, calls: int) -> float:
     return _best_rate(step, batch, calls, device)
 
 
-def _matmul_rate(device, dtype, reps: int = 5) -> float:
-    """Best FLOP/s of an n x n matrix product (n large enough to fill a GPU)."""
-    n = 8192 if device.type == "cuda" else 4096
+def _matmul_rate(device, dtype, quick: bool = False, reps: int = 5) -> float:
+    """Best FLOP/s of an n x n matrix product (n large enough to fill a GPU; a quarter of
+    that with ``quick``: 64 times less work, the rate of a smoke run)."""
+    n = (8192 if device.type == "cuda" else 4096) // (4 if quick else 1)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     best = 0.0
