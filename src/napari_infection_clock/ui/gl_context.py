@@ -16,11 +16,18 @@ bound, and nothing is left dangling.
 from __future__ import annotations
 
 import contextlib
+import time
+import weakref
+from functools import partial
 
 from qtpy.QtCore import QTimer
 
 #: Milliseconds after making hidden layers that the canvas repaints (a turn of its own).
 PAINT_AFTER_MS = 30
+#: Seconds :func:`repaint_pending` waits at most for a repaint given back to be shown.
+REPAINT_WAIT_S = 0.5
+
+_given_back: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # canvas widget -> when
 
 
 def napari_canvas(viewer):
@@ -71,3 +78,26 @@ def _paint_again(widget) -> None:
     with contextlib.suppress(RuntimeError):  # the canvas went with its viewer
         widget.setUpdatesEnabled(True)
         widget.update()
+        if widget not in _given_back:  # forgotten again once the window shows the frame
+            widget.frameSwapped.connect(partial(_shown, weakref.ref(widget)))
+        _given_back[widget] = time.monotonic()
+
+
+def _shown(widget_ref) -> None:
+    _given_back.pop(widget_ref(), None)
+
+
+def repaint_pending(viewer) -> bool:
+    """Whether ``viewer``'s canvas has a repaint held or given back but not yet shown
+    (:func:`painted_later`; one given back is waited for :data:`REPAINT_WAIT_S` at most: a
+    hidden window shows none). A step that waits for it is not painted together with the
+    one before it."""
+    widget = canvas_widget(viewer)
+    with contextlib.suppress(RuntimeError):
+        if widget is None:
+            return False
+        if not widget.updatesEnabled():
+            return True
+        asked = _given_back.get(widget)
+        return asked is not None and time.monotonic() - asked < REPAINT_WAIT_S
+    return False

@@ -47,7 +47,7 @@ from ..core.tiles import TileSpec, resized_tiles_note, tile_grid_shape
 from .devices import device_choices
 from .docking import place_form
 from .figures import fit_width
-from .gl_context import PAINT_AFTER_MS
+from .gl_context import repaint_pending
 from .glyphs import GlyphsAhead
 from .layer_roles import FROM_FILE, START_OFFSET_H, image_id, is_output, time_setting
 from .messages import fit_messages, short, show
@@ -81,10 +81,11 @@ RESULTS_EVERY_S = 0.5
 #: canvas (on a slow machine each holds the GUI thread for a while; together, twice that).
 PUBLISH_AFTER_MS = 100
 #: Milliseconds between the steps of a run's end. Not 0: a chain of zero timers ran all the
-#: steps in one stall (Qt handled none of the other timers, input or repaints between them);
-#: longer than a step's repaint waits (``painted_later``), so that each step is painted (a
-#: new visual's first draw) before the next one holds the canvas again.
-END_STEP_MS = PAINT_AFTER_MS + 50
+#: steps in one stall (Qt handled none of the other timers, input or repaints between them).
+#: A step also waits until the canvas has shown the last one's repaint
+#: (``gl_context.repaint_pending``): else each held the canvas again before it, and a short
+#: run's new visuals were all first drawn in one paint.
+END_STEP_MS = 30
 
 
 class InputError(ValueError):
@@ -671,6 +672,9 @@ class PredictionWidget(Container):
 
     def _next_end_step(self) -> None:
         if self._ending is None:
+            return
+        if repaint_pending(self.viewer):  # the last step's repaint first
+            QTimer.singleShot(END_STEP_MS, self._next_end_step)
             return
         if self._orphaned():  # its image was removed: nothing to show
             self.layers, self._waiting, self._clocks = None, [], None
