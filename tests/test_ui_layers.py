@@ -450,8 +450,11 @@ def test_each_layer_step_at_a_runs_end_is_painted_before_the_next(make_napari_vi
         time.sleep(0.12)
 
     monkeypatch.setattr(gc_freeze, "_collect", slow_collect)
+    widget = canvas.native
+    followers = widget.receivers(widget.frameSwapped)
     assert _predict(qtbot, predict).startswith("done")
     qtbot.wait(200)
+    assert widget.receivers(widget.frameSwapped) == followers + 1  # one, however many steps
     steps = "".join("s" if e == "step" else "p" for e in events)
     steps = steps[steps.index("s"):].rstrip("p")  # from the first step to the last
     assert steps.count("s") > 10

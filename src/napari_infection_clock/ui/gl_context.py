@@ -28,6 +28,7 @@ PAINT_AFTER_MS = 30
 REPAINT_WAIT_S = 0.5
 
 _given_back: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # canvas widget -> when
+_watched: weakref.WeakSet = weakref.WeakSet()  # canvas widgets whose frames are followed
 
 
 def napari_canvas(viewer):
@@ -78,8 +79,9 @@ def _paint_again(widget) -> None:
     with contextlib.suppress(RuntimeError):  # the canvas went with its viewer
         widget.setUpdatesEnabled(True)
         widget.update()
-        if widget not in _given_back:  # forgotten again once the window shows the frame
+        if widget not in _watched:  # forgotten again once the window shows the frame
             widget.frameSwapped.connect(partial(_shown, weakref.ref(widget)))
+            _watched.add(widget)
         _given_back[widget] = time.monotonic()
 
 
