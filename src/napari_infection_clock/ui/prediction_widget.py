@@ -572,7 +572,9 @@ class PredictionWidget(Container):
         self._done = frames[-1].done
         self.progress_bar.value = self._done
         self._progress.update(self._done - self._progress.n)
-        self._say(self._noted(f"predicting: {self._done} of {len(self._job.frames)} frames done"))
+        if not (self.worker is not None and self.worker.stopping):  # "cancelling..." stays
+            self._say(self._noted(f"predicting: {self._done} of {len(self._job.frames)} "
+                                  "frames done"))
         self.layers.add_frames([f.table for f in frames])
 
     def _on_model_ready(self, model: SessionModel) -> None:
