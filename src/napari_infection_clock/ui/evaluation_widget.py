@@ -156,8 +156,8 @@ class EvaluationWidget(QWidget):
             self.figures[name] = (docked.figure, docked.canvas)
             self.tabs.addTab(docked, name)
         layout.addWidget(self.tabs)
-        #: The last evaluation, and the names of its figures not made yet (made when shown).
-        self._evaluation: Evaluation | None = None
+        #: The last evaluation's per-bin table, and its figures not made yet (made when shown).
+        self._per_bin: pd.DataFrame | None = None
         self._unmade: set = set()
         self.tabs.currentChanged.connect(self._draw_shown)
 
@@ -224,7 +224,7 @@ class EvaluationWidget(QWidget):
             with canvas.editing(render=False):  # the last evaluation's figure goes
                 fig.clear()
         self._unmade = set(self.figures)
-        self._evaluation = evaluation
+        self._per_bin = evaluation.per_bin
         self._draw_shown()
         auc = self.metrics["overall"]["classification"].get("roc_auc", np.nan)
         mae = self.metrics["overall"]["regression"].get("mae", np.nan)
@@ -241,7 +241,7 @@ class EvaluationWidget(QWidget):
             return
         self._unmade.discard(name)
         fig, canvas = self.figures[name]
-        table = self._evaluation.table
+        table = self.table
         y = table["true_class"].to_numpy(dtype=np.float64)
         p = table["p_infected"].to_numpy(dtype=np.float64)
         with canvas.editing():
@@ -254,7 +254,7 @@ class EvaluationWidget(QWidget):
                 time_scatter_figure(table["true_time_h"], table["pred_time_h"], y,
                                     ax=fig.add_subplot())
             else:
-                per_bin_figure(self._evaluation.per_bin, fig=fig)
+                per_bin_figure(self._per_bin, fig=fig)
 
     def export(self, folder=None):
         """metrics.json, per_bin.csv and the five figures as PNG (written atomically)."""

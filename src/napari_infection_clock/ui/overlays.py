@@ -406,18 +406,16 @@ class PredictionLayers:
                           PREDICTION_TABLE: self._table},
                 **placed,
             )
-        self._finish.append(self._in_turns(lambda: setattr(layer, "visible", True), layer,
-                                           hide_empty_text=True))
+        shown = self._in_turns(lambda: setattr(layer, "visible", True), layer)
+        self._finish.append(  # its empty text hidden first: never one of the visuals shown
+            lambda: (text_drawn_when_there_is_some(self.viewer, layer), shown()))
         return layer
 
-    def _in_turns(self, show, layer, overlay=None, hide_empty_text=False):
+    def _in_turns(self, show, layer, overlay=None):
         """A step that calls ``show()`` with one of ``layer``'s (or ``overlay``'s) visuals
-        drawn; the next steps show the others, one each (:func:`.layer_parts.drawn_in_turns`),
-        but, with ``hide_empty_text``, a Shapes layer's text while it has none."""
+        drawn; the next steps show the others, one each (:func:`.layer_parts.drawn_in_turns`)."""
 
         def step() -> None:
-            if hide_empty_text:
-                text_drawn_when_there_is_some(self.viewer, layer)
             later = drawn_in_turns(self.viewer, layer, overlay)
             show()
             self._finish[:0] = later
