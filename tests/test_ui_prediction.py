@@ -663,6 +663,31 @@ def test_a_run_leaves_naparis_worker_threads_at_their_priority(make_napari_viewe
     assert seen == [gui_priority] * n
 
 
+def test_a_run_does_not_animate_naparis_activity_indicator(make_napari_viewer, qtbot, sample,
+                                                           checkpoint):
+    """The dock shows a run's progress itself. napari's activity indicator is a 33 frames a
+    second GIF in the status bar, and on software OpenGL (Mesa's llvmpipe) each frame
+    recomposes the whole window: ~60 % of the GUI thread, and a tiled run 2.4x slower
+    (benchmarks.md, 1 December)."""
+    from napari._qt.dialogs.qt_activity_dialog import ActivityToggleItem
+    from qtpy.QtGui import QMovie
+
+    viewer, image, widget = _setup(make_napari_viewer, sample, checkpoint, show=True)
+    indicator = viewer.window._qt_window.findChild(ActivityToggleItem)._inProgressIndicator
+    animating = []  # whether the indicator ran, at every look while the run goes on
+
+    def ended():
+        animating.append(indicator.movie().state() == QMovie.MovieState.Running)
+        return widget.worker is None
+
+    widget.run_button.native.click()
+    assert widget.worker is not None, widget.status.value
+    qtbot.waitUntil(ended, timeout=RUN_TIMEOUT_MS)
+    assert widget.status.value.startswith("done"), widget.status.value
+    assert len(animating) > 1 and not any(animating), animating
+    assert widget.progress_bar.value == widget.progress_bar.max
+
+
 def test_the_image_chooser_follows_the_image_in_view(make_napari_viewer, qtbot, checkpoint):
     """The dock serves the image the user looks at (selected, or the only one shown), as the
     annotation dock does; the chooser still lets the user pick, and never offers outputs."""

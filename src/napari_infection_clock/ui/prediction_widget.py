@@ -27,7 +27,6 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image, Shapes
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 from qtpy.QtCore import QTimer
@@ -157,7 +156,6 @@ class PredictionWidget(Container):
         self.worker = None
         self.layers: PredictionLayers | None = None
         self.readout: Readout | None = None
-        self._progress: progress | None = None
         self._job: Job | None = None
         self._last_results = 0.0
         self._done = 0
@@ -532,7 +530,6 @@ class PredictionWidget(Container):
         self._publish_later.stop()
         self.progress_bar.max = len(job.frames)
         self.progress_bar.value = 0
-        self._progress = progress(total=len(job.frames), desc=f"Predicting {job.image.name}")
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self._say("loading the model..." if job.session_model is None else "predicting...")
@@ -565,13 +562,11 @@ class PredictionWidget(Container):
                       details=batch.failed.details)
 
     def _show_waiting(self) -> None:
-        """Paint the frames finished since the last tick. The progress bars go first: they
-        repaint the window at once (napari's even runs the event loop), and a canvas whose
-        layers changed would be painted there and again after this tick."""
+        """Paint the frames finished since the last tick. The progress bar goes first: a
+        canvas whose layers changed would otherwise be painted with it and again after."""
         frames, self._waiting = self._waiting, []
         self._done = frames[-1].done
         self.progress_bar.value = self._done
-        self._progress.update(self._done - self._progress.n)
         if not (self.worker is not None and self.worker.stopping):  # "cancelling..." stays
             self._say(self._noted(f"predicting: {self._done} of {len(self._job.frames)} "
                                   "frames done"))
@@ -708,9 +703,6 @@ class PredictionWidget(Container):
             yield True
         elif self.layers is not None:
             self.layers.flush()
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
         total = len(self._job.frames) if self._job else 0
         if self._failed:
             message = self._message

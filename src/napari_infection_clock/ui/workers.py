@@ -181,7 +181,7 @@ class Run(QObject):
 
     def _drain(self) -> None:
         """Hand over everything queued so far (never re-entered: a callback that spins the
-        event loop, as napari's progress bar does, cannot nest a second hand-over)."""
+        event loop cannot nest a second hand-over)."""
         if self._draining or self.ended:
             return
         self._draining = True
