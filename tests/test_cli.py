@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -369,6 +370,31 @@ def test_console_script_is_installed():
     assert exe, "the infection-clock console script is not installed next to this Python"
     result = subprocess.run([exe, "train", "--help"], capture_output=True, text=True, check=True)
     assert "--mode" in result.stdout and "--checkpoint" in result.stdout
+
+
+#: What the commands import and the parser must not: ~9 s of imports on 2 cores.
+HEAVY = {"torch", "torchvision", "scipy", "sklearn", "matplotlib", "pandas"}
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "said"),
+    [
+        (["--help"], 0, "merge-predictions"),
+        (["evaluate", "--help"], 0, "--bin-hours"),
+        (["predict", "model.pt", "well.tif"], 2, "the following arguments are required: --out"),
+    ],
+)
+def test_help_and_argument_errors_import_nothing_heavy(args, code, said):
+    """A user typing ``infection-clock --help`` or a wrong option waited for torch,
+    torchvision, scipy and matplotlib before seeing a line: the parser imports none of them."""
+    exe = shutil.which("infection-clock", path=str(Path(sys.executable).parent))
+    run = subprocess.run([exe, *args], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert run.returncode == code and said in run.stdout + run.stderr, run.stderr[-2000:]
+    imported = {line.rpartition("|")[2].strip().split(".")[0]
+                for line in run.stderr.splitlines() if line.startswith("import time:")}
+    assert "argparse" in imported  # the import times were written
+    assert not imported & HEAVY, sorted(imported & HEAVY)
 
 
 def test_training_without_validation_from_a_calibrated_model_drops_it(trained, tmp_path):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import sys
 
-from .common import USER_ERRORS
+from .parser import parse
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .parser import parse
-
     command, options, run = parse(argv)
+    from .common import USER_ERRORS  # after parsing: --help and argument errors need no torch
+
     try:
         return int(run(options) or 0)
     except USER_ERRORS as exc:

@@ -2,7 +2,8 @@
 
 The defaults live here, once: the parser leaves an option out of its namespace when it is
 not given, so the dataclass default applies, and a caller such as ``demo`` gets exactly
-what the command line would give.
+what the command line would give. The core defaults they start from are in torch-free
+modules: the parser imports this one, and ``--help`` should not wait for torch.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.items import FramePolicy
+from ..core.targets import FramePolicy
 from ..core.tiles import TileSpec
-from ..core.trainer import TrainConfig
+from ..core.train_config import TrainConfig
 
 _T = TrainConfig
 

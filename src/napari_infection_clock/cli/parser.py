@@ -1,25 +1,31 @@
 """The ``infection-clock`` argument parser: command line -> typed options of a command.
 
 Options that are not given stay out of the namespace (``argparse.SUPPRESS``), so their
-defaults come from the option dataclasses alone.
+defaults come from the option dataclasses alone. The parser imports nothing heavy (no torch,
+scipy, pandas or matplotlib): ``--help`` and argument errors answer at once, and a command's
+module is imported once the command line has chosen it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from dataclasses import fields
 from pathlib import Path
 
 from .. import __version__
-from ..core.model import ARCHITECTURES, INIT_CHOICES
-from ..core.recipes import AUGMENTATIONS, BN_MODES, RECIPES, SELECTIONS, SMOOTHING_WINDOW
-from ..core.runtime import PRECISIONS
+from ..core.choices import ARCHITECTURES, INIT_CHOICES, PRECISIONS
+from ..core.recipes import (
+    AUGMENTATIONS,
+    BEST_METRICS,
+    BN_MODES,
+    RECIPES,
+    SELECTIONS,
+    SMOOTHING_WINDOW,
+)
 from ..core.targets import DEFAULT_CLAMP, DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
 from ..core.tiles import BORDERS, TileSpec
-from ..core.trainer import BEST_METRICS, TRAIN_MODES
-from .cv_report import cv_report
-from .demo import demo
-from .evaluate import evaluate
+from ..core.train_config import TRAIN_MODES
 from .options import (
     CVReportOptions,
     DemoOptions,
@@ -29,19 +35,17 @@ from .options import (
     SampleOptions,
     TrainOptions,
 )
-from .predict import merge_predictions, predict
-from .sample import sample
-from .train import train
 
-#: command -> (its options, its function)
+#: command -> (its options, its function as ``module.function`` of this package, imported
+#: only when the command runs: ``--help`` and argument errors import no torch)
 COMMANDS = {
-    "sample": (SampleOptions, sample),
-    "train": (TrainOptions, train),
-    "predict": (PredictOptions, predict),
-    "evaluate": (EvaluateOptions, evaluate),
-    "demo": (DemoOptions, demo),
-    "merge-predictions": (MergeOptions, merge_predictions),
-    "cv-report": (CVReportOptions, cv_report),
+    "sample": (SampleOptions, "sample.sample"),
+    "train": (TrainOptions, "train.train"),
+    "predict": (PredictOptions, "predict.predict"),
+    "evaluate": (EvaluateOptions, "evaluate.evaluate"),
+    "demo": (DemoOptions, "demo.demo"),
+    "merge-predictions": (MergeOptions, "predict.merge_predictions"),
+    "cv-report": (CVReportOptions, "cv_report.cv_report"),
 }
 
 
@@ -49,7 +53,9 @@ def parse(argv: list[str] | None = None):
     """``(command name, its options, its function)`` from the command line."""
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
-    options_type, run = COMMANDS[command]
+    options_type, function = COMMANDS[command]
+    module, _, name = function.rpartition(".")
+    run = getattr(importlib.import_module(f".{module}", __package__), name)
     names = {f.name for f in fields(options_type)}
     return command, options_type(**{k: v for k, v in args.items() if k in names}), run
 

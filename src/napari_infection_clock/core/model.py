@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torchvision import models
 
-ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+from .choices import ARCHITECTURES, INIT_CHOICES
+
 FEATURE_WIDTH = {
     "resnet18": 512,
     "resnet34": 512,
@@ -21,7 +22,6 @@ FEATURE_WIDTH = {
     "resnet101": 2048,
     "resnet152": 2048,
 }
-INIT_CHOICES = ("imagenet", "random")
 
 
 class PretrainedWeightsUnavailable(RuntimeError):

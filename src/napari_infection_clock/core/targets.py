@@ -1,4 +1,8 @@
-"""The class-conditional time target (SPEC section 3), defined once for the whole package."""
+"""The class-conditional time target (SPEC section 3) and the frame policy (SPEC 6) that
+gives frames their targets, defined once for the whole package.
+
+numpy only: the command line's options take their defaults from here before any command runs.
+"""
 
 from __future__ import annotations
 
@@ -48,6 +52,49 @@ class TimePolicy:
     def time_target(self, frame, infected):
         """Infection duration for infected items, experiment time for mock ones, clamped."""
         return time_target(self.hours(frame), infected, self.onset_h, self.clamp)
+
+
+@dataclass(frozen=True)
+class FramePolicy:
+    """SPEC 6 frame policy: which frames of research stacks become items, and their times."""
+
+    frames_per_hour: float = 1.0 / DEFAULT_FRAME_INTERVAL_H
+    infected_window_h: tuple[float, float] = (DEFAULT_ONSET_H, DEFAULT_CLAMP[1])
+    uninfected_window_h: tuple[float, float] = DEFAULT_CLAMP
+    infected_stride: int = 1
+    uninfected_stride: int = 1
+    onset_h: float = DEFAULT_ONSET_H
+    clamp: tuple[float, float] = DEFAULT_CLAMP
+    #: One rule everywhere (items, prediction): a stack's own frame interval (ImageJ/OME
+    #: metadata) wins; ``frames_per_hour`` is for stacks without one. Switch off to force
+    #: ``frames_per_hour`` as the research runs did.
+    use_metadata_interval: bool = True
+
+    def __post_init__(self):
+        if not self.frames_per_hour > 0:
+            raise ValueError(f"frames_per_hour must be positive, got {self.frames_per_hour!r}")
+        for name in ("infected_window_h", "uninfected_window_h", "clamp"):
+            lo, hi = getattr(self, name)
+            if not lo <= hi:
+                raise ValueError(f"{name} must be (low, high) with low <= high, got ({lo}, {hi})")
+        for name in ("infected_stride", "uninfected_stride"):
+            stride = getattr(self, name)
+            if not (isinstance(stride, (int, np.integer)) and stride >= 1):
+                raise ValueError(f"{name} must be a whole number >= 1, got {stride!r}")
+
+    @property
+    def frame_interval_h(self) -> float:
+        return 1.0 / self.frames_per_hour
+
+    def time_policy(self) -> TimePolicy:
+        """Frame interval, onset and clamp as the :class:`TimePolicy` checkpoints store."""
+        return TimePolicy(self.frame_interval_h, self.onset_h, self.clamp)
+
+    def window(self, label: int) -> tuple[float, float]:
+        return self.infected_window_h if label == INFECTED else self.uninfected_window_h
+
+    def stride(self, label: int) -> int:
+        return self.infected_stride if label == INFECTED else self.uninfected_stride
 
 
 def time_target(hours, infected, onset_h: float, clamp=DEFAULT_CLAMP):
