@@ -663,6 +663,30 @@ def test_a_run_leaves_naparis_worker_threads_at_their_priority(make_napari_viewe
     assert seen == [gui_priority] * n
 
 
+def test_a_runs_torch_leaves_a_core_to_the_gui(qtbot):
+    """A run computes on one core fewer than torch would take: the GUI thread and the
+    OpenGL renderer (Mesa's llvmpipe draws on the CPU) need one while it runs, and torch's
+    threads wait for each other at every operation, so one of them descheduled stalls all.
+    The setting is the run thread's own (OpenMP's is per thread): the GUI's, and other
+    plugins', is left as it was."""
+    import torch
+
+    from napari_infection_clock.ui.workers import Result, Run
+
+    default = torch.get_num_threads()
+
+    def body(stop):
+        x = torch.ones(64, 64)
+        yield Result((torch.get_num_threads(), float((x @ x).sum())))
+
+    seen, ended = [], []
+    Run(body, on_batch=lambda batch: seen.extend(batch.results),
+        on_end=ended.append).start()
+    qtbot.waitUntil(lambda: bool(ended), timeout=60_000)
+    assert seen == [(max(1, default - 1), 64.0 ** 3)]
+    assert torch.get_num_threads() == default
+
+
 def test_a_run_does_not_animate_naparis_activity_indicator(make_napari_viewer, qtbot, sample,
                                                            checkpoint):
     """The dock shows a run's progress itself. napari's activity indicator is a 33 frames a

@@ -12,6 +12,7 @@ handler, and the dock paints layers and plots a few times per second, not per it
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import sys
@@ -96,9 +97,24 @@ def import_ahead(*modules: str, then: Callable[[], object] | None = None) -> Non
     threading.Thread(target=ahead, name="infection-clock imports", daemon=True).start()
 
 
+@functools.cache
+def _run_threads() -> int:
+    """One fewer than torch's own choice (or OMP_NUM_THREADS), taken once: were the count
+    process-wide in some torch build, runs would not go on lowering it."""
+    import torch
+
+    return max(1, torch.get_num_threads() - 1)
+
+
 def _yield_cpu_to_the_gui() -> None:
     """Lower this thread's priority (Linux nice is per thread; torch's CPU threads started
-    from it inherit it), so a run on a busy machine slows down rather than the GUI."""
+    from it inherit it), so a run on a busy machine slows down rather than the GUI; and
+    leave the GUI and its OpenGL renderer (Mesa's llvmpipe draws on the CPU) a core: torch's
+    threads wait for each other at every operation, so one that yields to the GUI stalls
+    them all. torch's thread count is per thread (OpenMP's), this one's only."""
+    import torch
+
+    torch.set_num_threads(_run_threads())
     if sys.platform.startswith("linux"):
         tid = threading.get_native_id()
         with contextlib.suppress(OSError):
