@@ -14,7 +14,9 @@ Prints one line per step; exit 0 when every step did what the user expects.
 
 from __future__ import annotations
 
+import atexit
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +26,17 @@ from qtpy.QtTest import QTest
 from qtpy.QtWidgets import QApplication
 
 PLUGIN_MENU = "Infection Clock"
+
+
+def threads_left_at_exit() -> None:
+    """Say which threads still run when Python finalizes: it stops a daemon thread wherever
+    the thread next takes the GIL, and inside C++ code (matplotlib's font reading, torch)
+    that aborts the process after napari closed ("terminate called without an active
+    exception")."""
+    left = [t.name for t in threading.enumerate() if t is not threading.main_thread()
+            and not isinstance(t, threading._DummyThread)]  # Qt's, parked in its pool
+    if left:
+        print(f"running at exit: {left}", flush=True)
 
 
 def menu_actions(menu, path=()):
@@ -170,6 +183,7 @@ def whole_session(viewer, app, checkpoint: Path, work: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
+    atexit.register(threads_left_at_exit)  # before the plugin's own: runs after them
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
     app.processEvents()

@@ -27,6 +27,8 @@ from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.image import _draw_list_compositing_images
 from qtpy.QtCore import QObject, Signal
 
+from .threads import start_thread
+
 #: Seconds the GUI thread waits at most for a cancelled render to stop (it takes a few ms).
 STOP_WAIT_S = 0.2
 
@@ -142,29 +144,42 @@ def _draw(figure, renderer) -> None:
 
 
 class _RenderThread(QObject):
-    """The thread that renders, and the queued signal that brings its jobs back."""
+    """The thread that renders, and the queued signal that brings its jobs back. At exit
+    the render under way and those waiting are cancelled and the thread ends
+    (:mod:`.threads`)."""
 
     finished = Signal(object)
 
     def __init__(self):
         super().__init__()
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._job: RenderJob | None = None  # the one under way
+        self._ending = False
         self.finished.connect(self._deliver)  # emitted on the render thread: queued
-        threading.Thread(target=self._work, name="figure renders", daemon=True).start()
+        start_thread(self._work, "figure renders", stop=self._end)
 
     def submit(self, job: RenderJob) -> None:
         self._jobs.put(job)
 
+    def _end(self) -> None:
+        self._ending = True
+        job = self._job
+        if job is not None:
+            job.cancel(wait=False)
+        self._jobs.put(None)
+
     def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
+        while (job := self._jobs.get()) is not None:
+            self._job = job
+            if self._ending:  # read after _job is set: _end cancels it or this does
+                job.cancel(wait=False)
             job.run()
             if not job.cancelled:
                 try:
                     self.finished.emit(job)
                 except RuntimeError:  # Qt is gone (the application quit)
                     return
-            del job
+            self._job = job = None
 
     @staticmethod
     def _deliver(job: RenderJob) -> None:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, QTimer
 
+from .threads import start_thread
+
 #: Milliseconds between two hand-overs of a run's updates to its dock.
 DRAIN_MS = 250
 #: Nice of a run's body thread (Linux): when the CPU is busy the GUI thread goes first.
@@ -94,7 +96,7 @@ def import_ahead(*modules: str, then: Callable[[], object] | None = None) -> Non
         if then is not None:
             then()
 
-    threading.Thread(target=ahead, name="infection-clock imports", daemon=True).start()
+    start_thread(ahead, "infection-clock imports")  # at exit, waited for
 
 
 @functools.cache
@@ -163,10 +165,9 @@ class Run(QObject):
         thread is niced, and a nice cannot be undone without privileges: napari's pool
         threads, which every plugin's workers reuse, must keep their priority."""
         (body, args), self._work = self._work, None
-        thread = threading.Thread(target=self._run_body, args=(body, args), daemon=True,
-                                  name="infection-clock run")
+        thread = start_thread(self._run_body, "infection-clock run", args=(body, args),
+                              stop=self.stop_requested.set)  # at exit too
         del body, args  # the thread holds them until the body is done
-        thread.start()
         thread.join()
 
     def _run_body(self, body, args) -> None:
