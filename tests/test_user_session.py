@@ -33,10 +33,11 @@ def run_session(*args: str, timeout: float = 600) -> subprocess.CompletedProcess
 def test_a_whole_session_after_the_viewer(tmp_path):
     """Every dock opens from the Plugins menu after the viewer; then samples from File >
     Open Sample, predict with a research checkpoint, label with the keys and buttons into a
-    project folder, retrain one epoch heads-only, use the new model, evaluate, rank, close;
-    then the process ends with 0, no thread of the plugin still runs when Python exits
-    (one rendering a figure's text aborted one exit in eight: "terminate called
-    without an active exception"), and the project folder holds what the user made.
+    project folder, retrain one epoch heads-only, use the new model, evaluate, rank, predict
+    once more and close napari while it predicts; then the process ends with 0, no thread
+    of the plugin still runs when Python exits (one rendering a figure's text aborted one
+    exit in eight: "terminate called without an active exception"; a prediction under way
+    at exit, most of them), and the project folder holds what the user made.
     (Opening every dock is the session's first step: a fresh napari of its own for it alone
     repeated that step.)"""
     checkpoint = tmp_path / "research.pt"

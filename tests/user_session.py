@@ -120,7 +120,8 @@ def predicted_frames(predict, image) -> int:
 
 
 def whole_session(viewer, app, checkpoint: Path, work: Path) -> None:
-    """Samples, predict, label, retrain one epoch heads-only, use it, evaluate, rank."""
+    """Samples, predict, label, retrain one epoch heads-only, use it, evaluate, rank, and
+    predict once more, left running for ``main`` to close napari in the middle of it."""
     for title in ("Mock time-lapse (synthetic)", "Infected time-lapse (synthetic)"):
         plugin_actions(viewer, "&File")[title].trigger()
         app.processEvents()
@@ -180,6 +181,11 @@ def whole_session(viewer, app, checkpoint: Path, work: Path) -> None:
     rank.next_button.click()
     app.processEvents()
     print(f"rank: {rank.status.text()}; at frame {viewer.dims.current_step[0]}", flush=True)
+
+    predict.run_button.native.click()  # once more; napari is closed while it runs
+    wait_until(app, lambda: "predicting" in predict.status.value or not predict.running,
+               "a prediction under way")
+    print(f"closing napari at: {predict.status.value}", flush=True)
 
 
 def main(argv: list[str]) -> int:
