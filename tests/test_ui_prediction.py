@@ -527,6 +527,50 @@ def test_frames_reach_the_layers_in_a_few_updates_and_the_status_ends_right(
     assert 1 <= len(plotted) <= 48 // 16 + 1 and plotted[-1] == 48, plotted
 
 
+def test_frames_off_screen_are_painted_without_redrawing_the_canvas(
+    make_napari_viewer, qtbot, checkpoint
+):
+    """The frame on screen is predicted first; the frames predicted after it are off screen,
+    and writing their values redraws nothing (each redraw re-slices the layer, uploads its
+    texture, repaints the canvas and the layer list's thumbnail: the most of the GUI
+    thread's time in a run). The user who moves the slider then sees their values."""
+    viewer = make_napari_viewer(show=True)
+    data, meta = long_well("infected", seed=2)  # a run goes on until Cancel
+    viewer.add_image(data, name="long", metadata=meta)
+    widget = viewer.window.add_plugin_dock_widget("napari-infection-clock",
+                                                  "Predict infection")[1]
+    widget.checkpoint.value = checkpoint
+    widget.device.value = "cpu"
+    widget.batch_size.value = 4
+    viewer.dims.set_current_step(0, 5)
+
+    def predict_until(frames):
+        messages = []
+        widget.finished.connect(messages.append)
+        widget.run_button.native.click()
+        qtbot.waitUntil(lambda: widget.progress_bar.value >= frames, timeout=RUN_TIMEOUT_MS)
+        widget.cancel_button.native.click()
+        qtbot.waitUntil(lambda: bool(messages), timeout=60_000)
+        assert messages[0].startswith("cancelled"), messages
+
+    predict_until(8)  # makes the layers
+    prob = viewer.layers[layer_name("long", "probability")]
+    in_view = [prob.data[5].copy()]  # frame 5 as each redraw found it
+    prob.events.set_data.connect(lambda event: in_view.append(prob.data[5].copy()))
+    predict_until(120)  # over several of the dock's updates
+    # the reset (a new run), then the update with frame 5; none for the frames after it
+    changed = [not np.array_equal(a, b, equal_nan=True) for a, b in zip(in_view, in_view[1:])]
+    assert changed == [True, True], changed
+    for frame in (5, 100):
+        viewer.dims.set_current_step(0, frame)
+        qtbot.wait(50)
+        shown = viewer.screenshot(canvas_only=True, flash=False)
+        prob.refresh()  # napari slices the data anew: what the canvas must already show
+        qtbot.wait(50)
+        np.testing.assert_array_equal(shown, viewer.screenshot(canvas_only=True, flash=False))
+        assert not np.isnan(prob.data[frame]).any()
+
+
 def _run_started(qtbot, widget, timeout=RUN_TIMEOUT_MS):
     messages = []
     widget.finished.connect(messages.append)

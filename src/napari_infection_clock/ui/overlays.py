@@ -442,8 +442,9 @@ class PredictionLayers:
         next :meth:`flush`). Items without information stay empty (NaN, a transparent class).
 
         Called with every frame finished since the last update, a few times per second:
-        one refresh per layer however many frames came in; the tiles layer, the same on
-        every frame, is not touched (adding each frame's rectangles cost 60-140 ms a tick).
+        one refresh per layer however many frames came in, none when the frame in view is
+        not among them; the tiles layer, the same on every frame, is not touched (adding
+        each frame's rectangles cost 60-140 ms a tick).
         """
         tables = [t for t in tables if not t.empty]
         if not tables:
@@ -466,8 +467,19 @@ class PredictionLayers:
             data = layer.data
             for frame, item, value in zip(frames, items, values):
                 data[(frame, *self.grid.cells(item))] = value
-            layer.refresh()
+            if self._on_screen(layer, frames):
+                layer.refresh(extent=False, highlight=False)  # same shape, nothing selected
         self._pending.append(table)
+
+    def _on_screen(self, layer, frames: np.ndarray) -> bool:
+        """Whether one of ``frames`` is in view: only then does a layer need redrawing (the
+        frame on screen is predicted first). napari slices the data anew when the user
+        moves the slider, so the frames written meanwhile show then."""
+        axis = self.viewer.dims.ndim - layer.ndim  # the layers' frame axis, in the viewer
+        if axis in self.viewer.dims.displayed:  # every frame in view (3D)
+            return True
+        frame = np.round(layer.world_to_data(self.viewer.dims.point)[0])
+        return bool(np.any(frames == frame))
 
     def _items(self, table: pd.DataFrame) -> list[int]:
         """Grid item index of each row (rows carry tile row/col, the grid knows its order)."""
