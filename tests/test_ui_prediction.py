@@ -336,6 +336,31 @@ def test_event_loop_turns_and_cancel_leaves_consistent_layers(
     assert layer_name("long", "onset") not in viewer.layers  # no clock from a cut-short run
 
 
+def test_a_model_that_comes_during_a_run_leaves_the_runs_record_alone(
+    make_napari_viewer, qtbot, sample, checkpoint
+):
+    """A model trained meanwhile becomes the session's during a run (the training dock):
+    the run's results are still published as its own model's, whose intervals are not
+    calibrated, not as the new model's (the plot would say "90 %" about them)."""
+    from napari_infection_clock.core.calibration import clock_interval
+    from napari_infection_clock.core.checkpoint import load_checkpoint
+
+    viewer, image, widget = _setup(make_napari_viewer, sample, checkpoint, show=True,
+                                   mode=MODE_TILES, tile_size=32)
+    messages = []
+    widget.finished.connect(messages.append)
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: widget.layers is not None, timeout=RUN_TIMEOUT_MS)  # model loaded
+    trained, meta = load_checkpoint(checkpoint)
+    meta.calibration = {"level": 0.9, "consistent_halfwidth_h": {"infected": 0.5}}
+    session_for(viewer).set_model(SessionModel(trained, meta, origin="trained in this session"))
+    qtbot.waitUntil(lambda: bool(messages), timeout=RUN_TIMEOUT_MS)
+    assert messages[0].startswith("done: 8 frames"), messages
+    run = session_for(viewer).runs[image_id(image)]
+    assert run.interval_level is None
+    assert run.clock_interval == clock_interval({})
+
+
 def test_compiled_run_fills_the_same_layers(make_napari_viewer, qtbot, sample, checkpoint):
     viewer, _, widget = _setup(make_napari_viewer, sample, checkpoint, mode=MODE_WHOLE)
     assert _run(qtbot, widget).startswith("done: 8 frames")

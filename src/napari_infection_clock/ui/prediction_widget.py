@@ -107,6 +107,8 @@ class Job:
     frames: list[int]
     first_frame: int
     checkpoint: Path | None
+    #: The session's model to run, None: the checkpoint's (loaded by the run); once the
+    #: model is ready, the run's model (what its results are published as).
     session_model: SessionModel | None
     device: str
     batch_size: int
@@ -582,7 +584,8 @@ class PredictionWidget(Container):
         if self._refuse_model_tiles(model, job):
             return
         interval, onset = job.times_for(model.meta)
-        self._job = job = replace(job, frame_interval_h=interval, onset_h=onset)
+        self._job = job = replace(job, session_model=model, frame_interval_h=interval,
+                                  onset_h=onset)
         self.layers = PredictionLayers(
             self.viewer, job.image, job.grid, job.stack.n_frames, float(model.meta.time.clamp[1])
         )  # its layers come one per tick from the next one on (see _on_batch)
@@ -645,6 +648,7 @@ class PredictionWidget(Container):
         if job is None or layers is None or self._orphaned():
             return
         self._last_results = time.monotonic()
+        calibration = job.session_model.meta.calibration  # the run's model, not the session's now
         run = PredictionRun(
             n_frames=job.stack.n_frames,
             frame_interval_h=job.frame_interval_h,
@@ -652,10 +656,8 @@ class PredictionWidget(Container):
             start_offset_h=job.start_offset_h,
             mode=job.mode,
             regions_id=job.regions_id,
-            interval_level=self.session.model.meta.calibration.get("level")
-            if self.session.model is not None else None,
-            clock_interval=clock_interval(self.session.model.meta.calibration)
-            if self.session.model is not None else None,
+            interval_level=calibration.get("level"),
+            clock_interval=clock_interval(calibration),
         )
         self.session.set_results(job.image, layers.table, run)
 
