@@ -498,3 +498,63 @@ def test_the_first_prediction_is_plotted_once(make_napari_viewer, monkeypatch):
     session_for(viewer).set_results(image, _table(grid), run)
     assert plotted == [image_id(image)]
     assert plot.image_name == "well" and len(plot.summary) == N_FRAMES
+
+
+def _plain(values) -> list:
+    """``values`` as lists of floats that compare equal where both are NaN."""
+    values = np.asarray(values, float)
+    return np.where(np.isnan(values), np.inf, values).tolist()
+
+
+def _shown(plot) -> dict:
+    """What the user sees of the plot: every curve, band, legend entry, label and limit."""
+    return {
+        "labels": [[line.get_label() for line in ax.lines] for ax in (plot.ax_p, plot.ax_t)],
+        "lines": [_plain(line.get_xydata())
+                  for ax in (plot.ax_p, plot.ax_t) for line in ax.lines],
+        "bands": [[_plain(path.vertices) for path in band.get_paths()]
+                  for ax in (plot.ax_p, plot.ax_t) for band in ax.collections],
+        "legends": [[text.get_text() for text in ax.get_legend().get_texts()]
+                    for ax in (plot.ax_p, plot.ax_t)],
+        "limits": [(ax.get_xlim(), ax.get_ylim()) for ax in (plot.ax_p, plot.ax_t)],
+        "onset": plot.onset_label.text(),
+        "title": plot.figure._suptitle.get_text(),
+    }
+
+
+def test_a_run_publishing_more_frames_moves_the_curves_there_are(plotted):
+    """A run publishes its table twice a second with the frames finished since: the plot
+    moves its curves, fit and legend entries onto it instead of making them and the legends
+    anew (40-100 ms of the GUI thread each on 2 cores), and shows what a plot made for the
+    whole table shows. Another selection still makes them anew."""
+    viewer, plot, _ = plotted
+    tiles = viewer.layers[layer_name("well", "tiles")]
+    tiles.selected_data = {1}  # a tile's curves join the plot
+    table = _table(tile_grid(64, 64, TileSpec(32)))
+    table.loc[table["frame"] >= 8, "pred_time_h"] += 0.5  # later frames move the fit
+    session, image = session_for(viewer), viewer.layers["well"]
+
+    def publish(n_frames):  # what the prediction dock does, a new run record each time
+        session.set_results(image, table.iloc[:4 * n_frames].copy(), PredictionRun(
+            n_frames=N_FRAMES, frame_interval_h=INTERVAL, onset_h=ONSET, mode="tile grid"))
+
+    publish(8)  # a new run: fewer frames than shown, made anew
+    artists = [*plot.ax_p.lines, *plot.ax_t.lines, *plot.ax_t.collections]
+    legends = [plot.ax_p.get_legend(), plot.ax_t.get_legend()]
+    assert "estimated onset 1.80 h" in _shown(plot)["legends"][1]
+    for n_frames in (10, N_FRAMES):
+        publish(n_frames)
+    assert [*plot.ax_p.lines, *plot.ax_t.lines, *plot.ax_t.collections] == artists
+    assert [plot.ax_p.get_legend(), plot.ax_t.get_legend()] == legends
+    shown = _shown(plot)
+    np.testing.assert_allclose(plot.ax_p.lines[1].get_xdata(), np.arange(N_FRAMES) * INTERVAL)
+    assert "estimated onset 1.80 h" not in shown["legends"][1]  # the fit moved, and said so
+
+    fresh = TimeSeriesPlot(viewer)  # made for the whole table at once
+    viewer.window.add_dock_widget(fresh)
+    assert shown == _shown(fresh)
+
+    before = set(plot.items)
+    tiles.selected_data = {2}
+    assert set(plot.ax_p.lines) & set(artists) == {plot.markers[0]}  # made anew
+    assert len(plot.items) == 1 and set(plot.items) != before

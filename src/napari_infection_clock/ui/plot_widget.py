@@ -44,6 +44,26 @@ def _with_suffix(path, suffix: str) -> Path:
     return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
 
 
+def _grown(before: pd.DataFrame, table) -> bool:
+    """Whether ``table`` is ``before`` with rows added (a run's next publish: its frames
+    are appended as they finish)."""
+    if table is None or len(table) <= len(before) or list(table.columns) != list(before.columns):
+        return False
+    n = len(before)
+    return all(np.array_equal(table[c].to_numpy()[:n], before[c].to_numpy(), equal_nan=True)
+               for c in ("frame", "tile_row", "tile_col", "p_infected"))
+
+
+def _parts_of(fit: RegionClock | None) -> tuple[bool, bool]:
+    """Which artists the image's fit has: its onset and clock, and their band."""
+    return fit is not None, fit is not None and bool(np.isfinite([fit.onset_low_h,
+                                                                   fit.onset_high_h]).all())
+
+
+def _onset_label(fit: RegionClock) -> str:
+    return f"estimated onset {fit.onset_h:.2f} h"
+
+
 class TimeSeriesPlot(DockedFigure):
     """Mean probability, fraction infected and median duration of one prediction vs time.
 
@@ -60,6 +80,9 @@ class TimeSeriesPlot(DockedFigure):
         self.items: dict[str, pd.DataFrame] = {}
         self._onset_of: pd.DataFrame | None = None  # the table self.onset was fitted on
         self.onset: RegionClock | None = None
+        self._plotted: tuple | None = None  # what the artists were made for (_what_is_plotted)
+        self._lines: list = []  # the curves that follow the table (_line_data)
+        self._fit: tuple | None = None  # the image's onset marker, clock and band
         self._watched: list = []
         self._closed = False
         on_dock_closed(self, self.cleanup)
@@ -202,17 +225,58 @@ class TimeSeriesPlot(DockedFigure):
         self.redraw()
 
     def redraw(self) -> None:
-        """Redraw the curves of the chosen prediction (the marker is kept and re-placed);
-        the figure is rendered off the GUI thread once this turn is over."""
+        """Show the chosen prediction (the marker is kept and re-placed). A table that only
+        grew since the last redraw (the same run with more frames, twice a second) moves
+        the curves there are; anything else makes them anew. The figure is rendered off
+        the GUI thread once this turn is over."""
         with self.canvas.editing():
-            self._plot()
+            if not self._update():
+                self._plot()
+
+    def _results(self) -> pd.DataFrame | None:
+        """The chosen image's prediction table."""
+        return self.session.results.get(self.image_key) if self.image_key else None
+
+    def _what_is_plotted(self) -> tuple:
+        """What the artists depend on besides the table's values: each change makes them anew."""
+        return self.image_key, self.image_name, self.info, tuple(self.selected_items())
+
+    def _update(self) -> bool:
+        """Put the curves there are on the table, the plotted one with frames added, when
+        all else is as plotted (image, run, selection, the fit's parts): making them anew,
+        with their legends, held the GUI thread 40-100 ms a redraw on 2 cores. False (nothing
+        changed) when it is not so."""
+        table, shown = self._results(), self._onset_of  # shown: the table plotted
+        if (shown is None or not _grown(shown, table) or "onset_h" in table
+                or self._what_is_plotted() != self._plotted):
+            return False
+        summary = frame_summary(table)
+        onset = estimate_onset(summary)
+        same_parts = _parts_of(onset) == _parts_of(self.onset)
+        self._onset_of, self.onset = table, onset  # not fitted again if made anew
+        if not same_parts:  # the fit appeared, or its band did
+            return False
+        self.summary = summary
+        self.items = {label: item_series(table, item) for label, item in self._item_labels()}
+        for line, (x, y) in zip(self._lines, self._line_data(), strict=True):
+            line.set_data(x, y)
+        if onset is not None:
+            self._place_fit()
+        self._describe_onset()
+        for ax in (self.ax_p, self.ax_t):
+            ax.relim()
+            ax.autoscale_view()
+        self.ax_p.set_ylim(-0.05, 1.05)
+        self._move_marker()
+        return True
 
     def _plot(self) -> None:
-        table = self.session.results.get(self.image_key) if self.image_key else None
+        table = self._results()
         for ax in (self.ax_p, self.ax_t):
             for artist in [*ax.lines, *ax.collections]:
                 if artist not in self.markers:
                     artist.remove()
+        self._lines, self._fit = [], None
         if table is None or table.empty:
             self.summary, self.items, self.onset, self._onset_of = pd.DataFrame(), {}, None, None
             self.figure.suptitle("")
@@ -220,36 +284,35 @@ class TimeSeriesPlot(DockedFigure):
                 legend_above(ax)
             self.onset_label.setText("no prediction yet: run 'Predict infection'")
             return
+        self._plotted = self._what_is_plotted()
         self.summary = frame_summary(table)
-        s = self.summary
-        self.ax_p.plot(
-            s["hours"], s["mean_p_infected"], "-o", ms=3, color="C1", label="mean P(infected)"
-        )
-        self.ax_p.plot(
-            s["hours"], s["fraction_infected"], "--", color="C0", label="fraction infected"
-        )
+        # the curves that follow the table, in the order of _line_data
+        self._lines = [
+            *self.ax_p.plot([], [], "-o", ms=3, color="C1", label="mean P(infected)"),
+            *self.ax_p.plot([], [], "--", color="C0", label="fraction infected"),
+            *self.ax_t.plot([], [], "-o", ms=3, color="C3", label="median duration"),
+        ]
         self.ax_p.set_ylim(-0.05, 1.05)
         self.ax_p.set_ylabel("probability")
-        self.ax_t.plot(
-            s["hours"], s["median_duration_h"], "-o", ms=3, color="C3", label="median duration"
-        )
         onset_h = self.info.onset_h if self.info else None
         if onset_h is not None:
-            ideal = np.maximum(s["hours"] - onset_h, 0)
-            self.ax_t.plot(s["hours"], ideal, color="0.5", lw=1, label=f"ideal t - {onset_h:g} h")
+            self._lines += self.ax_t.plot([], [], color="0.5", lw=1,
+                                          label=f"ideal t - {onset_h:g} h")
         self.items = {}
-        for i, item in enumerate(self.selected_items()):
-            series = item_series(table, item)
-            label = self._item_label(item)
-            self.items[label] = series
+        for i, (label, item) in enumerate(self._item_labels()):
+            series = self.items[label] = item_series(table, item)
             color = f"C{(i + 4) % 10}"
-            self.ax_p.plot(series["hours"], series["p_infected"], lw=1, color=color, label=label)
-            self.ax_t.plot(series["hours"], series["duration_h"], lw=1, color=color, label=label)
+            self._lines += [*self.ax_p.plot([], [], lw=1, color=color, label=label),
+                            *self.ax_t.plot([], [], lw=1, color=color, label=label)]
             if "onset_h" in series and np.isfinite(series["onset_h"].iloc[0]):
                 self._draw_item_clock(series, color, f"{label} clock")
+        for line, (x, y) in zip(self._lines, self._line_data(), strict=True):
+            line.set_data(x, y)
         if self._onset_of is not table:  # the bootstrap runs on the GUI thread: once per table
-            self._onset_of, self.onset = table, estimate_onset(s)
-        self._describe_onset(onset_h)
+            self._onset_of, self.onset = table, estimate_onset(self.summary)
+        if self.onset is not None:
+            self._draw_fit()
+        self._describe_onset()
         self.ax_t.set_xlabel("experiment time (h)")
         self.ax_t.set_ylabel("duration (h)")
         for ax in (self.ax_p, self.ax_t):
@@ -261,19 +324,40 @@ class TimeSeriesPlot(DockedFigure):
         self.ax_p.set_ylim(-0.05, 1.05)
         self._move_marker()
 
+    def _item_labels(self) -> list[tuple[str, tuple[int, int]]]:
+        return [(self._item_label(item), item) for item in self.selected_items()]
+
+    def _line_data(self) -> list[tuple]:
+        """(x, y) of each curve that follows the table, in the order :meth:`_plot` makes them."""
+        s = self.summary
+        hours = s["hours"]
+        data = [(hours, s["mean_p_infected"]), (hours, s["fraction_infected"]),
+                (hours, s["median_duration_h"])]
+        onset_h = self.info.onset_h if self.info else None
+        if onset_h is not None:
+            data.append((hours, np.maximum(hours - onset_h, 0)))
+        for series in self.items.values():
+            data += [(series["hours"], series["p_infected"]),
+                     (series["hours"], series["duration_h"])]
+        return data
+
     def _item_label(self, item: tuple[int, int]) -> str:
         if self.info is not None and self.info.regions:
             return f"region {item[0]}"
         return f"tile ({item[0]}, {item[1]})"
 
-    def _draw_clock(self, hours, onset, low, high, color, label) -> None:
-        """The fitted clock ``max(t - onset, 0)`` and its band from the onset's interval."""
+    def _draw_clock(self, hours, onset, low, high, color, label) -> tuple:
+        """The fitted clock ``max(t - onset, 0)`` and its band from the onset's interval
+        (None when unbounded)."""
         hours = np.asarray(hours, float)
-        self.ax_t.plot(hours, np.maximum(hours - onset, 0), ls="--", lw=1.2, color=color,
-                       label=label)
+        line, = self.ax_t.plot(hours, np.maximum(hours - onset, 0), ls="--", lw=1.2,
+                               color=color, label=label)
+        band = None
         if np.isfinite(low) and np.isfinite(high):
-            self.ax_t.fill_between(hours, np.maximum(hours - high, 0), np.maximum(hours - low, 0),
-                                   color=color, alpha=0.2, lw=0)
+            band = self.ax_t.fill_between(hours, np.maximum(hours - high, 0),
+                                          np.maximum(hours - low, 0), color=color, alpha=0.2,
+                                          lw=0)
+        return line, band
 
     def _draw_item_clock(self, series: pd.DataFrame, color, label) -> None:
         """An item's fitted clock with its band: the calibrated interval of its consistent
@@ -290,19 +374,41 @@ class TimeSeriesPlot(DockedFigure):
             self.ax_t.fill_between(series["hours"], series["consistent_low_h"],
                                    series["consistent_high_h"], color=color, alpha=0.2, lw=0)
 
-    def _describe_onset(self, onset_h) -> None:
+    def _draw_fit(self) -> None:
+        """The image's estimated onset and fitted clock with its band."""
+        fit = self.onset
+        marker = self.ax_t.axvline(fit.onset_h, color="C3", lw=1, ls=":",
+                                   label=_onset_label(fit))
+        self._fit = (marker, *self._draw_clock(self.summary["hours"], fit.onset_h,
+                                               fit.onset_low_h, fit.onset_high_h, "C3",
+                                               "fitted clock"))
+
+    def _place_fit(self) -> None:
+        """Move the fit's artists (and its legend entry) to a new fit of the same parts."""
+        fit, (marker, clock, band) = self.onset, self._fit
+        hours = self.summary["hours"].to_numpy(float)
+        marker.set_xdata([fit.onset_h, fit.onset_h])
+        clock.set_data(hours, np.maximum(hours - fit.onset_h, 0))
+        if band is not None:
+            band.set_data(hours, np.maximum(hours - fit.onset_high_h, 0),
+                          np.maximum(hours - fit.onset_low_h, 0))
+        label, before = _onset_label(fit), marker.get_label()
+        if label != before:
+            marker.set_label(label)
+            for text in self.ax_t.get_legend().get_texts():
+                if text.get_text() == before:
+                    text.set_text(label)
+
+    def _describe_onset(self) -> None:
         if self.onset is None:
             self.onset_label.setText("estimated onset: no frame is classified infected")
             return
         fit = self.onset
-        value = fit.onset_h
-        self.ax_t.axvline(value, color="C3", lw=1, ls=":", label=f"estimated onset {value:.2f} h")
-        self._draw_clock(self.summary["hours"], value, fit.onset_low_h, fit.onset_high_h, "C3",
-                         "fitted clock")
         band = (f" ({fit.onset_low_h:.2f}-{fit.onset_high_h:.2f} h, {DEFAULT_LEVEL * 100:.0f} % "
                 "bootstrap, uncalibrated)" if np.isfinite(fit.onset_low_h) else "")
-        text = (f"estimated onset: {value:.2f} h{band}, robust fit of t - duration over "
+        text = (f"estimated onset: {fit.onset_h:.2f} h{band}, robust fit of t - duration over "
                 f"{fit.n_votes} infected frames")
+        onset_h = self.info.onset_h if self.info else None
         if onset_h is not None:
             text += f"; set onset {onset_h:g} h"
         self.onset_label.setText(text)
