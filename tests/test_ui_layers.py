@@ -459,3 +459,30 @@ def test_each_layer_step_at_a_runs_end_is_painted_before_the_next(make_napari_vi
     steps = steps[steps.index("s"):].rstrip("p")  # from the first step to the last
     assert steps.count("s") > 10
     assert "ss" not in steps, steps  # a paint between every two steps
+
+
+def test_the_collection_after_a_layer_step_lets_what_fell_due_go_first(qtbot):
+    """A layer step's full collection (50-80 ms) has an event-loop turn of its own: a timer
+    that fell due during the step (a repaint's, the user's input, the stall benchmark's
+    tick) runs before it, not after the step and the collection as one long stall."""
+    import gc
+
+    from qtpy.QtCore import QTimer
+
+    from napari_infection_clock.ui.gc_freeze import collected_after
+
+    order = []
+
+    def collecting(phase, info):
+        if phase == "start" and info["generation"] == 2:
+            order.append("collection")
+
+    gc.callbacks.append(collecting)
+    try:
+        QTimer.singleShot(5, lambda: order.append("due"))
+        with collected_after():
+            time.sleep(0.03)  # the step's work
+        qtbot.waitUntil(lambda: "collection" in order and "due" in order, timeout=5_000)
+    finally:
+        gc.callbacks.remove(collecting)
+    assert order.index("due") < order.index("collection"), order

@@ -86,8 +86,8 @@ def collected_after():
     gc.disable()
     try:
         yield
-    finally:
-        QTimer.singleShot(0, _collect)
+    finally:  # a timer, not a posted call: what fell due during the block goes first
+        QTimer.singleShot(1, _collect)
 
 
 def _collect() -> None:
