@@ -486,3 +486,18 @@ def test_the_collection_after_a_layer_step_lets_what_fell_due_go_first(qtbot):
     finally:
         gc.callbacks.remove(collecting)
     assert order.index("due") < order.index("collection"), order
+
+
+def test_a_repaint_a_hidden_canvas_cannot_show_is_not_waited_for(make_napari_viewer, qtbot):
+    """A run's end steps wait for the canvas's repaint (at most half a second each), but a
+    canvas not on screen (a hidden or minimised window) shows none: nothing to wait for,
+    else each end step waited the whole half second."""
+    from napari_infection_clock.ui.gl_context import painted_later, repaint_pending
+
+    viewer = make_napari_viewer(show=False)
+    layer = viewer.add_image(np.zeros((2, 8, 8), np.float32))
+    with painted_later(viewer):
+        layer.contrast_limits = (0.0, 2.0)
+    assert repaint_pending(viewer)  # held
+    qtbot.waitUntil(lambda: viewer.window._qt_viewer.canvas.native.updatesEnabled())
+    assert not repaint_pending(viewer)  # given back, and no frame can be shown

@@ -91,9 +91,9 @@ def _shown(widget_ref) -> None:
 
 def repaint_pending(viewer) -> bool:
     """Whether ``viewer``'s canvas has a repaint held or given back but not yet shown
-    (:func:`painted_later`; one given back is waited for :data:`REPAINT_WAIT_S` at most: a
-    hidden window shows none). A step that waits for it is not painted together with the
-    one before it."""
+    (:func:`painted_later`; one given back is waited for :data:`REPAINT_WAIT_S` at most,
+    and not at all while the canvas is not on screen: a hidden or minimised window shows
+    none). A step that waits for it is not painted together with the one before it."""
     widget = canvas_widget(viewer)
     with contextlib.suppress(RuntimeError):
         if widget is None:
@@ -101,5 +101,11 @@ def repaint_pending(viewer) -> bool:
         if not widget.updatesEnabled():
             return True
         asked = _given_back.get(widget)
-        return asked is not None and time.monotonic() - asked < REPAINT_WAIT_S
+        return (asked is not None and time.monotonic() - asked < REPAINT_WAIT_S
+                and _on_screen(widget))
     return False
+
+
+def _on_screen(widget) -> bool:
+    window = widget.window().windowHandle()
+    return widget.isVisible() and window is not None and window.isExposed()
