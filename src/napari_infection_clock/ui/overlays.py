@@ -113,6 +113,12 @@ def _lay(layer: Shapes, rectangles: list, features: pd.DataFrame) -> None:
     layer.features = features
 
 
+def frame_in_view(viewer, layer) -> int:
+    """The frame of ``layer`` (frames first) the time slider is on."""
+    world = viewer.dims.point[viewer.dims.ndim - layer.ndim]
+    return int(round((world - layer.translate[0]) / layer.scale[0]))
+
+
 def layer_name(image_name: str, kind: str) -> str:
     """The name an output layer of ``kind`` is given (what it shows; found by its image's
     id and its kind, never by this name)."""
@@ -475,11 +481,9 @@ class PredictionLayers:
         """Whether one of ``frames`` is in view: only then does a layer need redrawing (the
         frame on screen is predicted first). napari slices the data anew when the user
         moves the slider, so the frames written meanwhile show then."""
-        axis = self.viewer.dims.ndim - layer.ndim  # the layers' frame axis, in the viewer
-        if axis in self.viewer.dims.displayed:  # every frame in view (3D)
+        if self.viewer.dims.ndim - layer.ndim in self.viewer.dims.displayed:  # 3D: all of them
             return True
-        frame = np.round(layer.world_to_data(self.viewer.dims.point)[0])
-        return bool(np.any(frames == frame))
+        return bool(np.any(frames == frame_in_view(self.viewer, layer)))
 
     def _items(self, table: pd.DataFrame) -> list[int]:
         """Grid item index of each row (rows carry tile row/col, the grid knows its order)."""

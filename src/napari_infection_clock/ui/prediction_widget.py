@@ -59,6 +59,7 @@ from .overlays import (
     Grid,
     PredictionLayers,
     compute_dash_patterns,
+    frame_in_view,
     rectangles_to_boxes,
     region_grid,
     tile_grid,
@@ -494,7 +495,7 @@ class PredictionWidget(Container):
             mode=self.mode.value,
             regions_id=regions_id,
             frames=list(range(first, last + 1)),
-            first_frame=self._current_frame(image),
+            first_frame=frame_in_view(self.viewer, image),
             checkpoint=checkpoint,
             session_model=session_model,
             device=self.device.value,
@@ -514,11 +515,6 @@ class PredictionWidget(Container):
         if shown is None or getattr(shown, source) == FROM_FILE or value != getattr(shown, key):
             return value
         return None
-
-    def _current_frame(self, image: Image) -> int:
-        axis = self.viewer.dims.ndim - image.ndim
-        world = self.viewer.dims.point[axis]
-        return int(round((world - image.translate[0]) / image.scale[0]))
 
     def _start(self, job: Job) -> None:
         self._job = job

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..core.information import NO_INFORMATION, NO_INFORMATION_LABEL
 from ..core.targets import INFECTED
-from .overlays import CLASS_LABEL, CLASS_NAME, PredictionLayers
+from .overlays import CLASS_LABEL, CLASS_NAME, PredictionLayers, frame_in_view
 
 
 def text_overlay(viewer):
@@ -62,10 +62,7 @@ class Readout:
         self.update()
 
     def frame(self) -> int:
-        image = self.layers.image
-        axis = self.viewer.dims.ndim - image.ndim
-        world = self.viewer.dims.point[axis]
-        return int(round((world - image.translate[0]) / image.scale[0]))
+        return frame_in_view(self.viewer, self.layers.image)
 
     def hours(self, frame: int) -> float:
         return frame * self.interval + self.offset
