@@ -23,6 +23,7 @@ from napari_infection_clock.ui.prediction_widget import (
     PredictionWidget,
 )
 
+from .layer_list import click_layer, delete_selected
 from .research import ResearchMultitask, research_config, save_research_checkpoint
 
 
@@ -240,11 +241,13 @@ def test_the_class_layer_makes_its_drawing_overlays_when_the_user_draws(make_nap
     assert all(o.visible for o in overlays)
 
 
-def test_an_output_layer_gets_its_canvas_visual_and_controls_in_later_turns(
+def test_an_output_layer_gets_its_canvas_visual_in_later_turns_and_its_controls_when_picked(
         make_napari_viewer, qtbot):
     """Adding a layer made, in one turn, its canvas visual (vispy: 60-90 ms on a 2-core
-    machine) and its layer controls (Qt: 45-65 ms); a run makes its layers' in turns of
-    their own, and the layers end up shown and drawn as before."""
+    machine) and its layer controls (Qt: an image's 70-90 ms, and as much again for the
+    window's layout and repaint that follow); a run makes its layers' visuals in turns of
+    their own, and their controls only once the user picks one in the layer list (napari
+    shows a layer's controls only then): no run pays for controls nobody looks at."""
     from napari_infection_clock.core.tiles import TileSpec
     from napari_infection_clock.ui.overlays import PredictionLayers, tile_grid
 
@@ -255,17 +258,29 @@ def test_an_output_layer_gets_its_canvas_visual_and_controls_in_later_turns(
     layers.make_next()  # the probability layer
     assert layers.probability in viewer.layers
     assert layers.probability not in qt_viewer.canvas.layer_to_visual
-    assert layers.probability not in qt_viewer.controls.widgets
     layers.make_next()
     assert layers.probability in qt_viewer.canvas.layer_to_visual  # the visual, a turn later
-    assert layers.probability not in qt_viewer.controls.widgets
     while not layers.make_next():
         pass
-    for layer in (layers.probability, layers.duration, layers.classes, layers.tiles):
+    made = (layers.probability, layers.duration, layers.classes, layers.tiles)
+    for layer in made:
         assert layer in qt_viewer.canvas.layer_to_visual
-        assert layer in qt_viewer.controls.widgets
     assert layers.probability.visible and layers.tiles.visible
     assert qt_viewer.canvas.layer_to_visual[layers.probability].node.visible
+    click_layer(viewer, image)  # another layer picked: still no output layer's controls
+    assert not set(made) & set(qt_viewer.controls.widgets)
+    click_layer(viewer, layers.duration)
+    assert qt_viewer.controls.currentWidget() is qt_viewer.controls.widgets[layers.duration]
+    assert not {layers.probability, layers.classes, layers.tiles} & set(qt_viewer.controls.widgets)
+    click_layer(viewer, layers.tiles)  # picked and deleted with the trash button
+    tiles = layers.tiles
+    delete_selected(viewer)
+    assert tiles not in viewer.layers and tiles not in qt_viewer.canvas.layer_to_visual
+    assert tiles not in qt_viewer.controls.widgets
+    classes = layers.classes
+    viewer.layers.remove(classes)  # never picked, removed (from the console, by a plugin)
+    assert classes not in qt_viewer.canvas.layer_to_visual
+    assert classes not in qt_viewer.controls.widgets
 
 
 def test_an_output_layer_can_be_picked_or_deleted_before_its_controls_are_made(
@@ -345,8 +360,8 @@ def test_a_new_tiles_layer_and_colorbar_are_first_drawn_one_visual_per_turn(
 
 def test_a_layers_parts_are_made_when_no_dock_asks_for_them(make_napari_viewer, qtbot):
     """The prediction dock closed mid-run asks for no more steps: the layer it made last
-    still gets its canvas visual (napari's canvas updates no layer while one lacks it)
-    and its controls."""
+    still gets its canvas visual (napari's canvas updates no layer while one lacks it), and
+    its controls once the user picks it."""
     from napari_infection_clock.core.tiles import TileSpec
     from napari_infection_clock.ui.overlays import PredictionLayers, tile_grid
 
@@ -355,8 +370,10 @@ def test_a_layers_parts_are_made_when_no_dock_asks_for_them(make_napari_viewer, 
     qt_viewer = viewer.window._qt_viewer
     layers = PredictionLayers(viewer, image, tile_grid(64, 64, TileSpec(32)), 4, 48.0)
     layers.make_next()  # the probability layer; then nothing more is asked
-    qtbot.waitUntil(lambda: layers.probability in qt_viewer.canvas.layer_to_visual
-                    and layers.probability in qt_viewer.controls.widgets, timeout=10_000)
+    qtbot.waitUntil(lambda: layers.probability in qt_viewer.canvas.layer_to_visual,
+                    timeout=10_000)
+    click_layer(viewer, layers.probability)
+    assert qt_viewer.controls.currentWidget() is qt_viewer.controls.widgets[layers.probability]
 
 
 def test_a_layer_reused_by_the_next_run_is_not_placed_again_where_it_is(make_napari_viewer):

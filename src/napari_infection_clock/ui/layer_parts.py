@@ -1,14 +1,18 @@
-"""napari's Qt parts of a new layer, made in later event-loop turns than the layer itself,
-and its visuals first drawn one per turn.
+"""napari's Qt parts of a new layer: its canvas visual made in a later event-loop turn than
+the layer itself, its controls only when napari shows them, and its visuals first drawn
+one per turn.
 
 Adding a layer makes, in the same turn, its canvas visual (vispy: 60-90 ms of the GUI
-thread on a 2-core machine with software OpenGL) and its layer controls (Qt widgets: 45-65
-ms), through napari's callbacks on ``layers.events.inserted``. A run's output layers are
-added with those two callbacks held back; :class:`LayerParts` makes them later, one per
+thread on a 2-core machine with software OpenGL) and its layer controls (Qt widgets: an
+image's 70-90 ms, and as much again for the window's layout and repaint that follow),
+through napari's callbacks on ``layers.events.inserted``. A run's output layers are added
+with those two callbacks held back; :class:`LayerParts` makes the visual later, one per
 call. Meanwhile napari's canvas leaves its scene as it is (it waits for every layer's
-visual), and a selection or removal in the layer list makes the parts first, since napari
-expects them there. Parts nobody asks for (the dock closed mid-run) are made anyway, one
-a second.
+visual), and a selection or removal in the layer list makes the visuals first, since
+napari expects them there. Visuals nobody asks for (the dock closed mid-run) are made
+anyway, one a second. The controls are made when napari first looks them up
+(:class:`ControlsWhenAsked`): when the user picks the layer, or it is removed; a run no
+longer pays for controls nobody looks at.
 
 A new layer's (or overlay's) first paint builds vispy's shaders for each visual it is
 drawn with (15-100 ms a visual on software OpenGL: a Shapes layer has five, a colorbar
@@ -17,14 +21,16 @@ four); :func:`drawn_in_turns` shows them one per step instead of all in one pain
 the layer has no text (napari draws it with an empty string: a text visual's first draw
 is the costliest, and every paint draws it again).
 
-Through napari's private Qt viewer (``window._qt_viewer``) and canvas; where they are
-missing, layers are added with their parts and drawn whole, as usual.
+Through napari's private Qt viewer (``window._qt_viewer``), its canvas and its layer
+controls' table; where they are missing, layers are added with their parts and drawn
+whole, as usual.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 
 from napari.layers.utils.string_encoding import ConstantStringEncoding
 from napari.utils.events import Event
@@ -32,27 +38,52 @@ from qtpy.QtCore import QTimer
 
 from .gl_context import napari_canvas, painted_later
 
-#: Milliseconds after which parts nobody asked for are made, one per period.
+#: Milliseconds after which visuals nobody asked for are made, one per period.
 UNATTENDED_MS = 1000
 
 
-def _makers(viewer) -> list:
-    """napari's callbacks that make a new layer's canvas visual and its controls, in the
-    order they are made later (the visual first: the layer is drawn as soon as it can be)."""
+def _qt_viewer(viewer):
+    """napari's Qt viewer (None without one); never held: it would outlive its closing."""
     with contextlib.suppress(AttributeError, RuntimeError):
-        qt_viewer = viewer.window._qt_viewer
-        return [qt_viewer._on_add_layer_change, qt_viewer.controls._add]
-    return []
+        return viewer.window._qt_viewer
+    return None
+
+
+class ControlsWhenAsked(dict):
+    """napari's table of layer controls (``QtLayerControlsContainer.widgets``), which makes
+    a held-back layer's controls when napari first looks them up: to show them when the
+    user picks the layer, to remove them with the layer. Any other layer missing from it
+    is missing, as in napari's own table."""
+
+    def __init__(self, container, made: dict):
+        super().__init__(made)
+        self._container = weakref.ref(container)
+        self.held_back: weakref.WeakSet = weakref.WeakSet()
+
+    def __missing__(self, layer):
+        container = self._container()
+        if layer not in self.held_back or container is None:
+            raise KeyError(layer)
+        self.held_back.discard(layer)
+        container._add(Event("inserted", value=layer))  # adds itself to this table
+        return dict.__getitem__(self, layer)
+
+
+def _hold_back_controls(container, layer) -> None:
+    """Have ``layer``'s controls made when napari first looks them up."""
+    if not isinstance(container.widgets, ControlsWhenAsked):
+        container.widgets = ControlsWhenAsked(container, container.widgets)
+    container.widgets.held_back.add(layer)
 
 
 class LayerParts:
-    """Layers added through :meth:`adding` get their canvas visual and their controls from
-    :meth:`make_next`, one part per call (each call a turn of its own)."""
+    """Layers added through :meth:`adding` get their canvas visual from :meth:`make_next`
+    (a turn of its own), and their controls when napari first looks them up."""
 
     def __init__(self, viewer):
         self._viewer = getattr(viewer, "__wrapped__", viewer)  # a dock gets a proxy
-        self._pending: list[tuple] = []  # (which of the makers, layer); the makers are
-        # looked up each time: holding them would hold napari's Qt viewer after it closed
+        self._pending: list = []  # layers still without their canvas visual; the maker is
+        # looked up each time: holding it would hold napari's Qt viewer after it closed
         self._asked_at = time.monotonic()  # when make_next was last called
 
     @property
@@ -61,14 +92,19 @@ class LayerParts:
 
     @contextlib.contextmanager
     def adding(self):
-        """Add layers in this block without their parts (made by :meth:`make_next`)."""
+        """Add layers in this block without their canvas visual (made by :meth:`make_next`)
+        and controls (made when napari looks them up)."""
         layers = self._viewer.layers
         inserted, added = layers.events.inserted, []
 
         def record(event) -> None:
             added.append(event.value)
 
-        makers = _makers(self._viewer)
+        qt_viewer = _qt_viewer(self._viewer)
+        if qt_viewer is None:  # layers made whole, as usual
+            yield
+            return
+        makers = (qt_viewer._on_add_layer_change, qt_viewer.controls._add)
         for maker in makers:
             inserted.block(maker)
         inserted.connect(record)
@@ -78,31 +114,34 @@ class LayerParts:
             inserted.disconnect(record)
             for maker in makers:
                 inserted.unblock(maker)
-            if added and makers and not self._pending:
+            for layer in added:
+                _hold_back_controls(qt_viewer.controls, layer)
+            if added and not self._pending:
                 layers.events.removing.connect(self.make_all, position="first")
                 layers.selection.events.changed.connect(self.make_all, position="first")
                 self._asked_at = time.monotonic()
                 QTimer.singleShot(UNATTENDED_MS, self._unattended)
-            self._pending += [(i, layer) for layer in added for i in range(len(makers))]
+            self._pending += added
 
     def make_next(self) -> bool:
-        """Make the next part (the canvas repainted a turn later); False if none was left."""
+        """Make the next canvas visual (the canvas repainted a turn later); False if none was
+        left."""
         self._asked_at = time.monotonic()
         if not self._pending:
             return False
-        which, layer = self._pending.pop(0)
+        layer = self._pending.pop(0)
         if not self._pending:
             self._viewer.layers.events.removing.disconnect(self.make_all)
             self._viewer.layers.selection.events.changed.disconnect(self.make_all)
-        makers = _makers(self._viewer)
-        if layer in self._viewer.layers and makers:
+        qt_viewer = _qt_viewer(self._viewer)
+        if layer in self._viewer.layers and qt_viewer is not None:
             with painted_later(self._viewer):
-                makers[which](Event("inserted", value=layer))
+                qt_viewer._on_add_layer_change(Event("inserted", value=layer))
         return True
 
     def _unattended(self) -> None:
-        """Make a part if none was asked for in the last period: napari's canvas waits for
-        every layer's visual, and a layer without controls cannot be picked."""
+        """Make a visual if none was asked for in the last period: napari's canvas waits for
+        every layer's visual."""
         if not self._pending:
             return
         if time.monotonic() - self._asked_at >= UNATTENDED_MS / 1000:
@@ -110,7 +149,7 @@ class LayerParts:
         QTimer.singleShot(UNATTENDED_MS, self._unattended)
 
     def make_all(self, event=None) -> None:
-        """Make every part now: napari is about to look for them (a layer is selected or
+        """Make every visual now: napari is about to look for them (a layer is selected or
         removed)."""
         while self.make_next():
             pass
