@@ -3,6 +3,7 @@ napari's window (issue 9, item 5)."""
 
 from __future__ import annotations
 
+import tifffile
 from npe2 import PluginManager
 from qtpy.QtWidgets import QApplication, QDockWidget, QScrollArea, QTabBar
 
@@ -76,3 +77,30 @@ def test_all_docks_fit_a_full_hd_screen_and_a_long_error_does_not_widen_it(
     assert window.width() == 1920 and window.height() == 1080
     status = predict.status.native
     assert status.wordWrap() and len(status.text()) <= 300  # short; any longer cause on hover
+
+
+def test_the_default_time_warning_wraps_and_leaves_the_canvas_its_width(
+    make_napari_viewer, tmp_path
+):
+    """A stack opened with napari's own reader has no frame interval or onset, and the
+    prediction dock warns that defaults are used: on one line, that warning made the docks
+    500 px wider and halved the canvas of a 1920 px wide window."""
+    data, meta = sample_pair(n_frames=4, size=64)["infected"]
+    path = tmp_path / "well.tif"
+    tifffile.imwrite(path, data)
+    viewer = make_napari_viewer(show=True)
+    manifest = PluginManager.instance().get_manifest(PLUGIN)
+    docks = {contribution.display_name: viewer.window.add_plugin_dock_widget(
+        PLUGIN, contribution.display_name)[1] for contribution in manifest.contributions.widgets}
+    window, canvas = viewer.window._qt_window, viewer.window._qt_viewer.canvas.native
+    window.resize(1920, 1080)
+    predict = docks["Predict infection"]
+    viewer.add_image(data, name="well", metadata=meta)  # the plugin's reader: the file's times
+    QApplication.processEvents()
+    assert "from file metadata" in predict.time_source.value
+    width = canvas.width()
+    viewer.layers.clear()
+    viewer.open(path, plugin="napari")  # File > Open with napari's reader: no metadata
+    QApplication.processEvents()
+    assert "default used" in predict.time_source.value
+    assert window.width() == 1920 and canvas.width() == width

@@ -243,7 +243,8 @@ class PredictionWidget(Container):
                 self.legend,
             ]
         )
-        fit_messages(self.status.native)
+        for label in (self.status, self.time_source):
+            fit_messages(label.native)
         place_form(self.native, "Predict")
         fit_width(self.native)  # never narrower than the form
 
