@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from napari._qt.layer_controls import qt_layer_controls_container as controls_container
 from qtpy.QtCore import Qt
 
 from napari_infection_clock.core.stack import write_stack
@@ -242,7 +243,7 @@ def test_the_class_layer_makes_its_drawing_overlays_when_the_user_draws(make_nap
 
 
 def test_an_output_layer_gets_its_canvas_visual_in_later_turns_and_its_controls_when_picked(
-        make_napari_viewer, qtbot):
+        make_napari_viewer, qtbot, monkeypatch):
     """Adding a layer made, in one turn, its canvas visual (vispy: 60-90 ms on a 2-core
     machine) and its layer controls (Qt: an image's 70-90 ms, and as much again for the
     window's layout and repaint that follow); a run makes its layers' visuals in turns of
@@ -272,15 +273,22 @@ def test_an_output_layer_gets_its_canvas_visual_in_later_turns_and_its_controls_
     click_layer(viewer, layers.duration)
     assert qt_viewer.controls.currentWidget() is qt_viewer.controls.widgets[layers.duration]
     assert not {layers.probability, layers.classes, layers.tiles} & set(qt_viewer.controls.widgets)
+    classes, made = layers.classes, []
+    monkeypatch.setattr(  # napari's maker of controls, recorded on the way through
+        controls_container, "create_qt_layer_controls",
+        lambda layer, make=controls_container.create_qt_layer_controls: (
+            made.append(layer), make(layer))[1])
+    viewer.layers.remove(classes)  # never picked, removed (the image's removal takes its
+    # outputs with it): napari's removal finds what it expects, and no controls are made
+    # only to be deleted
+    assert classes not in qt_viewer.canvas.layer_to_visual
+    assert classes not in qt_viewer.controls.widgets
+    assert made == []
     click_layer(viewer, layers.tiles)  # picked and deleted with the trash button
     tiles = layers.tiles
     delete_selected(viewer)
     assert tiles not in viewer.layers and tiles not in qt_viewer.canvas.layer_to_visual
     assert tiles not in qt_viewer.controls.widgets
-    classes = layers.classes
-    viewer.layers.remove(classes)  # never picked, removed (from the console, by a plugin)
-    assert classes not in qt_viewer.canvas.layer_to_visual
-    assert classes not in qt_viewer.controls.widgets
 
 
 def test_an_output_layer_can_be_picked_or_deleted_before_its_controls_are_made(

@@ -35,6 +35,7 @@ import weakref
 from napari.layers.utils.string_encoding import ConstantStringEncoding
 from napari.utils.events import Event
 from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QWidget
 
 from .gl_context import napari_canvas, painted_later
 
@@ -51,9 +52,11 @@ def _qt_viewer(viewer):
 
 class ControlsWhenAsked(dict):
     """napari's table of layer controls (``QtLayerControlsContainer.widgets``), which makes
-    a held-back layer's controls when napari first looks them up: to show them when the
-    user picks the layer, to remove them with the layer. Any other layer missing from it
-    is missing, as in napari's own table."""
+    a held-back layer's controls when napari first looks them up to show them (the user
+    picked the layer). A held-back layer napari removes gets an empty widget to delete
+    instead (removing an image removes its four output layers: 200-300 ms of controls
+    made only to be deleted). Any other layer missing from it is missing, as in napari's
+    own table."""
 
     def __init__(self, container, made: dict):
         super().__init__(made)
@@ -65,7 +68,10 @@ class ControlsWhenAsked(dict):
         if layer not in self.held_back or container is None:
             raise KeyError(layer)
         self.held_back.discard(layer)
-        container._add(Event("inserted", value=layer))  # adds itself to this table
+        if layer in container.viewer.layers:
+            container._add(Event("inserted", value=layer))  # adds itself to this table
+        else:  # napari removes it (it looks the controls up once the layer is gone)
+            self[layer] = QWidget()
         return dict.__getitem__(self, layer)
 
 
