@@ -66,7 +66,7 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def gui_modules() -> tuple[str, ...]:
     """Top-level module names that Qt-free code must not import."""
     return GUI_MODULES
