@@ -52,7 +52,7 @@ from napari_infection_clock.core.trainer import TrainConfig, iter_train
 
 SECTIONS = ("baseline", "predictor", "roof", "e2e", "retrain", "compile")
 DEFAULT_SECTIONS = ("baseline", "predictor", "roof", "e2e", "retrain")
-TILE = 512
+TILE = 512  # the predictor's default tile
 STACK = "infection_clock_bench_{frames}x{size}.tif"
 
 
@@ -65,6 +65,8 @@ def main(argv=None) -> None:
     parser.add_argument("--frames", type=int, help="frames of the end-to-end stack (96)")
     parser.add_argument("--frame-size", type=int, default=2048)
     parser.add_argument("--tiles", type=int, help="labelled tiles for retraining (200)")
+    parser.add_argument("--tile-size", type=int, default=TILE,
+                        help=f"tile and model input size in px ({TILE}, the predictor's default)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="batch size of the predictor and end-to-end sections (its default)")
     parser.add_argument("--prefetch", type=int, default=None,
@@ -88,7 +90,7 @@ def main(argv=None) -> None:
     frames = args.frames or (8 if args.quick else 96)
     n_tiles = args.tiles or (40 if args.quick else 200)
     torch.manual_seed(0)
-    model, meta = _model(args.arch)
+    model, meta = _model(args.arch, args.tile_size)
     rows: list[tuple[str, str, str]] = []
     results: dict[str, float] = {}
     started = time.perf_counter()
@@ -145,7 +147,7 @@ def main(argv=None) -> None:
         n = e2e["items"]
         ratio = e2e["wall_s"] / e2e["model_s"]
         rows += [
-            (f"end to end: {frames} x {args.frame_size}^2 uint16, {n} tiles of {TILE} "
+            (f"end to end: {frames} x {args.frame_size}^2 uint16, {n} tiles of {args.tile_size} "
              f"(batch {e2e['batch']}, prefetch {e2e['prefetch']}, {e2e['threads']} torch threads)",
              f"{e2e['wall_s']:.1f} s ({n / e2e['wall_s']:.2f} img/s)", ""),
             ("pure model time for the same tiles (model-only batches timed before and after)",
@@ -191,14 +193,14 @@ def main(argv=None) -> None:
           f"end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
-def _model(arch: str):
+def _model(arch: str, tile: int):
     config = ModelConfig(arch=arch)
     model = MultitaskResNet(config).eval()
-    return model, CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=TILE))
+    return model, CheckpointMeta(model=config, preprocessing=Preprocessing(image_size=tile))
 
 
-def _raw_tiles(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 4096, size=(n, TILE, TILE), dtype=np.uint16)
+def _raw_tiles(n: int, tile: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 4096, size=(n, tile, tile), dtype=np.uint16)
 
 
 def _best_rate(step, items: int, calls: int, device, rounds: int = 3) -> float:
@@ -222,7 +224,7 @@ def _best_rate(step, items: int, calls: int, device, rounds: int = 3) -> float:
 def _baseline(model, meta, device, calls: int) -> float:
     """What a first attempt does: fp32, default layout, one crop per forward pass."""
     model = model.to(device).to(memory_format=torch.contiguous_format).eval()
-    crop = _raw_tiles(1)[0]
+    crop = _raw_tiles(1, meta.preprocessing.image_size)[0]
 
     def step():
         with torch.no_grad():
@@ -234,14 +236,15 @@ def _baseline(model, meta, device, calls: int) -> float:
 
 
 def _predictor_rate(predictor: Predictor, calls: int) -> float:
-    crops = _raw_tiles(predictor.batch_size)
+    crops = _raw_tiles(predictor.batch_size, predictor.meta.preprocessing.image_size)
     return _best_rate(lambda: predictor.predict_crops(crops), len(crops), calls, predictor.device)
 
 
 def _autocast_rate(model, meta, device, dtype, batch: int, calls: int) -> float:
     """The textbook fast path without the predictor's extras (no BatchNorm folding)."""
     model = model.to(device).to(memory_format=torch.channels_last).eval()
-    x = preprocess(torch.from_numpy(_raw_tiles(batch)).to(device), meta.preprocessing)
+    x = preprocess(torch.from_numpy(_raw_tiles(batch, meta.preprocessing.image_size)).to(device),
+                   meta.preprocessing)
     x = x.contiguous(memory_format=torch.channels_last)
 
     def step():
@@ -301,7 +304,7 @@ def _write_stack(folder: Path, frames: int, size: int) -> Path:
 def _run_worker(args, path: Path) -> dict:
     """The end-to-end run in a fresh process, so its peak memory is its own."""
     cmd = [sys.executable, __file__, "--e2e-worker", str(path), "--device", args.device,
-           "--arch", args.arch] + [
+           "--arch", args.arch, "--tile-size", str(args.tile_size)] + [
         arg for name in ("prefetch", "batch_size") if getattr(args, name) is not None
         for arg in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -322,7 +325,7 @@ def _memory_mb() -> dict[str, float]:
 def _e2e_worker(args, path: Path) -> dict:
     device = select_device(args.device)
     torch.manual_seed(0)
-    model, meta = _model(args.arch)
+    model, meta = _model(args.arch, args.tile_size)
     extra = {k: v for k, v in (("prefetch", args.prefetch), ("batch_size", args.batch_size))
              if v is not None}
     predictor = Predictor(model, meta, device=device, **extra)
@@ -330,7 +333,9 @@ def _e2e_worker(args, path: Path) -> dict:
     anon = file = 0.0
     # Pure model time: preprocessed batches of the same size through the model only,
     # timed right before and right after the run (the machine's speed may drift).
-    x = preprocess(torch.from_numpy(_raw_tiles(predictor.batch_size)).to(device), meta.preprocessing)
+    tile = meta.preprocessing.image_size
+    x = preprocess(torch.from_numpy(_raw_tiles(predictor.batch_size, tile)).to(device),
+                   meta.preprocessing)
     x = x.contiguous(memory_format=torch.channels_last)
     predictor._run(x)
 
@@ -342,14 +347,14 @@ def _e2e_worker(args, path: Path) -> dict:
 
     before = model_only()
     with open_stack(path) as stack:
-        boxes, _ = tile_boxes(*stack.frame_shape, TileSpec(tile_size=TILE))
+        boxes, _ = tile_boxes(*stack.frame_shape, TileSpec(tile_size=tile))
         items = stack.n_frames * len(boxes)
         # The peak of a run of the first k frames is VmHWM once they are done.
         n = stack.n_frames
         counts = {max(1, n // 4), max(1, n // 2), n}
         peak_after = {}
         start = time.perf_counter()
-        for done, _ in enumerate(predictor.iter_stack(stack, tiles=TileSpec(tile_size=TILE)), 1):
+        for done, _ in enumerate(predictor.iter_stack(stack, tiles=TileSpec(tile_size=tile)), 1):
             memory = _memory_mb()
             anon, file = max(anon, memory["RssAnon"]), max(file, memory["RssFile"])
             if done in counts:
@@ -366,7 +371,8 @@ def _e2e_worker(args, path: Path) -> dict:
 def _retrain(model, meta, device, path: Path, n_tiles: int, quick: bool):
     """Cold cache fill, warm heads-only retraining, and one full fine-tune step."""
     with open_stack(path) as stack:
-        boxes, _ = tile_boxes(*stack.frame_shape, TileSpec(tile_size=TILE))
+        boxes, _ = tile_boxes(*stack.frame_shape,
+                              TileSpec(tile_size=meta.preprocessing.image_size))
         n_frames = stack.n_frames
     rng = np.random.default_rng(0)
     items = []
@@ -401,7 +407,7 @@ def _retrain(model, meta, device, path: Path, n_tiles: int, quick: bool):
 
 def _compiled_rate(model, meta, device, batch: int, calls: int) -> tuple[float, float]:
     predictor = Predictor(model, meta, device=device, batch_size=batch, compile=True)
-    crops = _raw_tiles(predictor.batch_size)
+    crops = _raw_tiles(predictor.batch_size, meta.preprocessing.image_size)
     start = time.perf_counter()
     predictor.predict_crops(crops)
     first = time.perf_counter() - start

@@ -26,8 +26,10 @@ def _number(text: str) -> float:
 
 def test_small_benchmark_run_prints_the_whole_table(tmp_path):
     stacks = tmp_path / "not" / "yet"  # --stack-dir need not exist: it is made
+    # 128 px tiles: every section runs as at the default 512, on a sixteenth of the pixels
     cmd = [sys.executable, str(SCRIPT), "--quick", "--arch", "resnet18", "--frames", "2",
-           "--frame-size", "1024", "--tiles", "8", "--device", "cpu", "--stack-dir", str(stacks)]
+           "--frame-size", "256", "--tile-size", "128", "--tiles", "8", "--device", "cpu",
+           "--stack-dir", str(stacks)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     rows = _rows(out.stdout)
@@ -42,8 +44,9 @@ def test_small_benchmark_run_prints_the_whole_table(tmp_path):
         assert name in by_start, f"row {name!r} missing from:\n{out.stdout}"
     assert _number(by_start["baseline"]) > 0 and _number(by_start["predictor defaults"]) > 0
     assert "(8 hits)" in by_start["heads-only retraining, warm cache"]
-    assert "2 x 1024^2 uint16, 8 tiles of 512" in out.stdout
-    assert (stacks / "infection_clock_bench_2x1024.tif").is_file()
+    assert "model FLOPs per 128 px image" in rows
+    assert "2 x 256^2 uint16, 8 tiles of 128" in out.stdout
+    assert (stacks / "infection_clock_bench_2x256.tif").is_file()
 
 
 def test_quality_budget_without_a_finished_epoch_says_so(tmp_path):
