@@ -55,7 +55,9 @@ def test_labels_from_sample_data_train_a_model_that_generalises(tmp_path):
                               time_policy_of(plan))
     # The training dock's default: the best epoch by validation loss, which weighs both
     # heads; by ROC AUC alone an early epoch with an untrained time head can win.
-    config = TrainConfig(epochs=8, batch_size=32, lr=1e-3, seed=0, device="cpu", mode="full",
+    # 6 epochs: held-out AUC 0.950, MAE 3.27 h against the mean's 4.88 h (8: 0.967, 3.28 h;
+    # 4: 0.932, 3.98 h, too close to the bar; measured 1 December).
+    config = TrainConfig(epochs=6, batch_size=32, lr=1e-3, seed=0, device="cpu", mode="full",
                          best_metric="loss")
     events = list(iter_retrain(model, meta, plan, config, tmp_path / "model.pt"))
     assert events[-1].stage == "done" and events[-1].best_epoch is not None

@@ -46,7 +46,11 @@ def test_short_training_learns_held_out_wells(dataset, tmp_path, device):
     # Learning is judged on the epoch with the lowest validation loss: selection by ROC AUC
     # (the research default) can keep an early epoch whose AUC saturated while the time head
     # had barely started, and which epoch that is depends on the shuffle order.
-    config = TrainConfig(epochs=8, batch_size=32, lr=1e-3, seed=0, device=device, best_metric="loss")
+    # 4 epochs on the CPU: held-out AUC 0.973 and MAE 3.15 h against the mean's 4.88 h, as
+    # good as 8 (0.971, 3.22 h; measured 1 December); CUDA keeps 8 (not measured at 4).
+    epochs = 4 if device == "cpu" else 8
+    config = TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, seed=0, device=device,
+                         best_metric="loss")
     events = list(
         iter_train(
             model,
@@ -58,13 +62,13 @@ def test_short_training_learns_held_out_wells(dataset, tmp_path, device):
         )
     )
     stages = [e.stage for e in events]
-    assert stages[-1] == "done" and stages.count("epoch") == 8
+    assert stages[-1] == "done" and stages.count("epoch") == epochs
     assert all(e.eta_s is not None for e in events if e.stage == "batch")
     history = events[-1].history
     assert {"train_loss", "val_loss", "val_roc_auc", "val_mae"} <= set(history[0])
 
     loaded, meta2 = load_checkpoint(tmp_path / "m.pt")
-    assert meta2.epoch == events[-1].best_epoch and len(meta2.history) == 8
+    assert meta2.epoch == events[-1].best_epoch and len(meta2.history) == epochs
     predictor = Predictor(loaded, meta2, device="cpu", batch_size=64, precision="fp32")
     table = pd.concat(predict_items(predictor, test), ignore_index=True)
     metrics = evaluate_table(table)
