@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from qtpy.QtCore import Qt
 
 from napari_infection_clock.core.annotations import open_annotations
 from napari_infection_clock.core.checkpoint import CheckpointMeta
@@ -21,9 +22,11 @@ from napari_infection_clock.core.trainer import TrainConfig, run_training
 from napari_infection_clock.ui.annotation_widget import AnnotationWidget
 from napari_infection_clock.ui.evaluation_widget import EvaluationWidget
 from napari_infection_clock.ui.label_next_widget import MARKER_LAYER, LabelNextWidget
+from napari_infection_clock.ui.layer_roles import layer_stack_path
 from napari_infection_clock.ui.state import SessionModel, session_for
 
 from .figures import points_under_legends
+from .layer_list import click_layer
 from .native_tiles import native_model
 
 PREP = Preprocessing(image_size=32)
@@ -274,3 +277,34 @@ def test_a_native_tile_model_is_evaluated_and_ranked_on_its_tiles(make_napari_vi
     qtbot.waitUntil(lambda: label_next.worker is None, timeout=120_000)
     assert len(label_next.ranked) == 30 * 4 - 5 * 4  # 5 frames of this well are labelled
     assert set(label_next.ranked.y1 - label_next.ranked.y0) == {24}
+
+
+def test_next_shows_the_ranked_image_so_the_keys_label_it(make_napari_viewer, qtbot, trained,
+                                                          tmp_path):
+    """Ranking one well while another is selected: Next steps to a frame of the ranked
+    well, and Shift+I then labels that frame of the ranked well, not of the selected one
+    (the annotation dock labels the image selected in the layer list)."""
+    model, _, paths = trained
+    viewer = make_napari_viewer(show=True)
+    ranked, other = (tmp_path / paths[0].name, tmp_path / paths[2].name)
+    for path, source in ((ranked, paths[0]), (other, paths[2])):
+        path.write_bytes(source.read_bytes())
+        viewer.open(str(path), plugin="napari-infection-clock")
+    ranked_layer, other_layer = viewer.layers[ranked.stem], viewer.layers[other.stem]
+    annotate, widget = AnnotationWidget(viewer), LabelNextWidget(viewer)
+    viewer.window.add_dock_widget(annotate)
+    viewer.window.add_dock_widget(widget)
+    session_for(viewer).set_model(model)
+    click_layer(viewer, other_layer)  # the user looks at the other well
+    widget.image_combo.setCurrentText(ranked_layer.name)
+    qtbot.mouseClick(widget.rank_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    qtbot.mouseClick(widget.next_button, Qt.LeftButton)
+    frame = int(widget.ranked["frame"].iloc[0])
+    assert viewer.dims.current_step[0] == frame
+    assert ranked_layer.name in annotate.target_label.text()
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key_I, Qt.ShiftModifier)
+    session = session_for(viewer)
+    assert session.annotations[layer_stack_path(ranked_layer)].frames == {frame: "infected"}
+    other_store = session.annotations.get(layer_stack_path(other_layer))
+    assert other_store is None or not other_store.frames

@@ -256,6 +256,7 @@ class LabelNextWidget(QWidget):
         if not 0 <= index < len(self.ranked):
             return
         row = self.ranked.iloc[index]
+        self._show_ranked_image()
         self.viewer.dims.set_current_step(0, int(row.frame))
         if not self._whole:
             box = [int(row[c]) for c in ("y0", "x0", "y1", "x1")]
@@ -272,6 +273,16 @@ class LabelNextWidget(QWidget):
                 self.viewer.add_shapes([rect], ndim=3, name=MARKER_LAYER, edge_color="yellow",
                                        face_color="transparent", edge_width=2,
                                        metadata=belongs)
+
+    def _show_ranked_image(self) -> None:
+        """Make the ranked image the one in view (shown and selected) unless it, or a layer
+        standing for it (its crops), already is: the annotation dock labels the image in
+        view, and the user steps to a suggestion to label it there."""
+        layer = self._scored_layer
+        if layer is None or layer not in self.viewer.layers or self.session.image is layer:
+            return
+        layer.visible = True
+        self.viewer.layers.selection.active = layer
 
     def _fail(self, message: str) -> bool:
         self.status.setText(message)
