@@ -75,6 +75,27 @@ def test_viewer_opens_tiff_and_samples(make_napari_viewer, timelapse):
         assert sample.metadata["frame_interval_h"] == 0.5 and sample.metadata["onset_h"] == 1.0
 
 
+def test_a_sample_renders_its_own_well_only():
+    """File > Open Sample renders a synthetic well on the GUI thread (48 frames of 256 x 256:
+    seconds on 2 cores); each entry rendered the infected and the mock well and kept one."""
+    import cProfile
+    import pstats
+
+    from napari_infection_clock.ui.sample_data import infected_sample, mock_sample
+
+    first = []
+    for make, infected in ((infected_sample, True), (mock_sample, False)):
+        profile = cProfile.Profile()
+        [(data, kwargs, kind)] = profile.runcall(make)
+        renders = sum(stat[1] for (path, _, name), stat in pstats.Stats(profile).stats.items()
+                      if name == "_render" and path.endswith("synthetic.py"))
+        assert renders == 1, renders
+        assert kind == "image" and data.shape == (48, 256, 256)
+        assert kwargs["metadata"]["infected"] is infected
+        first.append(data[0])
+    assert np.array_equal(*first)  # still one field, with and without infection
+
+
 def test_writer_saves_result_features_and_refuses_other_layers(tmp_path):
     boxes = np.array([[0, 0, 32, 32], [0, 32, 32, 64]])
     table = result_rows("well", 3, 1.5, boxes, [[0, 0], [0, 1]], [0.2, 0.9], [1.5, 0.4],

@@ -132,16 +132,22 @@ def sample_pair(
     n_frames: int = 48, size: int = 256, seed: int = 0
 ) -> dict[str, tuple[np.ndarray, dict]]:
     """One infected and one mock stack of the same field, each with its truth, for a viewer."""
-    pair = {}
-    for name, infected in (("infected", True), ("mock", False)):
-        well = SyntheticWell(infected=infected, seed=seed, n_frames=n_frames, size=size)
-        meta = {
-            "frame_interval_h": well.frame_interval_h,
-            "onset_h": well.onset_h,
-            "infected": infected,
-        }
-        pair[name] = (well.render(), meta)
-    return pair
+    return {kind: sample_well(kind, n_frames, size, seed) for kind in ("infected", "mock")}
+
+
+def sample_well(
+    kind: str, n_frames: int = 48, size: int = 256, seed: int = 0
+) -> tuple[np.ndarray, dict]:
+    """The ``kind`` ("infected" or "mock") well of :func:`sample_pair` alone: each well is
+    rendered on its own (a viewer's sample needs one; rendering is seconds at 256 px)."""
+    infected = {"infected": True, "mock": False}[kind]
+    well = SyntheticWell(infected=infected, seed=seed, n_frames=n_frames, size=size)
+    meta = {
+        "frame_interval_h": well.frame_interval_h,
+        "onset_h": well.onset_h,
+        "infected": infected,
+    }
+    return well.render(), meta
 
 
 def write_research_dataset(

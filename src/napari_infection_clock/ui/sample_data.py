@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.synthetic import sample_pair
+from ..core.synthetic import sample_well
 from .layer_roles import FRAME_INTERVAL_SOURCE
 
 N_FRAMES = 48
@@ -10,7 +10,7 @@ SIZE = 256
 
 
 def _sample(kind: str) -> list[tuple]:
-    data, meta = sample_pair(n_frames=N_FRAMES, size=SIZE, seed=0)[kind]
+    data, meta = sample_well(kind, n_frames=N_FRAMES, size=SIZE, seed=0)
     kwargs = {
         "name": f"{kind} (synthetic)",
         "axis_labels": ("t", "y", "x"),
