@@ -968,3 +968,44 @@ def test_a_native_tile_model_says_it_cannot_predict_smaller_frames(make_napari_v
     assert "cannot predict frames smaller than 24 px: these are 16 x 16 px" in said, said
     assert "whole-frame mode" not in said and widget.mode.value == MODE_WHOLE
     assert [layer.name for layer in viewer.layers] == ["well"]
+
+
+def test_a_refusal_or_failure_is_not_left_beside_another_choice(make_napari_viewer, qtbot,
+                                                                checkpoint, tmp_path):
+    """Predict on a 2D image is refused, Predict with a text file as checkpoint fails; once
+    the user picks another image, or the real checkpoint, the status line no longer names
+    the 2D image or the text file (it did, and still said "done" of another image)."""
+    import tifffile
+
+    from napari_infection_clock.core.stack import write_stack
+
+    flat, well = tmp_path / "snapshot.tif", tmp_path / "well.tif"
+    tifffile.imwrite(flat, np.full((64, 64), 7, np.uint8))
+    write_stack(well, sample_pair(n_frames=3, size=64)["infected"][0], "TYX", 0.5)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(flat), plugin="napari")  # napari's own reader: one 2D image
+    viewer.open(str(well), plugin="napari-infection-clock")
+    widget = viewer.window.add_plugin_dock_widget("napari-infection-clock",
+                                                  "Predict infection")[1]
+    widget.device.value = "cpu"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model\n")
+    widget.checkpoint.value = notes
+    widget.image.value = viewer.layers["snapshot"]  # picked in the image chooser
+    widget.run_button.native.click()
+    assert "single 2D image" in widget.status.value
+    widget.image.value = viewer.layers["well"]
+    assert "snapshot" not in widget.status.value, widget.status.value
+
+    messages = []
+    widget.finished.connect(messages.append)
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: bool(messages), timeout=RUN_TIMEOUT_MS)
+    assert "notes.txt" in widget.status.value and "not a PyTorch checkpoint" in messages[0]
+    widget.checkpoint.value = checkpoint
+    assert "notes.txt" not in widget.status.value, widget.status.value
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: len(messages) == 2, timeout=RUN_TIMEOUT_MS)
+    assert widget.status.value.startswith("done: 3 frames")
+    widget.image.value = viewer.layers["snapshot"]  # the run was the well's, not this one's
+    assert not widget.status.value.startswith("done"), widget.status.value

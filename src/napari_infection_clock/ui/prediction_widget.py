@@ -255,6 +255,8 @@ class PredictionWidget(Container):
         self.onset_h.changed.connect(self._show_time_source)
         self.mode.changed.connect(self._on_mode_changed)
         self.source.changed.connect(self._on_source_changed)
+        for chooser in (self.image, self.source, self.checkpoint):
+            chooser.changed.connect(self._forget_last_run)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.swap_button.clicked.connect(self.swap_overlay)
@@ -294,6 +296,16 @@ class PredictionWidget(Container):
             self.first.value, self.last.value = first, last
             if interval is not None:
                 self.frame_interval_h.value, self.onset_h.value = interval, onset
+
+    def _forget_last_run(self, *_) -> None:
+        """Another image or model was chosen: the status line and bar spoke of the last
+        run or refusal (another image's shape, another file that is not a checkpoint, a
+        run done on another image), so they are cleared; a run in flight keeps them."""
+        if self.running or not self._message:
+            return
+        self._message = ""
+        self.progress_bar.value = 0
+        show(self.status.native, "")
 
     def _keep_typed(self) -> None:
         """Remember the frame range and any frame interval and onset set here for the image
