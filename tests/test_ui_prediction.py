@@ -43,6 +43,7 @@ from .long_well import FRAMES as LONG_WELL_FRAMES
 from .long_well import long_well
 from .native_tiles import native_checkpoint
 
+PLUGIN = "napari-infection-clock"
 KINDS = ("probability", "duration", "class", "tiles")
 #: How long a test waits for a real run to end: a guard against a hang, never a speed test.
 #: A run of the 8-frame sample is 6-7 s of CPU (load 2.5: the checkpoint loaded and its
@@ -779,6 +780,44 @@ def test_a_run_does_not_animate_naparis_activity_indicator(make_napari_viewer, q
     assert widget.status.value.startswith("done"), widget.status.value
     assert len(animating) > 1 and not any(animating), animating
     assert widget.progress_bar.value == widget.progress_bar.max
+
+
+def test_naparis_activity_indicator_stops_once_a_file_is_open(make_napari_viewer, qtbot,
+                                                               tmp_path):
+    """File > Open shows napari's "Opening Files" progress, which starts the activity
+    indicator (the status bar's GIF); napari stops it from the bar's ``destroyed`` signal,
+    which PyQt6 never delivers to it, so the GIF went on for the rest of the session, each
+    frame recomposing the window. With a dock of the plugin open, it stops once no progress
+    is left, whether the file came before the dock or after; a progress still running
+    keeps it going."""
+    import tifffile
+    from napari._qt.dialogs.qt_activity_dialog import ActivityToggleItem
+    from napari.utils import progress
+    from qtpy.QtGui import QMovie
+
+    from napari_infection_clock.core.stack import write_stack
+
+    data, _ = sample_pair(n_frames=4, size=64, seed=1)["infected"]
+    paths = [tmp_path / "first.tif", tmp_path / "second.tif"]
+    tifffile.imwrite(paths[0], data)  # a plain TIFF, for napari's reader
+    write_stack(paths[1], data)  # one with the time axis, for the plugin's
+    viewer = make_napari_viewer(show=True)
+    indicator = viewer.window._qt_window.findChild(ActivityToggleItem)._inProgressIndicator
+
+    def animating() -> bool:
+        QApplication.processEvents()
+        return indicator.movie().state() == QMovie.MovieState.Running
+
+    viewer.open(paths[0], plugin="napari")  # before any dock: napari's own indicator
+    assert animating()  # napari's bug, as a user without the plugin has it
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Predict infection")
+    assert not animating() and not indicator.isVisible()
+    viewer.open(paths[1], plugin=PLUGIN)
+    assert not animating()
+    with progress(total=2, desc="another plugin's work") as running:
+        assert animating()
+        running.update(1)
+    assert not animating()
 
 
 def test_the_image_chooser_follows_the_image_in_view(make_napari_viewer, qtbot, checkpoint):

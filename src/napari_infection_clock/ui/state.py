@@ -23,6 +23,7 @@ from ..core.annotations import AnnotationStore
 from ..core.calibration import ClockInterval
 from ..core.checkpoint import CheckpointMeta
 from ..core.model import MultitaskResNet
+from .activity_indicator import stopped_when_idle
 from .gc_freeze import thaw
 from .gl_context import make_canvas_context_current
 from .layer_roles import (
@@ -229,4 +230,5 @@ def session_for(viewer) -> Session:
     viewer = getattr(viewer, "__wrapped__", viewer)
     if viewer not in _SESSIONS:
         _SESSIONS[viewer] = Session(viewer)
+        stopped_when_idle(viewer)  # napari's GIF would repaint the window for ever
     return _SESSIONS[viewer]
