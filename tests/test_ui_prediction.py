@@ -1047,3 +1047,40 @@ def test_a_refusal_or_failure_is_not_left_beside_another_choice(make_napari_view
     assert widget.status.value.startswith("done: 3 frames")
     widget.image.value = viewer.layers["snapshot"]  # the run was the well's, not this one's
     assert not widget.status.value.startswith("done"), widget.status.value
+
+
+def test_the_frame_interval_and_onset_set_in_the_annotation_dock_are_predicted_with(
+        make_napari_viewer, qtbot, checkpoint, tmp_path):
+    """The user gives the well's frame interval and onset once, in the annotation dock: the
+    prediction dock shows and uses them (it kept the file's 0.5 h/frame, so frame 4 was
+    "2 h" in the plot and on the canvas and "1 h" in the annotation dock), also after the
+    image is closed and opened again (the annotation dock reads them back)."""
+    from napari_infection_clock.core.stack import write_stack
+
+    path = tmp_path / "well.tif"
+    write_stack(path, sample_pair(n_frames=10, size=64)["infected"][0], "TYX", 0.5)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(path), plugin="napari-infection-clock")
+    window = viewer.window
+    annotate = window.add_plugin_dock_widget("napari-infection-clock",
+                                             "Annotate frames and crops")[1]
+    widget = window.add_plugin_dock_widget("napari-infection-clock", "Predict infection")[1]
+    widget.checkpoint.value = checkpoint
+    widget.device.value = "cpu"
+    annotate.condition_combo.setCurrentText("infected")
+    for spin, value in ((annotate.onset_spin, 1.5), (annotate.interval_spin, 0.25)):
+        spin.setValue(value)
+        spin.editingFinished.emit()
+    assert (widget.frame_interval_h.value, widget.onset_h.value) == (0.25, 1.5)
+    assert "annotation dock" in widget.time_source.value, widget.time_source.value
+    viewer.dims.set_current_step(0, 4)
+    assert "(1 h)" in annotate.frame_info.text()
+    assert _run(qtbot, widget).startswith("done")
+    table = session_for(viewer).results[image_id(viewer.layers["well"])]
+    assert table.loc[table["frame"] == 4, "hours"].unique().tolist() == [1.0]
+    assert viewer.text_overlay.text.startswith("t = 1.00 h"), viewer.text_overlay.text
+
+    viewer.layers.remove(viewer.layers["well"])
+    viewer.open(str(path), plugin="napari-infection-clock")
+    assert "0.25 h/frame" in annotate.time_source.text()
+    assert (widget.frame_interval_h.value, widget.onset_h.value) == (0.25, 1.5)

@@ -295,6 +295,8 @@ class AnnotationWidget(QWidget):
         self._load_crops_layer()
         self._sync_controls()
         self._changed(save=False)
+        if self.store is not None:  # read back (a sidecar): its frame interval and onset
+            self.session.labels_changed.emit(self.store.stack)
 
     def _renamed(self, image) -> None:
         if self.layer is not None and image == self.layer:  # a proxy of it compares equal

@@ -50,6 +50,7 @@ PREDICTION_TABLE = "infection_clock_prediction_table"
 FROM_FILE = "file metadata"
 FROM_CHECKPOINT = "checkpoint"
 FROM_DEFAULT = "default"
+FROM_LABELS = "the annotation dock"
 
 
 def is_output(layer) -> bool:
@@ -178,9 +179,20 @@ class TimeSetting:
         return text
 
 
-def time_setting(layer, model_meta=None) -> TimeSetting:
-    """Frame interval and onset of ``layer``: file metadata first, then the checkpoint
-    (``model_meta``, a CheckpointMeta), else the defaults."""
+def time_setting(layer, model_meta=None, labels=None) -> TimeSetting:
+    """Frame interval and onset of ``layer``: what the user set for it in the annotation
+    dock (``labels``, its AnnotationStore, where a value differs from the file's or the
+    default), then file metadata, then the checkpoint (``model_meta``, a CheckpointMeta),
+    else the defaults. One image has one clock, whichever dock shows it."""
+    if labels is not None:
+        base = time_setting(layer)
+        interval, onset = labels.frame_interval_h, labels.onset_h
+        own = time_setting(layer, model_meta)
+        return TimeSetting(
+            *((interval, FROM_LABELS) if interval != base.frame_interval_h
+              else (own.frame_interval_h, own.interval_source)),
+            *((onset, FROM_LABELS) if onset != base.onset_h
+              else (own.onset_h, own.onset_source)))
     meta = layer.metadata if layer is not None else {}
     interval, interval_source = DEFAULT_FRAME_INTERVAL_H, FROM_DEFAULT
     if meta.get(FRAME_INTERVAL_H) and meta.get(FRAME_INTERVAL_SOURCE, "metadata") != "default":

@@ -48,7 +48,15 @@ from .docking import place_form
 from .figures import fit_width
 from .gl_context import repaint_pending
 from .glyphs import GlyphsAhead
-from .layer_roles import FROM_FILE, START_OFFSET_H, image_id, is_output, time_setting
+from .layer_roles import (
+    FROM_FILE,
+    FROM_LABELS,
+    START_OFFSET_H,
+    annotation_key,
+    image_id,
+    is_output,
+    time_setting,
+)
 from .messages import fit_messages, short, show
 from .overlays import (
     CLASS_COLORS,
@@ -263,6 +271,7 @@ class PredictionWidget(Container):
         self.session.model_changed.connect(self._on_session_model)
         self.session.prediction_requested.connect(self.refresh)
         self.session.image_changed.connect(self._follow_view)
+        self.session.labels_changed.connect(self._on_labels_changed)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         on_dock_closed(self.native, self.close_down)
         self.reset_choices()
@@ -338,7 +347,9 @@ class PredictionWidget(Container):
         line below them says which, and warns about a default. ``keep_edited`` (a new
         model): a value the user set stays."""
         model, shown = self.session.model, getattr(self, "_time", None)
-        self._time = time_setting(self.image.value, model.meta if model else None)
+        image = self.image.value
+        labels = self.session.annotations.get(annotation_key(image)) if image else None
+        self._time = time_setting(image, model.meta if model else None, labels)
         for box, value, before in (
             (self.frame_interval_h, self._time.frame_interval_h,
              shown.frame_interval_h if shown else None),
@@ -373,6 +384,13 @@ class PredictionWidget(Container):
         if model is not None:
             self._prefill_from_model(model)
 
+    def _on_labels_changed(self, key: str) -> None:
+        """The chosen image's frame interval or onset may have been set in the annotation
+        dock: show them (a value typed here stays)."""
+        image = self.image.value
+        if image is not None and image.ndim >= 3 and annotation_key(image) == key:
+            self._fill_time(keep_edited=True)
+
     def _prefill_from_model(self, model: SessionModel):
         """Fill frame interval and onset from the model unless the layer carries them or
         the user set them."""
@@ -384,6 +402,7 @@ class PredictionWidget(Container):
         self.session.model_changed.disconnect(self._on_session_model)
         self.session.prediction_requested.disconnect(self.refresh)
         self.session.image_changed.disconnect(self._follow_view)
+        self.session.labels_changed.disconnect(self._on_labels_changed)
         self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
         if self.readout is not None:
             self.readout.close()
@@ -525,7 +544,8 @@ class PredictionWidget(Container):
         shows a default or a model's value: the run then takes its own model's (a
         checkpoint file is read only in the worker)."""
         shown = getattr(self, "_time", None)
-        if shown is None or getattr(shown, source) == FROM_FILE or value != getattr(shown, key):
+        if (shown is None or getattr(shown, source) in (FROM_FILE, FROM_LABELS)
+                or value != getattr(shown, key)):
             return value
         return None
 

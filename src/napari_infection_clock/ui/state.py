@@ -87,7 +87,7 @@ class Session:
     model_changed = Signal(object)  # SessionModel | None
     results_changed = Signal(str)  # id of the image whose prediction table changed
     prediction_requested = Signal()  # "predict again with the session model" (after training)
-    labels_changed = Signal(str)  # stack path whose annotations changed (annotation widget)
+    labels_changed = Signal(str)  # stack path whose annotations changed or were read back
     image_changed = Signal(object)  # the image layer the user looks at now, or None
     image_renamed = Signal(object)  # an image layer the user gave a new name
 
