@@ -1084,3 +1084,31 @@ def test_the_frame_interval_and_onset_set_in_the_annotation_dock_are_predicted_w
     viewer.open(str(path), plugin="napari-infection-clock")
     assert "0.25 h/frame" in annotate.time_source.text()
     assert (widget.frame_interval_h.value, widget.onset_h.value) == (0.25, 1.5)
+
+
+def test_a_fiji_hyperstack_from_naparis_reader_is_sent_to_the_plugins_reader(
+        make_napari_viewer, qtbot, checkpoint, tmp_path):
+    """A Fiji TCYX file opened with napari's own reader is one (T, C, Y, X) layer. The dock
+    refuses it, and its advice must work: it said "Split Stack", which splits napari's
+    first axis, time, into one layer per time point whose "frames" are the channels (the
+    dock then predicts those). It sends the user to the plugin's reader instead, whose
+    channel layers it predicts."""
+    from .fiji import write_fiji
+
+    path = write_fiji(tmp_path / "w.tif", ["mito", "DAPI"], frames=4, size=64)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(path), plugin="napari")
+    assert viewer.layers["w"].data.shape[:2] == (4, 2)
+    widget = viewer.window.add_plugin_dock_widget("napari-infection-clock",
+                                                  "Predict infection")[1]
+    widget.checkpoint.value = checkpoint
+    widget.device.value = "cpu"
+    widget.run_button.native.click()
+    assert not widget.running
+    message = widget.status.native.toolTip() or widget.status.value
+    assert "> Split Stack" not in message, message  # not advised any more
+    assert "'Infection Clock' reader" in message, message
+
+    viewer.open(str(path), plugin="napari-infection-clock")  # what the message says
+    widget.image.value = viewer.layers["w [ch 1 DAPI]"]
+    assert _run(qtbot, widget).startswith("done: 4 frames")

@@ -471,8 +471,10 @@ class PredictionWidget(Container):
         else:
             raise InputError(
                 f"'{image.name}' has shape {shape}; expected a grayscale (T, Y, X) or RGB "
-                "(T, Y, X, 3) time-lapse - split channels first (right-click the layer > "
-                "Split Stack)"
+                "(T, Y, X, 3) time-lapse. Open the file again (File > Open) with the "
+                "'Infection Clock' reader: it makes a time-lapse of each channel and says "
+                "what to do with a Z axis (napari's Split Stack splits the first axis, the "
+                "time points of a Fiji file, not its channels)"
             )
         channel = image.metadata.get("channel")  # a channel layer of a multichannel file
         stack = stack_from_array(
