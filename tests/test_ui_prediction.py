@@ -1112,3 +1112,39 @@ def test_a_fiji_hyperstack_from_naparis_reader_is_sent_to_the_plugins_reader(
     viewer.open(str(path), plugin="napari-infection-clock")  # what the message says
     widget.image.value = viewer.layers["w [ch 1 DAPI]"]
     assert _run(qtbot, widget).startswith("done: 4 frames")
+
+
+def _in_view(scroll_area, widget) -> bool:
+    """Whether ``widget`` lies wholly inside what ``scroll_area`` shows now."""
+    top = widget.mapTo(scroll_area.viewport(), QPoint(0, 0)).y()
+    return top >= 0 and top + widget.height() <= scroll_area.viewport().height()
+
+
+def test_predict_scrolls_its_dock_to_the_answer(make_napari_viewer, qtbot, checkpoint, tmp_path):
+    """Every dock of the plugin open in a 1600 x 1000 window: the prediction dock scrolls
+    (its tab shares the height with the plot) and its status line sat below the fold, so
+    a click on Predict answered only in a notification cut after 40 characters. After the
+    click the status line is in view: the refusal, and a run's progress."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    widgets = {}
+    for name in ("Predict infection", "Infection time-series plot",
+                 "Annotate frames and crops", "Retrain on labels", "Evaluate the model",
+                 "What to label next"):
+        widgets[name] = viewer.window.add_plugin_dock_widget("napari-infection-clock",
+                                                             name)[1]
+    widget = widgets["Predict infection"]
+    dock = next(d for title, d in viewer.window._wrapped_dock_widgets.items()
+                if title.startswith("Predict infection"))
+    dock.raise_()  # a click on its tab
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="snapshot")
+    widget.checkpoint.value = checkpoint
+    widget.device.value = "cpu"
+    QApplication.processEvents()
+    status = widget.status.native
+    assert not _in_view(widget.native, status)  # below the fold before any click
+
+    widget.run_button.native.click()
+    QApplication.processEvents()
+    assert "single 2D image" in widget.status.value
+    assert _in_view(widget.native, status)

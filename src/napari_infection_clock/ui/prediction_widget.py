@@ -436,17 +436,22 @@ class PredictionWidget(Container):
         self.run()
 
     def run(self) -> bool:
-        """Check the inputs and start a run; False (with a message) when they do not fit."""
-        if self.running:
-            self._say("a prediction is already running; cancel it first", error=True)
-            return False
+        """Check the inputs and start a run; False (with a message) when they do not fit.
+        Either way the dock scrolls to its progress bar and status line: the dock scrolls
+        beside the others, and they sat below the fold, the answer to the click unseen."""
         try:
-            job = self._job_from_inputs()
-        except InputError as err:
-            self._say(str(err), error=True)
-            return False
-        self._start(job)
-        return True
+            if self.running:
+                self._say("a prediction is already running; cancel it first", error=True)
+                return False
+            try:
+                job = self._job_from_inputs()
+            except InputError as err:
+                self._say(str(err), error=True)
+                return False
+            self._start(job)
+            return True
+        finally:
+            self.native.ensureWidgetVisible(self.status.native, 0, 8)
 
     def cancel(self) -> None:
         if self.running:
@@ -472,9 +477,8 @@ class PredictionWidget(Container):
             raise InputError(
                 f"'{image.name}' has shape {shape}; expected a grayscale (T, Y, X) or RGB "
                 "(T, Y, X, 3) time-lapse. Open the file again (File > Open) with the "
-                "'Infection Clock' reader: it makes a time-lapse of each channel and says "
-                "what to do with a Z axis (napari's Split Stack splits the first axis, the "
-                "time points of a Fiji file, not its channels)"
+                "'Infection Clock' reader: a time-lapse per channel (napari's Split Stack "
+                "would split the time points)"
             )
         channel = image.metadata.get("channel")  # a channel layer of a multichannel file
         stack = stack_from_array(
