@@ -155,3 +155,20 @@ def test_a_frame_damaged_midway_shows_blank_with_a_warning_naming_it(tmp_path):
     with pytest.warns(UserWarning, match=r"corrupt.tif: image 4 cannot be read.*shown blank"):
         blank = np.asarray(layer[4])
     assert blank.shape == (32, 32) and not blank.any()
+
+
+def test_a_z_stack_opened_with_the_plugins_reader_says_what_to_do(make_napari_viewer,
+                                                                   tmp_path):
+    """A Fiji TZCYX file with Z planes, opened with the Infection Clock reader: napari said
+    only that the reader "refused the file", never why; the reader now says to Z-project
+    it (or save one time series per file). napari's own reader still opens it."""
+    path = tmp_path / "tzc.tif"
+    data = np.arange(3 * 4 * 2 * 8 * 8, dtype=np.uint16).reshape(3, 4, 2, 8, 8)
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TZCYX"})
+    viewer = make_napari_viewer()
+    with pytest.raises(ValueError) as err:  # napari shows its message as an error
+        viewer.open(str(path), plugin="napari-infection-clock")
+    assert "Z Project" in str(err.value) and "refused" not in str(err.value), err.value
+    assert viewer.layers == []
+    viewer.open(str(path), plugin="napari")
+    assert viewer.layers[0].data.shape == data.shape

@@ -35,6 +35,11 @@ class DamagedStackError(StackError):
     """A TIFF that is truncated, corrupt or whose header disagrees with its data."""
 
 
+class ExtraAxisError(StackError):
+    """A time-lapse with one more axis than the model reads (Z planes beside time, or two
+    axes that could be time): the message says how to reduce it."""
+
+
 class ChannelNotChosen(StackError):
     """A multichannel stack opened without saying which channel; ``names`` lists them."""
 
@@ -488,13 +493,13 @@ def _time_axis(source_axes: str, shape: tuple, where: str) -> int | None:
     if len(candidates) > 1:
         found = ", ".join(f"{source_axes[i]}={shape[i]}" for i in candidates)
         if "T" in source_axes:
-            raise StackError(
+            raise ExtraAxisError(
                 f"{where}: besides time ({found}; axes {source_axes!r}, shape {shape}) the "
                 "stack has another axis longer than 1; the model reads one image per time "
                 "point, so reduce it first (e.g. a Z projection in Fiji: Image > Stacks > "
                 "Z Project) or save one time series per file"
             )
-        raise StackError(
+        raise ExtraAxisError(
             f"{where}: more than one axis could be time ({found}; axes {source_axes!r}, shape "
             f"{shape}); pass axes with exactly one T and C for channels, e.g. axes='TCYX', "
             "or save one time series per file"

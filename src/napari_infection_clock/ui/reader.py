@@ -2,7 +2,9 @@
 
 Frames are read only when napari shows them (or a prediction asks for them), through
 :func:`..core.stack.open_stack`, which also finds the frame interval in ImageJ/OME metadata.
-Files that are not time-lapses (one 2D image, unreadable TIFFs) are left to other readers.
+Files that are not time-lapses (one 2D image, unreadable TIFFs) are left to other readers;
+a damaged one, or one with an axis too many (Z planes beside time), is claimed so that
+opening it says what is wrong and what to do.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dask import delayed
 from ..core.stack import (
     ChannelNotChosen,
     DamagedStackError,
+    ExtraAxisError,
     StackError,
     TimelapseStack,
     open_stack,
@@ -49,6 +52,8 @@ def get_reader(path):
                 return None
     except DamagedStackError:
         return read_timelapse  # which raises the message; other readers would hang or crash
+    except ExtraAxisError:
+        return read_timelapse  # which says how to reduce it (napari's reader can show it)
     except StackError:
         return None
     return read_timelapse
