@@ -10,9 +10,9 @@ with those two callbacks held back; :class:`LayerParts` makes the visual later, 
 call. Meanwhile napari's canvas leaves its scene as it is (it waits for every layer's
 visual), and a selection or removal in the layer list makes the visuals first, since
 napari expects them there. Visuals nobody asks for (the dock closed mid-run) are made
-anyway, one a second. The controls are made when napari first looks them up
-(:class:`ControlsWhenAsked`): when the user picks the layer, or it is removed; a run no
-longer pays for controls nobody looks at.
+anyway, one a second. The controls are made when napari first looks them up to show
+them, when the user picks the layer (:class:`ControlsWhenAsked`; a layer removed before
+gets an empty widget to delete): a run no longer pays for controls nobody looks at.
 
 A new layer's (or overlay's) first paint builds vispy's shaders for each visual it is
 drawn with (15-100 ms a visual on software OpenGL: a Shapes layer has five, a colorbar
