@@ -13,7 +13,7 @@ from matplotlib.backend_bases import MouseEvent
 
 from napari_infection_clock.core.results import result_rows
 from napari_infection_clock.core.tiles import TileSpec
-from napari_infection_clock.ui.layer_roles import PREDICTION_TABLE, image_id
+from napari_infection_clock.ui.layer_roles import PREDICTION_TABLE, annotation_key, image_id
 from napari_infection_clock.ui.overlays import PredictionLayers, layer_name, tile_grid
 from napari_infection_clock.ui.plot_widget import TimeSeriesPlot
 from napari_infection_clock.ui.state import PredictionRun, session_for
@@ -401,6 +401,7 @@ def test_closed_dock_stops_listening(plotted):
     viewer.dims.set_point(0, 9)
     session_for(viewer).set_results(viewer.layers["well"], layers.table,
                                     PredictionRun(n_frames=N_FRAMES))
+    session_for(viewer).labels_changed.emit(annotation_key(viewer.layers["well"]))
     assert list(plot.ax_p.lines) == lines
     assert plot.markers[0].get_xdata()[0] == markers_x
     assert "estimated onset: 1.80 h" in plot.onset_label.text()
@@ -558,3 +559,24 @@ def test_a_run_publishing_more_frames_moves_the_curves_there_are(plotted):
     tiles.selected_data = {2}
     assert set(plot.ax_p.lines) & set(artists) == {plot.markers[0]}  # made anew
     assert len(plot.items) == 1 and set(plot.items) != before
+
+
+def test_a_well_labelled_mock_has_no_ideal_clock(plotted, qtbot):
+    """The ideal clock (duration t - onset) is the reference of an infected well: on a well
+    the user labelled mock in the annotation dock it was still drawn from the prediction's
+    onset, as if the mock well should have been infected, and exported so."""
+    from napari_infection_clock.ui.annotation_widget import AnnotationWidget
+
+    viewer, plot, _ = plotted
+    annotate = AnnotationWidget(viewer)
+    viewer.window.add_dock_widget(annotate)
+    annotate.condition_combo.setCurrentText("mock")  # picked in the dock's chooser
+
+    def ideal_drawn() -> bool:
+        return any(line.get_label().startswith("ideal") for line in plot.ax_t.lines)
+
+    qtbot.waitUntil(lambda: not ideal_drawn(), timeout=10_000)
+    assert "mock" in plot.onset_label.text() and "set onset" not in plot.onset_label.text()
+    assert "ideal_duration_h" not in plot.table()
+    annotate.condition_combo.setCurrentText("infected")
+    qtbot.waitUntil(ideal_drawn, timeout=10_000)

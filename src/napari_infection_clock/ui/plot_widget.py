@@ -28,7 +28,14 @@ from ..core.atomic import OutputNotWritable, write_atomic
 from ..core.clock import DEFAULT_LEVEL, RegionClock
 from .docking import place_figure
 from .figures import DockedFigure, legend_above
-from .layer_roles import IMAGE_ID, image_id, image_of, image_with_id, is_output_of
+from .layer_roles import (
+    IMAGE_ID,
+    annotation_key,
+    image_id,
+    image_of,
+    image_with_id,
+    is_output_of,
+)
 from .messages import fit_messages
 from .overlays import rectangles_to_boxes
 from .state import PredictionRun, session_for
@@ -115,6 +122,7 @@ class TimeSeriesPlot(DockedFigure):
         self.choice.currentIndexChanged.connect(self._redraw_on)
         self.session.results_changed.connect(self._on_results)
         self.session.image_renamed.connect(self._on_renamed)
+        self.session.labels_changed.connect(self._on_labels)
         self.viewer.dims.events.current_step.connect(self._move_marker)
         self.viewer.layers.events.inserted.connect(self._watch_shapes)
         self.viewer.layers.events.removed.connect(self._redraw_on)
@@ -239,7 +247,25 @@ class TimeSeriesPlot(DockedFigure):
 
     def _what_is_plotted(self) -> tuple:
         """What the artists depend on besides the table's values: each change makes them anew."""
-        return self.image_key, self.image_name, self.info, tuple(self.selected_items())
+        return (self.image_key, self.image_name, self.info, tuple(self.selected_items()),
+                self._ideal_onset_h())
+
+    def _ideal_onset_h(self) -> float | None:
+        """Where the ideal clock (duration t - onset) starts: the run's onset, unless the
+        user labelled the well mock in the annotation dock (no infection to time)."""
+        if self.info is None or self.info.onset_h is None:
+            return None
+        return None if self._labelled_mock() else self.info.onset_h
+
+    def _labelled_mock(self) -> bool:
+        image = self.image
+        store = self.session.annotations.get(annotation_key(image)) if image else None
+        return store is not None and store.condition == "mock"
+
+    def _on_labels(self, stack: str) -> None:
+        """A well's labels or condition changed: redraw if it is this one (mock or not)."""
+        if self.image is not None and annotation_key(self.image) == stack:
+            self.redraw()
 
     def _update(self) -> bool:
         """Put the curves there are on the table, the plotted one with frames added, when
@@ -294,7 +320,7 @@ class TimeSeriesPlot(DockedFigure):
         ]
         self.ax_p.set_ylim(-0.05, 1.05)
         self.ax_p.set_ylabel("probability")
-        onset_h = self.info.onset_h if self.info else None
+        onset_h = self._ideal_onset_h()
         if onset_h is not None:
             self._lines += self.ax_t.plot([], [], color="0.5", lw=1,
                                           label=f"ideal t - {onset_h:g} h")
@@ -333,7 +359,7 @@ class TimeSeriesPlot(DockedFigure):
         hours = s["hours"]
         data = [(hours, s["mean_p_infected"]), (hours, s["fraction_infected"]),
                 (hours, s["median_duration_h"])]
-        onset_h = self.info.onset_h if self.info else None
+        onset_h = self._ideal_onset_h()
         if onset_h is not None:
             data.append((hours, np.maximum(hours - onset_h, 0)))
         for series in self.items.values():
@@ -408,9 +434,11 @@ class TimeSeriesPlot(DockedFigure):
                 "bootstrap, uncalibrated)" if np.isfinite(fit.onset_low_h) else "")
         text = (f"estimated onset: {fit.onset_h:.2f} h{band}, robust fit of t - duration over "
                 f"{fit.n_votes} infected frames")
-        onset_h = self.info.onset_h if self.info else None
+        onset_h = self._ideal_onset_h()
         if onset_h is not None:
             text += f"; set onset {onset_h:g} h"
+        elif self._labelled_mock():
+            text += "; the well is labelled mock (no infection expected)"
         self.onset_label.setText(text)
 
     # -- the time slider -----------------------------------------------------------------
@@ -462,7 +490,7 @@ class TimeSeriesPlot(DockedFigure):
     def table(self) -> pd.DataFrame:
         """What the plot shows, one row per frame (selected items as extra columns)."""
         out = self.summary.copy()
-        onset_h = self.info.onset_h if self.info else None
+        onset_h = self._ideal_onset_h()
         if onset_h is not None and not out.empty:
             out["ideal_duration_h"] = np.maximum(out["hours"] - onset_h, 0)
         if self.onset is not None and not out.empty:
@@ -506,6 +534,7 @@ class TimeSeriesPlot(DockedFigure):
         self._closed = True
         self.session.results_changed.disconnect(self._on_results)
         self.session.image_renamed.disconnect(self._on_renamed)
+        self.session.labels_changed.disconnect(self._on_labels)
         self.viewer.dims.events.current_step.disconnect(self._move_marker)
         self.viewer.layers.events.inserted.disconnect(self._watch_shapes)
         self.viewer.layers.events.removed.disconnect(self._redraw_on)
