@@ -263,8 +263,10 @@ class TimeSeriesPlot(DockedFigure):
         return store is not None and store.condition == "mock"
 
     def _on_labels(self, stack: str) -> None:
-        """A well's labels or condition changed: redraw if it is this one (mock or not)."""
-        if self.image is not None and annotation_key(self.image) == stack:
+        """A well's labels or condition changed: redraw when it is this one and that changed
+        what is plotted (labelled mock or not), not at every label the user sets."""
+        if (self.image is not None and annotation_key(self.image) == stack
+                and self._plotted is not None and self._what_is_plotted() != self._plotted):
             self.redraw()
 
     def _update(self) -> bool:
