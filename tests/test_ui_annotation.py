@@ -18,7 +18,7 @@ from napari_infection_clock.ui.annotation_widget import AnnotationWidget
 from napari_infection_clock.ui.layer_roles import OUTPUT_OF, image_id, is_output, layer_stack_path
 from napari_infection_clock.ui.state import session_for
 
-from .layer_list import click_layer, delete_selected, rename_layer
+from .layer_list import click_eye, click_layer, delete_selected, rename_layer
 
 N_FRAMES = 20
 PLUGIN = "napari-infection-clock"
@@ -558,3 +558,29 @@ def test_a_renamed_image_keeps_its_layers_and_labels(make_napari_viewer, qtbot, 
     click_layer(viewer, well)
     delete_selected(viewer)  # the trash button
     qtbot.waitUntil(lambda: len(viewer.layers) == 0, timeout=5_000)
+
+
+def test_labelling_an_image_drawn_under_another_says_so(make_napari_viewer, qtbot, stack_file,
+                                                        tmp_path):
+    """The dock labels the selected image, also when another visible image lies over it on
+    the canvas: the user saw the top image's frames and labelled the one under it, with
+    only its name on screen. The labelling line says which image lies over it; hidden, or
+    moved below it in the layer list, that one no longer does."""
+    viewer, widget = _open(make_napari_viewer, stack_file, qtbot)
+    other = tmp_path / "images" / "other_p3_t0-19.tif"
+    write_stack(other, generate_stack(False, seed=4, n_frames=N_FRAMES, size=48,
+                                      dtype="uint8"), "TYX", 0.5)
+    [top] = viewer.open(str(other), plugin=PLUGIN)  # drawn over the first well
+    well = viewer.layers[stack_file.stem]
+    click_layer(viewer, well)
+    _press(viewer, qtbot, Qt.Key_I)
+    assert widget.layer.name == well.name and widget.store.frames
+    assert "under 'other_p3_t0-19'" in widget.target_label.text()
+    click_eye(viewer, top)  # hidden: the canvas shows the well
+    _press(viewer, qtbot, Qt.Key_U)
+    assert "under" not in widget.target_label.text()
+    click_eye(viewer, top)
+    viewer.layers.move(viewer.layers.index(top), 0)  # dragged below it in the layer list
+    click_layer(viewer, well)
+    _press(viewer, qtbot, Qt.Key_I)
+    assert widget.layer.name == well.name and "under" not in widget.target_label.text()

@@ -63,6 +63,7 @@ from .layer_roles import (
     ONSET_H,
     SOURCE_PATH,
     annotation_key,
+    drawn_over,
     is_output_of,
     layer_stack_path,
     memory_key,
@@ -308,7 +309,12 @@ class AnnotationWidget(QWidget):
             self.target_label.setText(f"<i>nothing: {reason}</i>")
             self.time_source.setText("")
             return
-        self.target_label.setText(f"<b>{self.layer.name}</b>")
+        text = f"<b>{self.layer.name}</b>"
+        over = drawn_over(self.viewer, self.layer)
+        if over:  # the user sees another image's frames where this one is labelled
+            names = ", ".join(f"'{layer.name}'" for layer in over)
+            text += f"<br>⚠ under {names} on the canvas: hide it to see what you label"
+        self.target_label.setText(text)
 
     def _open_store(self, layer) -> None:
         self.store, self.sidecar = self._store_of(layer)
@@ -640,6 +646,7 @@ class AnnotationWidget(QWidget):
     # --- after every change ----------------------------------------------------------
     def _changed(self, save: bool = True) -> None:
         self._show_frame()
+        self._show_target()  # what lies over it may have changed since it became the target
         store = self.store
         self.issues_list.clear()
         self._show_marks()

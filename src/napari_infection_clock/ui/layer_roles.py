@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from napari.layers import Image
 
 from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
@@ -136,6 +137,27 @@ def image_in_view(viewer):
         return None, "no time-lapse image: open one (File > Open) or a sample"
     names = ", ".join(f"'{layer.name}'" for layer in visible)
     return None, f"{len(visible)} images are visible ({names}): select the one to label in the layer list"
+
+
+def drawn_over(viewer, image) -> list:
+    """The visible input images napari draws over ``image`` (later in the layer list) where
+    it lies, opaque enough to hide it: there the canvas shows their frames, not its."""
+    layers = list(viewer.layers)
+    if image not in layers:
+        return []
+    low, high = _yx_extent(image)
+    return [
+        layer for layer in layers[layers.index(image) + 1:]
+        if is_input_image(layer) and layer.visible and layer.opacity >= 0.5
+        and layer.blending not in ("additive", "minimum")
+        and (_yx_extent(layer)[0] < high).all() and (low < _yx_extent(layer)[1]).all()
+    ]
+
+
+def _yx_extent(layer) -> tuple:
+    """(y, x) of the lowest and the highest corner of ``layer`` in world coordinates."""
+    extent = np.asarray(layer.extent.world, dtype=float)
+    return extent[0, -2:], extent[1, -2:]
 
 
 def layer_stack_path(layer) -> str | None:
