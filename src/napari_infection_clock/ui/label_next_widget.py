@@ -143,8 +143,8 @@ class LabelNextWidget(QWidget):
         if layer is None:
             return self._fail("choose an image layer")
         native = native_tiles_of(self.session.model.meta.recipe)
-        labels = self.session.annotations.get(annotation_key(layer))
-        interval = time_setting(layer, self.session.model.meta, labels).frame_interval_h
+        interval = time_setting(layer, self.session.model.meta,
+                                self.session.labels_of(layer)).frame_interval_h
         stack = stack_from_array(layer.data, "TYXS" if layer.rgb else "TYX", layer.name,
                                  interval)
         tiles = TileSpec(tile_size=self.tile_spin.value() or native, model_tiles=native)

@@ -145,19 +145,18 @@ def drawn_over(viewer, image) -> list:
     layers = list(viewer.layers)
     if image not in layers:
         return []
-    low, high = _yx_extent(image)
     return [
         layer for layer in layers[layers.index(image) + 1:]
         if is_input_image(layer) and layer.visible and layer.opacity >= 0.5
-        and layer.blending not in ("additive", "minimum")
-        and (_yx_extent(layer)[0] < high).all() and (low < _yx_extent(layer)[1]).all()
+        and layer.blending not in ("additive", "minimum") and _overlap(layer, image)
     ]
 
 
-def _yx_extent(layer) -> tuple:
-    """(y, x) of the lowest and the highest corner of ``layer`` in world coordinates."""
-    extent = np.asarray(layer.extent.world, dtype=float)
-    return extent[0, -2:], extent[1, -2:]
+def _overlap(a, b) -> bool:
+    """Whether layers ``a`` and ``b`` cover some of the same (y, x) in world coordinates."""
+    (a_low, a_high), (b_low, b_high) = (
+        np.asarray(layer.extent.world, dtype=float)[:, -2:] for layer in (a, b))
+    return bool((a_low < b_high).all() and (b_low < a_high).all())
 
 
 def layer_stack_path(layer) -> str | None:

@@ -258,8 +258,7 @@ class TimeSeriesPlot(DockedFigure):
         return None if self._labelled_mock() else self.info.onset_h
 
     def _labelled_mock(self) -> bool:
-        image = self.image
-        store = self.session.annotations.get(annotation_key(image)) if image else None
+        store = self.session.labels_of(self.image)
         return store is not None and store.condition == "mock"
 
     def _on_labels(self, stack: str) -> None:

@@ -348,8 +348,8 @@ class PredictionWidget(Container):
         model): a value the user set stays."""
         model, shown = self.session.model, getattr(self, "_time", None)
         image = self.image.value
-        labels = self.session.annotations.get(annotation_key(image)) if image else None
-        self._time = time_setting(image, model.meta if model else None, labels)
+        self._time = time_setting(image, model.meta if model else None,
+                                  self.session.labels_of(image))
         for box, value, before in (
             (self.frame_interval_h, self._time.frame_interval_h,
              shown.frame_interval_h if shown else None),

@@ -29,6 +29,7 @@ from .gl_context import make_canvas_context_current
 from .layer_roles import (
     IMAGE_ID,
     OUTPUT_OF,
+    annotation_key,
     image_id,
     image_in_view,
     input_images,
@@ -196,6 +197,10 @@ class Session:
     def set_model(self, model: SessionModel | None) -> None:
         self.model = model
         self.model_changed.emit(model)
+
+    def labels_of(self, image) -> AnnotationStore | None:
+        """The labels of ``image`` (a layer) read so far; None without an image or labels."""
+        return self.annotations.get(annotation_key(image)) if image is not None else None
 
     def name_of(self, key: str) -> str:
         """The name the image of id ``key`` had when last seen (the id if never seen)."""
