@@ -10,18 +10,28 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.backend_bases import MouseEvent
+from qtpy.QtWidgets import QApplication, QFileDialog, QPushButton
 
+from napari_infection_clock.core.checkpoint import CheckpointMeta, save_checkpoint
+from napari_infection_clock.core.model import ModelConfig, build_model
+from napari_infection_clock.core.preprocess import Preprocessing
 from napari_infection_clock.core.results import result_rows
+from napari_infection_clock.core.synthetic import sample_pair
+from napari_infection_clock.core.targets import TimePolicy
 from napari_infection_clock.core.tiles import TileSpec
 from napari_infection_clock.ui.layer_roles import PREDICTION_TABLE, annotation_key, image_id
 from napari_infection_clock.ui.overlays import PredictionLayers, layer_name, tile_grid
 from napari_infection_clock.ui.plot_widget import TimeSeriesPlot
+from napari_infection_clock.ui.prediction_widget import MODE_TILES
 from napari_infection_clock.ui.state import PredictionRun, session_for
 from napari_infection_clock.ui.timeseries import estimate_onset, frame_summary
 
 from .figures import points_under_legends
 
 N_FRAMES, INTERVAL, ONSET = 12, 0.5, 2.0
+PLUGIN = "napari-infection-clock"
+#: How long a test waits for a real prediction: a guard against a hang, not a speed test.
+RUN_TIMEOUT_MS = 180_000
 
 
 def _table(grid) -> pd.DataFrame:
@@ -580,3 +590,108 @@ def test_a_well_labelled_mock_has_no_ideal_clock(plotted, qtbot):
     assert "ideal_duration_h" not in plot.table()
     annotate.condition_combo.setCurrentText("infected")
     qtbot.waitUntil(ideal_drawn, timeout=10_000)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    config = ModelConfig("resnet18", hidden_dim=16)
+    meta = CheckpointMeta(model=config, preprocessing=Preprocessing(32),
+                          time=TimePolicy(frame_interval_h=0.5, onset_h=2.0, clamp=(0.0, 24.0)))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    return save_checkpoint(path, build_model(config, init="random"), meta)
+
+
+@pytest.fixture
+def predicted_in_a_window(make_napari_viewer, qtbot, checkpoint):
+    """A user's session: a shown viewer of 1900 x 1000, a well opened, the Predict and
+    plot docks opened from the Plugins menu, a grid of 16 tiles predicted with Predict."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1900, 1000)
+    data, meta = sample_pair(n_frames=8, size=64, seed=1)["infected"]
+    viewer.add_image(data, name="well", metadata=dict(meta))
+    predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict infection")[1]
+    plot = viewer.window.add_plugin_dock_widget(PLUGIN, "Infection time-series plot")[1]
+    predict.checkpoint.value = checkpoint
+    predict.device.value = "cpu"
+    predict.mode.value = MODE_TILES
+    predict.tile_size.value = 16
+    predict.stride.value = 0
+    ended = []
+    predict.finished.connect(ended.append)
+    predict.run_button.native.click()
+    qtbot.waitUntil(lambda: bool(ended), timeout=RUN_TIMEOUT_MS)
+    assert ended[0].startswith("done"), ended
+    QApplication.processEvents()
+    return viewer, plot
+
+
+def _axes_heights(plot) -> list[float]:
+    """The plot's axes' heights in pixels, laid out for the canvas's size."""
+    plot.canvas.draw()
+    renderer = plot.canvas.get_renderer()
+    return [ax.get_window_extent(renderer).height for ax in (plot.ax_p, plot.ax_t)]
+
+
+def _legend_texts(figure) -> list[str]:
+    legends = [ax.get_legend() for ax in figure.axes] + list(figure.legends)
+    return [text.get_text() for legend in legends if legend is not None
+            for text in legend.get_texts()]
+
+
+def test_selected_items_are_named_once_and_leave_the_axes_their_height(predicted_in_a_window):
+    """Issue 9, item 7 (notes/new-user.md, item 1): each selected tile added an entry to
+    the upper legend and two (curve, clock) to the lower one, both above their axes: with
+    2 tiles in a 1900 x 1000 window the lower axes shrank to ~40 px, with 8 to nothing.
+    Each item is named once, the axes keep their height from 1 to 8 items, and no legend
+    covers data. (Before, in this window: 78 px each with 1 tile, 33 with 8.)"""
+    viewer, plot = predicted_in_a_window
+    tiles = viewer.layers[layer_name("well", "tiles")]
+    tiles.selected_data = {5}
+    one = _axes_heights(plot)
+    tiles.selected_data = set(range(8))  # the most the plot draws
+    assert len(plot.items) == 8
+    eight = _axes_heights(plot)
+    height = plot.figure.bbox.height
+    assert min(eight) >= 0.9 * min(one), (one, eight, height)
+    assert min(eight) >= 0.2 * height, (eight, height)  # before: 33 px of 312 at 8 items
+    texts = _legend_texts(plot.figure)
+    for label in plot.items:
+        assert sum(label in text for text in texts) == 1, (label, texts)
+    assert points_under_legends(plot.figure) == 0
+
+
+def _png_size(path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def test_export_png_is_a_print_sized_figure_whatever_the_docks_size(predicted_in_a_window,
+                                                                     tmp_path, monkeypatch):
+    """Issue 9, item 7 (notes/new-user.md, item 7): "Export PNG..." wrote the canvas's
+    size on screen (708 x 418 px), too small for a paper, and another size for each dock
+    size. It writes one print size (300 dpi), at least twice the screen's, and the figure
+    on screen keeps its size."""
+    viewer, plot = predicted_in_a_window
+    [button] = [b for b in plot.findChildren(QPushButton) if b.text() == "Export PNG..."]
+    asked = []
+
+    def save_as(parent, caption, suggested, kinds):  # the user types a name in the dialog
+        asked.append(suggested)
+        return str(tmp_path / f"figure{len(asked)}"), kinds
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", save_as)
+    shown = plot.canvas.get_width_height(physical=True)
+    inches = tuple(plot.figure.get_size_inches())
+    button.click()
+    size = _png_size(tmp_path / "figure1.png")
+    assert size[0] >= 2 * shown[0] and size[1] >= 2 * shown[1], (size, shown)
+    assert tuple(plot.figure.get_size_inches()) == inches  # the screen's figure untouched
+    assert "well" in asked[0]
+
+    plot.canvas.setMinimumSize(240, 160)
+    viewer.window._qt_window.resize(1300, 800)  # a smaller window: a smaller plot
+    QApplication.processEvents()
+    assert plot.canvas.get_width_height(physical=True) != shown
+    button.click()
+    assert _png_size(tmp_path / "figure2.png") == size

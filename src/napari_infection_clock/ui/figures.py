@@ -49,9 +49,13 @@ from .renders import RenderJob, job_here, submit
 from .teardown import on_dock_closed
 
 
-def legend_above(ax, ncol: int = 2) -> None:
-    """The axes' legend in a band above it (constrained layout makes room): never on data."""
+def legend_above(ax, ncol: int = 2, leave_out=()) -> None:
+    """The axes' legend in a band above it (constrained layout makes room): never on data.
+    The artists in ``leave_out`` are named elsewhere (a legend of their own)."""
     handles, labels = ax.get_legend_handles_labels()
+    left_out = {id(artist) for artist in leave_out}
+    kept = [(h, label) for h, label in zip(handles, labels) if id(h) not in left_out]
+    handles, labels = [h for h, _ in kept], [label for _, label in kept]
     if not handles:
         if ax.get_legend() is not None:
             ax.get_legend().remove()
@@ -331,8 +335,9 @@ class Toolbar(NavigationToolbar2QT):
 
 class LayoutOnDemand(ConstrainedLayoutEngine):
     """Constrained layout, run only when the figure's size, axes, titles, axis labels,
-    legend entries or the width of the y tick labels (in steps of two characters: the
-    axis label follows its tick labels anyway) changed since the last one."""
+    legend entries (a figure legend's: their texts) or the width of the y tick labels (in
+    steps of two characters: the axis label follows its tick labels anyway) changed since
+    the last one."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -349,7 +354,8 @@ class LayoutOnDemand(ConstrainedLayoutEngine):
 def _layout_key(fig: Figure) -> tuple:
     """What the figure's constrained layout depends on (not the data the axes show)."""
     suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
-    key = [tuple(fig.bbox.size), suptitle, len(fig.legends)]
+    key = [tuple(fig.bbox.size), suptitle,
+           tuple(text.get_text() for legend in fig.legends for text in legend.get_texts())]
     for ax in fig.axes:
         legend = ax.get_legend()
         axis = ax.yaxis

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 from napari.layers import Shapes
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QSignalBlocker
@@ -43,6 +44,9 @@ from .teardown import on_dock_closed
 from .timeseries import answer_at, estimate_onset, frame_summary, item_series
 
 MAX_ITEM_CURVES = 8
+#: "Export PNG": a figure for a page (7 x 5 in at 300 dpi, 2100 x 1500 px), whatever the
+#: dock's size on screen (708 x 418 px in a 1900 x 1000 window).
+EXPORT_SIZE_IN, EXPORT_DPI = (7.0, 5.0), 300
 
 
 def _with_suffix(path, suffix: str) -> Path:
@@ -309,6 +313,7 @@ class TimeSeriesPlot(DockedFigure):
             self.figure.suptitle("")
             for ax in (self.ax_p, self.ax_t):
                 legend_above(ax)
+            self._name_items({}, False)
             self.onset_label.setText("no prediction yet: run 'Predict infection'")
             return
         self._plotted = self._what_is_plotted()
@@ -325,14 +330,16 @@ class TimeSeriesPlot(DockedFigure):
         if onset_h is not None:
             self._lines += self.ax_t.plot([], [], color="0.5", lw=1,
                                           label=f"ideal t - {onset_h:g} h")
-        self.items = {}
+        self.items, colors, item_artists = {}, {}, []
         for i, (label, item) in enumerate(self._item_labels()):
             series = self.items[label] = item_series(table, item)
-            color = f"C{(i + 4) % 10}"
-            self._lines += [*self.ax_p.plot([], [], lw=1, color=color, label=label),
-                            *self.ax_t.plot([], [], lw=1, color=color, label=label)]
+            color = colors[label] = f"C{(i + 4) % 10}"
+            curves = [*self.ax_p.plot([], [], lw=1, color=color, label=label),
+                      *self.ax_t.plot([], [], lw=1, color=color, label=label)]
+            self._lines += curves
+            item_artists += curves
             if "onset_h" in series and np.isfinite(series["onset_h"].iloc[0]):
-                self._draw_item_clock(series, color, f"{label} clock")
+                item_artists.append(self._draw_item_clock(series, color, f"{label} clock"))
         for line, (x, y) in zip(self._lines, self._line_data(), strict=True):
             line.set_data(x, y)
         if self._onset_of is not table:  # the bootstrap runs on the GUI thread: once per table
@@ -345,11 +352,28 @@ class TimeSeriesPlot(DockedFigure):
         for ax in (self.ax_p, self.ax_t):
             ax.relim()
             ax.autoscale_view()
-        legend_above(self.ax_p)
-        legend_above(self.ax_t)
+        legend_above(self.ax_p, leave_out=item_artists)
+        legend_above(self.ax_t, leave_out=item_artists)
+        self._name_items(colors, clocks=len(item_artists) > 2 * len(colors))
         self.figure.suptitle(self.image_name, fontsize="small")
         self.ax_p.set_ylim(-0.05, 1.05)
         self._move_marker()
+
+    def _name_items(self, colors: dict[str, str], clocks: bool) -> None:
+        """The selected items named once, in a legend beside the axes (right): each item's
+        colour, and the dashed line of an item's clock. In the legends above the axes each
+        item took a row of one and two of the other: with 2 items the lower axes kept
+        ~40 px of a 1900 x 1000 window's plot, with 8 none."""
+        for legend in list(self.figure.legends):
+            legend.remove()
+        if not colors:
+            return
+        handles = [Line2D([], [], lw=1.5, color=color, label=label)
+                   for label, color in colors.items()]
+        if clocks:
+            handles.append(Line2D([], [], lw=1.2, ls="--", color="0.4", label="its clock"))
+        self.figure.legend(handles=handles, loc="outside right upper", fontsize="x-small",
+                           frameon=False)
 
     def _item_labels(self) -> list[tuple[str, tuple[int, int]]]:
         return [(self._item_label(item), item) for item in self.selected_items()]
@@ -386,20 +410,22 @@ class TimeSeriesPlot(DockedFigure):
                                           lw=0)
         return line, band
 
-    def _draw_item_clock(self, series: pd.DataFrame, color, label) -> None:
-        """An item's fitted clock with its band: the calibrated interval of its consistent
-        times when the model's is calibrated over regions (none when too few validation
-        regions leave it unbounded), else the onset's bootstrap interval (uncalibrated)."""
+    def _draw_item_clock(self, series: pd.DataFrame, color, label):
+        """An item's fitted clock (returned) with its band: the calibrated interval of its
+        consistent times when the model's is calibrated over regions (none when too few
+        validation regions leave it unbounded), else the onset's bootstrap interval
+        (uncalibrated)."""
         first = series.iloc[0]
         interval = self.info.clock_interval if self.info else None
         if interval is None or not interval.calibrated or "consistent_low_h" not in series:
-            self._draw_clock(series["hours"], first["onset_h"], first["onset_low_h"],
-                             first["onset_high_h"], color, label)
-            return
-        self._draw_clock(series["hours"], first["onset_h"], np.nan, np.nan, color, label)
+            return self._draw_clock(series["hours"], first["onset_h"], first["onset_low_h"],
+                                    first["onset_high_h"], color, label)[0]
+        line, _ = self._draw_clock(series["hours"], first["onset_h"], np.nan, np.nan, color,
+                                   label)
         if interval.bounded:
             self.ax_t.fill_between(series["hours"], series["consistent_low_h"],
                                    series["consistent_high_h"], color=color, alpha=0.2, lw=0)
+        return line
 
     def _draw_fit(self) -> None:
         """The image's estimated onset and fitted clock with its band."""
@@ -503,13 +529,20 @@ class TimeSeriesPlot(DockedFigure):
         return out
 
     def export_png(self, path) -> Path:
-        """The figure as shown (its title names the image) as a PNG file, light whatever
-        napari's theme is (what a paper or slide takes)."""
-        return write_atomic(
-            _with_suffix(path, ".png"),
-            lambda tmp: self.figure.savefig(tmp, dpi=150, format="png"),
-            ".png",
-        )
+        """The figure (its title names the image) as a PNG file for a page: laid out at
+        :data:`EXPORT_SIZE_IN` and :data:`EXPORT_DPI` whatever the dock's size, light
+        whatever napari's theme is (what a paper or slide takes); the figure on screen
+        keeps its size."""
+        return write_atomic(_with_suffix(path, ".png"), self._print_png, ".png")
+
+    def _print_png(self, path) -> None:
+        with self.canvas.editing():  # no render sees the figure at the page's size
+            shown = self.figure.get_size_inches()
+            self.figure.set_size_inches(EXPORT_SIZE_IN, forward=False)
+            try:
+                self.figure.savefig(path, dpi=EXPORT_DPI, format="png")
+            finally:
+                self.figure.set_size_inches(shown, forward=False)
 
     def export_csv(self, path) -> Path:
         table = self.table()
