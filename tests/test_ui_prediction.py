@@ -1148,3 +1148,75 @@ def test_predict_scrolls_its_dock_to_the_answer(make_napari_viewer, qtbot, check
     QApplication.processEvents()
     assert "single 2D image" in widget.status.value
     assert _in_view(widget.native, status)
+
+
+def _colorbars_shown(viewer) -> list[str]:
+    """The layers whose colorbar is on the canvas (napari draws it while both it and its
+    layer are visible)."""
+    return [layer.name for layer in viewer.layers
+            if getattr(layer, "colorbar", None) is not None and layer.visible
+            and layer.colorbar.visible]
+
+
+def _canvas_boxes(viewer) -> list[tuple]:
+    """(name, x0, y0, x1, y1) on the canvas of every canvas overlay drawn (colorbars, layer
+    names, the readout)."""
+    from napari.components.overlays import CanvasOverlay
+
+    canvas = viewer.window._qt_viewer.canvas
+    drawn = [(layer.name, visual) for layer in viewer.layers if layer.visible
+             for overlay, visual in canvas._layer_overlay_to_visual.get(layer, {}).items()
+             if isinstance(overlay, CanvasOverlay) and overlay.visible]
+    drawn += [("viewer", visual) for overlay, visuals in canvas._viewer_overlay_to_visual.items()
+              if isinstance(overlay, CanvasOverlay) and overlay.visible for visual in visuals]
+    boxes = []
+    for name, visual in drawn:
+        x, y = visual.node.transform.translate[:2]
+        boxes.append((name, x, y, x + visual.x_size, y + visual.y_size))
+    return boxes
+
+
+def test_each_colorbar_shown_is_named_and_only_the_image_in_views_are(make_napari_viewer,
+                                                                      qtbot, checkpoint):
+    """notes/new-user.md, item 2: after predicting several images, each image's probability
+    layer showed an unlabelled 0..1 colorbar, all side by side in the canvas's top right
+    corner (5 after 5 images), none saying which image or quantity it is. The colorbars
+    shown are the image in view's, each beside its layer's name (the image, the quantity,
+    hours for the duration), and nothing on the canvas lies on anything else."""
+    viewer = make_napari_viewer(show=True)
+    pair = sample_pair(n_frames=8, size=64, seed=1)
+    for name in ("infected", "mock"):
+        data, meta = pair[name]
+        viewer.add_image(data, name=name, metadata=dict(meta))
+    widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict infection")[1]
+    widget.checkpoint.value = checkpoint
+    widget.device.value = "cpu"
+    widget.mode.value = MODE_TILES
+    widget.tile_size.value = 32
+    for name in ("infected", "mock"):
+        click_layer(viewer, viewer.layers[name])  # the image in view: the dock predicts it
+        assert widget.image.value.name == name
+        ended = []
+        widget.finished.connect(ended.append)
+        widget.run_button.native.click()
+        qtbot.waitUntil(lambda ended=ended: bool(ended), timeout=RUN_TIMEOUT_MS)
+        assert ended[0].startswith("done"), ended
+
+    def named_alone(expected: str) -> bool:
+        shown = _colorbars_shown(viewer)
+        return shown == [expected] and viewer.layers[expected].name_overlay.visible
+
+    qtbot.waitUntil(lambda: named_alone("mock infection probability"), timeout=10_000)
+    widget.swap_button.native.click()  # duration instead: its bar, in hours, named so
+    qtbot.waitUntil(lambda: named_alone("mock infection duration (h)"), timeout=10_000)
+    click_layer(viewer, viewer.layers["infected"])  # the other image in view: its bar
+    qtbot.waitUntil(lambda: named_alone("infected infection probability"), timeout=10_000)
+    assert not viewer.layers["mock infection duration (h)"].name_overlay.visible
+    qtbot.wait(200)  # napari places the overlays when they are shown
+    boxes = _canvas_boxes(viewer)
+    assert len(boxes) >= 2, boxes  # the bar and its name (and the readout)
+    for i, (a, *one) in enumerate(boxes):
+        for b, *other in boxes[i + 1:]:
+            apart = (one[2] <= other[0] or other[2] <= one[0]
+                     or one[3] <= other[1] or other[3] <= one[1])
+            assert apart, (a, one, b, other)

@@ -24,6 +24,7 @@ from ..core.information import NO_INFORMATION, NO_INFORMATION_LABEL
 from ..core.results import RESULT_COLUMNS
 from ..core.targets import INFECTED, UNINFECTED
 from ..core.tiles import TileSpec, tile_boxes
+from .colorbars import CONTINUOUS, make_name, show_named, wanted
 from .gc_freeze import collected_after
 from .gl_context import painted_later
 from .layer_parts import LayerParts, drawn_in_turns, text_drawn_when_there_is_some
@@ -36,8 +37,6 @@ REGION_RASTER_MAX = 512
 CLASS_LABEL = {UNINFECTED: 1, INFECTED: 2, NO_INFORMATION: 3}
 CLASS_COLORS = {None: "transparent", 0: "transparent", 1: "#4c9be8", 2: "#e8574c",
                 3: "transparent"}
-#: The overlays with a colour scale, shown one at a time.
-CONTINUOUS = ("probability", "duration", "onset")
 #: What the class layer's values mean (shown on hover and in the prediction dock's legend).
 CLASS_NAME = {1: "uninfected", 2: "infected", 3: NO_INFORMATION_LABEL}
 SUFFIXES = {
@@ -70,9 +69,9 @@ def _show_colorbar(layer: Image) -> None:
 
 
 def _show_without_colorbar(layer: Image) -> None:
-    """Show ``layer``, its colorbar (made) still hidden: their first paints, 100-150 ms
-    together on a 2-core machine, come in two event-loop turns."""
-    layer.colorbar.visible = False
+    """Show ``layer``, its colorbar and name (made) still hidden: their first paints,
+    100-150 ms together on a 2-core machine, come in event-loop turns of their own."""
+    show_named(layer, False)
     layer.visible = True
 
 
@@ -340,10 +339,13 @@ class PredictionLayers:
             layer.events.visible.connect(
                 lambda event, kind=kind, shown=layer: self._show_alone(kind, shown))
             self._finish.append(lambda: _show_colorbar(layer))
+            self._finish.append(lambda: self._named(layer, shown=not visible))
             if visible:  # the layer's first paint, then its colorbar's, a visual a step
                 self._finish.append(lambda: _show_without_colorbar(layer))
                 self._finish.append(self._in_turns(
-                    lambda: setattr(layer.colorbar, "visible", True), layer, layer.colorbar))
+                    lambda: setattr(layer.colorbar, "visible", wanted(self.viewer, layer)),
+                    layer, layer.colorbar))
+                self._finish.append(lambda: self._named(layer, shown=True))
             return layer
         layer.data = data
         _place(layer, **{key: kwargs[key] for key in ("scale", "translate", "contrast_limits")})
@@ -416,6 +418,14 @@ class PredictionLayers:
         self._finish.append(  # its empty text hidden first: never one of the visuals shown
             lambda: (text_drawn_when_there_is_some(self.viewer, layer), shown()))
         return layer
+
+    def _named(self, layer, shown: bool) -> None:
+        """Make ``layer``'s name overlay (hidden layer) and, with ``shown``, show it and its
+        colorbar where :func:`.colorbars.wanted` (only the image in view's)."""
+        if not layer.visible:  # napari makes the name's visual now: nothing to paint
+            make_name(layer)
+        if shown:
+            show_named(layer, wanted(self.viewer, layer))
 
     def _in_turns(self, show, layer, overlay=None):
         """A step that calls ``show()`` with one of ``layer``'s (or ``overlay``'s) visuals

@@ -24,6 +24,7 @@ from ..core.calibration import ClockInterval
 from ..core.checkpoint import CheckpointMeta
 from ..core.model import MultitaskResNet
 from .activity_indicator import stopped_when_idle
+from .colorbars import show_for_image_in_view
 from .gc_freeze import thaw
 from .gl_context import make_canvas_context_current
 from .layer_roles import (
@@ -192,6 +193,7 @@ class Session:
         self.image_reason = reason
         if image is not self.image:
             self.image = image
+            show_for_image_in_view(viewer)
             self.image_changed.emit(image)
 
     def set_model(self, model: SessionModel | None) -> None:
