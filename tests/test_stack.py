@@ -99,6 +99,21 @@ def test_single_frame_yx(tmp_path):
     with open_stack(path) as stack:
         assert (stack.axes, stack.n_frames, stack.frame_shape) == ("TYX", 1, (7, 5))
         np.testing.assert_array_equal(stack.frame(0), data)
+        assert stack.single_image  # a picture: no ImageJ or OME metadata, no T axis
+
+
+def test_a_one_frame_fiji_file_is_a_time_lapse_of_one_frame(tmp_path):
+    """Fiji writes no frames= line for one frame (nor tifffile with imagej=True): the file
+    is still a time-lapse, with its frame interval; the reader opens what this says."""
+    data = ramp((7, 5))
+    fiji, imagej = tmp_path / "fiji.tif", tmp_path / "imagej.tif"
+    tifffile.imwrite(fiji, data, metadata=None,
+                     description="ImageJ=1.54f\nunit=micron\nfinterval=900.0\n")
+    tifffile.imwrite(imagej, data[None], imagej=True, metadata={"axes": "TYX"})
+    for path, interval in ((fiji, 0.25), (imagej, DEFAULT_FRAME_INTERVAL_H)):
+        with open_stack(path) as stack:
+            assert (stack.n_frames, stack.frame_shape, stack.single_image) == (1, (7, 5), False)
+            assert stack.frame_interval_h == pytest.approx(interval)
 
 
 @pytest.mark.parametrize("compression", [None, "zlib"])

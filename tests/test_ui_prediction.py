@@ -1220,3 +1220,74 @@ def test_each_colorbar_shown_is_named_and_only_the_image_in_views_are(make_napar
             apart = (one[2] <= other[0] or other[2] <= one[0]
                      or one[3] <= other[1] or other[3] <= one[1])
             assert apart, (a, one, b, other)
+
+
+def _choose(chooser, name: str) -> None:
+    """Pick ``name`` in a magicgui chooser's drop-down, as a person does."""
+    combo = chooser.native
+    index = combo.findText(name)
+    assert index >= 0, (name, [combo.itemText(i) for i in range(combo.count())])
+    combo.setCurrentIndex(index)
+    QApplication.processEvents()
+
+
+def test_the_frame_range_follows_the_chosen_image_and_a_2d_image_has_none(
+        make_napari_viewer, tmp_path):
+    """Choosing a 2D image in the image chooser left first/last frame at the previous
+    image's range (0 to 11 of a 12-frame well): a range that image does not have. For a
+    2D image the range is off, and says why; a time-lapse chosen after it gets its own."""
+    import tifffile
+
+    from napari_infection_clock.core.stack import write_stack
+
+    wells = sample_pair(n_frames=12, size=32)
+    write_stack(tmp_path / "long.tif", wells["infected"][0], "TYX", 0.5)
+    write_stack(tmp_path / "short.tif", wells["mock"][0][:5], "TYX", 0.5)
+    tifffile.imwrite(tmp_path / "snapshot.tif", np.full((32, 32), 7, np.uint8))
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(tmp_path / "long.tif"), plugin=PLUGIN)
+    viewer.open(str(tmp_path / "snapshot.tif"), plugin="napari")  # napari's reader: 2D
+    viewer.open(str(tmp_path / "short.tif"), plugin=PLUGIN)
+    widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict infection")[1]
+    first, last = widget.first, widget.last
+
+    _choose(widget.image, "long")
+    assert (first.value, last.value, first.enabled, last.enabled) == (0, 11, True, True)
+    _choose(widget.image, "snapshot")
+    assert (first.value, last.value, first.enabled, last.enabled) == (0, 0, False, False)
+    assert "2D image" in last.tooltip, last.tooltip
+    _choose(widget.image, "short")
+    assert (first.value, last.value, first.enabled, last.enabled) == (0, 4, True, True)
+    last.value = 3  # the user's range on the short well
+    _choose(widget.image, "snapshot")
+    _choose(widget.image, "long")
+    assert (first.value, last.value) == (0, 11)
+    _choose(widget.image, "short")
+    assert (first.value, last.value) == (0, 3)  # kept for it, not the 2D image's
+
+
+def test_a_one_frame_imagej_stack_is_a_time_lapse_that_predicts(make_napari_viewer, qtbot,
+                                                                 checkpoint, tmp_path):
+    """A time-lapse of one frame saved by Fiji (ImageJ metadata with its frame interval,
+    no frames= line) or by tifffile with imagej=True: the plugin's reader left it to
+    napari's, which made a 2D image that Predict refused as "a single 2D image", while the
+    core (the command line) reads it as a time-lapse of one frame. Opened with the plugin's
+    reader it is one, and predicts."""
+    import tifffile
+
+    frame = sample_pair(n_frames=1, size=64)["infected"][0][0]
+    fiji, tiff = tmp_path / "fiji_t1.tif", tmp_path / "tifffile_t1.tif"
+    tifffile.imwrite(fiji, frame, metadata=None,
+                     description="ImageJ=1.54f\nunit=micron\nfinterval=900.0\n")
+    tifffile.imwrite(tiff, frame[None], imagej=True, metadata={"axes": "TYX"})
+    viewer = make_napari_viewer(show=True)
+    [one] = viewer.open(str(fiji), plugin=PLUGIN)
+    assert one.data.shape == (1, 64, 64)
+    assert one.metadata["frame_interval_h"] == pytest.approx(0.25)
+    [other] = viewer.open(str(tiff), plugin=PLUGIN)
+    assert other.data.shape == (1, 64, 64)
+    widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict infection")[1]
+    widget.checkpoint.value = checkpoint
+    widget.device.value = "cpu"
+    _choose(widget.image, "fiji_t1")
+    assert _run(qtbot, widget).startswith("done: 1 frames")

@@ -108,6 +108,10 @@ class TimelapseStack:
     #: For an array that is one channel of a multichannel file (a napari layer from the
     #: reader): that channel's index and description, for tables and checks.
     source_channel: tuple[int, str] | None = None
+    #: One 2D image from a file that names no time (no T axis, no ImageJ or OME metadata):
+    #: a picture, which napari's own readers show. A one-frame file from Fiji (or written
+    #: with ImageJ or OME metadata) is a time-lapse of one frame: ImageJ leaves out a T of 1.
+    single_image: bool = False
     _source: Any = field(default=None, repr=False)
     _source_axes: str = field(default="", repr=False)
     _time_axis: int | None = field(default=None, repr=False)
@@ -335,6 +339,8 @@ def open_stack(
             source, source_axes, path.stem, path, channel, interval, interval_source,
             start_offset_h, names,
         )
+        stack.single_image = stack.n_frames == 1 and not (
+            "T" in source_axes or tif.is_imagej or tif.is_ome)
     except BaseException:
         tif.close()
         raise

@@ -293,9 +293,12 @@ class PredictionWidget(Container):
         self._keep_typed()
         layer = self.image.value
         if layer is None or layer.ndim < 3:
+            self._no_frame_range(layer)
             return
         self._shown_image = layer
         n = int(layer.data.shape[0]) if not layer.multiscale else int(layer.data[0].shape[0])
+        for box in (self.first, self.last):
+            box.enabled, box.tooltip = True, None
         self.first.max = self.last.max = n - 1
         self.first.value, self.last.value = 0, n - 1
         self._fill_time()
@@ -305,6 +308,16 @@ class PredictionWidget(Container):
             self.first.value, self.last.value = first, last
             if interval is not None:
                 self.frame_interval_h.value, self.onset_h.value = interval, onset
+
+    def _no_frame_range(self, layer) -> None:
+        """No image, or a 2D one: no frames to choose (the last image's range stayed
+        there), so the range is off and says why; nothing is kept for such an image."""
+        self._shown_image = None
+        reason = ("no image chosen" if layer is None
+                  else f"'{layer.name}' is a 2D image: it has no frames to choose")
+        for box in (self.first, self.last):
+            box.value = box.max = 0
+            box.enabled, box.tooltip = False, reason
 
     def _forget_last_run(self, *_) -> None:
         """Another image or model was chosen: the status line and bar spoke of the last

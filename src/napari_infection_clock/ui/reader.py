@@ -2,8 +2,10 @@
 
 Frames are read only when napari shows them (or a prediction asks for them), through
 :func:`..core.stack.open_stack`, which also finds the frame interval in ImageJ/OME metadata.
-Files that are not time-lapses (one 2D image, unreadable TIFFs) are left to other readers;
-a damaged one, or one with an axis too many (Z planes beside time), is claimed so that
+Files that are not time-lapses (a plain 2D image with no ImageJ or OME metadata, see
+:attr:`..core.stack.TimelapseStack.single_image`; unreadable TIFFs) are left to other
+readers; a one-frame file from Fiji is a time-lapse of one frame, as the core reads it. A
+damaged one, or one with an axis too many (Z planes beside time), is claimed so that
 opening it says what is wrong and what to do.
 """
 
@@ -48,7 +50,7 @@ def get_reader(path):
         return None
     try:
         with open_stack(path, channel=_first_channel(path)) as stack:
-            if stack.n_frames < 2:
+            if stack.single_image:  # a picture: napari's readers show it
                 return None
     except DamagedStackError:
         return read_timelapse  # which raises the message; other readers would hang or crash
