@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import tifffile
 from npe2 import PluginManager
-from qtpy.QtWidgets import QApplication, QDockWidget, QScrollArea, QTabBar
+from qtpy.QtCore import QPoint, Qt
+from qtpy.QtWidgets import QApplication, QDockWidget, QPushButton, QScrollArea, QTabBar
 
+from napari_infection_clock.core.stack import write_stack
 from napari_infection_clock.core.synthetic import sample_pair
 
 PLUGIN = "napari-infection-clock"
@@ -104,3 +106,50 @@ def test_the_default_time_warning_wraps_and_leaves_the_canvas_its_width(
     QApplication.processEvents()
     assert "default used" in predict.time_source.value
     assert window.width() == 1920 and canvas.width() == width
+
+
+def _in_view(label) -> bool:
+    """Whether ``label`` lies wholly inside what its dock's scroll area shows now."""
+    area = label.parentWidget()
+    while not isinstance(area, QScrollArea):
+        area = area.parentWidget()
+    top = label.mapTo(area.viewport(), QPoint(0, 0)).y()
+    return top >= 0 and top + label.height() <= area.viewport().height()
+
+
+def test_after_a_click_each_docks_answer_is_in_view(make_napari_viewer, qtbot, tmp_path):
+    """Every dock open in a 1600 x 1000 window: the form docks share one tab beside the
+    plot and scroll, and their status lines sat below the fold ("saved ..." after a label,
+    a refused Start); only Predict scrolled to its answer. After a click on a dock's
+    button, its status line is in view."""
+    path = tmp_path / "well_p1_t0-3.tif"
+    write_stack(path, sample_pair(n_frames=4, size=64)["infected"][0], "TYX", 0.5)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    manifest = PluginManager.instance().get_manifest(PLUGIN)
+    docks = {contribution.display_name: viewer.window.add_plugin_dock_widget(
+        PLUGIN, contribution.display_name)[1] for contribution in manifest.contributions.widgets}
+    viewer.open(str(path), plugin=PLUGIN)
+    clicks = {  # the dock, its button, what the status line answers
+        "Retrain on labels": ("Start", "no labels yet"),
+        "Evaluate the model": ("Evaluate", "no model"),
+        "What to label next": ("Rank", "no model"),
+        "Predict infection": ("Predict", "checkpoint"),
+        "Annotate frames and crops": ("Infected", "saved"),
+    }
+    below = []
+    for title, (text, answer) in clicks.items():
+        widget = docks[title]
+        _dock_of(widget).raise_()  # a click on its tab
+        QApplication.processEvents()
+        form = getattr(widget, "native", widget)
+        status = getattr(widget.status, "native", widget.status)
+        if not _in_view(status):
+            below.append(title)
+        [button] = [b for b in form.findChildren(QPushButton) if b.text() == text]
+        qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+        QApplication.processEvents()
+        assert answer in status.text(), (title, status.text())
+        assert _in_view(status), title
+    assert {"Annotate frames and crops", "Retrain on labels"} <= set(below), below
+

@@ -71,6 +71,7 @@ from .layer_roles import (
     output_metadata,
     time_setting,
 )
+from .messages import answered_in_view, in_view
 from .state import session_for
 from .teardown import on_dock_closed
 
@@ -243,6 +244,9 @@ class AnnotationWidget(QWidget):
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
         layout.addStretch()
+        # after a click, the answer ("saved ...", counts, contradictions) is in view
+        answered_in_view(self.status, *self.buttons.values(), self.apply_crops_button,
+                         self.undo_button, self.import_button, self.export_button)
 
     # --- the image served ------------------------------------------------------------
     @property
@@ -493,6 +497,7 @@ class AnnotationWidget(QWidget):
         fields keep their own undo."""
         if event.matches(QKeySequence.StandardKey.Undo):
             self.undo()
+            in_view(self.status)
             event.accept()
             return
         super().keyPressEvent(event)

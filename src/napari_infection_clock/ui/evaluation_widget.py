@@ -46,7 +46,7 @@ from ..core.retrain import labels_of
 from ..core.tiles import TileSpec
 from .docking import place_form
 from .figures import DockedFigure, scrolling_layout
-from .messages import fit_messages, short, show
+from .messages import answered_in_view, fit_messages, short, show
 from .state import session_for
 from .workers import Batch, Progress, Result, Run, Stop, import_ahead
 
@@ -146,6 +146,7 @@ class EvaluationWidget(QWidget):
         self.status = QLabel("")
         fit_messages(self.status)
         layout.addWidget(self.status)
+        answered_in_view(self.status, self.run_button, self.export_button)
         self.tabs = QTabWidget()
         self.metrics_table = QTableWidget(0, 2)
         self.metrics_table.setHorizontalHeaderLabels(["metric", "value"])

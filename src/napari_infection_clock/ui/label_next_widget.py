@@ -39,6 +39,7 @@ from .layer_roles import (
     output_metadata,
     time_setting,
 )
+from .messages import answered_in_view
 from .state import session_for
 from .teardown import on_dock_closed
 from .workers import Batch, Progress, Result, Run, Stop
@@ -103,6 +104,7 @@ class LabelNextWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
+        answered_in_view(self.status, self.rank_button, self.stop_button)
         self.list = QListWidget()
         self.list.currentRowChanged.connect(self.go_to)
         layout.addWidget(self.list)

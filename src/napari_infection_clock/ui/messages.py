@@ -2,13 +2,14 @@
 
 A message from deep inside (PyTorch's paragraph about ``weights_only``, a traceback) would
 otherwise set a label's minimum width and grow napari's window past the screen. The line
-shows the first sentence-sized part; the whole text is its tooltip.
+shows the first sentence-sized part; the whole text is its tooltip. A click on a dock's button
+scrolls its status line into view (the docks scroll beside one another).
 """
 
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QLabel, QSizePolicy
+from qtpy.QtCore import QEvent, Qt, QTimer
+from qtpy.QtWidgets import QApplication, QLabel, QScrollArea, QSizePolicy, QWidget
 
 #: Longest message shown in a status line; the rest is in its tooltip.
 MAX_CHARS = 300
@@ -33,3 +34,30 @@ def show(label: QLabel, message: str, details: str = "") -> None:
     label.setText(short(message))
     full = "\n\n".join(part for part in (message.strip(), details.strip()) if part)
     label.setToolTip(full if full != label.text() else "")
+
+
+def in_view(label: QWidget) -> None:
+    """Scroll the dock that holds ``label`` so that it is in view: beside the other docks a
+    dock's form scrolls, and its status line, the answer to a click, sat below the fold."""
+    area = label.parentWidget()
+    while area is not None and not isinstance(area, QScrollArea):
+        area = area.parentWidget()
+    if area is None:
+        return
+    # the answer's new text laid out (the form grown to it) before its place is taken
+    QApplication.sendPostedEvents(None, QEvent.Type.LayoutRequest)
+    area.ensureWidgetVisible(label, 0, 8)
+    # and once more when the event loop has laid it out whole (a wrapped line's height
+    # follows its width, which the form gets a turn later)
+    again = QTimer(area)
+    again.setSingleShot(True)
+    again.timeout.connect(lambda: area.ensureWidgetVisible(label, 0, 8))
+    again.timeout.connect(again.deleteLater)
+    again.start(0)
+
+
+def answered_in_view(label: QWidget, *buttons) -> None:
+    """After a click on any of ``buttons`` (Qt buttons), :func:`in_view` of ``label``.
+    Connected after the dock's own handlers, so it runs once they have answered."""
+    for button in buttons:
+        button.clicked.connect(lambda *_: in_view(label))

@@ -57,7 +57,7 @@ from .layer_roles import (
     is_output,
     time_setting,
 )
-from .messages import fit_messages, short, show
+from .messages import answered_in_view, fit_messages, short, show
 from .overlays import (
     CLASS_COLORS,
     CLASS_NAME,
@@ -268,6 +268,8 @@ class PredictionWidget(Container):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.swap_button.clicked.connect(self.swap_overlay)
+        # after a click, the bar and status line (below the fold beside the other docks)
+        answered_in_view(self.status.native, self.run_button.native, self.cancel_button.native)
         self.session.model_changed.connect(self._on_session_model)
         self.session.prediction_requested.connect(self.refresh)
         self.session.image_changed.connect(self._follow_view)
@@ -449,22 +451,17 @@ class PredictionWidget(Container):
         self.run()
 
     def run(self) -> bool:
-        """Check the inputs and start a run; False (with a message) when they do not fit.
-        Either way the dock scrolls to its progress bar and status line: the dock scrolls
-        beside the others, and they sat below the fold, the answer to the click unseen."""
+        """Check the inputs and start a run; False (with a message) when they do not fit."""
+        if self.running:
+            self._say("a prediction is already running; cancel it first", error=True)
+            return False
         try:
-            if self.running:
-                self._say("a prediction is already running; cancel it first", error=True)
-                return False
-            try:
-                job = self._job_from_inputs()
-            except InputError as err:
-                self._say(str(err), error=True)
-                return False
-            self._start(job)
-            return True
-        finally:
-            self.native.ensureWidgetVisible(self.status.native, 0, 8)
+            job = self._job_from_inputs()
+        except InputError as err:
+            self._say(str(err), error=True)
+            return False
+        self._start(job)
+        return True
 
     def cancel(self) -> None:
         if self.running:

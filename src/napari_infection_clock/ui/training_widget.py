@@ -50,7 +50,7 @@ from ..core.trainer import BEST_METRICS, TrainConfig, TrainingError
 from .devices import device_choices
 from .docking import place_form
 from .figures import DockedFigure, legend_above, scrolling_layout
-from .messages import fit_messages, short, show
+from .messages import answered_in_view, fit_messages, short, show
 from .state import SessionModel, session_for
 from .teardown import on_dock_closed
 from .workers import Batch, Failed, Progress, Result, Run, Stop, import_ahead
@@ -254,6 +254,7 @@ class TrainingWidget(QWidget):
         fit_messages(self.status)
         for w in (self.eta_label, self.device_label, self.status):
             layout.addWidget(w)
+        answered_in_view(self.status, self.start_button, self.stop_button, self.use_button)
 
         self.curves = DockedFigure(self.viewer, figsize=(4.5, 5.0), min_height=300, dock=self)
         self.figure, self.canvas = self.curves.figure, self.curves.canvas
