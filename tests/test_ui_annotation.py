@@ -584,3 +584,80 @@ def test_labelling_an_image_drawn_under_another_says_so(make_napari_viewer, qtbo
     click_layer(viewer, well)
     _press(viewer, qtbot, Qt.Key_I)
     assert widget.layer.name == well.name and "under" not in widget.target_label.text()
+
+
+def test_the_under_warning_follows_the_layer_list(make_napari_viewer, qtbot, stack_file,
+                                                  tmp_path):
+    """The "under X" warning was refreshed at a label or a change of target only: hiding
+    the image above with its eye, making it see-through or moving it below in the layer
+    list left the warning as it was until the next label. It follows the layer list."""
+    viewer, widget = _open(make_napari_viewer, stack_file, qtbot)
+    other = tmp_path / "images" / "other_p3_t0-19.tif"
+    write_stack(other, generate_stack(False, seed=4, n_frames=N_FRAMES, size=48,
+                                      dtype="uint8"), "TYX", 0.5)
+    [top] = viewer.open(str(other), plugin=PLUGIN)  # drawn over the first well
+    well = viewer.layers[stack_file.stem]
+    click_layer(viewer, well)
+    assert widget.layer.name == well.name
+    assert "under 'other_p3_t0-19'" in widget.target_label.text()
+    click_eye(viewer, top)  # hidden: the canvas shows the well
+    assert "under" not in widget.target_label.text()
+    click_eye(viewer, top)
+    assert "under 'other_p3_t0-19'" in widget.target_label.text()
+    top.opacity = 0.2  # its opacity slider: the well shows through
+    assert "under" not in widget.target_label.text()
+    top.opacity = 1.0
+    assert "under 'other_p3_t0-19'" in widget.target_label.text()
+    viewer.layers.move(viewer.layers.index(top), 0)  # dragged below the well
+    assert "under" not in widget.target_label.text()
+    assert widget.layer.name == well.name and not widget.store.frames  # nothing labelled
+
+
+def _canvas_colours(viewer):
+    """The canvas as shown: where text is drawn (light grey: white text on a layer of
+    opacity 0.7) and where the outlines are (saturated colour), over black images."""
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    spread = shot.max(-1) - shot.min(-1)
+    white = (shot > 120).all(-1) & (spread < 40)
+    coloured = spread > 100
+    return white, coloured
+
+
+def test_labelled_frames_say_which_image_inside_the_canvas(make_napari_viewer, qtbot,
+                                                          tmp_path):
+    """The outline's word ("infected") sat at the frame's upper-left corner, outside the
+    image, and was cut by the canvas edge ("fected") when the frame filled the canvas's
+    width; two images' outlines on one another wrote their words on one spot. The text is
+    inside the frame on the canvas, names its image, and the image labelled alone has it."""
+    black = np.zeros((N_FRAMES, 48, 48), np.uint8)
+    paths = [write_stack(tmp_path / f"{name}.tif", black, "TYX", 0.5)
+             for name in ("a_p1_t0-19", "b_p2_t0-19")]
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1000, 900)
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Annotate frames and crops")
+    a, b = (viewer.open(str(path), plugin=PLUGIN)[0] for path in paths)
+    canvas = viewer.window._qt_viewer.canvas.native
+    assert canvas.height() > canvas.width()  # the frame fills the canvas's width
+    click_layer(viewer, a)
+    _press(viewer, qtbot, Qt.Key_I)
+    click_layer(viewer, b)  # b lies on a: one frame on the canvas
+    _press(viewer, qtbot, Qt.Key_U)
+    viewer.reset_view()
+    QApplication.processEvents()
+
+    white, coloured = _canvas_colours(viewer)
+    ys, xs = np.nonzero(coloured)
+    frame = ys.min(), xs.min(), ys.max(), xs.max()  # the outline, on screen
+    ty, tx = np.nonzero(white)
+    assert len(ty) > 20, "no text on the canvas"
+    assert frame[0] < ty.min() and ty.max() < frame[2], (frame, ty.min(), ty.max())
+    assert frame[1] < tx.min() and tx.max() < frame[3], (frame, tx.min(), tx.max())
+
+    marks_a = viewer.layers["a_p1_t0-19 labelled frames"]
+    marks_b = viewer.layers["b_p2_t0-19 labelled frames"]
+    assert marks_b.text.visible and list(marks_b.text.values) == ["b_p2_t0-19: uninfected"]
+    assert not marks_a.text.visible  # its word would be written on b's
+
+    click_layer(viewer, a)  # labelling a now: its outline says so, b's is quiet
+    assert marks_a.text.visible and not marks_b.text.visible
+    assert list(marks_a.text.values) == ["a_p1_t0-19: infected"]

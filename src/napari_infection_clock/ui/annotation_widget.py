@@ -61,6 +61,7 @@ from .layer_roles import (
     FRAME_INTERVAL_H,
     INFECTED,
     ONSET_H,
+    OUTPUT_KIND,
     SOURCE_PATH,
     annotation_key,
     drawn_over,
@@ -81,6 +82,10 @@ COLOURS = {"infected": "red", "uninfected": "dodgerblue"}
 #: labelled frames on the canvas.
 CROPS = "crops"
 MARKS_SUFFIX = "labelled frames"
+#: Where the outlines' words sit: this share of the frame's height below its top edge.
+MARKS_TEXT_BELOW = 0.07
+#: The layer-list events that can change what lies over the image labelled.
+LAYER_LIST_CHANGES = frozenset({"visible", "opacity", "blending", "moved", "inserted", "removed"})
 
 
 def _box_of(vertices: np.ndarray, frame_shape) -> tuple[int, tuple[int, int, int, int]]:
@@ -100,6 +105,13 @@ def _rectangle(frame: int, box) -> np.ndarray:
 def _label_features(labels) -> pd.DataFrame:
     """The Shapes layer's ``label`` feature: categorical, so an empty layer has its type."""
     return pd.DataFrame({"label": pd.Categorical(labels, categories=LABEL_VALUES)})
+
+
+def _marks_features(labels, image: str) -> pd.DataFrame:
+    """The labelled-frame outlines' features: each one's label and its image's name."""
+    features = _label_features(labels)
+    features["image"] = pd.Series([image] * len(labels), dtype=object)
+    return features
 
 
 def frame_ranges(frames) -> str:
@@ -132,6 +144,7 @@ class AnnotationWidget(QWidget):
         self._build()
         self.session.image_changed.connect(self._serve)
         self.session.image_renamed.connect(self._renamed)
+        self.viewer.layers.events.connect(self._layer_list_changed)
         self.viewer.dims.events.current_step.connect(self._show_frame)
         self._handlers = {key: self._key_handler(label) for key, label in KEYS.items()}
         for key, handler in self._handlers.items():
@@ -300,11 +313,20 @@ class AnnotationWidget(QWidget):
         self._load_crops_layer()
         self._sync_controls()
         self._changed(save=False)
+        self._mark_text_on_target()
         if self.store is not None:  # read back (a sidecar): its frame interval and onset
             self.session.labels_changed.emit(self.store.stack)
 
     def _renamed(self, image) -> None:
         if self.layer is not None and image == self.layer:  # a proxy of it compares equal
+            self._show_target()
+            self._show_marks()  # its words name it
+
+    def _layer_list_changed(self, event) -> None:
+        """The layers over the target may have changed (an eye clicked, a layer dragged,
+        its opacity or blending set): the warning follows. Every layer's events come here
+        (napari's layer list passes them on); the others are let go at once."""
+        if event.type in LAYER_LIST_CHANGES and self.layer is not None:
             self._show_target()
 
     def _show_target(self) -> None:
@@ -714,7 +736,9 @@ class AnnotationWidget(QWidget):
         return sidecar
 
     def _show_marks(self) -> None:
-        """Outline each labelled frame on the canvas, in its label's colour."""
+        """Outline each labelled frame on the canvas, in its label's colour, with the image's
+        name and the label written inside the frame near its top (at the corner, outside
+        the image, the canvas edge cut the word; centred, it is within the frame)."""
         if self.layer is None or self.store is None:
             return
         marks = output_layer(self.viewer, self.layer, MARKS_SUFFIX)
@@ -723,16 +747,16 @@ class AnnotationWidget(QWidget):
             return
         h, w = self.layer.data.shape[1:3]
         shapes = [_rectangle(f, (0, 0, h, w)) for f, _ in items]
-        features = _label_features([lab for _, lab in items])
+        features = _marks_features([lab for _, lab in items], self.layer.name)
         if marks is None:
             active = self.viewer.layers.selection.active
             marks = self.viewer.add_shapes(
                 ndim=3, name=f"{self.layer.name} {MARKS_SUFFIX}", face_color="transparent",
                 edge_width=max(2, min(h, w) // 64),
                 scale=self.layer.scale, translate=self.layer.translate,
-                text={"string": "{label}", "anchor": "upper_left", "size": 10,
-                      "color": "white"},
-                features=_label_features([]),
+                text={"string": "{image}: {label}", "anchor": "center", "size": 10,
+                      "color": "white", "translation": [0, -h / 2 + MARKS_TEXT_BELOW * h, 0]},
+                features=_marks_features([], self.layer.name),
                 metadata=output_metadata(self.layer, MARKS_SUFFIX))
             self.viewer.layers.selection.active = active  # the user's layer stays selected
         marks.data = []
@@ -740,6 +764,15 @@ class AnnotationWidget(QWidget):
             marks.add_rectangles(shapes, edge_color=[COLOURS[lab] for _, lab in items])
         marks.features = features
         marks.refresh_text()
+
+    def _mark_text_on_target(self) -> None:
+        """Only the outlines of the image labelled carry words: another image's on it (the
+        same place on the canvas) wrote theirs on the same spot."""
+        for layer in self.viewer.layers:
+            if layer.metadata.get(OUTPUT_KIND) == MARKS_SUFFIX:
+                shown = self.layer is not None and is_output_of(layer, self.layer)
+                if layer.text.visible != shown:
+                    layer.text.visible = shown
 
     def _show_frame(self, event=None) -> None:
         if self.store is None:
@@ -823,6 +856,7 @@ class AnnotationWidget(QWidget):
                 self.viewer.bind_key(key, None, overwrite=True)
         self.session.image_changed.disconnect(self._serve)
         self.session.image_renamed.disconnect(self._renamed)
+        self.viewer.layers.events.disconnect(self._layer_list_changed)
         self.viewer.dims.events.current_step.disconnect(self._show_frame)
         self._disconnect_crops()
 
