@@ -613,14 +613,19 @@ def test_the_under_warning_follows_the_layer_list(make_napari_viewer, qtbot, sta
     assert widget.layer.name == well.name and not widget.store.frames  # nothing labelled
 
 
-def _canvas_colours(viewer):
-    """The canvas as shown: where text is drawn (light grey: white text on a layer of
-    opacity 0.7) and where the outlines are (saturated colour), over black images."""
-    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
-    spread = shot.max(-1) - shot.min(-1)
-    white = (shot > 120).all(-1) & (spread < 40)
-    coloured = spread > 100
-    return white, coloured
+def _text_and_outline(viewer, marks):
+    """Where ``marks``' text is drawn on the canvas (what changes when it is hidden) and
+    the box of the outlines drawn (saturated colour over black images), on screen."""
+    def shot():
+        QApplication.processEvents()
+        return viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+
+    marks.text.visible = False
+    bare = shot()
+    marks.text.visible = True
+    text = (shot() != bare).any(-1)
+    ys, xs = np.nonzero((bare.max(-1) - bare.min(-1)) > 100)
+    return text, (ys.min(), xs.min(), ys.max(), xs.max())
 
 
 def test_labelled_frames_say_which_image_inside_the_canvas(make_napari_viewer, qtbot,
@@ -645,16 +650,14 @@ def test_labelled_frames_say_which_image_inside_the_canvas(make_napari_viewer, q
     viewer.reset_view()
     QApplication.processEvents()
 
-    white, coloured = _canvas_colours(viewer)
-    ys, xs = np.nonzero(coloured)
-    frame = ys.min(), xs.min(), ys.max(), xs.max()  # the outline, on screen
-    ty, tx = np.nonzero(white)
+    marks_a = viewer.layers["a_p1_t0-19 labelled frames"]
+    marks_b = viewer.layers["b_p2_t0-19 labelled frames"]
+    text, frame = _text_and_outline(viewer, marks_b)
+    ty, tx = np.nonzero(text)
     assert len(ty) > 20, "no text on the canvas"
     assert frame[0] < ty.min() and ty.max() < frame[2], (frame, ty.min(), ty.max())
     assert frame[1] < tx.min() and tx.max() < frame[3], (frame, tx.min(), tx.max())
 
-    marks_a = viewer.layers["a_p1_t0-19 labelled frames"]
-    marks_b = viewer.layers["b_p2_t0-19 labelled frames"]
     assert marks_b.text.visible and list(marks_b.text.values) == ["b_p2_t0-19: uninfected"]
     assert not marks_a.text.visible  # its word would be written on b's
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from napari.layers import Image, Shapes
+from napari.layers.utils.color_encoding import NominalColorEncoding
 from napari.utils.key_bindings import coerce_keybinding
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtGui import QKeySequence
@@ -754,8 +755,11 @@ class AnnotationWidget(QWidget):
                 ndim=3, name=f"{self.layer.name} {MARKS_SUFFIX}", face_color="transparent",
                 edge_width=max(2, min(h, w) // 64),
                 scale=self.layer.scale, translate=self.layer.translate,
-                text={"string": "{image}: {label}", "anchor": "center", "size": 10,
-                      "color": "white", "translation": [0, -h / 2 + MARKS_TEXT_BELOW * h, 0]},
+                opacity=1.0,  # the words in their label's colour, readable over the cells
+                text={"string": "{image}: {label}", "anchor": "center", "size": 11,
+                      "color": NominalColorEncoding(feature="label",
+                                                    colormap={"colormap": COLOURS}),
+                      "translation": [0, -h / 2 + MARKS_TEXT_BELOW * h, 0]},
                 features=_marks_features([], self.layer.name),
                 metadata=output_metadata(self.layer, MARKS_SUFFIX))
             self.viewer.layers.selection.active = active  # the user's layer stays selected
