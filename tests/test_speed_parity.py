@@ -13,6 +13,7 @@ import torch
 
 from napari_infection_clock.core import predictor as predictor_module
 from napari_infection_clock.core.checkpoint import CheckpointMeta, load_checkpoint
+from napari_infection_clock.core.choices import DEFAULT_BATCH_SIZE
 from napari_infection_clock.core.dataset import ItemDataset
 from napari_infection_clock.core.items import FramePolicy, research_items
 from napari_infection_clock.core.model import ModelConfig, MultitaskResNet
@@ -213,7 +214,7 @@ def test_compile_failure_falls_back_with_a_warning():
 
 def test_defaults_suit_the_device(random_model):
     cpu = Predictor(random_model, META, device="cpu")
-    assert cpu.batch_size == predictor_module.DEFAULT_BATCH_SIZE["cpu"]
+    assert cpu.batch_size == DEFAULT_BATCH_SIZE["cpu"]
     spare_core = (torch.get_num_threads() < (os.cpu_count() or 1))
     assert cpu.prefetch == (predictor_module.PREFETCH_BATCHES if spare_core else 0)
     assert Predictor(random_model, META, device="cpu", prefetch=3).prefetch == 3

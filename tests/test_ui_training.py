@@ -91,16 +91,16 @@ def test_start_reads_the_labels_and_plans_the_split_off_the_gui_thread(
     """Start read every labelled stack (tifffile) and planned the split on the GUI thread:
     200 ms for four small wells, seconds for a plate; the run does it now, and the dock
     says the split once it is known."""
-    from napari_infection_clock.ui import training_widget
+    from napari_infection_clock.core import retrain
 
     viewer, widget = _widget(make_napari_viewer, tmp_path, epochs=1)
     _label(session_for(viewer), wells)
     threads = []
     for name in ("labels_of", "plan_from_labels"):
-        def recorded(*args, real=getattr(training_widget, name), **kwargs):
+        def recorded(*args, real=getattr(retrain, name), **kwargs):
             threads.append(threading.get_ident())
             return real(*args, **kwargs)
-        monkeypatch.setattr(training_widget, name, recorded)
+        monkeypatch.setattr(retrain, name, recorded)  # the run imports them from there
     widget.start_button.click()
     qtbot.waitUntil(lambda: "held out" in widget.status.toolTip() + widget.status.text(),
                     timeout=60_000)

@@ -69,6 +69,22 @@ def test_a_whole_session_after_the_viewer(tmp_path):
     }
 
 
+def test_the_docks_open_while_torch_is_still_loading():
+    """Opening the first dock imported torch and torchvision on the GUI thread: napari froze
+    8-11 s (2 cores) before the dock showed. Here torch cannot load on any other thread until
+    every dock is open: they all open, torch is not loaded by then, and once a thread of the
+    plugin's has loaded it the device pickers offer what torch found."""
+    proc = run_session("--torch-held", timeout=300)
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    )
+    assert "opened: 6 docks" in proc.stdout, proc.stdout
+    assert "torch loaded while the docks opened: False" in proc.stdout, proc.stdout
+    loaded = next(line for line in proc.stdout.splitlines() if line.startswith("devices once"))
+    assert "'cpu'" in loaded.split("and")[0] and "'cpu'" in loaded.split("and")[1], loaded
+    assert "MainThread" not in loaded.split("torch imported by")[1], loaded
+
+
 def test_removing_a_predicted_image_with_the_trash_button(tmp_path):
     """After a tile-grid prediction, the image goes with the trash button, its outputs follow
     in the next turn, and napari does not crash: napari deletes a removed layer's GL objects

@@ -8,6 +8,7 @@ the test can only see it from outside.
 
     python user_session.py                       # open every dock, close
     python user_session.py CHECKPOINT WORKDIR    # the whole session, see ``whole_session``
+    python user_session.py --torch-held          # open every dock while torch cannot load
 
 Prints one line per step; exit 0 when every step did what the user expects.
 """
@@ -15,6 +16,8 @@ Prints one line per step; exit 0 when every step did what the user expects.
 from __future__ import annotations
 
 import atexit
+import importlib.abc
+import importlib.machinery
 import sys
 import threading
 import time
@@ -37,6 +40,47 @@ def threads_left_at_exit() -> None:
             and not isinstance(t, threading._DummyThread)]  # Qt's, parked in its pool
     if left:
         print(f"running at exit: {left}", flush=True)
+
+
+class TorchHeld(importlib.abc.MetaPathFinder):
+    """Keeps any thread but the GUI thread from running torch's ``__init__`` until
+    ``release``: a machine where torch takes long to import (seconds on 2 cores). The docks
+    must open all the same, without torch: had the GUI thread loaded it, or waited for
+    another thread's import of it, napari froze for that long. Records which threads import
+    torch (an audit hook)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.loaded_by: list[str] = []
+        sys.meta_path.insert(0, self)
+        sys.addaudithook(self._audit)
+
+    def _audit(self, event: str, args: tuple) -> None:
+        if event == "import" and args[0] == "torch":
+            self.loaded_by.append(threading.current_thread().name)
+
+    def find_spec(self, name, path=None, target=None):
+        # called under Python's global import lock: the waiting is the loader's
+        if name != "torch" or threading.current_thread() is threading.main_thread():
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is not None:
+            spec.loader = _HeldLoader(spec.loader, self.release)
+        return spec
+
+
+class _HeldLoader(importlib.abc.Loader):
+    def __init__(self, loader, release: threading.Event) -> None:
+        self.loader, self.release = loader, release
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        module.__loader__ = module.__spec__.loader = self.loader
+        if not self.release.wait(120):
+            print("torch held 120 s: the GUI thread waited for it", flush=True)
+        self.loader.exec_module(module)
 
 
 def menu_actions(menu, path=()):
@@ -188,6 +232,22 @@ def whole_session(viewer, app, checkpoint: Path, work: Path) -> None:
     print(f"closing napari at: {predict.status.value}", flush=True)
 
 
+def docks_while_torch_is_held(viewer, app) -> None:
+    """After the docks opened without torch, it loads; then the device pickers offer what
+    torch found."""
+    predict, train = dock(viewer, "Predict infection"), dock(viewer, "Retrain on labels")
+    def shown(combo) -> list[str]:
+        return [combo.itemText(i) for i in range(combo.count())]
+
+    print(f"devices before torch: {shown(predict.device.native)}", flush=True)
+    held.release.set()
+    wait_until(app, lambda: shown(train.device_combo)[0] != "auto", "the device pickers")
+    print(f"devices once torch loaded: {shown(predict.device.native)} and "
+          f"{shown(train.device_combo)}; "
+          f"batch size {predict.batch_size.value}; torch imported by {held.loaded_by}",
+          flush=True)
+
+
 def main(argv: list[str]) -> int:
     atexit.register(threads_left_at_exit)  # before the plugin's own: runs after them
     viewer = napari.Viewer(show=True)
@@ -195,7 +255,11 @@ def main(argv: list[str]) -> int:
     app.processEvents()
     opened = open_every_dock(viewer, app)
     print(f"opened: {len(opened)} docks: {', '.join(opened)}", flush=True)
-    if argv:
+    if argv == ["--torch-held"]:
+        loaded = hasattr(sys.modules.get("torch"), "Tensor")
+        print(f"torch loaded while the docks opened: {loaded}", flush=True)
+        docks_while_torch_is_held(viewer, app)
+    elif argv:
         whole_session(viewer, app, Path(argv[0]), Path(argv[1]))
     viewer.close()
     app.processEvents()
@@ -204,4 +268,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    held = TorchHeld() if sys.argv[1:] == ["--torch-held"] else None
     sys.exit(main(sys.argv[1:]))

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, special
 
 from .clock import CONSISTENT_COLUMN, REGION_KEYS, with_clock
 from .novelty import add_novelty
@@ -47,6 +46,8 @@ REGION_METHOD = ("split conformal over validation regions per region class: |con
 
 
 def logit(p) -> np.ndarray:
+    from scipy import special  # scipy's modules load when used: a dock opens without them
+
     p = np.clip(np.asarray(p, dtype=np.float64), _P_EPS, 1 - _P_EPS)
     return special.logit(p)
 
@@ -65,11 +66,15 @@ def fit_temperature(p_infected, true_class) -> float:
         s = z / math.exp(log_t)
         return float(np.mean(np.logaddexp(0, s) - y * s))
 
+    from scipy import optimize
+
     res = optimize.minimize_scalar(nll, bounds=(math.log(0.01), math.log(100.0)), method="bounded")
     return float(math.exp(res.x))
 
 
 def scaled_probability(p_infected, temperature: float) -> np.ndarray:
+    from scipy import special
+
     return special.expit(logit(p_infected) / temperature)
 
 

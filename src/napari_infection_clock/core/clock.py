@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .information import lacks_information
 from .targets import DEFAULT_CLAMP
@@ -83,6 +82,8 @@ def _robust_fit(votes, weights, level, n_resamples, rng) -> tuple[float, float, 
     if votes.size < 2 or np.ptp(votes) < 1e-9:
         # One vote has no spread to resample; identical votes have none to report.
         return (centre, np.nan, np.nan) if votes.size < 2 else (centre, centre, centre)
+    from scipy import stats  # loads when used: a dock opens without it (ui.torch_ahead)
+
     res = stats.bootstrap(
         (votes, weights), weighted_median, paired=True, vectorized=True,
         n_resamples=n_resamples, confidence_level=level, method="percentile", rng=rng,

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from .checkpoint import CheckpointMeta
+from .choices import default_batch_size
 from .device import select_device
 from .information import has_information
 from .model import MultitaskResNet
@@ -40,15 +41,6 @@ from .tiles import TileSpec, check_boxes, crop, cut_tiles, tile_boxes
 
 #: Batches prepared ahead of the one computing, where a core is free to prepare them.
 PREFETCH_BATCHES = 2
-#: Default batch per device type. ResNet50 at 512 px on CPU runs as fast at 4 as at 8
-#: and faster than at 16, with a quarter of the activation memory (docs/benchmarks.md).
-DEFAULT_BATCH_SIZE = {"cpu": 4}
-GPU_BATCH_SIZE = 16
-
-
-def default_batch_size(device: torch.device) -> int:
-    """Batch 4 is as fast as 8 on a CPU and smaller; accelerators want bigger batches."""
-    return DEFAULT_BATCH_SIZE.get(device.type, GPU_BATCH_SIZE)
 
 
 @dataclass
@@ -105,7 +97,7 @@ class Predictor:
     ):
         self.device = select_device(device)
         if batch_size is None:
-            batch_size = default_batch_size(self.device)
+            batch_size = default_batch_size(self.device.type)
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.meta = meta

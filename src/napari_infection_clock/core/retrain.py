@@ -17,6 +17,7 @@ import pandas as pd
 from .annotations import labelled_stores
 from .blocks import BlockSplit, split_for_training
 from .checkpoint import CheckpointMeta, save_checkpoint
+from .choices import STARTS
 from .dataset import ItemDataset
 from .evaluation import calibrate, predict_items
 from .items import items_time_policy, label_table_items, stack_records
@@ -26,8 +27,6 @@ from .preprocess import Preprocessing
 from .targets import CLASS_NAMES, DEFAULT_CLAMP, TimePolicy
 from .tiles import TileSpec
 from .trainer import TrainConfig, TrainingError, TrainProgress, iter_train
-
-STARTS = ("session model", "imagenet", "random")
 
 
 def plan_from_labels(table: pd.DataFrame, val_fraction: float = 0.2, split_mode: str = "auto",

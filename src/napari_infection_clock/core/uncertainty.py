@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from torch import nn
 
 from .information import has_information
 from .stack import TimelapseStack
 from .tiles import TileSpec, crop, tile_boxes
+
+if TYPE_CHECKING:  # the ranking dock lists METHODS before torch is loaded (ui.torch_ahead)
+    from torch import nn
 
 METHODS = ("entropy", "mc_dropout")
 UNCERTAINTY_COLUMNS = ("stack", "frame", "y0", "x0", "y1", "x1", "p_infected", "p_std",
@@ -32,6 +35,8 @@ def binary_entropy(p) -> np.ndarray:
 @contextmanager
 def dropout_active(model: nn.Module):
     """Switch only the Dropout layers to training mode (BatchNorm stays frozen)."""
+    from torch import nn
+
     drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     before = [m.training for m in drops]
     try:

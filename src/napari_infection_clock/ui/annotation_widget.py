@@ -56,7 +56,6 @@ from ..core.labels import LABEL_VALUES, LabelTableError, read_label_table, write
 from ..core.stack import open_stack, write_stack
 from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H
 from .docking import place_form
-from .figures import scrolling_layout
 from .layer_roles import (
     CHANNEL,
     FRAME_INTERVAL_H,
@@ -74,6 +73,7 @@ from .layer_roles import (
     time_setting,
 )
 from .messages import answered_in_view, in_view
+from .scrolling import scrolling_layout
 from .state import session_for
 from .teardown import on_dock_closed
 

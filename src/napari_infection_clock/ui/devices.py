@@ -1,11 +1,17 @@
-"""Device choices for the docks' device pickers: only what this machine has, 'auto' first."""
+"""Device choices for the docks' device pickers: only what this machine has, 'auto' first.
+
+Only torch knows the devices, and it loads after the docks open (``torch_ahead``): until
+then a picker offers what every machine has.
+"""
 
 from __future__ import annotations
 
-from ..core.device import available_devices
+BEFORE_TORCH = [("auto", "auto"), ("cpu", "cpu")]
 
 
 def device_choices() -> list[tuple[str, str]]:
-    """(label, value) pairs; 'auto' names the device it resolves to."""
+    """(label, value) pairs; 'auto' names the device it resolves to. Imports torch."""
+    from ..core.device import available_devices
+
     found = available_devices()
     return [(f"auto ({found[0]})", "auto")] + [(d, d) for d in found]

@@ -29,11 +29,9 @@ from qtpy.QtWidgets import (
 
 from ..core.atomic import OutputNotWritable
 from ..core.calibration import finish_table
-from ..core.evaluation import predict_items
 from ..core.information import lacks_information
 from ..core.items import label_table_items, on_tiles
 from ..core.metrics import evaluate_table, per_bin_table
-from ..core.predictor import Predictor
 from ..core.recipes import native_tiles_of
 from ..core.report import (
     confusion_figure,
@@ -42,13 +40,14 @@ from ..core.report import (
     save_report,
     time_scatter_figure,
 )
-from ..core.retrain import labels_of
 from ..core.tiles import TileSpec
+from . import torch_ahead
 from .docking import place_form
-from .figures import DockedFigure, scrolling_layout
+from .figures import DockedFigure
 from .messages import answered_in_view, fit_messages, short, show
+from .scrolling import scrolling_layout
 from .state import session_for
-from .workers import Batch, Progress, Result, Run, Stop, import_ahead
+from .workers import Batch, Progress, Result, Run, Stop
 
 SOURCES = ("validation items of the last training", "all labelled frames and crops")
 
@@ -69,6 +68,9 @@ def _evaluate(stop: Stop, model, meta, items, bin_hours: float):
     """Run body: predict the items (the predictor leaves the session's model as it is),
     finish the table like the CLI (the regions' clocks, the model's calibrated answers:
     core.calibration.finish_table), then compute the metrics here, off the GUI thread."""
+    from ..core.evaluation import predict_items
+    from ..core.predictor import Predictor
+
     predictor = Predictor(model, meta, device="auto", batch_size=None)
     tables = []
     for table in predict_items(predictor, items):
@@ -123,7 +125,7 @@ class EvaluationWidget(QWidget):
         self._failed = False
         #: How the items were cut, for the status line: a native-tile model's tiles.
         self._on = ""
-        import_ahead("sklearn.metrics")  # what a run's metrics import (core.metrics, report)
+        torch_ahead.start()  # what a run imports (torch, core.metrics' scipy and sklearn)
         place_form(self, "Evaluate")
         layout = scrolling_layout(self)
         form = QFormLayout()
@@ -168,6 +170,8 @@ class EvaluationWidget(QWidget):
         if self.source_combo.currentIndex() == 0:
             items = list(self.session.validation_items)
         else:
+            from ..core.retrain import labels_of  # torch's side (ui.torch_ahead)
+
             table = labels_of(self.session.annotations.values())
             items = label_table_items(table) if len(table) else []
         tiles = native_tiles_of(self.session.model.meta.recipe)

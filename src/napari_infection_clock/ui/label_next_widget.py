@@ -23,13 +23,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.predictor import Predictor
 from ..core.recipes import native_tiles_of
 from ..core.stack import stack_from_array
 from ..core.tiles import TileSpec, resized_tiles_note, tile_grid_shape
 from ..core.uncertainty import METHODS, iter_stack_uncertainty, rank_uncertain
+from . import torch_ahead
 from .docking import place_form
-from .figures import scrolling_layout
 from .layer_roles import (
     OUTPUT_KIND,
     annotation_key,
@@ -40,6 +39,7 @@ from .layer_roles import (
     time_setting,
 )
 from .messages import answered_in_view
+from .scrolling import scrolling_layout
 from .state import session_for
 from .teardown import on_dock_closed
 from .workers import Batch, Progress, Result, Run, Stop
@@ -52,6 +52,8 @@ SHOWN = 50
 def _score(stop: Stop, model, meta, stack, tiles, method, passes):
     """Run body: MC dropout switches dropout on in the predictor's own copy of the model,
     so the session's model stays as is."""
+    from ..core.predictor import Predictor
+
     predictor = Predictor(model, meta, device="auto", batch_size=None, precision="fp32")
     for done, table in enumerate(iter_stack_uncertainty(predictor, stack, tiles, method=method,
                                                         passes=passes, should_stop=stop), 1):
@@ -67,6 +69,7 @@ class LabelNextWidget(QWidget):
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
         self.worker = None
+        torch_ahead.start()  # what a ranking imports
         self.ranked = pd.DataFrame()
         # The last ranking: its scores (all items), the image layer and session model
         # they came from, and whether they are whole frames (else tiles).

@@ -33,19 +33,16 @@ from qtpy.QtCore import QTimer
 
 from ..core.calibration import clock_interval
 from ..core.channels import channel_mismatch
-from ..core.checkpoint import CheckpointError, load_checkpoint
+from ..core.choices import default_batch_size
 from ..core.clock import region_clocks
-from ..core.device import select_device
 from ..core.information import describe_missing
 from ..core.novelty import NOVELTY_COLUMNS, add_novelty
-from ..core.predictor import Predictor, default_batch_size
 from ..core.recipes import native_tiles_of
 from ..core.stack import StackError, stack_from_array
 from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
 from ..core.tiles import TileSpec, resized_tiles_note, tile_grid_shape
-from .devices import device_choices
+from .devices import BEFORE_TORCH, device_choices
 from .docking import place_form
-from .figures import fit_width
 from .gl_context import repaint_pending
 from .glyphs import GlyphsAhead
 from .layer_roles import (
@@ -73,8 +70,10 @@ from .overlays import (
     tile_grid,
 )
 from .readout import Readout, text_overlay
+from .scrolling import fit_width
 from .state import PredictionRun, SessionModel, session_for
 from .teardown import on_dock_closed
+from .torch_ahead import when_loaded
 from .workers import Batch, Failed, Result, Run, Stop, import_ahead
 
 SOURCE_FILE = "checkpoint file"
@@ -203,9 +202,9 @@ class PredictionWidget(Container):
             label="onset (h)", value=DEFAULT_ONSET_H, min=0, max=10000, step=0.5
         )
         self.time_source = Label(label="", value="")
-        self.device = ComboBox(label="device", choices=device_choices())
-        best = default_batch_size(select_device("auto"))
-        self.batch_size = SpinBox(label="batch size", value=best, min=1, max=4096)
+        self.device = ComboBox(label="device", choices=BEFORE_TORCH)
+        self.batch_size = SpinBox(label="batch size", value=default_batch_size("cpu"), min=1,
+                                  max=4096)
         self.compile = CheckBox(
             text="torch.compile",
             value=False,
@@ -256,6 +255,7 @@ class PredictionWidget(Container):
         place_form(self.native, "Predict")
         fit_width(self.native)  # never narrower than the form
 
+        when_loaded(self.native, self._devices_known)
         import_ahead(*IMPORTED_ON_FIRST_LAYER, then=compute_dash_patterns)
         self._glyphs = GlyphsAhead(self.viewer, self.native)  # the readout's and colorbars'
         self.image.changed.connect(self._on_image_changed)
@@ -289,6 +289,17 @@ class PredictionWidget(Container):
         return self.root_native_widget
 
     # -- reacting to inputs ----------------------------------------------------------------
+    def _devices_known(self) -> None:
+        """torch is loaded: the picker offers this machine's devices, and the batch size
+        suits the best of them, unless the user changed it."""
+        chosen, choices = self.device.value, device_choices()
+        self.device.choices = ()
+        self.device.choices = choices
+        if chosen in [value for _, value in choices]:
+            self.device.value = chosen
+        if self.batch_size.value == default_batch_size("cpu"):
+            self.batch_size.value = default_batch_size(choices[1][1])
+
     def _on_image_changed(self, *_):
         """Show the settings for the chosen image: the ones the user left on it (the view
         moved off it and back), else its frames and its time setting."""
@@ -784,6 +795,9 @@ def _predict(stop: Stop, job: Job):
     Bad input the user can fix (a file that is no checkpoint, a missing device, a frame
     that cannot be read) ends the run with a :class:`Failed` message, not a traceback.
     """
+    from ..core.checkpoint import CheckpointError, load_checkpoint
+    from ..core.predictor import Predictor
+
     model = job.session_model
     try:
         if model is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from psygnal import Signal
@@ -21,8 +22,6 @@ from qtpy.QtCore import QTimer
 
 from ..core.annotations import AnnotationStore
 from ..core.calibration import ClockInterval
-from ..core.checkpoint import CheckpointMeta
-from ..core.model import MultitaskResNet
 from .activity_indicator import stopped_when_idle
 from .colorbars import show_for_image_in_view
 from .gc_freeze import thaw
@@ -38,6 +37,10 @@ from .layer_roles import (
     is_output_of,
     renew_image_id,
 )
+
+if TYPE_CHECKING:  # torch's side, loaded on a thread when the first dock opens (torch_ahead)
+    from ..core.checkpoint import CheckpointMeta
+    from ..core.model import MultitaskResNet
 
 
 @dataclass

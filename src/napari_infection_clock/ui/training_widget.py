@@ -34,26 +34,18 @@ from qtpy.QtWidgets import (
 from ..core.annotations import labelled_stores, labels_left_out
 from ..core.atomic import OutputNotWritable, check_writable
 from ..core.blocks import SPLIT_MODES, BlockSplit
-from ..core.device import select_device
-from ..core.feature_cache import FeatureCache
-from ..core.model import ARCHITECTURES, ModelConfig, PretrainedWeightsUnavailable
-from ..core.recipes import RECIPES, Recipe, continuing
-from ..core.retrain import (
-    STARTS,
-    iter_retrain,
-    labels_of,
-    plan_from_labels,
-    start_model,
-    time_policy_of,
-)
-from ..core.trainer import BEST_METRICS, TrainConfig, TrainingError
-from .devices import device_choices
+from ..core.choices import ARCHITECTURES, STARTS
+from ..core.recipes import BEST_METRICS, RECIPES, Recipe, continuing
+from ..core.train_config import TrainConfig
+from .devices import BEFORE_TORCH, device_choices
 from .docking import place_form
-from .figures import DockedFigure, legend_above, scrolling_layout
+from .figures import DockedFigure, legend_above
 from .messages import answered_in_view, fit_messages, short, show
+from .scrolling import scrolling_layout
 from .state import SessionModel, session_for
 from .teardown import on_dock_closed
-from .workers import Batch, Failed, Progress, Result, Run, Stop, import_ahead
+from .torch_ahead import when_loaded
+from .workers import Batch, Failed, Progress, Result, Run, Stop
 
 #: Curves: history key -> (axes index, label, style).
 CURVES = {
@@ -78,6 +70,15 @@ def _train(stop: Stop, stores, split, left_out, start, model_config, image_size,
     Errors the user can act on get their own message (see :func:`_failure`); a refused
     plan also says which labels were left out (``left_out``).
     """
+    from ..core.retrain import (
+        iter_retrain,
+        labels_of,
+        plan_from_labels,
+        start_model,
+        time_policy_of,
+    )
+    from ..core.trainer import TrainingError
+
     try:
         table = labels_of(stores)
         try:
@@ -104,6 +105,9 @@ def _train(stop: Stop, stores, split, left_out, start, model_config, image_size,
 
 
 def _failure(exc: BaseException) -> Failed:
+    from ..core.model import PretrainedWeightsUnavailable
+    from ..core.trainer import TrainingError
+
     if isinstance(exc, PretrainedWeightsUnavailable):
         return Failed("ImageNet weights are not available here: pick 'random' under 'start "
                       "from', or copy the weights file (hover for where it goes)", str(exc))
@@ -157,10 +161,10 @@ class TrainingWidget(QWidget):
         self._failed = False
         self._left_out, self._run_config = "", None  # the run's, for when its plan comes
         #: Backbone features of heads-only runs, kept so the next run on the same
-        #: labels and start model skips the backbone.
-        self.feature_cache = FeatureCache()
-        import_ahead("sklearn.metrics")  # what a run's first validation imports (core.metrics)
+        #: labels and start model skips the backbone (made by the first run: torch's).
+        self.feature_cache = None
         self._build()
+        when_loaded(self, self._devices_known)
         self.session.model_changed.connect(self._model_changed)
         on_dock_closed(self, self.cleanup)
         self._model_changed(self.session.model)
@@ -208,7 +212,7 @@ class TrainingWidget(QWidget):
         # both heads, so the time head is never left at an early, untrained epoch.
         self.best_combo.setCurrentText("loss")
         self.device_combo = QComboBox()
-        for label, value in device_choices():
+        for label, value in BEFORE_TORCH:
             self.device_combo.addItem(label, value)
         self._default_output = _fresh_output_path()
         self.output_edit = QLineEdit(str(self._default_output))
@@ -282,6 +286,14 @@ class TrainingWidget(QWidget):
             self.arch_combo.setCurrentText(model.meta.model.arch)
             self.size_spin.setValue(model.meta.preprocessing.image_size)
 
+    def _devices_known(self) -> None:
+        """torch is loaded: the picker offers this machine's devices (keeping the choice)."""
+        chosen = self.device_combo.currentData()
+        self.device_combo.clear()
+        for label, value in device_choices():
+            self.device_combo.addItem(label, value)
+        self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(chosen)))
+
     # --- run -------------------------------------------------------------------------
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs_spin.value(), batch_size=self.batch_spin.value(),
@@ -332,6 +344,11 @@ class TrainingWidget(QWidget):
         if not labelled_stores(stores):
             return self._fail(f"no labels yet: label frames or crops of both classes first "
                               f"(annotation dock){left_out}")
+        from ..core.device import select_device  # torch's side (ui.torch_ahead)
+        from ..core.feature_cache import FeatureCache
+        from ..core.model import ModelConfig
+        from ..core.trainer import TrainingError
+
         try:
             config = self.train_config()
             device = select_device(config.device)
@@ -352,6 +369,8 @@ class TrainingWidget(QWidget):
         self.progress.setRange(0, 0)  # busy until the plan says how many batches
         self.use_button.setEnabled(False)
         self.output_path = path
+        if self.feature_cache is None:
+            self.feature_cache = FeatureCache()
         split = (self.val_spin.value(), self.split_combo.currentText(), self.block_spin.value(),
                  self.guard_spin.value())
         self.worker = Run(_train, stores, split, left_out, start,

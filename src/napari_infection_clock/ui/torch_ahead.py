@@ -1,0 +1,80 @@
+"""torch's side of the core, loaded on a thread of its own when the first dock opens.
+
+Importing torch and torchvision takes seconds; the docks imported them as they opened, and
+napari froze 8-9 s (idle, 2 cores) before the first dock showed. The docks' modules
+import the core modules that need torch inside the functions that use them, and learn what
+only torch knows (this machine's devices) from :func:`when_loaded`. A click that needs torch
+before it is loaded waits for the import, as it would have at the dock's opening.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QWidget
+
+from .workers import import_ahead
+
+#: What runs import, scipy's and scikit-learn's first: importing scipy.stats or
+#: sklearn.metrics asks whether arrays are torch's, which raises while another thread is
+#: half-way through importing torch (the Evaluate dock failed to open). Then torch's side of
+#: the core, in the order a first click needs it (predict, then train, rank).
+MODULES = (
+    "scipy.special",
+    "scipy.optimize",
+    "scipy.stats",
+    "sklearn.metrics",
+    "napari_infection_clock.core.device",
+    "napari_infection_clock.core.predictor",
+    "napari_infection_clock.core.checkpoint",
+    "napari_infection_clock.core.retrain",
+    "napari_infection_clock.core.uncertainty",
+)
+POLL_MS = 100  # how often a dock looks whether the import is done; the GUI thread's only cost
+
+_loaded = threading.Event()
+_started = False
+
+
+def _already_loaded() -> bool:
+    """Every module is imported whole (a script or a test imported them before napari)."""
+    modules = [sys.modules.get(name) for name in MODULES]
+    return all(m is not None and not getattr(m.__spec__, "_initializing", False)
+               for m in modules)
+
+
+def start() -> None:
+    """Import the modules on a thread of the plugin's, once the dock being made is made (the
+    import holds the GIL in long stretches: the dock's own imports would wait for them);
+    only the first call does anything."""
+    global _started
+    if _started:
+        return
+    _started = True
+    if _already_loaded():
+        _loaded.set()
+    else:
+        QTimer.singleShot(0, lambda: import_ahead(*MODULES, then=_loaded.set))
+
+
+def when_loaded(widget: QWidget, then: Callable[[], None]) -> None:
+    """Call ``then`` on the GUI thread once the modules are loaded: now if they are, else
+    from a timer of ``widget``'s (so it stops with the dock); starts their import."""
+    start()
+    if _loaded.is_set():
+        then()
+        return
+    timer = QTimer(widget)
+    timer.setInterval(POLL_MS)
+
+    def look() -> None:
+        if _loaded.is_set():
+            timer.stop()
+            timer.deleteLater()
+            then()
+
+    timer.timeout.connect(look)
+    timer.start()
