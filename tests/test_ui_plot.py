@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.backend_bases import MouseEvent
+from matplotlib.colors import to_hex
 from qtpy.QtWidgets import QApplication, QFileDialog, QPushButton
 
 from napari_infection_clock.core.checkpoint import CheckpointMeta, save_checkpoint
@@ -658,6 +659,15 @@ def test_selected_items_are_named_once_and_leave_the_axes_their_height(predicted
     for label in plot.items:
         assert sum(label in text for text in texts) == 1, (label, texts)
     assert points_under_legends(plot.figure) == 0
+    # each item in a colour of its own, none the well's curves' or the ideal line's (the 7th
+    # and 8th were the well's mean P(infected) and fraction infected, a 4th grey as ideal)
+    colours = {}
+    for line in plot.ax_p.get_lines() + plot.ax_t.get_lines():
+        colours.setdefault(line.get_label(), set()).add(to_hex(line.get_color()))
+    items = [colour for label in plot.items for colour in colours[label]]
+    wells = set().union(*(found for label, found in colours.items()
+                          if not label.startswith(("_", *plot.items))))
+    assert len(set(items)) == 8 and not set(items) & wells, (colours, wells)
 
 
 def _png_size(path) -> tuple[int, int]:

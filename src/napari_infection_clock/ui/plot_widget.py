@@ -44,6 +44,9 @@ from .teardown import on_dock_closed
 from .timeseries import answer_at, estimate_onset, frame_summary, item_series
 
 MAX_ITEM_CURVES = 8
+#: One colour per selected item, none the well's own curves' (C0, C1, C3) nor grey (the
+#: ideal line, the clocks' legend entry): matplotlib's C2, C4-C6, C8, C9 and two of tab20b.
+ITEM_COLORS = ("C2", "C4", "C5", "C6", "C8", "C9", "#393b79", "#8c6d31")
 #: "Export PNG": a figure for a page (7 x 5 in at 300 dpi, 2100 x 1500 px), whatever the
 #: dock's size on screen (708 x 418 px in a 1900 x 1000 window).
 EXPORT_SIZE_IN, EXPORT_DPI = (7.0, 5.0), 300
@@ -333,7 +336,7 @@ class TimeSeriesPlot(DockedFigure):
         self.items, colors, item_artists = {}, {}, []
         for i, (label, item) in enumerate(self._item_labels()):
             series = self.items[label] = item_series(table, item)
-            color = colors[label] = f"C{(i + 4) % 10}"
+            color = colors[label] = ITEM_COLORS[i]
             curves = [*self.ax_p.plot([], [], lw=1, color=color, label=label),
                       *self.ax_t.plot([], [], lw=1, color=color, label=label)]
             self._lines += curves
