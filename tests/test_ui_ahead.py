@@ -43,7 +43,7 @@ def readout_drawn():  # and drawn once: vispy has built its shaders
 def ready():
     return (wanted <= set(font._glyphs) and "skimage.color.colorconv" in sys.modules
             and patterns() >= 13 and readout_drawn())
-deadline = time.monotonic() + 30
+deadline = time.monotonic() + 120  # a loaded machine: torch loads meanwhile (ui.torch_ahead)
 while time.monotonic() < deadline and not ready():
     app.processEvents()
     time.sleep(0.02)
