@@ -560,18 +560,24 @@ def test_a_renamed_image_keeps_its_layers_and_labels(make_napari_viewer, qtbot, 
     qtbot.waitUntil(lambda: len(viewer.layers) == 0, timeout=5_000)
 
 
+def _a_well_under_another(make_napari_viewer, qtbot, stack_file, tmp_path):
+    """The dock, its well, and another well opened after it: drawn over it on the canvas."""
+    viewer, widget = _open(make_napari_viewer, stack_file, qtbot)
+    other = tmp_path / "images" / "other_p3_t0-19.tif"
+    write_stack(other, generate_stack(False, seed=4, n_frames=N_FRAMES, size=48,
+                                      dtype="uint8"), "TYX", 0.5)
+    [top] = viewer.open(str(other), plugin=PLUGIN)
+    return viewer, widget, viewer.layers[stack_file.stem], top
+
+
 def test_labelling_an_image_drawn_under_another_says_so(make_napari_viewer, qtbot, stack_file,
                                                         tmp_path):
     """The dock labels the selected image, also when another visible image lies over it on
     the canvas: the user saw the top image's frames and labelled the one under it, with
     only its name on screen. The labelling line says which image lies over it; hidden, or
     moved below it in the layer list, that one no longer does."""
-    viewer, widget = _open(make_napari_viewer, stack_file, qtbot)
-    other = tmp_path / "images" / "other_p3_t0-19.tif"
-    write_stack(other, generate_stack(False, seed=4, n_frames=N_FRAMES, size=48,
-                                      dtype="uint8"), "TYX", 0.5)
-    [top] = viewer.open(str(other), plugin=PLUGIN)  # drawn over the first well
-    well = viewer.layers[stack_file.stem]
+    viewer, widget, well, top = _a_well_under_another(make_napari_viewer, qtbot, stack_file,
+                                                      tmp_path)
     click_layer(viewer, well)
     _press(viewer, qtbot, Qt.Key_I)
     assert widget.layer.name == well.name and widget.store.frames
@@ -591,12 +597,8 @@ def test_the_under_warning_follows_the_layer_list(make_napari_viewer, qtbot, sta
     """The "under X" warning was refreshed at a label or a change of target only: hiding
     the image above with its eye, making it see-through or moving it below in the layer
     list left the warning as it was until the next label. It follows the layer list."""
-    viewer, widget = _open(make_napari_viewer, stack_file, qtbot)
-    other = tmp_path / "images" / "other_p3_t0-19.tif"
-    write_stack(other, generate_stack(False, seed=4, n_frames=N_FRAMES, size=48,
-                                      dtype="uint8"), "TYX", 0.5)
-    [top] = viewer.open(str(other), plugin=PLUGIN)  # drawn over the first well
-    well = viewer.layers[stack_file.stem]
+    viewer, widget, well, top = _a_well_under_another(make_napari_viewer, qtbot, stack_file,
+                                                      tmp_path)
     click_layer(viewer, well)
     assert widget.layer.name == well.name
     assert "under 'other_p3_t0-19'" in widget.target_label.text()
