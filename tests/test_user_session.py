@@ -83,6 +83,8 @@ def test_the_docks_open_while_torch_is_still_loading():
     loaded = next(line for line in proc.stdout.splitlines() if line.startswith("devices once"))
     assert "'cpu'" in loaded.split("and")[0] and "'cpu'" in loaded.split("and")[1], loaded
     assert "MainThread" not in loaded.split("torch imported by")[1], loaded
+    predict_devices = loaded.split("devices once torch loaded: ")[1].split(" and ")[0]
+    assert f"devices after an image was opened: {predict_devices}" in proc.stdout, proc.stdout
 
 
 def test_removing_a_predicted_image_with_the_trash_button(tmp_path):

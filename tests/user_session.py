@@ -246,6 +246,9 @@ def docks_while_torch_is_held(viewer, app) -> None:
           f"{shown(train.device_combo)}; "
           f"batch size {predict.batch_size.value}; torch imported by {held.loaded_by}",
           flush=True)
+    plugin_actions(viewer, "&File")["Infected time-lapse (synthetic)"].trigger()
+    app.processEvents()  # napari resets a magicgui dock's choices when a layer comes
+    print(f"devices after an image was opened: {shown(predict.device.native)}", flush=True)
 
 
 def main(argv: list[str]) -> int:

@@ -6,11 +6,17 @@ then a picker offers what every machine has.
 
 from __future__ import annotations
 
+from . import torch_ahead
+
 BEFORE_TORCH = [("auto", "auto"), ("cpu", "cpu")]
 
 
-def device_choices() -> list[tuple[str, str]]:
-    """(label, value) pairs; 'auto' names the device it resolves to. Imports torch."""
+def device_choices(_widget=None) -> list[tuple[str, str]]:
+    """(label, value) pairs; 'auto' names the device it resolves to; before torch is loaded,
+    :data:`BEFORE_TORCH`. A magicgui picker takes this function as its choices, so that
+    napari's reset of them (at every layer added, removed or moved) asks again."""
+    if not torch_ahead.loaded():
+        return BEFORE_TORCH
     from ..core.device import available_devices
 
     found = available_devices()

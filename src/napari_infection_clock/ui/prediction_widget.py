@@ -41,7 +41,7 @@ from ..core.recipes import native_tiles_of
 from ..core.stack import StackError, stack_from_array
 from ..core.targets import DEFAULT_FRAME_INTERVAL_H, DEFAULT_ONSET_H, TimePolicy
 from ..core.tiles import TileSpec, resized_tiles_note, tile_grid_shape
-from .devices import BEFORE_TORCH, device_choices
+from .devices import device_choices
 from .docking import place_form
 from .gl_context import repaint_pending
 from .glyphs import GlyphsAhead
@@ -202,7 +202,7 @@ class PredictionWidget(Container):
             label="onset (h)", value=DEFAULT_ONSET_H, min=0, max=10000, step=0.5
         )
         self.time_source = Label(label="", value="")
-        self.device = ComboBox(label="device", choices=BEFORE_TORCH)
+        self.device = ComboBox(label="device", choices=device_choices)
         self.batch_size = SpinBox(label="batch size", value=default_batch_size("cpu"), min=1,
                                   max=4096)
         self.compile = CheckBox(
@@ -292,13 +292,13 @@ class PredictionWidget(Container):
     def _devices_known(self) -> None:
         """torch is loaded: the picker offers this machine's devices, and the batch size
         suits the best of them, unless the user changed it."""
-        chosen, choices = self.device.value, device_choices()
-        self.device.choices = ()
-        self.device.choices = choices
-        if chosen in [value for _, value in choices]:
+        chosen = self.device.value
+        self.device.choices = ()  # emptied first: magicgui adds new choices at the end
+        self.device.reset_choices()
+        if chosen in self.device.choices:
             self.device.value = chosen
         if self.batch_size.value == default_batch_size("cpu"):
-            self.batch_size.value = default_batch_size(choices[1][1])
+            self.batch_size.value = default_batch_size(device_choices()[1][1])
 
     def _on_image_changed(self, *_):
         """Show the settings for the chosen image: the ones the user left on it (the view

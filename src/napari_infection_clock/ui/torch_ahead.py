@@ -46,6 +46,11 @@ def _already_loaded() -> bool:
                for m in modules)
 
 
+def loaded() -> bool:
+    """Whether the modules are loaded (only once a dock has started their import)."""
+    return _loaded.is_set()
+
+
 def start() -> None:
     """Import the modules on a thread of the plugin's, once the dock being made is made (the
     import holds the GIL in long stretches: the dock's own imports would wait for them);

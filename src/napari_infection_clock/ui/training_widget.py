@@ -37,7 +37,7 @@ from ..core.blocks import SPLIT_MODES, BlockSplit
 from ..core.choices import ARCHITECTURES, STARTS
 from ..core.recipes import BEST_METRICS, RECIPES, Recipe, continuing
 from ..core.train_config import TrainConfig
-from .devices import BEFORE_TORCH, device_choices
+from .devices import device_choices
 from .docking import place_form
 from .figures import DockedFigure, legend_above
 from .messages import answered_in_view, fit_messages, short, show
@@ -164,7 +164,7 @@ class TrainingWidget(QWidget):
         #: labels and start model skips the backbone (made by the first run: torch's).
         self.feature_cache = None
         self._build()
-        when_loaded(self, self._devices_known)
+        when_loaded(self, self._fill_devices)
         self.session.model_changed.connect(self._model_changed)
         on_dock_closed(self, self.cleanup)
         self._model_changed(self.session.model)
@@ -212,8 +212,7 @@ class TrainingWidget(QWidget):
         # both heads, so the time head is never left at an early, untrained epoch.
         self.best_combo.setCurrentText("loss")
         self.device_combo = QComboBox()
-        for label, value in BEFORE_TORCH:
-            self.device_combo.addItem(label, value)
+        self._fill_devices()
         self._default_output = _fresh_output_path()
         self.output_edit = QLineEdit(str(self._default_output))
         self.output_edit.setToolTip("the best epoch is saved here; by default each run gets "
@@ -286,8 +285,9 @@ class TrainingWidget(QWidget):
             self.arch_combo.setCurrentText(model.meta.model.arch)
             self.size_spin.setValue(model.meta.preprocessing.image_size)
 
-    def _devices_known(self) -> None:
-        """torch is loaded: the picker offers this machine's devices (keeping the choice)."""
+    def _fill_devices(self) -> None:
+        """The picker offers this machine's devices (before torch is loaded, what every
+        machine has), keeping the choice."""
         chosen = self.device_combo.currentData()
         self.device_combo.clear()
         for label, value in device_choices():
