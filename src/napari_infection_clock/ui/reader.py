@@ -52,10 +52,10 @@ def get_reader(path):
         with open_stack(path, channel=_first_channel(path)) as stack:
             if stack.single_image:  # a picture: napari's readers show it
                 return None
-    except DamagedStackError:
-        return read_timelapse  # which raises the message; other readers would hang or crash
-    except ExtraAxisError:
-        return read_timelapse  # which says how to reduce it (napari's reader can show it)
+    except (DamagedStackError, ExtraAxisError):
+        # read_timelapse raises the message: other readers would hang or crash on a damaged
+        # file, and napari's would show a Z stack as frames with no word on reducing it
+        return read_timelapse
     except StackError:
         return None
     return read_timelapse
