@@ -34,6 +34,8 @@ from vispy.visuals.line import dash_atlas
 def patterns():  # vispy caches the patterns every DashAtlas (one per line visual) computes
     return dash_atlas._make_pattern.cache_info().currsize
 canvas = viewer.window._qt_viewer.canvas  # private: napari's vispy canvas
+frames = []
+canvas.native.frameSwapped.connect(lambda: frames.append(time.monotonic()))
 def readout_made():  # the text overlay's visual, made ahead with nothing to show
     return viewer.canvas.overlays.text in canvas._viewer_overlay_to_visual
 def readout_drawn():  # and drawn once: vispy has built its shaders
@@ -52,6 +54,10 @@ print("colour conversions imported:", "skimage.color.colorconv" in sys.modules)
 print("dash patterns computed:", patterns())
 print("readout made:", readout_made(), "drawn:", readout_drawn(),
       "shows:", repr(viewer.canvas.overlays.text.text.strip()))
+window = canvas.native.window().windowHandle()
+print("canvas frames shown:", len(frames), "repaint asked:", canvas._scene_canvas._update_pending,
+      "visible:", canvas.native.isVisible(), "exposed:", window is not None and window.isExposed(),
+      "updates enabled:", canvas.native.updatesEnabled(), file=sys.stderr)
 viewer.close()
 """
 
@@ -64,4 +70,4 @@ def test_the_readouts_glyphs_and_the_labels_layers_needs_are_ready_before_a_run(
     assert "missing glyphs: ''" in proc.stdout, proc.stdout
     assert "colour conversions imported: True" in proc.stdout, proc.stdout
     assert "dash patterns computed: 13" in proc.stdout, proc.stdout
-    assert "readout made: True drawn: True shows: ''" in proc.stdout, proc.stdout
+    assert "readout made: True drawn: True shows: ''" in proc.stdout, proc.stdout + proc.stderr[-3000:]
