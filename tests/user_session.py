@@ -52,6 +52,7 @@ class TorchHeld(importlib.abc.MetaPathFinder):
     def __init__(self) -> None:
         self.release = threading.Event()
         self.loaded_by: list[str] = []
+        self.libraries_open: list[bool] = []  # at each held import: torch's CPU library open?
         sys.meta_path.insert(0, self)
         sys.addaudithook(self._audit)
 
@@ -65,20 +66,22 @@ class TorchHeld(importlib.abc.MetaPathFinder):
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path, target)
         if spec is not None:
-            spec.loader = _HeldLoader(spec.loader, self.release)
+            spec.loader = _HeldLoader(spec.loader, self)
         return spec
 
 
 class _HeldLoader(importlib.abc.Loader):
-    def __init__(self, loader, release: threading.Event) -> None:
-        self.loader, self.release = loader, release
+    def __init__(self, loader, held: TorchHeld) -> None:
+        self.loader, self.held = loader, held
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
         module.__loader__ = module.__spec__.loader = self.loader
-        if not self.release.wait(120):
+        with open("/proc/self/maps") as maps:
+            self.held.libraries_open.append("libtorch_cpu" in maps.read())
+        if not self.held.release.wait(120):
             print("torch held 120 s: the GUI thread waited for it", flush=True)
         self.loader.exec_module(module)
 
@@ -246,6 +249,7 @@ def docks_while_torch_is_held(viewer, app) -> None:
           f"{shown(train.device_combo)}; "
           f"batch size {predict.batch_size.value}; torch imported by {held.loaded_by}",
           flush=True)
+    print(f"torch's libraries open before its import ran: {held.libraries_open}", flush=True)
     plugin_actions(viewer, "&File")["Infected time-lapse (synthetic)"].trigger()
     app.processEvents()  # napari resets a magicgui dock's choices when a layer comes
     print(f"devices after an image was opened: {shown(predict.device.native)}", flush=True)

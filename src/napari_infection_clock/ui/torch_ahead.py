@@ -5,13 +5,22 @@ napari froze 8-9 s (idle, 2 cores) before the first dock showed. The docks' modu
 import the core modules that need torch inside the functions that use them, and learn what
 only torch knows (this machine's devices) from :func:`when_loaded`. A click that needs torch
 before it is loaded waits for the import, as it would have at the dock's opening.
+
+torch's import opens its shared libraries (dlopen: relocations and static constructors,
+0.5-1.3 s on 2 cores) with the GIL held, and the GUI thread stalled that long while the
+thread loaded torch; they are opened first, through a C call that releases the GIL
+(:func:`open_torch_libraries`), and torch's import finds them open.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
+import os
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QWidget
@@ -33,6 +42,11 @@ MODULES = (
     "napari_infection_clock.core.retrain",
     "napari_infection_clock.core.uncertainty",
 )
+#: torch's largest shared libraries (Linux), in the order and scope its import opens them:
+#: libtorch_global_deps (which brings CUDA's runtime) for every later library, then the
+#: CPU and CUDA (where installed) kernels that torch._C needs.
+LIBRARIES = (("libtorch_global_deps.so", os.RTLD_GLOBAL), ("libtorch_cpu.so", os.RTLD_LOCAL),
+             ("libtorch_cuda.so", os.RTLD_LOCAL))
 POLL_MS = 100  # how often a dock looks whether the import is done; the GUI thread's only cost
 
 _loaded = threading.Event()
@@ -44,6 +58,27 @@ def _already_loaded() -> bool:
     modules = [sys.modules.get(name) for name in MODULES]
     return all(m is not None and not getattr(m.__spec__, "_initializing", False)
                for m in modules)
+
+
+def open_torch_libraries() -> None:
+    """Open :data:`LIBRARIES` with the GIL released: ctypes releases it around a call into C,
+    not around its own dlopen nor Python's. Linux only, and not where ``LD_LIBRARY_PATH`` is
+    set: there torch first opens CUDA's libraries from their wheels so that they win over
+    the path's, and that order is left to torch. A library that fails to open is left to
+    torch's import, which says why."""
+    spec = importlib.util.find_spec("torch")
+    if sys.platform != "linux" or os.environ.get("LD_LIBRARY_PATH") or spec is None:
+        return
+    try:
+        dlopen = ctypes.CDLL(None).dlopen
+    except (OSError, AttributeError):  # a libc without dlopen in the global scope
+        return
+    dlopen.restype = ctypes.c_void_p
+    dlopen.argtypes = (ctypes.c_char_p, ctypes.c_int)
+    folder = Path(spec.origin).parent / "lib"
+    for name, scope in LIBRARIES:
+        if (folder / name).exists():
+            dlopen(os.fsencode(folder / name), os.RTLD_NOW | scope)
 
 
 def loaded() -> bool:
@@ -62,7 +97,8 @@ def start() -> None:
     if _already_loaded():
         _loaded.set()
     else:
-        QTimer.singleShot(0, lambda: import_ahead(*MODULES, then=_loaded.set))
+        QTimer.singleShot(0, lambda: import_ahead(*MODULES, first=open_torch_libraries,
+                                                  then=_loaded.set))
 
 
 def when_loaded(widget: QWidget, then: Callable[[], None]) -> None:

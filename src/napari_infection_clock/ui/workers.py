@@ -85,12 +85,16 @@ class Batch:
     failed: Failed | None = None
 
 
-def import_ahead(*modules: str, then: Callable[[], object] | None = None) -> None:
-    """Import ``modules`` now, then call ``then``, on a background thread of normal priority:
-    what a run (or napari, making its first output layers) would do later on the GUI thread.
-    An import holds the GIL; in a niced run's thread it held the GUI thread for half a second."""
+def import_ahead(*modules: str, then: Callable[[], object] | None = None,
+                 first: Callable[[], object] | None = None) -> None:
+    """Call ``first``, import ``modules``, then call ``then``, on a background thread of normal
+    priority: what a run (or napari, making its first output layers) would do later on the
+    GUI thread. An import holds the GIL; in a niced run's thread it held the GUI thread for
+    half a second."""
 
     def ahead() -> None:
+        if first is not None:
+            first()
         for name in modules:
             importlib.import_module(name)
         if then is not None:
