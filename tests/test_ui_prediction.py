@@ -1235,7 +1235,8 @@ def test_the_frame_range_follows_the_chosen_image_and_a_2d_image_has_none(
         make_napari_viewer, tmp_path):
     """Choosing a 2D image in the image chooser left first/last frame at the previous
     image's range (0 to 11 of a 12-frame well): a range that image does not have. For a
-    2D image the range is off, and says why; a time-lapse chosen after it gets its own."""
+    2D image the range is off, and says why, as does the time line (it named the previous
+    image's time source); a time-lapse chosen after it gets its own."""
     import tifffile
 
     from napari_infection_clock.core.stack import write_stack
@@ -1256,6 +1257,10 @@ def test_the_frame_range_follows_the_chosen_image_and_a_2d_image_has_none(
     _choose(widget.image, "snapshot")
     assert (first.value, last.value, first.enabled, last.enabled) == (0, 0, False, False)
     assert "2D image" in last.tooltip, last.tooltip
+    # the time line said where the long well's frame interval came from
+    assert "2D image" in widget.time_source.value, widget.time_source.value
+    widget.onset_h.value = 2.0  # typed for no image: still says so
+    assert "2D image" in widget.time_source.value, widget.time_source.value
     _choose(widget.image, "short")
     assert (first.value, last.value, first.enabled, last.enabled) == (0, 4, True, True)
     last.value = 3  # the user's range on the short well

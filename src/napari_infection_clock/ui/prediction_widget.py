@@ -307,6 +307,7 @@ class PredictionWidget(Container):
         layer = self.image.value
         if layer is None or layer.ndim < 3:
             self._no_frame_range(layer)
+            self._fill_time()
             return
         self._shown_image = layer
         n = int(layer.data.shape[0]) if not layer.multiscale else int(layer.data[0].shape[0])
@@ -374,6 +375,11 @@ class PredictionWidget(Container):
         model): a value the user set stays."""
         model, shown = self.session.model, getattr(self, "_time", None)
         image = self.image.value
+        if image is None or image.ndim < 3:  # no time axis: no source to name
+            self._time = None
+            self.time_source.value = ("no image chosen" if image is None
+                                      else f"no time axis: '{image.name}' is a 2D image")
+            return
         self._time = time_setting(image, model.meta if model else None,
                                   self.session.labels_of(image))
         for box, value, before in (
