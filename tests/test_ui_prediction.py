@@ -1220,6 +1220,11 @@ def test_each_colorbar_shown_is_named_and_only_the_image_in_views_are(make_napar
             apart = (one[2] <= other[0] or other[2] <= one[0]
                      or one[3] <= other[1] or other[3] <= one[1])
             assert apart, (a, one, b, other)
+    # the swap button acts on the image in view, not on the last run's (mock's) overlays
+    assert widget.swap_button.text == "show duration (h)", widget.swap_button.text
+    widget.swap_button.native.click()
+    qtbot.waitUntil(lambda: named_alone("infected infection duration (h)"), timeout=10_000)
+    assert viewer.layers["mock infection duration (h)"].visible  # as the user left it
 
 
 def _choose(chooser, name: str) -> None:

@@ -48,10 +48,13 @@ from .glyphs import GlyphsAhead
 from .layer_roles import (
     FROM_FILE,
     FROM_LABELS,
+    OUTPUT_KIND,
     START_OFFSET_H,
     annotation_key,
     image_id,
+    image_in_view,
     is_output,
+    output_layer,
     time_setting,
 )
 from .messages import answered_in_view, fit_messages, short, show
@@ -361,6 +364,7 @@ class PredictionWidget(Container):
         chooser's; with none in view (several shown, none selected) the choice stays."""
         if image is not None and image in self.image.choices:
             self.image.value = image
+        self._name_swap(self._overlays_in_view())
 
     def _input_images(self, _widget=None) -> list:
         # 2D images stay listed: choosing one says why it cannot be predicted
@@ -694,15 +698,33 @@ class PredictionWidget(Container):
         return f"{message}; {self._note}" if self._note else message
 
     def swap_overlay(self) -> None:
-        """Show the next continuous overlay (probability, duration, onset map): one at a time,
-        so that their colours never mix."""
-        if self.layers is None:
+        """Show the next continuous overlay (probability, duration, onset map) of the image
+        in view: one at a time, so that their colours never mix."""
+        overlays = self._overlays_in_view()
+        if not overlays:
             return
-        kinds = [k for k in CONTINUOUS if getattr(self.layers, k) is not None]
-        shown = next((i for i, k in enumerate(kinds) if getattr(self.layers, k).visible), -1)
-        getattr(self.layers, kinds[(shown + 1) % len(kinds)]).visible = True
-        following = kinds[(shown + 2) % len(kinds)]
-        self.swap_button.text = f"show {SUFFIXES[following].removeprefix('infection ')}"
+        shown = next((i for i, layer in enumerate(overlays) if layer.visible), -1)
+        overlays[(shown + 1) % len(overlays)].visible = True
+        self._name_swap(overlays)
+
+    def _overlays_in_view(self) -> list:
+        """The continuous overlays of the image in view (what the user looks at), else of
+        the last run (several images shown, none selected)."""
+        image, _ = image_in_view(self.viewer)
+        if image is not None:
+            overlays = [output_layer(self.viewer, image, kind) for kind in CONTINUOUS]
+        elif self.layers is not None:
+            overlays = [getattr(self.layers, kind) for kind in CONTINUOUS]
+        else:
+            overlays = []
+        return [layer for layer in overlays if layer is not None]
+
+    def _name_swap(self, overlays: list) -> None:
+        """The swap button names the overlay its next click shows."""
+        if overlays:
+            shown = next((i for i, layer in enumerate(overlays) if layer.visible), -1)
+            following = overlays[(shown + 1) % len(overlays)].metadata[OUTPUT_KIND]
+            self.swap_button.text = f"show {SUFFIXES[following].removeprefix('infection ')}"
 
     def _publish(self) -> None:
         job, layers = self._job, self.layers
@@ -781,6 +803,7 @@ class PredictionWidget(Container):
         self.worker = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
+        self._name_swap(self._overlays_in_view())  # the run's onset map may have come
         if not self._failed:
             self._say(self._noted(message))
         self.finished.emit(message)
