@@ -6,6 +6,8 @@
   Xvfb server for the session whenever the package is installed, so napari gets a
   real xcb window and a Mesa (llvmpipe) OpenGL context - no ``offscreen`` platform.
   The X/GL system libraries come from ``tools/install-system-deps.sh``.
+* napari's settings are a fresh file of the test process's (``NAPARI_CONFIG``), which the
+  fresh-process napari sessions inherit; window geometry is neither restored nor saved.
 * pytest-xdist runs the test files in parallel (``addopts`` in pyproject.toml), each
   worker with its own Xvfb and its share of the cores; ``-n0`` runs them in one process.
 * ``make_napari_viewer`` (napari's own pytest plugin, entry point ``napari`` ->
@@ -14,8 +16,15 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np  # neither imports qtpy: the environment below is set in time
+import pytest
 
 # --- environment, set at import time (before any test module imports qtpy) -------
 os.environ.setdefault("QT_API", "pyqt6")  # qtpy, napari, magicgui, superqt
@@ -25,9 +34,15 @@ os.environ.setdefault("QT_API", "pyqt6")  # qtpy, napari, magicgui, superqt
 os.environ.setdefault("PYTEST_QT_API", os.environ["QT_API"])
 # matplotlib must never try to open a GUI window from a test.
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-import numpy as np
-import pytest
+# napari settings of this test process's own, which the fresh-process sessions (the
+# user_session scripts) inherit: napari restores the window's size from the settings file
+# and saves it at closing, so one session's window (732 x 508 px after a test's) became the
+# next one's, and a dock opened into it left the canvas 0 px wide: nothing was painted.
+# Window geometry is neither restored nor saved; the user's own settings are never touched.
+_settings = Path(tempfile.mkdtemp(prefix="napari-settings-")) / "settings.yaml"
+_settings.write_text("application:\n  save_window_geometry: false\n")
+os.environ["NAPARI_CONFIG"] = str(_settings)
+atexit.register(shutil.rmtree, _settings.parent, ignore_errors=True)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
