@@ -81,6 +81,25 @@ def test_all_docks_fit_a_full_hd_screen_and_a_long_error_does_not_widen_it(
     assert status.wordWrap() and len(status.text()) <= 300  # short; any longer cause on hover
 
 
+def test_a_dock_opened_in_a_small_window_leaves_the_canvas_its_width(make_napari_viewer, qtbot):
+    """napari reopens its window at the size it was closed at; in a 732 x 508 px window the
+    Predict dock left the canvas 0 px wide: no image, nothing painted. The window widens,
+    within the screen, to keep the canvas its least width."""
+    from napari_infection_clock.ui.docking import CANVAS_MIN_PX
+
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.move(0, 0)
+    window.resize(732, 508)
+    canvas = viewer.window._qt_viewer.canvas.native
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict infection")
+    qtbot.waitUntil(lambda: dock.isVisible() and dock.width() >= widget.native.minimumWidth())
+    qtbot.waitUntil(lambda: window.centralWidget().width() >= CANVAS_MIN_PX, timeout=5000)
+    assert canvas.width() >= CANVAS_MIN_PX - 10, canvas.width()  # the area's margins
+    screen = window.screen().availableGeometry()
+    assert screen.contains(window.frameGeometry()), (screen, window.frameGeometry())
+
+
 def test_the_default_time_warning_wraps_and_leaves_the_canvas_its_width(
     make_napari_viewer, tmp_path
 ):

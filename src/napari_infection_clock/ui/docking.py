@@ -23,6 +23,9 @@ ROLE = "infection_clock_dock"
 FORM, FIGURE = "form", "figure"
 #: The forms' share of the height of the area they share with the plot.
 FORMS_SHARE = 0.5
+#: The least width (px) of the window's central area (napari's canvas, its slider) once a
+#: dock is placed: the window widens for it.
+CANVAS_MIN_PX = 320
 
 
 def dock_of(widget: QWidget) -> QDockWidget | None:
@@ -71,6 +74,7 @@ class _PlaceWhenDocked(QObject):
                 dock.show()
                 dock.raise_()
         _share_height(window, window.dockWidgetArea(dock))
+        _keep_canvas_width(window)
 
 
 def _ours(window: QMainWindow, area, role: str) -> list[QDockWidget]:
@@ -78,6 +82,26 @@ def _ours(window: QMainWindow, area, role: str) -> list[QDockWidget]:
     return [dock for dock in window.findChildren(QDockWidget)
             if dock.property(ROLE) == role and dock.isVisible() and not dock.isFloating()
             and window.dockWidgetArea(dock) == area]
+
+
+def _keep_canvas_width(window: QMainWindow) -> None:
+    """Widen ``window``, within its screen, so that the canvas's area keeps
+    :data:`CANVAS_MIN_PX`:
+    napari reopens its window at the size it was closed at, and a form dock (some 430 px)
+    placed in a narrow one took the canvas's whole width."""
+    window.layout().activate()  # the new dock's place
+    central = window.centralWidget()
+    short = CANVAS_MIN_PX - central.width() if central is not None else 0
+    screen = window.screen()
+    if short <= 0 or screen is None or window.isMaximized() or window.isFullScreen():
+        return
+    room = screen.availableGeometry()
+    frame = window.frameGeometry()
+    width = min(window.width() + short, room.width() - (frame.width() - window.width()))
+    left = max(room.left(), min(frame.left(), room.right() + 1 - (frame.width() + width
+                                                                    - window.width())))
+    window.resize(width, window.height())
+    window.move(left, frame.top())
 
 
 def _share_height(window: QMainWindow, area) -> None:
