@@ -1196,6 +1196,7 @@ def test_each_colorbar_shown_is_named_and_only_the_image_in_views_are(make_napar
     for name in ("infected", "mock"):
         click_layer(viewer, viewer.layers[name])  # the image in view: the dock predicts it
         assert widget.image.value.name == name
+        assert not widget.swap_button.enabled  # no overlays of this image to swap yet
         ended = []
         widget.finished.connect(ended.append)
         widget.run_button.native.click()

@@ -720,7 +720,9 @@ class PredictionWidget(Container):
         return [layer for layer in overlays if layer is not None]
 
     def _name_swap(self, overlays: list) -> None:
-        """The swap button names the overlay its next click shows."""
+        """The swap button names the overlay its next click shows (off for an image without
+        overlays)."""
+        self.swap_button.enabled = bool(overlays) or self.worker is not None
         if overlays:
             shown = next((i for i, layer in enumerate(overlays) if layer.visible), -1)
             following = overlays[(shown + 1) % len(overlays)].metadata[OUTPUT_KIND]
