@@ -86,20 +86,18 @@ def _ours(window: QMainWindow, area, role: str) -> list[QDockWidget]:
 
 def _keep_canvas_width(window: QMainWindow) -> None:
     """Widen ``window``, within its screen, so that the canvas's area keeps
-    :data:`CANVAS_MIN_PX`:
-    napari reopens its window at the size it was closed at, and a form dock (some 430 px)
-    placed in a narrow one took the canvas's whole width."""
+    :data:`CANVAS_MIN_PX`: napari reopens its window at the size it was closed at, and a form
+    dock (some 430 px) placed in a narrow one took the canvas's whole width."""
     window.layout().activate()  # the new dock's place
     central = window.centralWidget()
     short = CANVAS_MIN_PX - central.width() if central is not None else 0
     screen = window.screen()
     if short <= 0 or screen is None or window.isMaximized() or window.isFullScreen():
         return
-    room = screen.availableGeometry()
-    frame = window.frameGeometry()
-    width = min(window.width() + short, room.width() - (frame.width() - window.width()))
-    left = max(room.left(), min(frame.left(), room.right() + 1 - (frame.width() + width
-                                                                    - window.width())))
+    room, frame = screen.availableGeometry(), window.frameGeometry()
+    border = frame.width() - window.width()  # the window manager's frame
+    width = min(window.width() + short, room.width() - border)
+    left = max(room.left(), min(frame.left(), room.right() + 1 - width - border))
     window.resize(width, window.height())
     window.move(left, frame.top())
 

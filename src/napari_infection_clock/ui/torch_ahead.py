@@ -67,7 +67,8 @@ def open_torch_libraries() -> None:
     the path's, and that order is left to torch. A library that fails to open is left to
     torch's import, which says why."""
     spec = importlib.util.find_spec("torch")
-    if sys.platform != "linux" or os.environ.get("LD_LIBRARY_PATH") or spec is None:
+    if (sys.platform != "linux" or os.environ.get("LD_LIBRARY_PATH") or spec is None
+            or spec.origin is None):
         return
     try:
         dlopen = ctypes.CDLL(None).dlopen
