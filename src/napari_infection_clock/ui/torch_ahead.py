@@ -7,9 +7,12 @@ only torch knows (this machine's devices) from :func:`when_loaded`. A click that
 before it is loaded waits for the import, as it would have at the dock's opening.
 
 torch's import opens its shared libraries (dlopen: relocations and static constructors,
-0.5-1.3 s on 2 cores) with the GIL held, and the GUI thread stalled that long while the
+0.5-1.1 s on 2 cores) with the GIL held, and the GUI thread stalled that long while the
 thread loaded torch; they are opened first, through a C call that releases the GIL
-(:func:`open_torch_libraries`), and torch's import finds them open.
+(:func:`open_torch_libraries`), and torch's import finds them open. Not at the thread's
+start: dlopen holds the C library's loader lock, and the dock's first paints, which load
+Qt's and Mesa's own libraries, waited for it. What is left is torch._C's module init
+(~0.5 s, which needs the GIL).
 """
 
 from __future__ import annotations
@@ -29,19 +32,18 @@ from .workers import import_ahead
 
 #: What runs import, scipy's and scikit-learn's first: importing scipy.stats or
 #: sklearn.metrics asks whether arrays are torch's, which raises while another thread is
-#: half-way through importing torch (the Evaluate dock failed to open). Then torch's side of
-#: the core, in the order a first click needs it (predict, then train, rank).
-MODULES = (
-    "scipy.special",
-    "scipy.optimize",
-    "scipy.stats",
-    "sklearn.metrics",
+#: half-way through importing torch (the Evaluate dock failed to open).
+AHEAD_OF_TORCH = ("scipy.special", "scipy.optimize", "scipy.stats", "sklearn.metrics")
+#: Then torch's side of the core, in the order a first click needs it (predict, then train,
+#: rank), once torch's libraries are open (:func:`open_torch_libraries`).
+TORCH_SIDE = (
     "napari_infection_clock.core.device",
     "napari_infection_clock.core.predictor",
     "napari_infection_clock.core.checkpoint",
     "napari_infection_clock.core.retrain",
     "napari_infection_clock.core.uncertainty",
 )
+MODULES = AHEAD_OF_TORCH + TORCH_SIDE
 #: torch's largest shared libraries (Linux), in the order and scope its import opens them:
 #: libtorch_global_deps (which brings CUDA's runtime) for every later library, then the
 #: CPU and CUDA (where installed) kernels that torch._C needs.
@@ -98,8 +100,8 @@ def start() -> None:
     if _already_loaded():
         _loaded.set()
     else:
-        QTimer.singleShot(0, lambda: import_ahead(*MODULES, first=open_torch_libraries,
-                                                  then=_loaded.set))
+        QTimer.singleShot(0, lambda: import_ahead(*AHEAD_OF_TORCH, open_torch_libraries,
+                                                  *TORCH_SIDE, then=_loaded.set))
 
 
 def when_loaded(widget: QWidget, then: Callable[[], None]) -> None:

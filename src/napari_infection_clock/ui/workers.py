@@ -85,18 +85,19 @@ class Batch:
     failed: Failed | None = None
 
 
-def import_ahead(*modules: str, then: Callable[[], object] | None = None,
-                 first: Callable[[], object] | None = None) -> None:
-    """Call ``first``, import ``modules``, then call ``then``, on a background thread of normal
-    priority: what a run (or napari, making its first output layers) would do later on the
-    GUI thread. An import holds the GIL; in a niced run's thread it held the GUI thread for
-    half a second."""
+def import_ahead(*steps: str | Callable[[], object],
+                 then: Callable[[], object] | None = None) -> None:
+    """Import the modules named in ``steps`` (and call the functions among them) in turn,
+    then call ``then``, on a background thread of normal priority: what a run (or napari,
+    making its first output layers) would do later on the GUI thread. An import holds the
+    GIL; in a niced run's thread it held the GUI thread for half a second."""
 
     def ahead() -> None:
-        if first is not None:
-            first()
-        for name in modules:
-            importlib.import_module(name)
+        for step in steps:
+            if isinstance(step, str):
+                importlib.import_module(step)
+            else:
+                step()
         if then is not None:
             then()
 
