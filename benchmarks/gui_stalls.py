@@ -6,7 +6,8 @@ of the longest to the idle baseline measured in the same run, and how long the a
 took (the GUI thread's share of the 2 cores slows a run). Every activity is started
 the way a person does it, with the dock's button, in a shown viewer with all docks open:
 
-    torch loading after the docks opened, whole-frame prediction of N small frames, "Use new model" (the refresh it starts),
+    opening the six docks (one a second), torch loading after the docks opened,
+    whole-frame prediction of N small frames, "Use new model" (the refresh it starts),
     tiled prediction, heads-only training, full training, evaluation, ranking.
 
 Usage (a display is needed; the numbers depend on the machine, compare ratios)::
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 TICK_MS = 20
+DOCK_CLICK_MS = 1000  # between two docks opened from the Plugins menu
 ACTIVITIES = ("whole", "tiled", "heads", "full", "use", "evaluate", "rank")
 PLUGIN = "napari-infection-clock"
 
@@ -242,12 +244,40 @@ def main() -> None:
     timer = SlotTimer(args.where) if args.where else None  # wraps the docks' methods first
     from napari_infection_clock.ui import torch_ahead
 
+    work = Path(tempfile.mkdtemp(prefix="gui_stalls_"))
+    dumps = None
+    if args.stacks:  # every thread's stack in long stalls, taken without the GIL
+        dumps = open(work / "stall_stacks.txt", "w")  # noqa: SIM115  open for the whole run
+        print(f"  stacks of every thread in stalls > {args.stacks:.0f} ms: {dumps.name}")
+    meter = StallMeter(args.stacks / 1000.0, dumps)
+    rows = []
+
+    def record(name, gaps):
+        rows.append((name, gaps))
+        print(f"  {name}: max {gaps.max():.0f} ms, p99 {np.percentile(gaps, 99):.0f} ms",
+              flush=True)
+        if timer is not None:
+            timer.report(meter.ticks)
+
     docks = {}
-    for name in ("Predict infection", "Infection time-series plot", "Annotate frames and crops",
-                 "Retrain on labels", "Evaluate the model", "What to label next"):
+    names = ["Predict infection", "Infection time-series plot", "Annotate frames and crops",
+             "Retrain on labels", "Evaluate the model", "What to label next"]
+
+    def open_next():
+        """One dock per Plugins-menu click, a click every DOCK_CLICK_MS."""
+        from qtpy.QtCore import QTimer
+
+        name = names[len(docks)]
         docks[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
-    # the docks open without torch; a thread of the plugin's loads it meanwhile
-    torch_loading = StallMeter().measure(app, lambda: None, torch_ahead.loaded)
+        if len(docks) < len(names):
+            QTimer.singleShot(DOCK_CLICK_MS, open_next)
+
+    # the docks open without torch (the first one's own imports are a stall of their own);
+    # a thread of the plugin's loads it meanwhile
+    record("opening the six docks, one a second", meter.measure(
+        app, open_next, lambda: len(docks) == len(names)))
+    record("torch loading after the docks opened (ui.torch_ahead)",
+           meter.measure(app, lambda: None, torch_ahead.loaded))
 
     # the data and a tiny model (the core is imported only now, after the viewer: the order
     # a user's session has)
@@ -259,7 +289,6 @@ def main() -> None:
     from napari_infection_clock.core.targets import TimePolicy
     from napari_infection_clock.ui.state import session_for
 
-    work = Path(tempfile.mkdtemp(prefix="gui_stalls_"))
     paths = write_research_dataset(work / "wells", n_infected=2, n_mock=2, n_frames=args.frames,
                                    size=args.size, seed=3)
     config = ModelConfig("resnet18", hidden_dim=16)
@@ -290,20 +319,6 @@ def main() -> None:
     train.device_combo.setCurrentText("cpu")
     train.output_edit.setText(str(work / "trained.pt"))
     rank.image_combo.setCurrentText(well.name)
-
-    dumps = None
-    if args.stacks:  # every thread's stack in long stalls, taken without the GIL
-        dumps = open(work / "stall_stacks.txt", "w")  # noqa: SIM115  open for the whole run
-        print(f"  stacks of every thread in stalls > {args.stacks:.0f} ms: {dumps.name}")
-    meter = StallMeter(args.stacks / 1000.0, dumps)
-    rows = []
-
-    def record(name, gaps):
-        rows.append((name, gaps))
-        print(f"  {name}: max {gaps.max():.0f} ms, p99 {np.percentile(gaps, 99):.0f} ms",
-              flush=True)
-        if timer is not None:
-            timer.report(meter.ticks)
 
     def in_front(dock):
         """Bring ``dock``'s tab forward, as a person does to reach its button (the forms
@@ -350,7 +365,7 @@ def main() -> None:
 
     # the docks' first paints and what they do ahead while the viewer idles (ui.glyphs)
     settling = idle()
-    record("idle (baseline)", idle())
+    rows.insert(0, ("idle (baseline)", idle()))
     only = set(args.only)
     if "whole" in only:
         record(f"whole-frame prediction, {args.frames} frames",
@@ -376,8 +391,7 @@ def main() -> None:
         in_front(rank)
         record("ranking (what to label next)", meter.measure(app, rank.rank_button.click,
                                                              lambda: rank.worker is None))
-    rows.insert(1, ("torch loading after the docks opened (ui.torch_ahead)", torch_loading))
-    rows.insert(2, (f"the first {args.idle_s:g} s after a well was opened", settling))
+    rows.insert(3, (f"the first {args.idle_s:g} s after a well was opened", settling))
     idle_max = rows[0][1].max()
     print(f"\nGUI-thread stalls ({TICK_MS} ms timer; {args.frames} frames of {args.size} px, "
           "resnet18 at 32 px, cpu)\n")
