@@ -31,6 +31,8 @@ from .threads import start_thread
 DRAIN_MS = 250
 #: Nice of a run's body thread (Linux): when the CPU is busy the GUI thread goes first.
 WORKER_NICE = 10
+#: Milliseconds between a click that starts a run and its body thread's start.
+START_AFTER_MS = 60
 
 
 @dataclass
@@ -185,9 +187,14 @@ class Run(QObject):
             self._queue.append(Failed.of(exc))
 
     def start(self) -> Run:
+        """Start the body's thread :data:`START_AFTER_MS` later: the click that started the
+        run changed the dock (status, busy bar, buttons), and that repaint comes first."""
         self._timer.start()
-        self.worker.start()
+        QTimer.singleShot(START_AFTER_MS, self._start_body)  # not if the run is gone
         return self
+
+    def _start_body(self) -> None:
+        self.worker.start()
 
     def stop(self) -> None:
         """Ask the body to stop at its next check; the run ends as usual."""
