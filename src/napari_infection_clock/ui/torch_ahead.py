@@ -8,11 +8,11 @@ before it is loaded waits for the import, as it would have at the dock's opening
 
 torch's import opens its shared libraries (dlopen: relocations and static constructors,
 0.5-1.1 s on 2 cores) with the GIL held, and the GUI thread stalled that long while the
-thread loaded torch; they are opened first, through a C call that releases the GIL
-(:func:`open_torch_libraries`), and torch's import finds them open. Not at the thread's
-start: dlopen holds the C library's loader lock, and the dock's first paints, which load
-Qt's and Mesa's own libraries, waited for it. What is left is torch._C's module init
-(~0.5 s, which needs the GIL).
+thread loaded torch; they are opened before it, through a C call that releases the GIL
+(:func:`open_torch_libraries`), and torch's import finds them open. That is done after
+scipy's imports, not at the thread's start: dlopen holds the C library's loader lock, and
+the dock's first paints, which load Qt's and Mesa's own libraries, waited for it. What is
+left is torch._C's module init (~0.5 s, which needs the GIL).
 """
 
 from __future__ import annotations
