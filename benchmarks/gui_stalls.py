@@ -206,7 +206,8 @@ class SlotTimer:
         spans, self.spans = self.spans, []
         calls = Counter(label for start, _, label, _ in spans if start >= ticks[0])
         print("    calls: " + ", ".join(f"{label} {calls[label]}" for label in (
-            "vispy canvas paint", "vispy canvas resized", "matplotlib draw",
+            "vispy canvas paint", "vispy canvas resized",
+            "napari's parts of a new layer (visual, controls)", "matplotlib draw",
             "matplotlib constrained layout",
             "Qt window events (widget repaints, compositing)")))
         if not gaps:
