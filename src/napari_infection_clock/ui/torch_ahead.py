@@ -1,4 +1,5 @@
-"""torch's side of the core, loaded on a thread of its own when the first dock opens.
+"""torch's side of the core (and matplotlib), loaded on a thread of its own when the first
+dock opens.
 
 Importing torch and torchvision takes seconds; the docks imported them as they opened, and
 napari froze 8-9 s (idle, 2 cores) before the first dock showed. The docks' modules
@@ -30,6 +31,12 @@ from qtpy.QtWidgets import QWidget
 
 from .workers import import_ahead
 
+#: The docked figures' matplotlib (the plot, Retrain, Evaluate), first: 0.5-0.7 s of imports
+#: that the GUI thread made when the first dock with a figure opened, while this thread's
+#: imports held the GIL half of the time (the plot, opened a second after Predict, took
+#: 1.6 s to open); a dock opened before they are done waits for them.
+FIGURES = ("matplotlib.figure", "matplotlib.backends.backend_qtagg", "matplotlib.layout_engine",
+           "matplotlib.lines")
 #: What runs import, scipy's and scikit-learn's first: importing scipy.stats or
 #: sklearn.metrics asks whether arrays are torch's, which raises while another thread is
 #: half-way through importing torch (the Evaluate dock failed to open).
@@ -43,7 +50,7 @@ TORCH_SIDE = (
     "napari_infection_clock.core.retrain",
     "napari_infection_clock.core.uncertainty",
 )
-MODULES = AHEAD_OF_TORCH + TORCH_SIDE
+MODULES = FIGURES + AHEAD_OF_TORCH + TORCH_SIDE
 #: torch's largest shared libraries (Linux), in the order and scope its import opens them:
 #: libtorch_global_deps (which brings CUDA's runtime) for every later library, then the
 #: CPU and CUDA (where installed) kernels that torch._C needs.
@@ -100,8 +107,9 @@ def start() -> None:
     if _already_loaded():
         _loaded.set()
     else:
-        QTimer.singleShot(0, lambda: import_ahead(*AHEAD_OF_TORCH, open_torch_libraries,
-                                                  *TORCH_SIDE, then=_loaded.set))
+        QTimer.singleShot(0, lambda: import_ahead(*FIGURES, *AHEAD_OF_TORCH,
+                                                  open_torch_libraries, *TORCH_SIDE,
+                                                  then=_loaded.set))
 
 
 def when_loaded(widget: QWidget, then: Callable[[], None]) -> None:
