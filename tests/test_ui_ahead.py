@@ -55,7 +55,8 @@ print("dash patterns computed:", patterns())
 print("readout made:", readout_made(), "drawn:", readout_drawn(),
       "shows:", repr(viewer.canvas.overlays.text.text.strip()))
 window = canvas.native.window().windowHandle()
-print("canvas frames shown:", len(frames), "size:", canvas.native.width(), canvas.native.height(), "repaint asked:", canvas._scene_canvas._update_pending,
+print("canvas frames shown:", len(frames), "size:", canvas.native.width(),
+      canvas.native.height(), "repaint asked:", canvas._scene_canvas._update_pending,
       "visible:", canvas.native.isVisible(), "exposed:", window is not None and window.isExposed(),
       "updates enabled:", canvas.native.updatesEnabled(), file=sys.stderr)
 viewer.close()

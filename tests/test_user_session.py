@@ -74,7 +74,7 @@ def test_the_docks_open_while_torch_is_still_loading():
     8-11 s (2 cores) before the dock showed. Here torch cannot load on any other thread until
     every dock is open: they all open, torch is not loaded by then, and once a thread of the
     plugin's has loaded it the device pickers offer what torch found. torch's libraries are
-    open before its import runs: opening them there held the GIL (GUI stalls of 0.3-1.3 s)."""
+    open before its import runs: opening them there held the GIL (GUI stalls of 0.5-1.1 s)."""
     proc = run_session("--torch-held", timeout=300)
     assert proc.returncode == 0, (
         f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
