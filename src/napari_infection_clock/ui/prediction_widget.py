@@ -259,7 +259,7 @@ class PredictionWidget(Container):
         fit_width(self.native)  # never narrower than the form
 
         when_loaded(self.native, self._devices_known)
-        import_ahead(*IMPORTED_ON_FIRST_LAYER, then=compute_dash_patterns)
+        import_ahead(*IMPORTED_ON_FIRST_LAYER, compute_dash_patterns)
         self._glyphs = GlyphsAhead(self.viewer, self.native)  # the readout's and colorbars'
         self.image.changed.connect(self._on_image_changed)
         self.frame_interval_h.changed.connect(self._show_time_source)
@@ -300,8 +300,8 @@ class PredictionWidget(Container):
         self.device.reset_choices()
         if chosen in self.device.choices:
             self.device.value = chosen
-        if self.batch_size.value == default_batch_size("cpu"):
-            self.batch_size.value = default_batch_size(device_choices()[1][1])
+        if self.batch_size.value == default_batch_size("cpu"):  # the best device's, after auto
+            self.batch_size.value = default_batch_size(self.device.choices[1])
 
     def _on_image_changed(self, *_):
         """Show the settings for the chosen image: the ones the user left on it (the view
@@ -703,8 +703,7 @@ class PredictionWidget(Container):
         overlays = self._overlays_in_view()
         if not overlays:
             return
-        shown = next((i for i, layer in enumerate(overlays) if layer.visible), -1)
-        overlays[(shown + 1) % len(overlays)].visible = True
+        _next_overlay(overlays).visible = True
         self._name_swap(overlays)
 
     def _overlays_in_view(self) -> list:
@@ -724,8 +723,7 @@ class PredictionWidget(Container):
         overlays)."""
         self.swap_button.enabled = bool(overlays) or self.worker is not None
         if overlays:
-            shown = next((i for i, layer in enumerate(overlays) if layer.visible), -1)
-            following = overlays[(shown + 1) % len(overlays)].metadata[OUTPUT_KIND]
+            following = _next_overlay(overlays).metadata[OUTPUT_KIND]
             self.swap_button.text = f"show {SUFFIXES[following].removeprefix('infection ')}"
 
     def _publish(self) -> None:
@@ -817,6 +815,12 @@ class PredictionWidget(Container):
             show_error(short(message))
         elif message.startswith(("done", "cancelled")):
             show_info(message)
+
+
+def _next_overlay(overlays: list):
+    """The overlay after the one shown (the first if none is)."""
+    shown = next((i for i, layer in enumerate(overlays) if layer.visible), -1)
+    return overlays[(shown + 1) % len(overlays)]
 
 
 def _predict(stop: Stop, job: Job):

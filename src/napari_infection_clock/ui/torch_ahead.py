@@ -109,7 +109,7 @@ def start() -> None:
     else:
         QTimer.singleShot(0, lambda: import_ahead(*FIGURES, *AHEAD_OF_TORCH,
                                                   open_torch_libraries, *TORCH_SIDE,
-                                                  then=_loaded.set))
+                                                  _loaded.set))
 
 
 def when_loaded(widget: QWidget, then: Callable[[], None]) -> None:

@@ -87,12 +87,11 @@ class Batch:
     failed: Failed | None = None
 
 
-def import_ahead(*steps: str | Callable[[], object],
-                 then: Callable[[], object] | None = None) -> None:
-    """Import the modules named in ``steps`` (and call the functions among them) in turn,
-    then call ``then``, on a background thread of normal priority: what a run (or napari,
-    making its first output layers) would do later on the GUI thread. An import holds the
-    GIL; in a niced run's thread it held the GUI thread for half a second."""
+def import_ahead(*steps: str | Callable[[], object]) -> None:
+    """Import the modules named in ``steps`` and call the functions among them, in turn, on
+    a background thread of normal priority: what a run (or napari, making its first output
+    layers) would do later on the GUI thread. An import holds the GIL; in a niced run's
+    thread it held the GUI thread for half a second."""
 
     def ahead() -> None:
         for step in steps:
@@ -100,8 +99,6 @@ def import_ahead(*steps: str | Callable[[], object],
                 importlib.import_module(step)
             else:
                 step()
-        if then is not None:
-            then()
 
     start_thread(ahead, "infection-clock imports")  # at exit, waited for
 
