@@ -1302,3 +1302,35 @@ def test_a_one_frame_imagej_stack_is_a_time_lapse_that_predicts(make_napari_view
     widget.device.value = "cpu"
     _choose(widget.image, "fiji_t1")
     assert _run(qtbot, widget).startswith("done: 1 frames")
+
+
+def test_a_run_in_sight_is_answered_in_its_status_line_alone(make_napari_viewer, qtbot, sample,
+                                                             checkpoint):
+    """The status line answers a run. A napari notification slides in over the canvas and
+    every step of its animation repaints the canvas (80-100 ms of the GUI thread on
+    software OpenGL, 200-320 ms beside a training's start), so a run's end is notified
+    only when the user cannot see the dock: here it was tabbed behind another one."""
+    from napari.utils.notifications import notification_manager
+
+    viewer, _, widget = _setup(make_napari_viewer, sample, checkpoint, show=True)
+    said = []
+
+    def heard(notification):
+        said.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(heard)
+    try:
+        ended = []
+        widget.finished.connect(ended.append)
+        widget.run_button.native.click()
+        qtbot.waitUntil(lambda: bool(ended), timeout=RUN_TIMEOUT_MS)
+        assert widget.status.value == ended[0] == "done: 8 frames predicted"
+        assert said == []
+
+        widget.run_button.native.click()
+        viewer.window.add_plugin_dock_widget(PLUGIN, "Evaluate the model")  # tabbed in front
+        qtbot.waitUntil(lambda: widget.status.native.visibleRegion().isEmpty(), timeout=5_000)
+        qtbot.waitUntil(lambda: len(ended) == 2, timeout=RUN_TIMEOUT_MS)
+        assert said == ["done: 8 frames predicted"]
+    finally:
+        notification_manager.notification_ready.disconnect(heard)

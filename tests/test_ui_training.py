@@ -369,3 +369,39 @@ def test_retraining_and_using_the_new_model_keep_no_earlier_run(make_napari_view
         gc.enable()
     assert all(m.startswith("done") for m in predicted), predicted
     assert alive[1:] == alive[:1] * 3, alive  # not one more model per run
+
+
+def test_using_the_new_model_is_said_in_the_dock_in_sight(make_napari_viewer, qtbot, wells,
+                                                         tmp_path):
+    """"Use new model" answers in the dock's status line, after the run's own answer; a
+    notification (its slide-in repaints the canvas while the refresh predicts) only when
+    the dock is out of sight: here a run that uses its model when it ends, with another
+    dock tabbed in front meanwhile."""
+    from napari.utils.notifications import notification_manager
+
+    viewer, widget = _widget(make_napari_viewer, tmp_path, epochs=1, show=True)
+    _label(session_for(viewer), wells)
+    said = []
+
+    def heard(notification):
+        said.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(heard)
+    try:
+        widget.start_button.click()
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
+        ended = widget.status.text()
+        assert ended.startswith("done: best epoch 1"), ended
+        widget.use_button.click()
+        assert widget.status.text().startswith(ended), widget.status.text()
+        assert "new model in use" in widget.status.text()
+        assert said == []
+
+        widget.auto_check.setChecked(True)  # the next run's model is used when it ends
+        widget.start_button.click()
+        viewer.window.add_plugin_dock_widget("napari-infection-clock", "Evaluate the model")  # a tab in front
+        qtbot.waitUntil(lambda: widget.status.visibleRegion().isEmpty(), timeout=5_000)
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
+        assert [m for m in said if m.startswith("new model in use")], said
+    finally:
+        notification_manager.notification_ready.disconnect(heard)

@@ -27,7 +27,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image, Shapes
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 from psygnal import Signal
 from qtpy.QtCore import QTimer
 
@@ -57,7 +57,7 @@ from .layer_roles import (
     output_layer,
     time_setting,
 )
-from .messages import answered_in_view, fit_messages, short, show
+from .messages import answered_in_view, fit_messages, short, show, tell
 from .overlays import (
     CLASS_COLORS,
     CLASS_NAME,
@@ -810,11 +810,12 @@ class PredictionWidget(Container):
 
     def _say(self, message: str, error: bool = False, details: str = "") -> None:
         self._message = message
+        if message.startswith(("done", "cancelled")) and not error:
+            tell(self.status.native, message)  # a run's end
+            return
         show(self.status.native, message, details)
         if error:
             show_error(short(message))
-        elif message.startswith(("done", "cancelled")):
-            show_info(message)
 
 
 def _next_overlay(overlays: list):

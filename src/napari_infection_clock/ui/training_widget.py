@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -40,7 +40,7 @@ from ..core.train_config import TrainConfig
 from .devices import device_choices
 from .docking import place_form
 from .figures import DockedFigure, legend_above
-from .messages import answered_in_view, fit_messages, short, show
+from .messages import answered_in_view, fit_messages, short, show, tell
 from .scrolling import scrolling_layout
 from .state import SessionModel, session_for
 from .teardown import on_dock_closed
@@ -155,6 +155,7 @@ class TrainingWidget(QWidget):
         self.session = session_for(napari_viewer)
         self.worker = None
         self.trained: SessionModel | None = None
+        self._ended = ""  # how the run that made ``trained`` ended, for its status line
         self.history: list[dict] = []
         self.last_event = None
         self.output_path: Path | None = None
@@ -451,7 +452,8 @@ class TrainingWidget(QWidget):
         self.trained = SessionModel(self._model.eval(), event.meta, Path(event.checkpoint),
                                     origin="trained in this session")
         word = "stopped" if event.stage == "stopped" else "done"
-        self.status.setText(f"{word}: best epoch {event.best_epoch} saved to {event.checkpoint}")
+        self._ended = f"{word}: best epoch {event.best_epoch} saved to {event.checkpoint}"
+        self.status.setText(self._ended)
         self.use_button.setEnabled(True)
         if self.auto_check.isChecked():
             self.use_trained()
@@ -462,8 +464,9 @@ class TrainingWidget(QWidget):
             return
         self.session.set_model(self.trained)
         refreshed = self.session.request_prediction()
-        show_info("new model in use" + ("; predicting again" if refreshed else
-                                        " (open 'Predict infection' to see its overlays)"))
+        notice = "new model in use" + ("; predicting again" if refreshed else
+                                       " (open 'Predict infection' to see its overlays)")
+        tell(self.status, f"{self._ended}; {notice}", notice)
 
     def _fail(self, message: str, details: str = "") -> bool:
         show(self.status, message, details)
