@@ -1307,7 +1307,7 @@ def test_a_one_frame_imagej_stack_is_a_time_lapse_that_predicts(make_napari_view
 def test_a_run_in_sight_is_answered_in_its_status_line_alone(make_napari_viewer, qtbot, sample,
                                                              checkpoint):
     """The status line answers a run. A napari notification slides in over the canvas and
-    every step of its animation repaints the canvas (80-100 ms of the GUI thread on
+    every step of its animation repaints the canvas (55-100 ms of the GUI thread on
     software OpenGL, 200-320 ms beside a training's start), so a run's end is notified
     only when the user cannot see the dock: here it was tabbed behind another one."""
     from napari.utils.notifications import notification_manager

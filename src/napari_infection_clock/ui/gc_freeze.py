@@ -28,15 +28,11 @@ _docked: weakref.WeakSet = weakref.WeakSet()  # the plugin's docked widgets
 _frozen = False
 
 
-def _freeze() -> None:
+def freeze_alive() -> None:
+    """Freeze what is alive now: later collections scan only what comes after it."""
     global _frozen
     gc.freeze()
     _frozen = True
-
-
-def freeze_alive() -> None:
-    """Freeze what is alive now (napari's and Qt's objects, as long-lived as the viewer)."""
-    _freeze()
 
 
 def thaw(*_) -> None:
@@ -51,7 +47,7 @@ def _after_collection(phase: str, info: dict) -> None:
     """Freeze what a full collection left, while a dock is open (on any thread): the next
     one scans only what came after it."""
     if phase == "stop" and info["generation"] == 2 and len(_docked):
-        _freeze()
+        freeze_alive()
 
 
 class _WhileDocked(QObject):
@@ -64,7 +60,7 @@ class _WhileDocked(QObject):
         if event.type() == QEvent.Type.ParentChange or closed:
             if obj.parent() is not None and not closed:
                 if not len(_docked) and not _frozen:
-                    _freeze()
+                    freeze_alive()
                 _docked.add(obj)
             elif obj in _docked:
                 _docked.discard(obj)

@@ -42,7 +42,7 @@ def tell(label: QLabel, message: str, notice: str = "") -> None:
     """:func:`show` a run's end in ``label``, and ``notice`` (else the message) in a napari
     notification only while ``label`` is out of sight (its dock tabbed behind another,
     closed, or scrolled away from it). A notification slides in over the canvas and each
-    step of that animation repaints the whole canvas: 80-100 ms of the GUI thread on
+    step of that animation repaints the whole canvas: 55-100 ms of the GUI thread on
     software OpenGL, 200-320 ms beside a run's start, to say what is already on screen."""
     show(label, message)
     if not (label.isVisible() and not label.visibleRegion().isEmpty()):
