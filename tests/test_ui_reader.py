@@ -172,3 +172,30 @@ def test_a_z_stack_opened_with_the_plugins_reader_says_what_to_do(make_napari_vi
     assert viewer.layers == []
     viewer.open(str(path), plugin="napari")
     assert viewer.layers[0].data.shape == data.shape
+
+
+@pytest.mark.parametrize("opening", ["file", "sample"])
+def test_opening_a_stack_imports_the_docks_pandas_meanwhile(opening, timelapse):
+    """A stack opened (File > Open with the plugin's reader, or File > Open Sample), the
+    docks' pandas is imported on a thread while the person looks at it: imported by the
+    first dock instead, it was 0.4 s of that dock's opening on the GUI thread. In a fresh
+    process, napari first, as a user's; no dock is opened."""
+    import os
+    import subprocess
+    import sys
+
+    assert os.environ.get("DISPLAY"), "needs a display (pytest-xvfb)"
+    open_it = (f"viewer.open({str(timelapse[0])!r}, plugin='napari-infection-clock')"
+               if opening == "file" else
+               "viewer.open_sample('napari-infection-clock', 'infected')")
+    code = ("import sys, time, napari; from qtpy.QtWidgets import QApplication; "
+            f"viewer = napari.Viewer(show=False); {open_it}; "
+            "print('after opening', 'pandas' in sys.modules, flush=True); "
+            "end = time.monotonic() + 60\n"
+            "while 'pandas' not in sys.modules and time.monotonic() < end:\n"
+            "    QApplication.processEvents(); time.sleep(0.05)\n"
+            "print('pandas', 'pandas' in sys.modules, 'docks', len(viewer.window.dock_widgets))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pandas True docks 0" in proc.stdout, proc.stdout

@@ -35,6 +35,7 @@ from .layer_roles import (
     SOURCE_PATH,
     START_OFFSET_H,
 )
+from .workers import docks_ahead
 
 SUFFIXES = (".tif", ".tiff")
 
@@ -105,6 +106,7 @@ def read_timelapse(path) -> list[tuple]:
             },
         }
         layers.append((lazy_frames(stack), kwargs, "image"))
+    docks_ahead()
     return layers
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..core.synthetic import sample_well
 from .layer_roles import FRAME_INTERVAL_SOURCE
+from .workers import docks_ahead
 
 N_FRAMES = 48
 SIZE = 256
@@ -16,6 +17,7 @@ def _sample(kind: str) -> list[tuple]:
         "axis_labels": ("t", "y", "x"),
         "metadata": {**meta, FRAME_INTERVAL_SOURCE: "metadata"},
     }
+    docks_ahead()
     return [(data, kwargs, "image")]
 
 

@@ -104,6 +104,14 @@ def import_ahead(*steps: str | Callable[[], object]) -> None:
 
 
 @functools.cache
+def docks_ahead() -> None:
+    """A stack was opened (the plugin's reader, a sample): import on a thread, while the
+    person looks at it, what the first dock imports that opening a stack did not: pandas,
+    0.4 s of that dock's opening on the GUI thread. Once a session."""
+    import_ahead("pandas")
+
+
+@functools.cache
 def _run_threads() -> int:
     """One fewer than torch's own choice (or OMP_NUM_THREADS), taken once: were the count
     process-wide in some torch build, runs would not go on lowering it."""
