@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -180,10 +184,6 @@ def test_opening_a_stack_imports_the_docks_pandas_meanwhile(opening, timelapse):
     docks' pandas is imported on a thread while the person looks at it: imported by the
     first dock instead, it was 0.4 s of that dock's opening on the GUI thread. In a fresh
     process, napari first, as a user's; no dock is opened."""
-    import os
-    import subprocess
-    import sys
-
     assert os.environ.get("DISPLAY"), "needs a display (pytest-xvfb)"
     open_it = (f"viewer.open({str(timelapse[0])!r}, plugin='napari-infection-clock')"
                if opening == "file" else

@@ -399,7 +399,8 @@ def test_using_the_new_model_is_said_in_the_dock_in_sight(make_napari_viewer, qt
 
         widget.auto_check.setChecked(True)  # the next run's model is used when it ends
         widget.start_button.click()
-        viewer.window.add_plugin_dock_widget("napari-infection-clock", "Evaluate the model")  # a tab in front
+        # another dock, tabbed in front of this one
+        viewer.window.add_plugin_dock_widget("napari-infection-clock", "Evaluate the model")
         qtbot.waitUntil(lambda: widget.status.visibleRegion().isEmpty(), timeout=5_000)
         qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
         assert [m for m in said if m.startswith("new model in use")], said
