@@ -3,9 +3,6 @@ where an image's frame interval and onset came from (issue 9, item 6)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -27,6 +24,7 @@ from napari_infection_clock.ui.prediction_widget import (
     PredictionWidget,
 )
 
+from .fresh_process import run_fresh
 from .layer_list import click_layer, delete_selected
 from .research import ResearchMultitask, research_config, save_research_checkpoint
 
@@ -522,18 +520,14 @@ def test_opening_the_first_dock_scans_none_of_what_napari_made():
     collecting it all first held the GUI thread 0.2-0.4 s and found 7 unreachable objects,
     and the full collections that the dock's own imports set off scanned it all again. In
     a fresh process, napari first, as a user's."""
-    assert os.environ.get("DISPLAY"), "needs a display (pytest-xvfb)"
-    code = ("import gc, napari; viewer = napari.Viewer(show=False); frozen = []; "
-            "gc.callbacks.append(lambda phase, info: phase == 'start' and "
-            "info['generation'] == 2 and frozen.append(gc.get_freeze_count())); "
-            "viewer.window.add_plugin_dock_widget('napari-infection-clock', "
-            "'Predict infection'); print(gc.get_freeze_count(), *frozen)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    frozen_in_the_end, *frozen_at_each_full = map(int, proc.stdout.split())
-    assert frozen_in_the_end > 100_000, proc.stdout
-    assert all(frozen > 50_000 for frozen in frozen_at_each_full), proc.stdout
+    out = run_fresh("import gc, napari; viewer = napari.Viewer(show=False); frozen = []; "
+                    "gc.callbacks.append(lambda phase, info: phase == 'start' and "
+                    "info['generation'] == 2 and frozen.append(gc.get_freeze_count())); "
+                    "viewer.window.add_plugin_dock_widget('napari-infection-clock', "
+                    "'Predict infection'); print(gc.get_freeze_count(), *frozen)")
+    frozen_in_the_end, *frozen_at_each_full = map(int, out.split())
+    assert frozen_in_the_end > 100_000, out
+    assert all(frozen > 50_000 for frozen in frozen_at_each_full), out
 
 
 def test_a_repaint_a_hidden_canvas_cannot_show_is_not_waited_for(make_napari_viewer, qtbot):
