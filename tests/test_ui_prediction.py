@@ -42,6 +42,7 @@ from .layer_list import click_eye, click_layer, rename_layer
 from .long_well import FRAMES as LONG_WELL_FRAMES
 from .long_well import long_well
 from .native_tiles import native_checkpoint
+from .notices import notifications_said
 
 PLUGIN = "napari-infection-clock"
 KINDS = ("probability", "duration", "class", "tiles")
@@ -679,8 +680,6 @@ def test_channel_layers_of_a_fiji_file_are_recorded_and_checked(make_napari_view
                                                                 tmp_path):
     """A layer the reader made from one channel of a hyperstack: the table says which
     channel; a checkpoint trained on DAPI warns on the mito layer (issue 13)."""
-    from napari.utils.notifications import notification_manager
-
     from .fiji import write_fiji
 
     config = ModelConfig("resnet18", hidden_dim=0)
@@ -694,14 +693,13 @@ def test_channel_layers_of_a_fiji_file_are_recorded_and_checked(make_napari_view
     viewer.window.add_dock_widget(widget)
     widget.checkpoint.value = ckpt
     widget.device.value = "cpu"
-    said = []
-    notification_manager.notification_ready.connect(lambda n: said.append(str(n.message)))
-    for name in ("w [ch 2 DAPI]", "w [ch 0 mito]"):
-        widget.image.value = viewer.layers[name]
-        assert _run(qtbot, widget).startswith("done")
-        table = session_for(viewer).results[image_id(viewer.layers[name])]
-        assert set(table["channel"]) == {int(name[6])}
-        assert set(table["channel_name"]) == {name.split()[-1].rstrip("]")}
+    with notifications_said() as said:
+        for name in ("w [ch 2 DAPI]", "w [ch 0 mito]"):
+            widget.image.value = viewer.layers[name]
+            assert _run(qtbot, widget).startswith("done")
+            table = session_for(viewer).results[image_id(viewer.layers[name])]
+            assert set(table["channel"]) == {int(name[6])}
+            assert set(table["channel_name"]) == {name.split()[-1].rstrip("]")}
     warned = [m for m in said if "trained on DAPI" in m]
     assert len(warned) == 1 and "mito" in warned[0]
 
@@ -1310,16 +1308,8 @@ def test_a_run_in_sight_is_answered_in_its_status_line_alone(make_napari_viewer,
     every step of its animation repaints the canvas (55-100 ms of the GUI thread on
     software OpenGL, 200-320 ms beside a training's start), so a run's end is notified
     only when the user cannot see the dock: here it was tabbed behind another one."""
-    from napari.utils.notifications import notification_manager
-
     viewer, _, widget = _setup(make_napari_viewer, sample, checkpoint, show=True)
-    said = []
-
-    def heard(notification):
-        said.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(heard)
-    try:
+    with notifications_said() as said:
         ended = []
         widget.finished.connect(ended.append)
         widget.run_button.native.click()
@@ -1332,5 +1322,3 @@ def test_a_run_in_sight_is_answered_in_its_status_line_alone(make_napari_viewer,
         qtbot.waitUntil(lambda: widget.status.native.visibleRegion().isEmpty(), timeout=5_000)
         qtbot.waitUntil(lambda: len(ended) == 2, timeout=RUN_TIMEOUT_MS)
         assert said == ["done: 8 frames predicted"]
-    finally:
-        notification_manager.notification_ready.disconnect(heard)

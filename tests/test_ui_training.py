@@ -23,6 +23,7 @@ from napari_infection_clock.ui.state import SessionModel, session_for
 from napari_infection_clock.ui.training_widget import TrainingWidget
 
 from .native_tiles import native_model
+from .notices import notifications_said
 
 
 @pytest.fixture(scope="module")
@@ -377,17 +378,9 @@ def test_using_the_new_model_is_said_in_the_dock_in_sight(make_napari_viewer, qt
     notification (its slide-in repaints the canvas while the refresh predicts) only when
     the dock is out of sight: here a run that uses its model when it ends, with another
     dock tabbed in front meanwhile."""
-    from napari.utils.notifications import notification_manager
-
     viewer, widget = _widget(make_napari_viewer, tmp_path, epochs=1, show=True)
     _label(session_for(viewer), wells)
-    said = []
-
-    def heard(notification):
-        said.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(heard)
-    try:
+    with notifications_said() as said:
         widget.start_button.click()
         qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
         ended = widget.status.text()
@@ -404,5 +397,3 @@ def test_using_the_new_model_is_said_in_the_dock_in_sight(make_napari_viewer, qt
         qtbot.waitUntil(lambda: widget.status.visibleRegion().isEmpty(), timeout=5_000)
         qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
         assert [m for m in said if m.startswith("new model in use")], said
-    finally:
-        notification_manager.notification_ready.disconnect(heard)

@@ -45,7 +45,7 @@ def tell(label: QLabel, message: str, notice: str = "") -> None:
     step of that animation repaints the whole canvas: 55-100 ms of the GUI thread on
     software OpenGL, 200-320 ms beside a run's start, to say what is already on screen."""
     show(label, message)
-    if not (label.isVisible() and not label.visibleRegion().isEmpty()):
+    if label.visibleRegion().isEmpty():  # empty too while the label is hidden
         show_info(short(notice or message))
 
 
