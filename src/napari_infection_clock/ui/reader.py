@@ -1,4 +1,4 @@
-"""napari reader for TIFF time-lapses: a lazy (dask) array per channel, time axis first.
+"""napari reader for TIFF time-lapses: a lazy array per channel, time axis first.
 
 Frames are read only when napari shows them (or a prediction asks for them), through
 :func:`..core.stack.open_stack`, which also finds the frame interval in ImageJ/OME metadata.
@@ -11,13 +11,13 @@ opening it says what is wrong and what to do.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
-from dask import delayed
 
+from ..core.lazy_frames import LazyFrames
 from ..core.stack import (
     ChannelNotChosen,
     DamagedStackError,
@@ -110,18 +110,14 @@ def read_timelapse(path) -> list[tuple]:
     return layers
 
 
-def lazy_frames(stack: TimelapseStack) -> da.Array:
-    """A dask array over ``stack`` whose chunks are single frames."""
+def lazy_frames(stack: TimelapseStack) -> LazyFrames:
+    """``stack``'s frames, each read when napari (or a prediction) indexes it."""
     shape = stack.frame_shape + ((3,) if stack.is_rgb else ())
-    frames = [
-        da.from_delayed(delayed(_frame_or_blank, pure=True)(stack, i, shape), shape=shape,
-                        dtype=stack.dtype)
-        for i in range(stack.n_frames)
-    ]
-    return da.stack(frames)
+    return LazyFrames(functools.partial(_frame_or_blank, stack, shape=shape), stack.n_frames,
+                      shape, stack.dtype)
 
 
-def _frame_or_blank(stack: TimelapseStack, index: int, shape: tuple) -> np.ndarray:
+def _frame_or_blank(stack: TimelapseStack, index: int, *, shape: tuple) -> np.ndarray:
     """Frame ``index``, or a blank one with a warning naming the file and frame where that
     frame is damaged: napari reads frames as the slider reaches them, and an error there
     would come back on every redraw (prediction and training read the file themselves
