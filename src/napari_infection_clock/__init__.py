@@ -5,13 +5,13 @@ the napari views in :mod:`napari_infection_clock.ui`, the command line in
 :mod:`napari_infection_clock.cli`.
 
 Every entry point (napari's reader, sample data and docks, the CLI, the core) comes
-through here first, so this is where triton is imported self-bound, before anything can
-import torch: in a process where napari's OpenGL context came first, triton's LLVM would
-otherwise bind to the driver's and crash (see :mod:`.llvm_isolation`).
+through here first, so this is where triton's library is loaded self-bound, before
+anything can import torch: in a process where napari's OpenGL context came first,
+triton's LLVM would otherwise bind to the driver's and crash (see :mod:`.llvm_isolation`).
 """
 
-from .llvm_isolation import import_triton_self_bound
+from .llvm_isolation import load_triton_self_bound
 
 __version__ = "0.1.0"
 
-import_triton_self_bound()
+load_triton_self_bound()
