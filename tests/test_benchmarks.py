@@ -101,3 +101,16 @@ def test_quality_refuses_wells_made_with_other_settings(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode != 0
     assert "holds wells made with" in out.stderr and "give another --data folder" in out.stderr, out.stderr
+
+
+def test_open_stack_benchmark_prints_both_readers(tmp_path):
+    """benchmarks/open_stack.py opens a stack in fresh viewers with both readers."""
+    script = Path(__file__).parents[1] / "benchmarks" / "open_stack.py"
+    cmd = [sys.executable, str(script), "--frames", "20", "--sides", "32", "--repeats", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| 20 x 32^2")]
+    assert [row.split("|")[2].strip() for row in rows] == [
+        "napari's reader (baseline)", "Infection Clock reader"], out.stdout
+    assert rows[0].rstrip().endswith("| 1.00 |")
+    assert all(_number(row.split("|")[3].strip()) > 0 for row in rows)
