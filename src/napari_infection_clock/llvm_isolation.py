@@ -12,8 +12,8 @@ as soon as a dock imported torchvision after the viewer existed.
 what a library carrying its own LLVM needs. Only ``libtriton.so`` is opened that way, and
 only it: a later import of triton (by torch, on a thread of its own) finds that library
 loaded and uses it as it is, and triton stays whole for ``torch.compile`` on CUDA.
-Importing triton's Python modules here instead (50 kernels compiled from their source)
-cost napari's GUI thread 0.23 s when the first dock opened or a stack was opened.
+Importing triton's Python modules here instead (its 50 kernels' sources parsed among the
+rest) cost napari's GUI thread 0.23 s when the first dock opened or a stack was opened.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 What napari asks of a layer's data (shape, dtype, ndim, size, numpy indexing) and what
 ``np.asarray`` needs, over a function that reads one frame. The reader gave napari a dask
-array instead: importing dask.array (and, through it, scipy's sparse and fft modules) took
-0.48 s of File > Open on the GUI thread, for indexing this does with numpy alone.
+array of one delayed read per frame instead: dask named each read by hashing its arguments,
+the stack's memory map of the whole file among them (51 s of File > Open for a 797 MB stack,
+on the GUI thread), and importing dask.array took 0.48 s more.
 """
 
 from __future__ import annotations
