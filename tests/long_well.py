@@ -1,8 +1,8 @@
 """A well far longer than any prediction gets through before a test stops it, so a test
 can click Cancel (or remove the image) while the run is provably under way and could not
 have ended "done": 100,000 frames, the frames of a short synthetic well over and over, read
-lazily (dask, one frame per chunk, as the reader gives a TIFF). napari and the Predict
-dock read only the frames they show or predict; nothing waits on the test."""
+lazily (dask, one frame per chunk: a lazy array a user may have in napari). napari and the
+Predict dock read only the frames they show or predict; nothing waits on the test."""
 
 from __future__ import annotations
 

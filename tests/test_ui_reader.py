@@ -59,8 +59,12 @@ def test_the_readers_frames_are_read_when_asked_for(tmp_path, rng):
     4, -1, np.int64(2), slice(None), slice(1, 5, 2), slice(None, None, -2), (3, slice(5, 20), 7),
     (slice(0, 3), 10), [5, 0, 5], np.array([True, False] * 3), (Ellipsis, 3), (2, Ellipsis),
     (None, 1), ([0, 2], [1, 3]), (slice(0, 4), [1, 3]), (slice(0, 4), [1, 3], [2, 0]), (),
-    Ellipsis, (slice(2, 2),),
-], ids=repr)
+    Ellipsis, (slice(2, 2),), (slice(None), 7, 9), (None, slice(1, 3), None, 2),
+    ([True, False] * 3, slice(0, 2)), np.arange(6 * 40).reshape(6, 40) % 7 == 0,
+    (slice(None), np.arange(40 * 48).reshape(40, 48) % 5 == 0), (Ellipsis, np.eye(40, 48, dtype=bool)),
+    (True, 0), (np.array(True), 2), (None, True, 0), (Ellipsis, True, 0), (False,), [],
+], ids=lambda key: f"{type(key).__name__}{np.shape(key)}" if isinstance(key, np.ndarray)
+   else repr(key)[:60])
 def test_the_readers_frames_index_as_numpy_does(timelapse, key):
     """napari, the docks and a person's console index a layer's data as a numpy array."""
     path, data = timelapse
@@ -74,13 +78,58 @@ def test_the_readers_frames_index_as_numpy_does(timelapse, key):
 def test_the_readers_frames_refuse_what_numpy_refuses(timelapse):
     path, data = timelapse
     [(array, _, _)] = get_reader(str(path))(str(path))
-    for key in (6, -7, (0, 0, 0, 0), [6]):
+    for key in (6, -7, (0, 0, 0, 0), [6], (slice(None), 40), (slice(None), 0, 0, 0),
+                (Ellipsis, Ellipsis)):
         with pytest.raises(IndexError):
             data[key]
         with pytest.raises(IndexError):
             array[key]
     np.testing.assert_array_equal(np.asarray(array), data)
     assert np.asarray(array, dtype=np.float32).dtype == np.float32
+    with pytest.raises(ValueError, match="copy"):
+        np.asarray(array, copy=False)
+
+
+def test_a_crop_of_the_readers_frames_keeps_no_whole_frame(tmp_path, rng):
+    """A pixel's trace over time, or a crop, is as large as itself: it held every frame it
+    was cut from (800 MB for a pixel of a 797 MB stack), which dask's chunks did not; and a
+    key that fails on the frames' own axes fails before any frame is read."""
+    data = rng.integers(0, 4000, size=(40, 128, 128), dtype=np.uint16)
+    path = write_stack(tmp_path / "trace.tif", data, axes="TYX")
+    [(array, _, _)] = get_reader(str(path))(str(path))
+    for key in ((slice(None), 100, 100), (slice(None), slice(0, 4), slice(0, 4)), (3, 7)):
+        part = array[key]
+        np.testing.assert_array_equal(part, data[key])
+        kept = part if part.base is None else part.base
+        assert kept.nbytes <= 2 * part.nbytes, (key, kept.nbytes, part.nbytes)
+    tracemalloc.start()
+    try:
+        with pytest.raises(IndexError):
+            array[:, 128]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < data[0].nbytes, peak
+
+
+def test_a_reader_layer_duplicates_as_napari_duplicates_layers(tmp_path, rng):
+    """Layers > Duplicate Layer copies the layer's data (deepcopy): it failed on a
+    compressed stack (its file handle cannot be copied) and copied the whole memory map of
+    an uncompressed one into memory. The frames are read-only: the copy shares them."""
+    from napari.components import LayerList
+    from napari.layers import Image
+    from napari.layers._layer_actions import _duplicate_layer
+
+    data = rng.integers(0, 4000, size=(5, 32, 32), dtype=np.uint16)
+    for compression in (None, "zlib"):
+        path = tmp_path / f"dup_{compression}.tif"
+        tifffile.imwrite(path, data, compression=compression)
+        [(array, kwargs, _)] = get_reader(str(path))(str(path))
+        layers = LayerList([Image(array, **kwargs)])
+        layers.selection.active = layers[0]
+        _duplicate_layer(layers)
+        assert len(layers) == 2
+        np.testing.assert_array_equal(layers[1].data[3], data[3])
 
 
 def test_reader_splits_channels_and_keeps_rgb(tmp_path, rng):

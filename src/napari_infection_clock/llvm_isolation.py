@@ -33,20 +33,20 @@ def load_triton_self_bound() -> None:
     a broken GPU driver: the plugin must load all the same), already
     imported (too late to change how it was bound), or the platform has no
     ``RTLD_DEEPBIND`` (only glibc has it; elsewhere the symbol clash does not arise).
-    A triton laid out otherwise than its wheels (no ``_C/libtriton``) is imported whole
-    under the same flags, which are restored at once.
+    A triton laid out otherwise than its wheels (no ``_C/libtriton``) is imported whole,
+    with ``RTLD_DEEPBIND`` added to the interpreter's flags for that import only.
     """
     deepbind = getattr(os, "RTLD_DEEPBIND", None)
     if deepbind is None or "triton" in sys.modules:
         return
-    flags = sys.getdlopenflags()
     library = _triton_library()
     if library is not None:
-        try:
-            ctypes.CDLL(str(library), mode=flags | deepbind)
+        try:  # local, whatever the process's default: Mesa must never bind to it either
+            ctypes.CDLL(str(library), mode=os.RTLD_NOW | os.RTLD_LOCAL | deepbind)
         except OSError:  # broken or foreign: torch's own import of triton copes, or fails
             pass
         return
+    flags = sys.getdlopenflags()
     sys.setdlopenflags(flags | deepbind)
     try:
         import triton  # noqa: F401

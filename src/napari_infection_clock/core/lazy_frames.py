@@ -18,9 +18,12 @@ import numpy as np
 class LazyFrames:
     """``(T, *frame_shape)`` frames, frame ``t`` read by ``read(t)`` when an index needs it.
 
-    An index is split into its time part, which picks the frames to read, and the rest,
-    which numpy applies to them: ``frames[key]`` is ``np.asarray(frames)[key]``, reading
-    only the frames the key reaches.
+    ``frames[key]`` is ``np.asarray(frames)[key]``, reading only the frames the key
+    reaches. The key is split into its time part, which picks the frames to read, and the
+    rest, which numpy applies to each frame as it is read when it holds no index arrays
+    (a crop or a pixel's trace keeps nothing of the whole frames), else to the frames read.
+    A key numpy would refuse is refused before any frame is read. The frames are
+    read-only: a copy (napari's Duplicate Layer) shares them.
     """
 
     def __init__(self, read: Callable[[int], np.ndarray], n_frames: int,
@@ -43,40 +46,70 @@ class LazyFrames:
     def __repr__(self) -> str:
         return f"LazyFrames(shape={self.shape}, dtype={self.dtype})"
 
+    def __copy__(self) -> LazyFrames:
+        return self
+
+    def __deepcopy__(self, memo) -> LazyFrames:
+        return self
+
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if copy is False:
+            raise ValueError("LazyFrames reads its frames from a file: an array of them is "
+                             "always a copy")
         frames = self[...]
         return frames if dtype is None else frames.astype(dtype, copy=False)
 
     def __getitem__(self, key) -> np.ndarray:
-        key = _expanded(key if isinstance(key, tuple) else (key,), self.ndim)
+        normal = _normalized(key if isinstance(key, tuple) else (key,), self.ndim)
+        if normal is None:  # a 0-d boolean: numpy's meaning needs every frame
+            return np.asarray(self)[key]
+        key = normal
         lead = 0  # new axes (None) before the time axis stay in front of it
         while lead < len(key) and key[lead] is None:
             lead += 1
         when, rest = (key[lead], key[lead + 1:]) if lead < len(key) else (slice(None), ())
         times = np.arange(self.shape[0])[when]  # numpy's own checks and errors
+        one = np.broadcast_to(np.zeros((), self.dtype), self.shape[1:])[rest]  # checks rest
+        basic = not any(isinstance(k, np.ndarray) for k in rest)
         if isinstance(when, slice):  # read in the slice's order; basic indexing stays basic
-            frames, local = self._frames(times), slice(None)
+            read, local = times, slice(None)
         elif times.ndim == 0:  # one frame: no time axis in the result
-            frames, local = self._frames(times[None]), 0
+            read, local = times[None], 0
         else:  # an index array: each frame read once, numpy places them
-            unique, local = np.unique(times, return_inverse=True)
-            frames, local = self._frames(unique), local.reshape(times.shape)
-        return frames[(None,) * lead + (local, *rest)]
+            read, local = np.unique(times, return_inverse=True)
+            local = local.reshape(times.shape)
+        if basic:  # cut each frame as it is read
+            return self._frames(read, rest, one.shape)[(None,) * lead + (local,)]
+        return self._frames(read, (), self.shape[1:])[(None,) * lead + (local, *rest)]
 
-    def _frames(self, times: np.ndarray) -> np.ndarray:
-        out = np.empty((len(times), *self.shape[1:]), self.dtype)
+    def _frames(self, times: np.ndarray, part: tuple, shape: tuple) -> np.ndarray:
+        out = np.empty((len(times), *shape), self.dtype)
         for i, t in enumerate(times):
-            out[i] = self._read(int(t))
+            out[i] = self._read(int(t))[part]
         return out
 
 
-def _expanded(key: tuple, ndim: int) -> tuple:
-    """``key`` with its Ellipsis (if any) written out as full slices."""
-    ellipses = [i for i, k in enumerate(key) if k is Ellipsis]
+def _normalized(key: tuple, ndim: int) -> tuple | None:
+    """``key`` with each boolean array written as the index arrays of its true elements
+    (numpy's own equivalence) and its Ellipsis as full slices, so that each item but a
+    None indexes one axis; None for a key with a 0-d boolean (it indexes no axis)."""
+    items = []
+    for k in key:
+        if isinstance(k, (list, np.ndarray, bool, np.bool_)):
+            k = np.asarray(k)
+            if k.size == 0 and k.dtype != bool:  # numpy takes [] for an empty integer index
+                k = k.astype(np.intp)
+            if k.dtype == bool:
+                if k.ndim == 0:
+                    return None
+                items.extend(k.nonzero())
+                continue
+        items.append(k)
+    ellipses = [i for i, k in enumerate(items) if k is Ellipsis]
     if not ellipses:
-        return key
+        return tuple(items)
     if len(ellipses) > 1:
         raise IndexError("an index can only have a single ellipsis ('...')")
-    used = sum(1 for k in key if k is not None and k is not Ellipsis)
+    used = sum(1 for k in items if k is not None and k is not Ellipsis)
     i = ellipses[0]
-    return key[:i] + (slice(None),) * max(0, ndim - used) + key[i + 1:]
+    return (*items[:i], *(slice(None),) * max(0, ndim - used), *items[i + 1:])
