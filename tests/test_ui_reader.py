@@ -63,6 +63,7 @@ def test_the_readers_frames_are_read_when_asked_for(tmp_path, rng):
     ([True, False] * 3, slice(0, 2)), np.arange(6 * 40).reshape(6, 40) % 7 == 0,
     (slice(None), np.arange(40 * 48).reshape(40, 48) % 5 == 0), (Ellipsis, np.eye(40, 48, dtype=bool)),
     (True, 0), (np.array(True), 2), (None, True, 0), (Ellipsis, True, 0), (False,), [],
+    (None, [0, 1], slice(None), 3), ([[0], [1]], slice(None), 2),
 ], ids=lambda key: f"{type(key).__name__}{np.shape(key)}" if isinstance(key, np.ndarray)
    else repr(key)[:60])
 def test_the_readers_frames_index_as_numpy_does(timelapse, key):

@@ -60,17 +60,16 @@ class LazyFrames:
         return frames if dtype is None else frames.astype(dtype, copy=False)
 
     def __getitem__(self, key) -> np.ndarray:
-        normal = _normalized(key if isinstance(key, tuple) else (key,), self.ndim)
-        if normal is None:  # a 0-d boolean: numpy's meaning needs every frame
+        _ = _blank(self.shape, self.dtype)[key]  # numpy's own refusals, before any read
+        items = _bools_as_indices(key if isinstance(key, tuple) else (key,))
+        if items is None:  # a 0-d boolean: numpy's meaning needs every frame
             return np.asarray(self)[key]
-        key = normal
+        full = _ellipsis_written_out(items, self.ndim)
         lead = 0  # new axes (None) before the time axis stay in front of it
-        while lead < len(key) and key[lead] is None:
+        while lead < len(full) and full[lead] is None:
             lead += 1
-        when, rest = (key[lead], key[lead + 1:]) if lead < len(key) else (slice(None), ())
-        times = np.arange(self.shape[0])[when]  # numpy's own checks and errors
-        one = np.broadcast_to(np.zeros((), self.dtype), self.shape[1:])[rest]  # checks rest
-        basic = not any(isinstance(k, np.ndarray) for k in rest)
+        when, rest = (full[lead], full[lead + 1:]) if lead < len(full) else (slice(None), ())
+        times = np.arange(self.shape[0])[when]
         if isinstance(when, slice):  # read in the slice's order; basic indexing stays basic
             read, local = times, slice(None)
         elif times.ndim == 0:  # one frame: no time axis in the result
@@ -78,9 +77,20 @@ class LazyFrames:
         else:  # an index array: each frame read once, numpy places them
             read, local = np.unique(times, return_inverse=True)
             local = local.reshape(times.shape)
-        if basic:  # cut each frame as it is read
-            return self._frames(read, rest, one.shape)[(None,) * lead + (local,)]
-        return self._frames(read, (), self.shape[1:])[(None,) * lead + (local, *rest)]
+        arrays = any(isinstance(k, np.ndarray) for k in rest)
+        ints = any(isinstance(k, (int, np.integer)) for k in rest)
+        if not arrays and not (ints and isinstance(local, np.ndarray)):
+            # cut each frame as it is read (beside an index array of times, an integer is
+            # an index array too, and where numpy puts their axes depends on both)
+            cut = _blank(self.shape[1:], self.dtype)[rest].shape
+            return self._frames(read, rest, cut)[(None,) * lead + (local,)]
+        # index arrays: numpy places their axes from the key as written (an Ellipsis between
+        # two keeps them apart even when it stands for no axis), so the key is kept as it is,
+        # its time item (if the Ellipsis does not stand for the time axis) made local
+        slot = _time_item(items, self.ndim)
+        if slot is not None:
+            items = [*items[:slot], local, *items[slot + 1:]]
+        return self._frames(read, (), self.shape[1:])[tuple(items)]
 
     def _frames(self, times: np.ndarray, part: tuple, shape: tuple) -> np.ndarray:
         out = np.empty((len(times), *shape), self.dtype)
@@ -89,10 +99,16 @@ class LazyFrames:
         return out
 
 
-def _normalized(key: tuple, ndim: int) -> tuple | None:
+def _blank(shape: tuple, dtype) -> np.ndarray:
+    """An array of ``shape`` that holds one element: indexing it checks a key, and gives
+    the result's shape, as numpy would for real data."""
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+
+def _bools_as_indices(key: tuple) -> list | None:
     """``key`` with each boolean array written as the index arrays of its true elements
-    (numpy's own equivalence) and its Ellipsis as full slices, so that each item but a
-    None indexes one axis; None for a key with a 0-d boolean (it indexes no axis)."""
+    (numpy's own equivalence), so that each item but None and Ellipsis indexes one axis;
+    None for a key with a 0-d boolean (it indexes no axis)."""
     items = []
     for k in key:
         if isinstance(k, (list, np.ndarray, bool, np.bool_)):
@@ -105,11 +121,28 @@ def _normalized(key: tuple, ndim: int) -> tuple | None:
                 items.extend(k.nonzero())
                 continue
         items.append(k)
-    ellipses = [i for i, k in enumerate(items) if k is Ellipsis]
-    if not ellipses:
+    return items
+
+
+def _ellipsis_width(items: list, ndim: int) -> int:
+    return ndim - sum(1 for k in items if k is not None and k is not Ellipsis)
+
+
+def _ellipsis_written_out(items: list, ndim: int) -> tuple:
+    """``items`` with their Ellipsis (if any) written out as full slices."""
+    where = [i for i, k in enumerate(items) if k is Ellipsis]  # `in` would compare arrays
+    if not where:
         return tuple(items)
-    if len(ellipses) > 1:
-        raise IndexError("an index can only have a single ellipsis ('...')")
-    used = sum(1 for k in items if k is not None and k is not Ellipsis)
-    i = ellipses[0]
-    return (*items[:i], *(slice(None),) * max(0, ndim - used), *items[i + 1:])
+    i = where[0]
+    return (*items[:i], *(slice(None),) * _ellipsis_width(items, ndim), *items[i + 1:])
+
+
+def _time_item(items: list, ndim: int) -> int | None:
+    """Where in ``items`` the time axis's index is; None where an Ellipsis (or nothing)
+    stands for it."""
+    for i, k in enumerate(items):
+        if k is Ellipsis and _ellipsis_width(items, ndim) > 0:
+            return None
+        if k is not None and k is not Ellipsis:
+            return i
+    return None
