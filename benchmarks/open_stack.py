@@ -4,9 +4,9 @@ and with napari's own reader (the baseline), in the same run; prints one markdow
 Each opening runs in a fresh process, as a user's first File > Open does: a shown viewer,
 then ``viewer.open(path, plugin=...)``, the call File > Open makes. Reported per stack and
 reader (median of the repeats): the open call's time (the GUI thread is held for all of
-it), the longest gap of a 20 ms QTimer in the 2 s after it (first paint, what the open
-left to do), the time of one slider step over the next 19 frames (and their paints), and the open's ratio to
-napari's reader. napari's reader reads the whole file at once; the plugin's reads a frame
+it), the longest stall in the 2 s after it (gui_stalls' 20 ms timer, settled half a second
+more: first paint, what the open left to do), the time of one slider step over the next
+19 frames (and their paints), and the open's ratio to napari's reader. napari's reader reads the whole file at once; the plugin's reads a frame
 when the slider reaches it.
 
 Usage (a display is needed)::
@@ -27,36 +27,34 @@ import numpy as np
 
 READERS = {"napari's reader (baseline)": "napari", "Infection Clock reader": "napari-infection-clock"}
 
-#: Run in a fresh interpreter: argv[1] the file, argv[2] the reader plugin; prints JSON.
+#: Run in a fresh interpreter: argv[1] the file, argv[2] the reader plugin, argv[3] this
+#: folder (for gui_stalls' StallMeter); prints JSON.
 ONE_OPENING = r"""
-import json, sys, time
+import json, os, sys, time
 import napari
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 
 path, plugin = sys.argv[1], sys.argv[2]
+sys.path.insert(0, sys.argv[3])
+from gui_stalls import StallMeter
+
 viewer = napari.Viewer(show=True)
 app = QApplication.instance()
 end = time.perf_counter() + 1.0
 while time.perf_counter() < end:  # the window shown and settled, as before a click
     app.processEvents(); time.sleep(0.01)
-ticks = []
-timer = QTimer(); timer.setInterval(20); timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
 t0 = time.perf_counter()
 viewer.open(path, plugin=plugin)
 opened = time.perf_counter() - t0
-timer.start(); ticks.append(time.perf_counter())
 end = time.perf_counter() + 2.0
-while time.perf_counter() < end:
-    app.processEvents(); time.sleep(0.002)
-after = max(float(g) for g in __import__("numpy").diff(ticks))
+after = StallMeter().measure(app, lambda: None, lambda: time.perf_counter() > end).max()
 steps = range(1, min(20, viewer.layers[-1].data.shape[0]))
 t1 = time.perf_counter()
 for step in steps:
     viewer.dims.set_current_step(0, step); app.processEvents()
-step = (time.perf_counter() - t1) / max(1, len(steps))
-print(json.dumps({"open": opened, "after": after, "step": step}), flush=True)
-__import__("os")._exit(0)  # measured; Qt's teardown at exit is not what is measured here
+per_step = (time.perf_counter() - t1) / max(1, len(steps))
+print(json.dumps({"open": opened, "after": after / 1000, "step": per_step}), flush=True)
+os._exit(0)  # measured; Qt's teardown at exit is not what is measured here
 """
 
 
@@ -78,7 +76,8 @@ def _write(folder: Path, frames: int, side: int) -> Path:
 
 
 def _open_once(path: Path, plugin: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", ONE_OPENING, str(path), plugin],
+    proc = subprocess.run([sys.executable, "-c", ONE_OPENING, str(path), plugin,
+                           str(Path(__file__).parent)],
                           capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"opening {path.name} with {plugin} failed (exit status "
@@ -104,7 +103,7 @@ def main() -> None:
             rows.append((f"{args.frames} x {side}^2 uint16 ({size_mb:.0f} MB)", name, m,
                          m["open"] / base))
     print(f"\nFile > Open in a fresh viewer (median of {args.repeats} processes)\n")
-    print("| stack | reader | open (GUI thread held) | longest stall in the 2 s after | "
+    print("| stack | reader | open (GUI thread held) | longest stall after | "
           "slider step | open / napari's reader |")
     print("| --- | --- | --- | --- | --- | --- |")
     for stack, name, m, ratio in rows:
